@@ -132,12 +132,106 @@ def _run_validate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- store-scores
+def _add_store_scores(sub: Any) -> None:
+    p = sub.add_parser(
+        "store-scores",
+        help="store experience scores (0.00-5.00) as of a date, their daily history, or one store explained",
+        description=(
+            "Compute the store experience score of every store with an event in the window "
+            "[as_of - window_days, as_of). --history START END gives one row per store per day "
+            "instead; --explain STORE_ID prints the merchant view of one store. Writes Parquet or "
+            "CSV (by extension) with --out."
+        ),
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=_existing_dir, help="folder with orders/refunds/reviews[/service] (validated strictly)")
+    src.add_argument("--olist", type=_existing_dir, help="Olist folder (read with the Olist adapter; bad rows set aside)")
+    p.add_argument("--as-of", type=_date_arg, help="end of the window (excluded); a date means 00:00 in the config time zone")
+    p.add_argument("--window-days", type=int, help="window length in days (default: the config's, 30)")
+    p.add_argument("--config", type=Path, help="ScoreConfig as JSON (ScoreConfig.to_dict()); default the built-in bands")
+    p.add_argument("--history", nargs=2, metavar=("START", "END"), type=_date_arg, help="daily rows for every day in [START, END]")
+    p.add_argument("--explain", metavar="STORE_ID", help="print the merchant view of this store as of --as-of")
+    p.add_argument("--out", type=Path, help="write the rows here (.parquet or .csv)")
+    p.set_defaults(func=_run_store_scores)
+
+
+def _run_store_scores(args: argparse.Namespace) -> int:
+    import json
+
+    from refundguard.config import INDICATORS, ScoreConfig
+    from refundguard.scores import explain_store, store_score_history, store_scores
+    from refundguard.tables import load_tables, summarize_rejects, validate, write_table
+
+    if args.history is None and args.as_of is None:
+        raise _UsageError("--as-of is required (or give --history START END)")
+    if args.explain is not None and args.as_of is None:
+        raise _UsageError("--explain needs --as-of")
+    if args.config is not None:
+        try:
+            cfg = ScoreConfig.from_dict(json.loads(args.config.read_text()))
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--config {str(args.config)!r} is not valid JSON: {exc}", field="config") from exc
+    else:
+        cfg = ScoreConfig()
+    if args.window_days is not None:
+        cfg = cfg.replace(window_days=args.window_days)
+    if args.olist is not None:
+        from refundguard.datasets.olist import load_olist
+
+        raw, report = load_olist(args.olist, return_report=True)
+        import warnings
+
+        from refundguard.errors import RejectedRowsWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RejectedRowsWarning)
+            tables, rejects = validate(raw, mode="quarantine")
+        print(
+            f"olist: {report['olist_orders']:,d} orders -> {report['contract_orders']:,d} store orders "
+            f"({report['multi_seller_orders']:,d} multi-seller split, {report['orders_without_items']:,d} without items skipped); "
+            f"{report['contract_reviews']:,d} reviews; no refunds, no chats"
+        )
+        if len(rejects):
+            for row in summarize_rejects(rejects).itertuples(index=False):
+                print(f"  set aside: {row.table:8s} {row.column:14s} {row.rule:18s} {row.rows:>6,d}")
+    else:
+        tables, _ = validate(load_tables(args.data), mode="strict")
+
+    if args.explain is not None:
+        print(explain_store(tables, args.explain, args.as_of, cfg).to_text())
+        return EXIT_OK
+    if args.history is not None:
+        df = store_score_history(tables, args.history[0], args.history[1], cfg)
+        print(f"{len(df):,d} store-days, {df['store_id'].nunique():,d} stores, {df['as_of'].nunique():,d} days")
+        last = df[df["as_of"] == df["as_of"].max()] if len(df) else df
+    else:
+        df = store_scores(tables, args.as_of, cfg)
+        last = df
+    scored = last["score"].notna()
+    n = len(last)
+    share = float((last.loc[scored, "score"] >= 4.80).mean()) if scored.any() else 0.0
+    when = "" if args.history is None else " (last day)"
+    print(
+        f"stores{when}: {n:,d}  scored: {int(scored.sum()):,d}  share >= 4.80: {share:.1%}  "
+        f"provisional: {int(last['provisional'].sum()):,d}  window: {cfg.window_days} days"
+    )
+    if n:
+        na = [f"{ind} {1 - float(last[f'{ind}_assessed'].mean()):.0%}" for ind in INDICATORS]
+        print("not assessed: " + ", ".join(na))
+    if args.out is not None:
+        write_table(df, args.out)
+        print(f"written to {args.out}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- registry
 # Each entry adds one sub-command. Later commands (store-scores, train, evaluate,
 # score, report, drift, whatif, demo) register here the same way.
 COMMANDS: list[Callable[[Any], None]] = [
     _add_simulate,
     _add_validate,
+    _add_store_scores,
 ]
 
 

@@ -1,0 +1,1165 @@
+"""The abuse model: a scikit-learn estimator over LightGBM, its input encoder and calibration.
+
+Three public pieces:
+
+* :class:`FeatureEncoder` maps a DataFrame (batch) or a dict (one request) to a
+  float64 matrix **built from the stored feature list and category levels**. It
+  never re-infers category codes (a batch missing one level would otherwise shift
+  every code, DESIGN.md section 9) and never trusts column order.
+* :class:`RefundAbuseClassifier` trains with ``lightgbm.train`` on that matrix
+  (native categoricals, monotone constraints, deterministic) and predicts through
+  the same encoder. ``predict_proba_row`` is the single-row path for online use.
+* :class:`Calibrator` maps raw probabilities to calibrated ones and is stored as
+  plain numbers (isotonic thresholds or Platt's ``a, b``); :func:`choose_calibrator`
+  picks the method by out-of-fold log-loss on validation data.
+
+Nothing here reads or writes files; :mod:`refundguard.artifacts` does that.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
+from sklearn.utils import check_random_state
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_array, column_or_1d
+
+from refundguard.errors import (
+    ConfigError,
+    DataError,
+    NotFittedError,
+    RequestError,
+    SchemaError,
+    UnseenCategoryWarning,
+)
+
+__all__ = [
+    "FeatureEncoder",
+    "RefundAbuseClassifier",
+    "Calibrator",
+    "choose_calibrator",
+]
+
+_OWNER = "RefundAbuseClassifier"
+
+
+class _NotFitted(NotFittedError, _SklearnNotFittedError):
+    """refundguard's NotFittedError that scikit-learn also recognises as its own."""
+
+# Characters LightGBM refuses in feature names, plus whitespace (which it rewrites).
+_BAD_NAME_CHARS = set('"\',:[]{}') | {" ", "\t", "\n", "\r"}
+
+
+# ----------------------------------------------------------------------------- encoder
+
+
+def _python_scalar(value: Any) -> Any:
+    """Turn a numpy scalar into the equivalent Python scalar (JSON friendly)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class FeatureEncoder:
+    """Map model input to a float64 matrix in the stored feature order.
+
+    Parameters
+    ----------
+    features
+        Feature names in model (booster) order.
+    categories
+        For each categorical feature, its levels as seen at fit time; level ``i``
+        is encoded as the float ``i``. Missing values and levels not in the list
+        become NaN, which LightGBM sends down the "other" branch.
+
+    Notes
+    -----
+    Columns are looked up by name, so their order in the input never matters;
+    extra columns are ignored; missing columns raise :class:`SchemaError` (batch)
+    or :class:`RequestError` (one row) naming them.
+    """
+
+    def __init__(self, features: Sequence[str], categories: Mapping[str, Sequence[Any]] | None = None) -> None:
+        self.features: tuple[str, ...] = tuple(str(f) for f in features)
+        cats = dict(categories or {})
+        unknown = sorted(set(cats) - set(self.features))
+        if unknown:
+            raise ConfigError(
+                f"The 'categories' of FeatureEncoder name features that are not in the feature list: {unknown}.",
+                owner="FeatureEncoder",
+                field="categories",
+                value=unknown,
+            )
+        self.categories: dict[str, list[Any]] = {f: [_python_scalar(v) for v in cats[f]] for f in self.features if f in cats}
+        self._index = {f: pd.Index(levels) for f, levels in self.categories.items()}
+        # Plain dict lookups for the single-row path.
+        self._plan: list[tuple[str, dict[Any, float] | None]] = [
+            (f, {lvl: float(i) for i, lvl in enumerate(self.categories[f])} if f in self.categories else None)
+            for f in self.features
+        ]
+
+    @property
+    def n_features(self) -> int:
+        """Number of features."""
+        return len(self.features)
+
+    def is_categorical(self, feature: str) -> bool:
+        """Whether ``feature`` is categorical."""
+        return feature in self.categories
+
+    def transform(self, X: pd.DataFrame) -> tuple[np.ndarray, dict[str, int]]:
+        """Encode a DataFrame (batch path).
+
+        Parameters
+        ----------
+        X
+            One row per request with (at least) every feature as a column.
+
+        Returns
+        -------
+        matrix : ndarray of shape (n_rows, n_features), float64, C order
+        unseen : dict
+            Feature -> number of non-missing values whose level was not seen at fit
+            (only features with at least one).
+
+        Raises
+        ------
+        SchemaError
+            If columns are missing, or a numeric column holds non-numeric values.
+        """
+        if not isinstance(X, pd.DataFrame):
+            raise SchemaError(f"FeatureEncoder.transform expects a pandas DataFrame; got {type(X).__name__}.")
+        missing = [f for f in self.features if f not in X.columns]
+        if missing:
+            raise SchemaError(
+                f"The model input is missing {len(missing)} feature column(s): {missing}.",
+                column=missing[0],
+                rule="required",
+                n_bad=len(missing),
+                values=missing,
+            )
+        out = np.empty((len(X), len(self.features)), dtype=np.float64)
+        unseen: dict[str, int] = {}
+        for j, name in enumerate(self.features):
+            col = X[name]
+            if isinstance(col, pd.DataFrame):
+                raise SchemaError(f"The model input has duplicate column {name!r}.", column=name, rule="unique")
+            if name in self.categories:
+                codes, n_unseen = self._encode_categorical(name, col)
+                out[:, j] = codes
+                if n_unseen:
+                    unseen[name] = n_unseen
+            else:
+                out[:, j] = self._encode_numeric(name, col)
+        return out, unseen
+
+    def _encode_categorical(self, name: str, col: pd.Series) -> tuple[np.ndarray, int]:
+        index = self._index[name]
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            # Map the batch's own categories once, then gather by its codes.
+            cat_map = index.get_indexer(col.cat.categories).astype(np.float64)
+            cat_map[cat_map < 0] = np.nan
+            raw = col.cat.codes.to_numpy()
+            codes = np.where(raw >= 0, cat_map[np.maximum(raw, 0)] if len(cat_map) else np.nan, np.nan)
+            n_unseen = int(np.count_nonzero((raw >= 0) & np.isnan(codes)))
+        else:
+            idx = index.get_indexer(col)
+            codes = idx.astype(np.float64)
+            bad = idx < 0
+            codes[bad] = np.nan
+            n_unseen = int(np.count_nonzero(bad & col.notna().to_numpy()))
+        return codes, n_unseen
+
+    @staticmethod
+    def _encode_numeric(name: str, col: pd.Series) -> np.ndarray:
+        try:
+            return col.to_numpy(dtype=np.float64, na_value=np.nan)
+        except (TypeError, ValueError) as exc:
+            numeric = pd.to_numeric(col, errors="coerce")
+            bad = col[numeric.isna() & col.notna()]
+            raise SchemaError(
+                f"Feature column {name!r} must be numeric; {len(bad)} value(s) are not, e.g. {bad.head(3).tolist()}.",
+                column=name,
+                rule="type",
+                n_bad=len(bad),
+                values=bad.head(5).tolist(),
+            ) from exc
+
+    def encode_row(self, row: Mapping[str, Any], *, unseen: list[str] | None = None) -> np.ndarray:
+        """Encode one request (online path, plain Python, no pandas).
+
+        Parameters
+        ----------
+        row
+            Feature name -> value. ``None`` or NaN means missing.
+        unseen
+            If a list is given, the names of categorical features whose (non-missing)
+            level was not seen at fit time are appended to it.
+
+        Returns
+        -------
+        ndarray of shape (n_features,), float64
+
+        Raises
+        ------
+        RequestError
+            If a feature is absent from ``row`` or a numeric value is not a number.
+        """
+        out = np.empty(len(self._plan), dtype=np.float64)
+        for j, (name, lookup) in enumerate(self._plan):
+            try:
+                value = row[name]
+            except KeyError:
+                raise RequestError(f"The request has no feature {name!r}.", field=name) from None
+            if value is None:
+                out[j] = math.nan
+            elif lookup is not None:
+                try:
+                    code = lookup.get(value)
+                except TypeError:
+                    raise RequestError(
+                        f"Feature {name!r} must be a category level (str); got {value!r}.", field=name, value=value
+                    ) from None
+                if code is None:
+                    out[j] = math.nan
+                    if unseen is not None and value == value:  # NaN is missing, not unseen
+                        unseen.append(name)
+                else:
+                    out[j] = code
+            else:
+                try:
+                    out[j] = float(value)
+                except (TypeError, ValueError):
+                    raise RequestError(
+                        f"Feature {name!r} must be a number; got {value!r}.", field=name, value=value
+                    ) from None
+        return out
+
+    def decode_value(self, feature: str, encoded: float) -> Any:
+        """The original value of one encoded cell (the level for categoricals, None for missing)."""
+        if encoded != encoded:
+            return None
+        levels = self.categories.get(feature)
+        if levels is None:
+            return float(encoded)
+        return levels[int(encoded)]
+
+
+# ----------------------------------------------------------------------------- classifier
+
+
+def _check_param(name: str, value: Any, ok: bool, constraint: str) -> None:
+    if not ok:
+        raise ConfigError(
+            f"The {name!r} parameter of {_OWNER} must be {constraint}. Got {value!r} instead.",
+            owner=_OWNER,
+            field=name,
+            value=value,
+        )
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
+
+
+class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
+    """Binary abuse classifier: LightGBM (``lightgbm.train``) behind the scikit-learn API.
+
+    Parameters
+    ----------
+    n_estimators : int, default=300
+        Boosting rounds (the maximum when early stopping is on).
+    learning_rate : float, default=0.05
+    num_leaves : int, default=31
+    max_depth : int, default=-1
+        -1 means no limit.
+    min_child_samples : int, default=20
+        Minimum rows in a leaf (LightGBM ``min_data_in_leaf``).
+    min_child_weight : float, default=1e-3
+        Minimum hessian sum in a leaf.
+    reg_alpha, reg_lambda : float, default=0.0
+        L1 / L2 regularisation of leaf values.
+    subsample : float, default=1.0
+        Row share per bagging round (``bagging_fraction``); bagging runs every
+        ``subsample_freq`` rounds (1 when ``subsample < 1`` and the freq is 0).
+    subsample_freq : int, default=0
+    colsample_bytree : float, default=1.0
+        Feature share per tree (``feature_fraction``).
+    max_bin : int, default=255
+    early_stopping_rounds : int or None, default=None
+        Stop when the binary log-loss on ``eval_set`` has not improved for this
+        many rounds; only used when ``fit`` gets an ``eval_set``. The fitted
+        booster keeps only the best iteration's trees.
+    monotone_constraints : dict or None, default=None
+        Feature name -> -1 (decreasing), 0 or +1 (increasing in the abuse score).
+        Categorical features cannot be constrained.
+    categorical_features : "auto" or list, default="auto"
+        "auto": DataFrame columns of category, str or object dtype. A list names the
+        categorical features (column names, or positions for arrays).
+    class_weight : None, "balanced" or dict, default=None
+        Weights per class, multiplied into ``sample_weight``.
+    scale_pos_weight : float or None, default=None
+        LightGBM's positive-class weight (alternative to ``class_weight``).
+    random_state : int, RandomState or None, default=0
+        Seed; an int gives a bit-identical model for the same data.
+    n_jobs : int or None, default=None
+        Threads for training and batch prediction (None: LightGBM's default, all cores).
+    verbose : int, default=-1
+        LightGBM verbosity.
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (2,)
+        The two labels; ``classes_[1]`` is the abuse class.
+    n_features_in_ : int
+    feature_names_in_ : ndarray of str
+        Only when fitted on a DataFrame with string column names.
+    feature_names_ : list of str
+        Feature names in booster order (``x0, x1, ...`` for arrays).
+    dtypes_ : dict
+        Feature -> dtype name seen at fit (``"category"`` for categoricals).
+    categories_ : dict
+        Categorical feature -> its levels at fit time (code ``i`` = level ``i``).
+    monotone_constraints_ : dict
+        Feature -> constraint for every feature (0 = none).
+    encoder_ : FeatureEncoder
+        The encoder built from ``feature_names_`` and ``categories_``.
+    booster_ : lightgbm.Booster
+    best_iteration_ : int
+        Number of trees kept.
+
+    Notes
+    -----
+    Input is always encoded by :class:`FeatureEncoder` from the stored feature list
+    and levels: DataFrame columns are matched by name (order is irrelevant, extra
+    columns are ignored, missing ones raise :class:`SchemaError`), levels not seen at
+    fit become NaN with one :class:`UnseenCategoryWarning` per call. Training is
+    deterministic (``deterministic=True``, ``force_row_wise=True``, fixed seed).
+    """
+
+    def __init__(
+        self,
+        *,
+        n_estimators: int = 300,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        max_depth: int = -1,
+        min_child_samples: int = 20,
+        min_child_weight: float = 1e-3,
+        reg_alpha: float = 0.0,
+        reg_lambda: float = 0.0,
+        subsample: float = 1.0,
+        subsample_freq: int = 0,
+        colsample_bytree: float = 1.0,
+        max_bin: int = 255,
+        early_stopping_rounds: int | None = None,
+        monotone_constraints: Mapping[str, int] | None = None,
+        categorical_features: str | Sequence[str | int] = "auto",
+        class_weight: str | Mapping[Any, float] | None = None,
+        scale_pos_weight: float | None = None,
+        random_state: int | np.random.RandomState | None = 0,
+        n_jobs: int | None = None,
+        verbose: int = -1,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.max_depth = max_depth
+        self.min_child_samples = min_child_samples
+        self.min_child_weight = min_child_weight
+        self.reg_alpha = reg_alpha
+        self.reg_lambda = reg_lambda
+        self.subsample = subsample
+        self.subsample_freq = subsample_freq
+        self.colsample_bytree = colsample_bytree
+        self.max_bin = max_bin
+        self.early_stopping_rounds = early_stopping_rounds
+        self.monotone_constraints = monotone_constraints
+        self.categorical_features = categorical_features
+        self.class_weight = class_weight
+        self.scale_pos_weight = scale_pos_weight
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+        self.verbose = verbose
+
+    # -- scikit-learn plumbing ---------------------------------------------------------
+
+    def __sklearn_tags__(self):  # noqa: D105 (scikit-learn protocol)
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        tags.input_tags.categorical = True
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def __sklearn_is_fitted__(self) -> bool:  # noqa: D105
+        return hasattr(self, "booster_")
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "booster_"):
+            raise _NotFitted(
+                f"This {_OWNER} instance is not fitted yet. Call 'fit' with appropriate arguments before using it."
+            )
+
+    def _validate_params(self) -> None:
+        p = self
+        _check_param("n_estimators", p.n_estimators, _is_int(p.n_estimators) and p.n_estimators >= 1, "an int >= 1")
+        _check_param(
+            "learning_rate", p.learning_rate, _is_real(p.learning_rate) and p.learning_rate > 0, "a float > 0"
+        )
+        _check_param("num_leaves", p.num_leaves, _is_int(p.num_leaves) and 2 <= p.num_leaves <= 131072, "an int in [2, 131072]")
+        _check_param("max_depth", p.max_depth, _is_int(p.max_depth), "an int (-1 for no limit)")
+        _check_param(
+            "min_child_samples", p.min_child_samples, _is_int(p.min_child_samples) and p.min_child_samples >= 1, "an int >= 1"
+        )
+        _check_param(
+            "min_child_weight", p.min_child_weight, _is_real(p.min_child_weight) and p.min_child_weight >= 0, "a float >= 0"
+        )
+        for name in ("reg_alpha", "reg_lambda"):
+            v = getattr(p, name)
+            _check_param(name, v, _is_real(v) and v >= 0, "a float >= 0")
+        for name in ("subsample", "colsample_bytree"):
+            v = getattr(p, name)
+            _check_param(name, v, _is_real(v) and 0 < v <= 1, "a float in (0.0, 1.0]")
+        _check_param("subsample_freq", p.subsample_freq, _is_int(p.subsample_freq) and p.subsample_freq >= 0, "an int >= 0")
+        _check_param("max_bin", p.max_bin, _is_int(p.max_bin) and p.max_bin >= 2, "an int >= 2")
+        _check_param(
+            "early_stopping_rounds",
+            p.early_stopping_rounds,
+            p.early_stopping_rounds is None or (_is_int(p.early_stopping_rounds) and p.early_stopping_rounds >= 1),
+            "None or an int >= 1",
+        )
+        _check_param(
+            "monotone_constraints",
+            p.monotone_constraints,
+            p.monotone_constraints is None
+            or (
+                isinstance(p.monotone_constraints, Mapping)
+                and all(_is_int(v) and v in (-1, 0, 1) for v in p.monotone_constraints.values())
+            ),
+            "None or a dict of feature -> -1, 0 or 1",
+        )
+        cf = p.categorical_features
+        _check_param(
+            "categorical_features",
+            cf,
+            cf == "auto" or (isinstance(cf, Sequence) and not isinstance(cf, str)),
+            '"auto" or a list of feature names or positions',
+        )
+        cw = p.class_weight
+        _check_param(
+            "class_weight",
+            cw,
+            cw is None or cw == "balanced" or (isinstance(cw, Mapping) and all(_is_real(v) and v >= 0 for v in cw.values())),
+            'None, "balanced" or a dict of class -> weight >= 0',
+        )
+        spw = p.scale_pos_weight
+        _check_param("scale_pos_weight", spw, spw is None or (_is_real(spw) and spw > 0), "None or a float > 0")
+        if cw is not None and spw is not None:
+            raise ConfigError(
+                f"The 'class_weight' and 'scale_pos_weight' parameters of {_OWNER} cannot both be set. "
+                f"Got class_weight={cw!r} and scale_pos_weight={spw!r}.",
+                owner=_OWNER,
+                field="scale_pos_weight",
+                value=spw,
+            )
+        _check_param("n_jobs", p.n_jobs, p.n_jobs is None or _is_int(p.n_jobs), "None or an int")
+
+    # -- input handling ----------------------------------------------------------------
+
+    def _as_frame(self, X: Any, *, fitting: bool) -> tuple[pd.DataFrame, bool]:
+        """Return X as a DataFrame with string column names and whether it came with names."""
+        if isinstance(X, pd.DataFrame):
+            cols = list(X.columns)
+            str_names = [c for c in cols if isinstance(c, str)]
+            if len(str_names) == len(cols) and cols:
+                if len(X) == 0:
+                    raise SchemaError(f"Found array with 0 sample(s) (shape={X.shape}) while a minimum of 1 is required by {_OWNER}.")
+                return X, True
+            if str_names:
+                raise TypeError(
+                    "Feature names are only supported if all input features have string names, but your input has "
+                    f"{sorted({type(c).__name__ for c in cols})} as feature name / column name types."
+                )
+            values = X.to_numpy()
+        else:
+            values = X
+        try:
+            arr = check_array(values, dtype="numeric", ensure_all_finite="allow-nan", accept_sparse=False, input_name="X")
+        except TypeError:
+            raise
+        arr = np.asarray(arr, dtype=np.float64)
+        names = [f"x{i}" for i in range(arr.shape[1])]
+        return pd.DataFrame(arr, columns=names, copy=False), False
+
+    def _encode(self, X: Any) -> np.ndarray:
+        self._check_fitted()
+        return self._encode_with(X, self.encoder_, hasattr(self, "feature_names_in_"))
+
+    def _encode_with(self, X: Any, encoder: FeatureEncoder, fitted_with_names: bool) -> np.ndarray:
+        frame, named = self._as_frame(X, fitting=False)
+        n_expected = encoder.n_features
+        if not named or not fitted_with_names:
+            # Arrays are positional (scikit-learn's convention); so is a DataFrame given to
+            # a model fitted on an array.
+            if frame.shape[1] != n_expected:
+                raise SchemaError(
+                    f"X has {frame.shape[1]} features, but {_OWNER} is expecting {n_expected} features as input."
+                )
+            if not named and fitted_with_names:
+                warnings.warn(
+                    f"X does not have valid feature names, but {_OWNER} was fitted with feature names; "
+                    "columns are taken in the fitted order.",
+                    UserWarning,
+                    stacklevel=4,
+                )
+            frame = frame.set_axis(list(encoder.features), axis=1)
+        matrix, unseen = encoder.transform(frame)
+        if unseen:
+            detail = ", ".join(f"{k}: {v}" for k, v in unseen.items())
+            warnings.warn(
+                f"Category levels not seen at training time were treated as missing ({detail} row(s)).",
+                UnseenCategoryWarning,
+                stacklevel=4,
+            )
+        return matrix
+
+    def _check_y(self, y: Any) -> tuple[np.ndarray, np.ndarray]:
+        y = self._clean_y(y)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        if len(classes) > 2:
+            y_type = type_of_target(y, input_name="y")
+            raise DataError(
+                f"Only binary classification is supported. The type of the target is {y_type}: "
+                f"{len(classes)} classes, e.g. {classes[:5].tolist()}.",
+                detail={"n_classes": len(classes)},
+            )
+        if len(classes) < 2:
+            raise DataError(
+                f"{_OWNER} needs 2 classes in y; got 1 class: {classes.tolist()}.",
+                detail={"n_classes": len(classes)},
+            )
+        return classes, y_idx.astype(np.float64)
+
+    @staticmethod
+    def _clean_y(y: Any) -> np.ndarray:
+        if y is None:
+            raise ValueError(f"{_OWNER} requires y to be passed, but the target y is None.")
+        if isinstance(y, (pd.Series, pd.Index)) or hasattr(y, "isna"):
+            series = pd.Series(y)
+            if series.isna().any():
+                raise DataError(
+                    f"Input y contains NaN: {int(series.isna().sum())} row(s) have no label; drop unlabeled rows before fit.",
+                    detail={"n_missing": int(series.isna().sum())},
+                )
+            numpy_dtype = getattr(series.dtype, "numpy_dtype", None)
+            y = series.to_numpy(dtype=numpy_dtype) if numpy_dtype is not None else series.to_numpy()
+        y = column_or_1d(y, warn=True)
+        if y.dtype.kind in "fc":
+            y = check_array(y, ensure_2d=False, dtype=None, ensure_all_finite=True, input_name="y")
+        check_classification_targets(y)
+        return y
+
+    def _resolve_categoricals(self, frame: pd.DataFrame, named: bool) -> list[str]:
+        cf = self.categorical_features
+        names = list(frame.columns)
+        if cf == "auto":
+            if not named:
+                return []
+            return [
+                c
+                for c in names
+                if isinstance(frame[c].dtype, (pd.CategoricalDtype, pd.StringDtype)) or frame[c].dtype == object
+            ]
+        chosen: list[str] = []
+        for item in cf:
+            if _is_int(item) and not named:
+                if not 0 <= item < len(names):
+                    raise ConfigError(
+                        f"The 'categorical_features' parameter of {_OWNER} has position {item}, "
+                        f"but X has {len(names)} columns.",
+                        owner=_OWNER,
+                        field="categorical_features",
+                        value=item,
+                    )
+                chosen.append(names[item])
+            elif item in names:
+                chosen.append(str(item))
+            else:
+                raise ConfigError(
+                    f"The 'categorical_features' parameter of {_OWNER} names {item!r}, which is not a column of X.",
+                    owner=_OWNER,
+                    field="categorical_features",
+                    value=item,
+                )
+        return [c for c in names if c in set(chosen)]
+
+    @staticmethod
+    def _levels(col: pd.Series) -> list[Any]:
+        if isinstance(col.dtype, pd.CategoricalDtype):
+            levels = list(col.cat.categories)
+        else:
+            uniq = pd.unique(col.dropna())
+            try:
+                levels = sorted(uniq.tolist())
+            except TypeError:
+                levels = sorted(uniq.tolist(), key=lambda v: (type(v).__name__, str(v)))
+        return [_python_scalar(v) for v in levels]
+
+    def _sample_weight(self, y_idx: np.ndarray, sample_weight: Any) -> np.ndarray | None:
+        sw: np.ndarray | None = None
+        if sample_weight is not None:
+            sw = np.asarray(sample_weight, dtype=np.float64)
+            if sw.ndim != 1 or sw.shape[0] != y_idx.shape[0]:
+                raise ValueError(
+                    f"sample_weight.shape == {sw.shape}, expected {(y_idx.shape[0],)}!"
+                )
+            if not np.all(np.isfinite(sw)) or np.any(sw < 0):
+                raise DataError("sample_weight must be finite and >= 0.")
+            if not sw.sum() > 0:
+                raise DataError("sample_weight sums to zero: nothing to train on.")
+        cw = self.class_weight
+        if cw is None:
+            return sw
+        if cw == "balanced":
+            counts = np.bincount(y_idx.astype(np.int64), minlength=2).astype(np.float64)
+            per_class = len(y_idx) / (2.0 * np.maximum(counts, 1.0))
+        else:
+            per_class = np.array([float(cw.get(self.classes_[0], 1.0)), float(cw.get(self.classes_[1], 1.0))])
+        w = per_class[y_idx.astype(np.int64)]
+        return w if sw is None else w * sw
+
+    def _lgb_params(self, monotone: list[int], seed: int) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "objective": "binary",
+            "learning_rate": float(self.learning_rate),
+            "num_leaves": int(self.num_leaves),
+            "max_depth": int(self.max_depth),
+            "min_data_in_leaf": int(self.min_child_samples),
+            "min_sum_hessian_in_leaf": float(self.min_child_weight),
+            "lambda_l1": float(self.reg_alpha),
+            "lambda_l2": float(self.reg_lambda),
+            "bagging_fraction": float(self.subsample),
+            "bagging_freq": int(self.subsample_freq or (1 if self.subsample < 1 else 0)),
+            "feature_fraction": float(self.colsample_bytree),
+            "max_bin": int(self.max_bin),
+            "seed": seed,
+            "deterministic": True,
+            "force_row_wise": True,
+            "feature_pre_filter": False,
+            "num_threads": 0 if self.n_jobs is None else int(self.n_jobs),
+            "verbosity": int(self.verbose),
+            "metric": "binary_logloss",
+        }
+        if any(monotone):
+            params["monotone_constraints"] = monotone
+        if self.scale_pos_weight is not None:
+            params["scale_pos_weight"] = float(self.scale_pos_weight)
+        return params
+
+    # -- public API ----------------------------------------------------------------------
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        *,
+        sample_weight: Any = None,
+        eval_set: tuple[Any, Any] | Sequence[tuple[Any, Any]] | None = None,
+    ) -> RefundAbuseClassifier:
+        """Train the model.
+
+        Parameters
+        ----------
+        X : DataFrame or array-like of shape (n_samples, n_features)
+            Categorical columns may hold strings or pandas categories.
+        y : array-like of shape (n_samples,)
+            Two classes; the larger label (``True``, 1) is the abuse class. No missing labels.
+        sample_weight : array-like of shape (n_samples,), optional
+        eval_set : (X_val, y_val) or [(X_val, y_val)], optional
+            Validation data for early stopping (encoded with the levels of ``X``).
+
+        Returns
+        -------
+        self
+        """
+        self._validate_params()
+        frame, named = self._as_frame(X, fitting=True)
+        self.__dict__.pop("feature_names_in_", None)
+        classes, y_idx = self._check_y(y)
+        if len(y_idx) != len(frame):
+            raise ValueError(f"X has {len(frame)} rows but y has {len(y_idx)}.")
+        self.classes_ = classes
+        names = [str(c) for c in frame.columns]
+        bad = [n for n in names if not n or _BAD_NAME_CHARS & set(n)]
+        if bad:
+            raise SchemaError(
+                f"Feature names must be non-empty and contain no whitespace or JSON special characters; got {bad[:5]}.",
+                rule="feature_name",
+                n_bad=len(bad),
+                values=bad[:5],
+            )
+        if len(set(names)) != len(names):
+            dup = sorted({n for n in names if names.count(n) > 1})
+            raise SchemaError(f"Feature names must be unique; duplicated: {dup}.", rule="unique", values=dup)
+        cat_features = self._resolve_categoricals(frame, named)
+        categories = {c: self._levels(frame[c]) for c in cat_features}
+        mono_in = dict(self.monotone_constraints or {})
+        unknown = sorted(set(mono_in) - set(names), key=str)
+        if unknown:
+            raise ConfigError(
+                f"The 'monotone_constraints' parameter of {_OWNER} names feature(s) not in X: {unknown}.",
+                owner=_OWNER,
+                field="monotone_constraints",
+                value=unknown,
+            )
+        on_cat = sorted(f for f in cat_features if mono_in.get(f, 0) != 0)
+        if on_cat:
+            raise ConfigError(
+                f"The 'monotone_constraints' parameter of {_OWNER} constrains categorical feature(s) {on_cat}; "
+                "only numeric features can be constrained.",
+                owner=_OWNER,
+                field="monotone_constraints",
+                value=on_cat,
+            )
+        encoder = FeatureEncoder(names, categories)
+        matrix, _ = encoder.transform(frame)
+        weight = self._sample_weight(y_idx, sample_weight)
+        monotone = [int(mono_in.get(n, 0)) for n in names]
+
+        rs = self.random_state
+        seed = int(rs) if _is_int(rs) else int(check_random_state(rs).randint(np.iinfo(np.int32).max))
+        params = self._lgb_params(monotone, seed)
+        cat_idx = [names.index(c) for c in cat_features]
+        train_set = lgb.Dataset(
+            matrix,
+            label=y_idx,
+            weight=weight,
+            feature_name=names,
+            categorical_feature=cat_idx,
+            free_raw_data=True,
+            params={"verbosity": params["verbosity"]},
+        )
+        valid_sets: list[lgb.Dataset] = []
+        callbacks: list[Callable[..., Any]] = []
+        if eval_set is not None:
+            pairs = [eval_set] if isinstance(eval_set, tuple) else list(eval_set)
+            for X_val, y_val in pairs:
+                m_val = self._encode_with(X_val, encoder, named)
+                yv = self._clean_y(y_val)
+                unknown_labels = sorted(set(np.unique(yv).tolist()) - set(classes.tolist()), key=str)
+                if unknown_labels:
+                    raise DataError(f"eval_set has labels not seen in y: {unknown_labels[:5]}.")
+                if len(yv) != len(m_val):
+                    raise ValueError(f"eval_set X has {len(m_val)} rows but y has {len(yv)}.")
+                valid_sets.append(
+                    lgb.Dataset(
+                        m_val,
+                        label=(yv == classes[1]).astype(np.float64),
+                        reference=train_set,
+                        categorical_feature=cat_idx,
+                    )
+                )
+            if self.early_stopping_rounds is not None:
+                callbacks.append(lgb.early_stopping(int(self.early_stopping_rounds), first_metric_only=True, verbose=False))
+        booster = lgb.train(
+            params,
+            train_set,
+            num_boost_round=int(self.n_estimators),
+            valid_sets=valid_sets or None,
+            valid_names=[f"valid_{i}" for i in range(len(valid_sets))] or None,
+            callbacks=callbacks or None,
+        )
+        best = int(booster.best_iteration) if booster.best_iteration and booster.best_iteration > 0 else booster.current_iteration()
+        # Keep only the trees that are used: the booster and its text are then one and the same model.
+        booster = lgb.Booster(model_str=booster.model_to_string(num_iteration=best))
+
+        self.booster_ = booster
+        self.best_iteration_ = best
+        self.n_features_in_ = len(names)
+        self.feature_names_ = names
+        if named:
+            self.feature_names_in_ = np.asarray(names, dtype=object)
+        self.categories_ = categories
+        self.dtypes_ = {n: ("category" if n in categories else str(frame[n].dtype)) for n in names}
+        self.monotone_constraints_ = dict(zip(names, monotone))
+        self.encoder_ = encoder
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Raw score (log-odds of the abuse class), shape (n_samples,)."""
+        matrix = self._encode(X)
+        return self.booster_.predict(matrix, raw_score=True, num_threads=self._threads())
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, shape (n_samples, 2); column 1 is the abuse class."""
+        matrix = self._encode(X)
+        p = self.booster_.predict(matrix, num_threads=self._threads())
+        return np.column_stack([1.0 - p, p])
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted labels (abuse when the raw score is > 0, i.e. p > 0.5)."""
+        self._check_fitted()
+        return self.classes_[(self.decision_function(X) > 0).astype(np.int64)]
+
+    def _threads(self) -> int:
+        return 0 if self.n_jobs is None else int(self.n_jobs)
+
+    def encode_row(self, row: Mapping[str, Any], *, unseen: list[str] | None = None) -> np.ndarray:
+        """Encode one request dict to a float64 row in feature order (see :meth:`FeatureEncoder.encode_row`)."""
+        self._check_fitted()
+        return self.encoder_.encode_row(row, unseen=unseen)
+
+    def predict_proba_row(self, row: np.ndarray) -> float:
+        """Abuse probability of one encoded row (online path, one thread, no pandas).
+
+        Parameters
+        ----------
+        row : ndarray of shape (n_features,)
+            Output of :meth:`encode_row`.
+        """
+        self._check_fitted()
+        return float(self.booster_.predict(row.reshape(1, -1), num_threads=1)[0])
+
+    def top_contributions(self, X_row: Mapping[str, Any] | pd.DataFrame | np.ndarray, k: int = 3) -> list[dict[str, Any]]:
+        """The ``k`` features that pushed this request's score up the most.
+
+        Uses LightGBM's SHAP values (``pred_contrib=True``) in log-odds units.
+
+        Parameters
+        ----------
+        X_row
+            A request dict, a 1-row DataFrame, or an encoded row (ndarray of shape (n_features,)).
+        k
+            At most this many reasons; only positive contributions are returned.
+
+        Returns
+        -------
+        list of dict
+            Items ``{text, feature, value, contribution}``, largest contribution first.
+        """
+        self._check_fitted()
+        if isinstance(X_row, Mapping):
+            row = self.encoder_.encode_row(X_row)
+        elif isinstance(X_row, pd.DataFrame):
+            if len(X_row) != 1:
+                raise SchemaError(f"top_contributions expects one row; got {len(X_row)}.")
+            row = self._encode(X_row)[0]
+        else:
+            row = np.asarray(X_row, dtype=np.float64).reshape(-1)
+            if row.shape[0] != self.n_features_in_:
+                raise SchemaError(f"X_row has {row.shape[0]} values, but {_OWNER} is expecting {self.n_features_in_}.")
+        contrib = self.booster_.predict(row.reshape(1, -1), pred_contrib=True, num_threads=1)[0][:-1]
+        return reasons_from_contributions(self.encoder_, row, contrib, k=k)
+
+    @classmethod
+    def from_booster(
+        cls,
+        booster: lgb.Booster,
+        *,
+        categories: Mapping[str, Sequence[Any]] | None = None,
+        dtypes: Mapping[str, str] | None = None,
+        monotone_constraints: Mapping[str, int] | None = None,
+        classes: Sequence[Any] = (False, True),
+        feature_names_in: bool = True,
+        params: Mapping[str, Any] | None = None,
+    ) -> RefundAbuseClassifier:
+        """Rebuild a fitted classifier around a loaded booster (e.g. from an artifact).
+
+        The feature list is the booster's own; ``categories`` must be the stored levels.
+        """
+        clf = cls(**dict(params or {}))
+        names = list(booster.feature_name())
+        cats = {k: list(v) for k, v in (categories or {}).items()}
+        clf.encoder_ = FeatureEncoder(names, cats)
+        clf.booster_ = booster
+        clf.best_iteration_ = int(booster.current_iteration())
+        clf.n_features_in_ = len(names)
+        clf.feature_names_ = names
+        if feature_names_in:
+            clf.feature_names_in_ = np.asarray(names, dtype=object)
+        clf.categories_ = cats
+        clf.dtypes_ = {n: (dtypes or {}).get(n, "category" if n in cats else "float64") for n in names}
+        mono = dict(monotone_constraints or {})
+        clf.monotone_constraints_ = {n: int(mono.get(n, 0)) for n in names}
+        clf.classes_ = np.asarray(list(classes))
+        return clf
+
+    def feature_spec(self) -> list[dict[str, Any]]:
+        """The feature list for ``meta.json``: ``[{name, dtype, levels?, monotone}]`` in booster order."""
+        self._check_fitted()
+        spec = []
+        for n in self.feature_names_:
+            item: dict[str, Any] = {"name": n, "dtype": self.dtypes_[n], "monotone": int(self.monotone_constraints_[n])}
+            if n in self.categories_:
+                item["levels"] = list(self.categories_[n])
+            spec.append(item)
+        return spec
+
+
+def reasons_from_contributions(
+    encoder: FeatureEncoder, row: np.ndarray, contributions: np.ndarray, *, k: int = 3
+) -> list[dict[str, Any]]:
+    """Turn per-feature contributions (log-odds) into up to ``k`` reason dicts.
+
+    Parameters
+    ----------
+    encoder
+        Used to decode category codes back to levels.
+    row
+        The encoded row.
+    contributions
+        One contribution per feature (without the bias term).
+    k
+        Maximum number of reasons; only positive contributions count.
+
+    Returns
+    -------
+    list of dict
+        ``{text, feature, value, contribution}``, largest first; ties broken by feature order.
+    """
+    order = np.argsort(-contributions, kind="stable")[: max(int(k), 0)]
+    out: list[dict[str, Any]] = []
+    for j in order:
+        c = float(contributions[j])
+        if not c > 0:
+            break
+        name = encoder.features[j]
+        value = encoder.decode_value(name, float(row[j]))
+        shown = "missing" if value is None else (f"{value:.4g}" if isinstance(value, float) else str(value))
+        out.append(
+            {
+                "text": f"{name} = {shown} raises the abuse risk (+{c:.3f} log-odds)",
+                "feature": name,
+                "value": value,
+                "contribution": c,
+            }
+        )
+    return out
+
+
+# ----------------------------------------------------------------------------- calibration
+
+_EPS = 1e-12
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-9, 1 - 1e-9)
+    return np.log(q) - np.log1p(-q)
+
+
+def _check_py(p: Any, y: Any | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    pa = np.asarray(p, dtype=np.float64).reshape(-1)
+    if pa.size == 0:
+        raise DataError("Calibration needs at least one probability; got none.")
+    if np.isnan(pa).any() or (pa < 0).any() or (pa > 1).any():
+        bad = pa[np.isnan(pa) | (pa < 0) | (pa > 1)]
+        raise DataError(f"Probabilities must be in [0, 1] with no NaN; {bad.size} are not, e.g. {bad[:3].tolist()}.")
+    if y is None:
+        return pa, None
+    ya = np.asarray(pd.Series(y).to_numpy(dtype=np.float64, na_value=np.nan)).reshape(-1)
+    if ya.shape != pa.shape:
+        raise DataError(f"p has {pa.size} values but y has {ya.size}.")
+    if np.isnan(ya).any() or not np.isin(ya, (0.0, 1.0)).all():
+        raise DataError("Calibration labels must be 0/1 (or bool) with no missing values.")
+    return pa, ya
+
+
+class Calibrator:
+    """Probability calibration stored as plain numbers.
+
+    Parameters
+    ----------
+    method : {"isotonic", "platt"}
+        ``isotonic``: a monotone step function (sklearn's IsotonicRegression),
+        stored as its ``x``/``y`` thresholds and applied by linear interpolation,
+        clipped at both ends. ``platt``: ``sigmoid(a * logit(p) + b)``, fitted by
+        maximum likelihood (Newton's method).
+
+    Attributes
+    ----------
+    params_ : dict
+        ``{"x": [...], "y": [...]}`` or ``{"a": float, "b": float}``.
+    """
+
+    METHODS = ("isotonic", "platt")
+
+    def __init__(self, method: str = "isotonic") -> None:
+        if method not in self.METHODS:
+            raise ConfigError(
+                f"The 'method' parameter of Calibrator must be one of {self.METHODS}. Got {method!r} instead.",
+                owner="Calibrator",
+                field="method",
+                value=method,
+            )
+        self.method = method
+
+    def fit(self, p: Any, y: Any, sample_weight: Any = None) -> Calibrator:
+        """Fit on raw probabilities ``p`` and 0/1 labels ``y``."""
+        pa, ya = _check_py(p, y)
+        assert ya is not None
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+        if self.method == "isotonic":
+            from sklearn.isotonic import IsotonicRegression
+
+            iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
+            iso.fit(pa, ya, sample_weight=w)
+            self.params_ = {
+                "x": [float(v) for v in iso.X_thresholds_],
+                "y": [float(v) for v in iso.y_thresholds_],
+            }
+        else:
+            a, b = _fit_platt(_logit(pa), ya, w)
+            self.params_ = {"a": a, "b": b}
+        return self
+
+    def transform(self, p: Any) -> np.ndarray:
+        """Calibrated probabilities for raw probabilities ``p``."""
+        if not hasattr(self, "params_"):
+            raise _NotFitted("This Calibrator instance is not fitted yet. Call 'fit' first.")
+        pa, _ = _check_py(p)
+        if self.method == "isotonic":
+            return np.interp(pa, self.params_["x"], self.params_["y"])
+        z = self.params_["a"] * _logit(pa) + self.params_["b"]
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def transform_one(self, p: float) -> float:
+        """Calibrate one probability (plain Python except for isotonic interpolation)."""
+        if self.method == "platt":
+            q = min(max(p, 1e-9), 1 - 1e-9)
+            z = self.params_["a"] * (math.log(q) - math.log1p(-q)) + self.params_["b"]
+            return 1.0 / (1.0 + math.exp(-z)) if z >= -700 else 0.0
+        return float(np.interp(p, self.params_["x"], self.params_["y"]))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description: ``{"method": ..., **params}``."""
+        if not hasattr(self, "params_"):
+            raise _NotFitted("This Calibrator instance is not fitted yet. Call 'fit' first.")
+        return {"method": self.method, **self.params_}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Calibrator:
+        """Rebuild from :meth:`to_dict` output; raises ConfigError on malformed input."""
+        method = d.get("method")
+        cal = cls(str(method))
+        try:
+            if method == "isotonic":
+                x = [float(v) for v in d["x"]]
+                y = [float(v) for v in d["y"]]
+                if len(x) != len(y) or not x or any(b < a for a, b in zip(x, x[1:])) or any(b < a for a, b in zip(y, y[1:])):
+                    raise ValueError("x and y must be non-empty, equally long and non-decreasing")
+                cal.params_ = {"x": x, "y": y}
+            else:
+                a, b = float(d["a"]), float(d["b"])
+                if not (math.isfinite(a) and math.isfinite(b)):
+                    raise ValueError("a and b must be finite")
+                cal.params_ = {"a": a, "b": b}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"The calibration numbers are malformed: {exc}.", owner="Calibrator", field="params", value=dict(d)
+            ) from exc
+        return cal
+
+    def __repr__(self) -> str:
+        return f"Calibrator(method={self.method!r})"
+
+
+def _fit_platt(z: np.ndarray, y: np.ndarray, w: np.ndarray | None, n_iter: int = 100) -> tuple[float, float]:
+    """Maximum-likelihood logistic fit of y on z (two parameters), Newton with step halving."""
+    w = np.ones_like(z) if w is None else w
+    a, b = 1.0, 0.0
+
+    def nll(a_: float, b_: float) -> float:
+        t = a_ * z + b_
+        return float(np.sum(w * (np.logaddexp(0.0, t) - y * t)))
+
+    cur = nll(a, b)
+    for _ in range(n_iter):
+        t = a * z + b
+        q = 1.0 / (1.0 + np.exp(-t))
+        g = np.array([np.sum(w * (q - y) * z), np.sum(w * (q - y))])
+        h = q * (1 - q) * w
+        H = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(H, g)
+        s = 1.0
+        while s > 1e-6:
+            na, nb = a - s * step[0], b - s * step[1]
+            new = nll(na, nb)
+            if new <= cur:
+                break
+            s /= 2
+        else:
+            break
+        done = abs(cur - new) < 1e-12 * max(1.0, abs(cur))
+        a, b, cur = na, nb, new
+        if done:
+            break
+    return float(a), float(b)
+
+
+def _log_loss(y: np.ndarray, q: np.ndarray) -> float:
+    q = np.clip(q, 1e-15, 1 - 1e-15)
+    return float(-np.mean(y * np.log(q) + (1 - y) * np.log1p(-q)))
+
+
+def choose_calibrator(
+    p: Any, y: Any, *, n_splits: int = 5, min_gain: float = 0.005, min_positives: int = 50, random_state: int = 0
+) -> tuple[Calibrator, dict[str, Any]]:
+    """Pick isotonic or Platt calibration on validation data and fit it on all of it.
+
+    Rule (documented, deterministic): both methods are scored by out-of-fold
+    log-loss in ``n_splits`` stratified folds. Isotonic is chosen only if there are
+    at least ``min_positives`` positives **and** its out-of-fold log-loss is lower
+    than Platt's by more than ``min_gain`` (relative, 0.5% by default); otherwise
+    Platt, which has two parameters and cannot overfit small slices.
+
+    Parameters
+    ----------
+    p, y
+        Raw validation probabilities and 0/1 labels.
+
+    Returns
+    -------
+    calibrator : Calibrator
+        Fitted on all of ``p, y``.
+    report : dict
+        ``{"chosen", "oof_log_loss": {"isotonic", "platt", "uncalibrated"}, "n", "n_positive", "rule"}``.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    pa, ya = _check_py(p, y)
+    assert ya is not None
+    n_pos = int(ya.sum())
+    report: dict[str, Any] = {
+        "n": int(pa.size),
+        "n_positive": n_pos,
+        "rule": f"isotonic if >= {min_positives} positives and its out-of-fold log-loss beats Platt's by > {min_gain:.1%}, else platt",
+        "oof_log_loss": {"uncalibrated": _log_loss(ya, pa)},
+    }
+    n_neg = int(pa.size - n_pos)
+    folds = min(n_splits, n_pos, n_neg)
+    if folds < 2:
+        raise DataError(
+            f"Calibration needs at least 2 positive and 2 negative validation rows; got {n_pos} positive, {n_neg} negative.",
+            detail={"n_positive": n_pos, "n_negative": n_neg},
+        )
+    oof = {m: np.empty_like(pa) for m in Calibrator.METHODS}
+    for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=random_state).split(pa, ya):
+        for m in Calibrator.METHODS:
+            oof[m][test_idx] = Calibrator(m).fit(pa[train_idx], ya[train_idx]).transform(pa[test_idx])
+    losses = {m: _log_loss(ya, oof[m]) for m in Calibrator.METHODS}
+    report["oof_log_loss"].update(losses)
+    use_iso = n_pos >= min_positives and losses["isotonic"] < losses["platt"] * (1 - min_gain)
+    chosen = "isotonic" if use_iso else "platt"
+    report["chosen"] = chosen
+    return Calibrator(chosen).fit(pa, ya), report

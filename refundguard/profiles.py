@@ -1,0 +1,778 @@
+"""Point-in-time buyer, store and link profiles (DESIGN.md section 4).
+
+A profile is a small frozen dataclass of counts, sums and timestamps describing
+what was known strictly before a time ``t`` (the request time). Relative features
+(hours since, ratios) are derived from them at request time by
+:mod:`refundguard.features`.
+
+Known-at rule (DESIGN.md section 2): a value is used for a request at ``t`` only
+if its known-at time is strictly before ``t``:
+
+* orders count from ``paid_at`` (with their amount, buyer, store, device and
+  address); ``shipped_at`` / ``delivered_at`` only once they are ``< t``;
+* refunds count from ``requested_at`` (kind, reason, amount); their outcome and
+  label (``is_abuse``) only once ``resolved_at < t``;
+* store scores come from the daily history row ``D = floor(t)`` (which covers
+  ``[D - window, D)``).
+
+The request itself never counts in its own history (its ``requested_at`` equals
+``t``, and events at exactly ``t`` are not before ``t``).
+
+:func:`profiles_as_of` computes every profile for a batch of requests with
+sorted keys and ``np.searchsorted`` (no per-request Python loop): one sort per
+event set, then two binary searches per query and window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from datetime import date, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from refundguard.config import ScoreConfig
+from refundguard.errors import DataError, SchemaError
+
+__all__ = [
+    "BuyerProfile",
+    "StoreProfile",
+    "LinkProfile",
+    "Profiles",
+    "profiles_as_of",
+    "requests_from_tables",
+    "request_record",
+    "ORDER_WINDOWS_DAYS",
+    "REFUND_WINDOWS_DAYS",
+    "MEDIAN_LAST_ORDERS",
+]
+
+#: Windows (days) of the buyer's order counts and spend.
+ORDER_WINDOWS_DAYS: tuple[int, ...] = (30, 90, 365)
+#: Windows (days) of the buyer's refund and refund-only counts.
+REFUND_WINDOWS_DAYS: tuple[int, ...] = (1, 7, 30, 90, 365)
+#: The buyer's median order amount is taken over at most this many latest orders.
+MEDIAN_LAST_ORDERS: int = 20
+
+NS_PER_HOUR = 3_600_000_000_000
+NS_PER_DAY = 24 * NS_PER_HOUR
+_NAT = np.iinfo(np.int64).min
+_NEVER = np.iinfo(np.int64).max
+
+_ORDER_COLUMNS = ("order_id", "buyer_id", "store_id", "category", "amount", "paid_at",
+                  "shipped_at", "delivered_at", "device_id", "address_id")
+_REFUND_COLUMNS = ("refund_id", "order_id", "requested_at", "kind", "reason", "amount",
+                   "resolved_at", "outcome", "is_abuse")
+_REQUEST_COLUMNS = ("requested_at", "buyer_id", "store_id", "device_id", "address_id")
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True, slots=True)
+class BuyerProfile:
+    """What was known about a buyer strictly before the request time.
+
+    Parameters
+    ----------
+    first_order_at
+        ``paid_at`` of the buyer's first order before ``t`` (UTC, tz-aware), or ``None``.
+    n_orders_30d, n_orders_90d, n_orders_365d
+        Orders paid in ``[t - w, t)``.
+    spend_30d, spend_90d, spend_365d
+        Their amounts summed (in whole cents, then divided by 100, so that any two
+        ways of summing agree exactly).
+    n_refunds_1d, n_refunds_7d, n_refunds_30d, n_refunds_90d, n_refunds_365d
+        Refund requests made in ``[t - w, t)`` (any kind). ``n_refunds_1d`` is the
+        buyer's 24-hour burst.
+    n_refund_only_1d, n_refund_only_7d, n_refund_only_30d, n_refund_only_90d, n_refund_only_365d
+        Of these, requests of kind ``refund_only``.
+    refund_only_amount_365d
+        Amount of the refund-only requests of the last 365 days (cents / 100).
+    n_stores_refunded
+        Distinct stores the buyer ever asked a refund from before ``t``.
+    n_not_received_on_delivered
+        Past ``not_received`` claims on an order already delivered before the claim.
+    n_rejected
+        Past refunds with outcome ``rejected`` and ``resolved_at < t``.
+    n_abuse
+        Past refunds with ``is_abuse`` true and ``resolved_at < t``.
+    median_order_amount
+        Median amount of the buyer's latest :data:`MEDIAN_LAST_ORDERS` orders paid
+        before ``t`` (ties in ``paid_at`` broken by amount), or ``None``.
+    """
+
+    first_order_at: datetime | None = None
+    n_orders_30d: int = 0
+    n_orders_90d: int = 0
+    n_orders_365d: int = 0
+    spend_30d: float = 0.0
+    spend_90d: float = 0.0
+    spend_365d: float = 0.0
+    n_refunds_1d: int = 0
+    n_refunds_7d: int = 0
+    n_refunds_30d: int = 0
+    n_refunds_90d: int = 0
+    n_refunds_365d: int = 0
+    n_refund_only_1d: int = 0
+    n_refund_only_7d: int = 0
+    n_refund_only_30d: int = 0
+    n_refund_only_90d: int = 0
+    n_refund_only_365d: int = 0
+    refund_only_amount_365d: float = 0.0
+    n_stores_refunded: int = 0
+    n_not_received_on_delivered: int = 0
+    n_rejected: int = 0
+    n_abuse: int = 0
+    median_order_amount: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreProfile:
+    """The store of the request as known strictly before the request time.
+
+    Parameters
+    ----------
+    score
+        Published store experience score of the request day (the daily row
+        ``D = floor(t)``, which covers ``[D - window, D)``), or ``None``.
+    product, logistics, service
+        Its dimension scores, or ``None``.
+    provisional
+        The store had fewer than ``min_orders`` orders in the score window (true
+        for a store without a history row when ``min_orders`` > 0).
+    score_missing
+        No published score for that day (no row, or a null score).
+    n_orders_30d, n_refunds_30d
+        The store's orders paid and refund requests made in ``[t - 30d, t)``.
+    refund_rate_30d
+        ``n_refunds_30d / n_orders_30d``, or ``None`` when no order.
+    n_refunds_24h
+        The store's refund requests in ``[t - 24h, t)`` (burst signal).
+    category
+        The store's category of the score row (modal order category), or ``None``.
+    """
+
+    score: float | None = None
+    product: float | None = None
+    logistics: float | None = None
+    service: float | None = None
+    provisional: bool = True
+    score_missing: bool = True
+    n_orders_30d: int = 0
+    n_refunds_30d: int = 0
+    refund_rate_30d: float | None = None
+    n_refunds_24h: int = 0
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkProfile:
+    """Ring signals of the request's device and address, strictly before the request time.
+
+    All fields are ``None`` for a request without a device (``device_*``) or
+    without an address (``address_*``).
+
+    Parameters
+    ----------
+    device_n_buyers
+        Distinct buyers who paid an order with this device before ``t``.
+    device_n_bad_buyers
+        How many of them had a refund rejected or labelled abuse, resolved before ``t``.
+    device_n_refunds_24h
+        Refund requests in ``[t - 24h, t)`` on orders placed with this device.
+    address_n_buyers, address_n_bad_buyers, address_n_refunds_24h
+        The same for the delivery address.
+    """
+
+    device_n_buyers: int | None = None
+    device_n_bad_buyers: int | None = None
+    device_n_refunds_24h: int | None = None
+    address_n_buyers: int | None = None
+    address_n_bad_buyers: int | None = None
+    address_n_refunds_24h: int | None = None
+
+
+_BUYER_FIELDS = tuple(f.name for f in fields(BuyerProfile))
+_STORE_FIELDS = tuple(f.name for f in fields(StoreProfile))
+_LINK_FIELDS = tuple(f.name for f in fields(LinkProfile))
+_BUYER_INT = tuple(n for n in _BUYER_FIELDS if n.startswith("n_"))
+_BUYER_FLOAT = ("spend_30d", "spend_90d", "spend_365d", "refund_only_amount_365d",
+                "median_order_amount")
+_STORE_FLOAT = ("score", "product", "logistics", "service", "refund_rate_30d")
+_STORE_INT = ("n_orders_30d", "n_refunds_30d", "n_refunds_24h")
+_STORE_BOOL = ("provisional", "score_missing")
+
+
+def _opt_float(v: Any) -> float | None:
+    v = float(v)
+    return None if math.isnan(v) else v
+
+
+def _opt_int(v: Any) -> int | None:
+    v = float(v)
+    return None if math.isnan(v) else int(v)
+
+
+@dataclass(frozen=True)
+class Profiles:
+    """Profiles of a batch of requests, columnar, row ``i`` for request ``i``.
+
+    Each frame has a ``RangeIndex`` and exactly the fields of its dataclass as
+    columns: ``buyer`` (:class:`BuyerProfile`), ``store`` (:class:`StoreProfile`),
+    ``link`` (:class:`LinkProfile`). Optional values are NaN / NaT / NaN-string
+    in the frames and ``None`` in the dataclasses.
+    """
+
+    buyer: pd.DataFrame
+    store: pd.DataFrame
+    link: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        for name, frame, cols in (("buyer", self.buyer, _BUYER_FIELDS),
+                                  ("store", self.store, _STORE_FIELDS),
+                                  ("link", self.link, _LINK_FIELDS)):
+            if tuple(frame.columns) != cols:
+                raise DataError(f"Profiles.{name} must have the columns {list(cols)}; "
+                                f"got {list(frame.columns)}.", detail={"frame": name})
+        if not len(self.buyer) == len(self.store) == len(self.link):
+            raise DataError("Profiles frames must have the same number of rows; got "
+                            f"{len(self.buyer)}, {len(self.store)}, {len(self.link)}.")
+
+    def __len__(self) -> int:
+        return len(self.buyer)
+
+    def buyer_profile(self, i: int) -> BuyerProfile:
+        """Return the :class:`BuyerProfile` of request row ``i``."""
+        row = self.buyer.iloc[i]
+        kw: dict[str, Any] = {}
+        first = row["first_order_at"]
+        kw["first_order_at"] = None if pd.isna(first) else pd.Timestamp(first)
+        for n in _BUYER_INT:
+            kw[n] = int(row[n])
+        for n in _BUYER_FLOAT:
+            kw[n] = _opt_float(row[n])
+        for n in ("spend_30d", "spend_90d", "spend_365d", "refund_only_amount_365d"):
+            kw[n] = float(row[n])
+        return BuyerProfile(**kw)
+
+    def store_profile(self, i: int) -> StoreProfile:
+        """Return the :class:`StoreProfile` of request row ``i``."""
+        row = self.store.iloc[i]
+        kw: dict[str, Any] = {n: _opt_float(row[n]) for n in _STORE_FLOAT}
+        kw.update({n: int(row[n]) for n in _STORE_INT})
+        kw.update({n: bool(row[n]) for n in _STORE_BOOL})
+        cat = row["category"]
+        kw["category"] = None if pd.isna(cat) else str(cat)
+        return StoreProfile(**kw)
+
+    def link_profile(self, i: int) -> LinkProfile:
+        """Return the :class:`LinkProfile` of request row ``i``."""
+        row = self.link.iloc[i]
+        return LinkProfile(**{n: _opt_int(row[n]) for n in _LINK_FIELDS})
+
+    def profile(self, i: int) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
+        """Return ``(buyer, store, link)`` profiles of request row ``i``."""
+        return self.buyer_profile(i), self.store_profile(i), self.link_profile(i)
+
+    @classmethod
+    def from_records(cls, buyers: Sequence[BuyerProfile], stores: Sequence[StoreProfile],
+                     links: Sequence[LinkProfile]) -> Profiles:
+        """Build the columnar form from per-request dataclasses (tests, online batches)."""
+        first = [None if b.first_order_at is None else pd.Timestamp(b.first_order_at)
+                 for b in buyers]
+        buyer = {"first_order_at": pd.Series(pd.to_datetime(first, utc=True)).dt.as_unit("ns")}
+        for n in _BUYER_FIELDS[1:]:
+            vals = [getattr(b, n) for b in buyers]
+            if n in _BUYER_INT:
+                buyer[n] = pd.Series(np.asarray(vals, dtype=np.int64))
+            else:
+                buyer[n] = pd.Series(np.asarray([np.nan if v is None else v for v in vals],
+                                                dtype=np.float64))
+        store: dict[str, pd.Series] = {}
+        for n in _STORE_FIELDS:
+            vals = [getattr(s, n) for s in stores]
+            if n in _STORE_FLOAT:
+                store[n] = pd.Series(np.asarray([np.nan if v is None else v for v in vals],
+                                                dtype=np.float64))
+            elif n in _STORE_INT:
+                store[n] = pd.Series(np.asarray(vals, dtype=np.int64))
+            elif n in _STORE_BOOL:
+                store[n] = pd.Series(np.asarray(vals, dtype=bool))
+            else:
+                store[n] = pd.Series(vals, dtype="str")
+        link = {n: pd.Series(np.asarray([np.nan if getattr(x, n) is None else getattr(x, n)
+                                         for x in links], dtype=np.float64))
+                for n in _LINK_FIELDS}
+        return cls(pd.DataFrame(buyer), pd.DataFrame(store), pd.DataFrame(link))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _ts_ns(s: pd.Series, where: str) -> np.ndarray:
+    """Timestamps as int64 ns since the epoch, UTC (naive means UTC); NaT -> min int64."""
+    if not pd.api.types.is_datetime64_any_dtype(s.dtype):
+        try:
+            s = pd.to_datetime(s, utc=True)
+        except (ValueError, TypeError) as exc:
+            raise SchemaError(f"{where} must hold timestamps: {exc}", column=where,
+                              rule="type") from None
+    if s.dt.tz is None:
+        s = s.dt.tz_localize("UTC")
+    s = s.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("ns")
+    return s.to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+def _to_utc(value: Any, name: str) -> pd.Timestamp | None:
+    if value is None:
+        return None
+    try:
+        ts = pd.Timestamp(value)
+    except (ValueError, TypeError) as exc:
+        raise SchemaError(f"The {name!r} bound must be a timestamp; got {value!r}: {exc}",
+                          column=name, rule="type") from None
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def _cents(amount: pd.Series | np.ndarray) -> np.ndarray:
+    a = np.asarray(amount, dtype=np.float64)
+    return np.rint(np.nan_to_num(a) * 100.0).astype(np.int64)
+
+
+def _require(df: pd.DataFrame, cols: Sequence[str], table: str) -> None:
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise SchemaError(f"Table {table!r} lacks the column(s) {missing}.", table=table,
+                          column=missing[0], rule="required", n_bad=len(missing),
+                          values=missing)
+
+
+def _codes(*series: pd.Series) -> list[np.ndarray]:
+    """Factorize several id columns into one shared code space (null -> -1)."""
+    lens = [len(s) for s in series]
+    allv = pd.concat([s.reset_index(drop=True).astype("str") for s in series],
+                     ignore_index=True)
+    codes, _ = pd.factorize(allv)
+    out, start = [], 0
+    for n in lens:
+        out.append(np.asarray(codes[start:start + n], dtype=np.int64))
+        start += n
+    return out
+
+
+class _Events:
+    """Timed events per group, sorted so that "how many before ``t``" is two searches.
+
+    Events whose group is < 0 or whose time is NaT are left out (they carry no
+    group or are not known yet). Weights are int64 (cents) so sums are exact.
+    """
+
+    def __init__(self, group: np.ndarray, time: np.ndarray, weight: np.ndarray | None = None,
+                 tiebreak: np.ndarray | None = None) -> None:
+        keep = (group >= 0) & (time != _NAT)
+        group, time = group[keep], time[keep]
+        self.utimes = np.unique(time)
+        self.span = np.int64(len(self.utimes) + 1)
+        key = group * self.span + np.searchsorted(self.utimes, time)
+        if tiebreak is None:
+            order = np.argsort(key, kind="stable")
+        else:
+            order = np.lexsort((tiebreak[keep], key))
+        self.keys = key[order]
+        self.order_kept = np.flatnonzero(keep)[order]
+        self.cw = None
+        if weight is not None:
+            self.cw = np.concatenate(([0], np.cumsum(weight[keep][order], dtype=np.int64)))
+
+    def bounds(self, group: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Positions ``lo, hi``: events of ``group`` with time ``< t`` are ``keys[lo:hi]``."""
+        g = np.maximum(group, 0) * self.span
+        hi = np.searchsorted(self.keys, g + np.searchsorted(self.utimes, t, side="right"), side="left")
+        lo = np.searchsorted(self.keys, g, side="left")
+        hi = np.where(group < 0, lo, hi)
+        return lo, hi
+
+    def count(self, group: np.ndarray, t: np.ndarray) -> np.ndarray:
+        """Events of ``group`` with time strictly before ``t`` (0 for group -1)."""
+        lo, hi = self.bounds(group, t)
+        return hi - lo
+
+    def window(self, group: np.ndarray, t: np.ndarray, width_ns: int
+               ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Count (and weight sum) of events of ``group`` in ``[t - width, t)``."""
+        lo, hi = self.bounds(group, t)
+        _, mid = self.bounds(group, t - np.int64(width_ns))
+        n = hi - mid
+        s = None if self.cw is None else self.cw[hi] - self.cw[mid]
+        return n, s
+
+
+def _first_time_per_pair(a: np.ndarray, b: np.ndarray, t: np.ndarray
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each distinct (a, b) pair with a, b >= 0 and a known time: (a, b, min time)."""
+    keep = (a >= 0) & (b >= 0) & (t != _NAT)
+    if not keep.any():
+        e = np.empty(0, dtype=np.int64)
+        return e, e, e
+    df = pd.DataFrame({"a": a[keep], "b": b[keep], "t": t[keep]})
+    first = df.groupby(["a", "b"], sort=False)["t"].min()
+    return (first.index.get_level_values(0).to_numpy(np.int64),
+            first.index.get_level_values(1).to_numpy(np.int64),
+            first.to_numpy(np.int64))
+
+
+def _median_last(amounts_sorted: np.ndarray, hi: np.ndarray, n: np.ndarray,
+                 k: int = MEDIAN_LAST_ORDERS, chunk: int = 250_000) -> np.ndarray:
+    """Median of ``amounts_sorted[hi - min(n, k):hi]`` for every query (NaN if none)."""
+    out = np.full(len(hi), np.nan)
+    offs = np.arange(k, dtype=np.int64)
+    for s in range(0, len(hi), chunk):
+        h, c = hi[s:s + chunk], np.minimum(n[s:s + chunk], k)
+        idx = h[:, None] - k + offs[None, :]
+        valid = offs[None, :] >= (k - c)[:, None]
+        vals = np.where(valid, amounts_sorted[np.clip(idx, 0, None)] if len(amounts_sorted)
+                        else np.nan, np.inf)
+        vals.sort(axis=1)  # invalid (+inf) last, the c valid values first, ascending
+        has = c > 0
+        rows = np.flatnonzero(has)
+        cc = c[has]
+        lo_v = vals[rows, (cc - 1) // 2]
+        hi_v = vals[rows, cc // 2]
+        out[s + rows] = (lo_v + hi_v) / 2.0
+    return out
+
+
+# --------------------------------------------------------------------------- requests
+
+
+def requests_from_tables(tables: dict[str, pd.DataFrame], start: Any = None, end: Any = None,
+                         *, with_labels: bool = False) -> pd.DataFrame:
+    """Refund requests joined to their orders, restricted to ``requested_at`` in ``[start, end)``.
+
+    Parameters
+    ----------
+    tables
+        Canonical tables (``refundguard.tables.validate`` output); ``orders`` and
+        ``refunds`` are used.
+    start, end
+        Half-open bounds on ``requested_at`` (anything ``pd.Timestamp`` accepts;
+        naive means UTC). ``None`` means unbounded.
+    with_labels
+        Also return ``resolved_at``, ``outcome``, ``escalated`` and ``is_abuse``
+        (for training; never read by features).
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per request, sorted by ``(requested_at, refund_id)``, ``RangeIndex``:
+        ``refund_id, order_id, requested_at, kind, reason, amount, buyer_id, store_id,
+        category, order_amount, paid_at, shipped_at, delivered_at, device_id,
+        address_id`` (+ the label columns).
+
+    Raises
+    ------
+    SchemaError
+        A column is missing or a refund references an unknown order.
+    """
+    orders, refunds = tables["orders"], tables["refunds"]
+    _require(orders, _ORDER_COLUMNS, "orders")
+    _require(refunds, _REFUND_COLUMNS[:6], "refunds")
+    lo, hi = _to_utc(start, "start"), _to_utc(end, "end")
+    req_ns = _ts_ns(refunds["requested_at"], "refunds.requested_at")
+    mask = np.ones(len(refunds), dtype=bool)
+    if lo is not None:
+        mask &= req_ns >= lo.value
+    if hi is not None:
+        mask &= req_ns < hi.value
+    r = refunds.loc[mask]
+    pos = pd.Index(orders["order_id"]).get_indexer(r["order_id"])
+    if (pos < 0).any():
+        bad = r["order_id"].to_numpy()[pos < 0]
+        raise SchemaError(f"refunds.order_id: {len(bad)} refund(s) reference an unknown order, "
+                          f"e.g. {list(bad[:5])}.", table="refunds", column="order_id",
+                          rule="exists in orders", n_bad=len(bad), values=list(bad[:5]))
+    o = orders.iloc[pos]
+
+    def ts(s: pd.Series, name: str) -> pd.Series:
+        return pd.Series(_ts_ns(s, name).view("datetime64[ns]")).dt.tz_localize("UTC")
+
+    out = pd.DataFrame({
+        "refund_id": r["refund_id"].astype("str").to_numpy(),
+        "order_id": r["order_id"].astype("str").to_numpy(),
+        "requested_at": ts(r["requested_at"], "refunds.requested_at"),
+        "kind": r["kind"].astype("str").to_numpy(),
+        "reason": r["reason"].astype("str").to_numpy(),
+        "amount": r["amount"].to_numpy(np.float64),
+        "buyer_id": o["buyer_id"].astype("str").to_numpy(),
+        "store_id": o["store_id"].astype("str").to_numpy(),
+        "category": o["category"].astype("str").to_numpy(),
+        "order_amount": o["amount"].to_numpy(np.float64),
+        "paid_at": ts(o["paid_at"], "orders.paid_at"),
+        "shipped_at": ts(o["shipped_at"], "orders.shipped_at"),
+        "delivered_at": ts(o["delivered_at"], "orders.delivered_at"),
+        "device_id": o["device_id"].astype("str").to_numpy(),
+        "address_id": o["address_id"].astype("str").to_numpy(),
+    })
+    for c in ("refund_id", "order_id", "kind", "reason", "buyer_id", "store_id", "category",
+              "device_id", "address_id"):
+        out[c] = out[c].astype("str")
+    if with_labels:
+        out["resolved_at"] = ts(r["resolved_at"], "refunds.resolved_at")
+        out["outcome"] = r["outcome"].astype("str").to_numpy()
+        out["outcome"] = out["outcome"].astype("str")
+        out["escalated"] = (r["escalated"].to_numpy(bool) if "escalated" in r.columns
+                            else False)
+        out["is_abuse"] = pd.array(r["is_abuse"].to_numpy(), dtype="boolean")
+    out = out.sort_values(["requested_at", "refund_id"], kind="stable").reset_index(drop=True)
+    return out
+
+
+def request_record(requests: pd.DataFrame, i: int) -> dict[str, Any]:
+    """Row ``i`` of a requests frame as a plain dict (NaN / NaT become ``None``).
+
+    This is the shape :func:`refundguard.features.build_features_one` takes.
+    """
+    row = requests.iloc[i]
+    out: dict[str, Any] = {}
+    for k, v in row.items():
+        out[str(k)] = None if (not isinstance(v, (list, tuple)) and pd.isna(v)) else v
+    return out
+
+
+# --------------------------------------------------------------------------- store scores
+
+
+def _score_tz(config: Any) -> str:
+    for attr in ("tz", "time_zone", "timezone"):
+        tz = getattr(config, attr, None)
+        if tz:
+            return str(tz)
+    return "UTC"
+
+
+def _day_ns(t_ns: np.ndarray, tz: str) -> np.ndarray:
+    """Start (UTC ns) of the calendar day of each ``t`` in time zone ``tz``."""
+    if tz.upper() == "UTC":
+        return t_ns - np.mod(t_ns, NS_PER_DAY)
+    s = pd.Series(t_ns.view("datetime64[ns]")).dt.tz_localize("UTC").dt.tz_convert(tz)
+    return _ts_ns(s.dt.normalize(), "requested_at")
+
+
+def _history_day_ns(as_of: pd.Series, tz: str) -> np.ndarray:
+    s = as_of
+    if not pd.api.types.is_datetime64_any_dtype(s.dtype):
+        s = pd.to_datetime(s)
+    if s.dt.tz is None:
+        s = s.dt.tz_localize(tz)
+    return _ts_ns(s, "store_scores.as_of")
+
+
+def _store_score_rows(tables: dict[str, pd.DataFrame], requests: pd.DataFrame,
+                      t_ns: np.ndarray, score_config: ScoreConfig | None,
+                      store_scores: pd.DataFrame | None) -> pd.DataFrame:
+    """Score columns of the history row D = floor(t) of each request's store.
+
+    Columns ``score, product, logistics, service`` (NaN when no score),
+    ``provisional`` (bool) and ``category`` (str, NaN when no row). A store without
+    a row (no event in its window) has 0 orders there, so it is provisional when
+    ``min_orders`` > 0, as in :func:`refundguard.scores.store_scores_for_requests`.
+    """
+    cfg = ScoreConfig() if score_config is None else score_config
+    if store_scores is None:
+        from refundguard import scores as _scores  # the score history is computed there
+
+        res = _scores.store_scores_for_requests(
+            tables, pd.DataFrame({"requested_at": requests["requested_at"].to_numpy(),
+                                  "store_id": requests["store_id"].astype("str").to_numpy()}),
+            cfg)
+        out = pd.DataFrame({c: res[c].astype("float64").to_numpy()
+                            for c in ("score", "product", "logistics", "service")})
+        out["provisional"] = res["provisional"].astype("boolean").fillna(True).to_numpy(bool)
+        out["category"] = res["category"].astype("str").to_numpy()
+        out["category"] = out["category"].astype("str")
+        return out
+    tz = _score_tz(cfg)
+    day = _day_ns(t_ns, tz)
+    _require(store_scores, ("store_id", "as_of", "score", "product", "logistics", "service",
+                            "provisional"), "store_scores")
+    right = pd.DataFrame({
+        "store_id": store_scores["store_id"].astype("str").to_numpy(),
+        "_day": _history_day_ns(store_scores["as_of"], tz),
+        "score": store_scores["score"].astype("float64").to_numpy(),
+        "product": store_scores["product"].astype("float64").to_numpy(),
+        "logistics": store_scores["logistics"].astype("float64").to_numpy(),
+        "service": store_scores["service"].astype("float64").to_numpy(),
+        "provisional": store_scores["provisional"].astype("boolean").fillna(True)
+        .to_numpy(bool),
+        "category": (store_scores["category"].astype("str").to_numpy()
+                     if "category" in store_scores.columns
+                     else np.full(len(store_scores), np.nan, dtype=object)),
+    })
+    right["category"] = right["category"].astype("str")
+    if right.duplicated(["store_id", "_day"]).any():
+        dup = right.loc[right.duplicated(["store_id", "_day"]), "store_id"].head(5).tolist()
+        raise DataError(f"store score history has duplicated (store_id, as_of) rows, e.g. "
+                        f"stores {dup}.", detail={"stores": dup})
+    left = pd.DataFrame({"store_id": requests["store_id"].astype("str").to_numpy(), "_day": day})
+    m = left.merge(right, how="left", on=["store_id", "_day"], sort=False, indicator=True)
+    found = (m["_merge"] == "both").to_numpy(bool)
+    m["provisional"] = np.where(found, m["provisional"].astype("boolean").fillna(True)
+                                .to_numpy(bool), cfg.min_orders > 0)
+    return m.drop(columns=["_merge"])
+
+
+# --------------------------------------------------------------------------- batch
+
+
+def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
+                   score_config: ScoreConfig | None = None, store_scores: pd.DataFrame | None = None
+                   ) -> Profiles:
+    """Buyer, store and link profiles of every request as of its ``requested_at``.
+
+    Parameters
+    ----------
+    tables
+        Canonical tables (``orders``, ``refunds`` used; reviews and service only
+        through the store score history).
+    requests
+        One row per request with at least ``requested_at, buyer_id, store_id,
+        device_id, address_id`` (see :func:`requests_from_tables`). Requests need
+        not be in ``tables``.
+    score_config
+        ``ScoreConfig`` for the store score history (its time zone gives the day
+        boundaries); ``None`` for the default.
+    store_scores
+        A precomputed daily history (``store_id, as_of, category, score, product,
+        logistics, service, provisional``); when ``None`` it is computed with
+        ``refundguard.scores.store_score_history`` for the (store, day) pairs needed.
+
+    Returns
+    -------
+    Profiles
+        Columnar profiles, row ``i`` for ``requests.iloc[i]``.
+
+    Raises
+    ------
+    SchemaError
+        A required column is missing, a timestamp column does not parse, a refund
+        references an unknown order, or a request has no ``requested_at``.
+    """
+    orders, refunds = tables["orders"], tables["refunds"]
+    _require(orders, _ORDER_COLUMNS, "orders")
+    _require(refunds, _REFUND_COLUMNS, "refunds")
+    _require(requests, _REQUEST_COLUMNS, "requests")
+    n = len(requests)
+    t = _ts_ns(requests["requested_at"], "requests.requested_at")
+    if (t == _NAT).any():
+        raise SchemaError("requests.requested_at is required; "
+                          f"{int((t == _NAT).sum())} request(s) have none.", table="requests",
+                          column="requested_at", rule="required", n_bad=int((t == _NAT).sum()))
+
+    # --- orders and refunds as arrays ---------------------------------------------------
+    o_paid = _ts_ns(orders["paid_at"], "orders.paid_at")
+    o_deliv = _ts_ns(orders["delivered_at"], "orders.delivered_at")
+    o_cents = _cents(orders["amount"])
+    o_amount = orders["amount"].to_numpy(np.float64)
+    pos = pd.Index(orders["order_id"]).get_indexer(refunds["order_id"])
+    if (pos < 0).any():
+        bad = refunds["order_id"].to_numpy()[pos < 0]
+        raise SchemaError(f"refunds.order_id: {len(bad)} refund(s) reference an unknown order, "
+                          f"e.g. {list(bad[:5])}.", table="refunds", column="order_id",
+                          rule="exists in orders", n_bad=len(bad), values=list(bad[:5]))
+    r_req = _ts_ns(refunds["requested_at"], "refunds.requested_at")
+    r_res = _ts_ns(refunds["resolved_at"], "refunds.resolved_at")
+    r_cents = _cents(refunds["amount"])
+    r_only = (refunds["kind"].astype("str") == "refund_only").to_numpy(bool)
+    r_nr = (refunds["reason"].astype("str") == "not_received").to_numpy(bool)
+    r_rej = (refunds["outcome"].astype("str") == "rejected").to_numpy(bool) & (r_res != _NAT)
+    r_abuse = (refunds["is_abuse"].astype("boolean").fillna(False).to_numpy(bool)
+               & (r_res != _NAT))
+    r_deliv = o_deliv[pos]
+
+    o_buyer, q_buyer = _codes(orders["buyer_id"], requests["buyer_id"])
+    o_store, q_store = _codes(orders["store_id"], requests["store_id"])
+    o_dev, q_dev = _codes(orders["device_id"], requests["device_id"])
+    o_addr, q_addr = _codes(orders["address_id"], requests["address_id"])
+    r_buyer, r_store, r_dev, r_addr = o_buyer[pos], o_store[pos], o_dev[pos], o_addr[pos]
+
+    # --- buyer ----------------------------------------------------------------------------
+    b: dict[str, Any] = {}
+    first = pd.Series(o_paid[o_paid != _NAT]).groupby(o_buyer[o_paid != _NAT]).min()
+    nb = int(max(o_buyer.max(initial=-1), q_buyer.max(initial=-1))) + 1
+    first_arr = np.full(nb, _NEVER, dtype=np.int64)
+    first_arr[first.index.to_numpy(np.int64)] = first.to_numpy(np.int64)
+    qf = np.where(q_buyer >= 0, first_arr[np.maximum(q_buyer, 0)], _NEVER)
+    qf = np.where(qf < t, qf, _NAT)
+    b["first_order_at"] = pd.Series(qf.view("datetime64[ns]")).dt.tz_localize("UTC")
+
+    ev_orders = _Events(o_buyer, o_paid, o_cents, tiebreak=o_amount)
+    for w in ORDER_WINDOWS_DAYS:
+        cnt, cents = ev_orders.window(q_buyer, t, w * NS_PER_DAY)
+        b[f"n_orders_{w}d"] = cnt
+        b[f"spend_{w}d"] = cents / 100.0
+    ev_ref = _Events(r_buyer, r_req)
+    ev_only = _Events(np.where(r_only, r_buyer, -1), r_req, r_cents)
+    for w in REFUND_WINDOWS_DAYS:
+        b[f"n_refunds_{w}d"] = ev_ref.window(q_buyer, t, w * NS_PER_DAY)[0]
+    for w in REFUND_WINDOWS_DAYS:
+        cnt, cents = ev_only.window(q_buyer, t, w * NS_PER_DAY)
+        b[f"n_refund_only_{w}d"] = cnt
+        if w == 365:
+            b["refund_only_amount_365d"] = cents / 100.0
+    pa, _, pt = _first_time_per_pair(r_buyer, r_store, r_req)
+    b["n_stores_refunded"] = _Events(pa, pt).count(q_buyer, t)
+    nr_deliv = r_nr & (r_deliv != _NAT) & (r_deliv < r_req)
+    b["n_not_received_on_delivered"] = _Events(np.where(nr_deliv, r_buyer, -1), r_req).count(
+        q_buyer, t)
+    b["n_rejected"] = _Events(np.where(r_rej, r_buyer, -1), r_res).count(q_buyer, t)
+    b["n_abuse"] = _Events(np.where(r_abuse, r_buyer, -1), r_res).count(q_buyer, t)
+    lo, hi = ev_orders.bounds(q_buyer, t)
+    b["median_order_amount"] = _median_last(o_amount[ev_orders.order_kept], hi, hi - lo)
+    buyer = pd.DataFrame({k: b[k] for k in _BUYER_FIELDS})
+    for c in _BUYER_INT:
+        buyer[c] = buyer[c].astype(np.int64)
+
+    # --- store ----------------------------------------------------------------------------
+    sc = _store_score_rows(tables, requests, t, score_config, store_scores)
+    s: dict[str, Any] = {c: sc[c].to_numpy(np.float64) for c in ("score", "product",
+                                                                  "logistics", "service")}
+    s["provisional"] = sc["provisional"].to_numpy(bool)
+    s["score_missing"] = np.isnan(s["score"])
+    s_orders = _Events(o_store, o_paid).window(q_store, t, 30 * NS_PER_DAY)[0]
+    ev_sref = _Events(r_store, r_req)
+    s_ref = ev_sref.window(q_store, t, 30 * NS_PER_DAY)[0]
+    s["n_orders_30d"] = s_orders
+    s["n_refunds_30d"] = s_ref
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s["refund_rate_30d"] = np.where(s_orders > 0, s_ref / np.maximum(s_orders, 1), np.nan)
+    s["n_refunds_24h"] = ev_sref.window(q_store, t, NS_PER_DAY)[0]
+    s["category"] = sc["category"].astype("str").to_numpy()
+    store = pd.DataFrame({k: s[k] for k in _STORE_FIELDS})
+    store["category"] = store["category"].astype("str")
+
+    # --- link -----------------------------------------------------------------------------
+    bad_b = r_rej | r_abuse
+    first_bad = np.full(max(nb, 1), _NEVER, dtype=np.int64)
+    if bad_b.any():
+        fb = pd.Series(r_res[bad_b]).groupby(r_buyer[bad_b]).min()
+        first_bad[fb.index.to_numpy(np.int64)] = fb.to_numpy(np.int64)
+    lk: dict[str, Any] = {}
+    for name, o_key, r_key, q_key in (("device", o_dev, r_dev, q_dev),
+                                      ("address", o_addr, r_addr, q_addr)):
+        ka, kb, kt = _first_time_per_pair(o_key, o_buyer, o_paid)
+        n_buyers = _Events(ka, kt).count(q_key, t)
+        bad_t = np.maximum(kt, first_bad[kb]) if len(kb) else kt
+        has_bad = bad_t != _NEVER
+        n_bad = _Events(ka[has_bad], bad_t[has_bad]).count(q_key, t)
+        n24 = _Events(r_key, r_req).window(q_key, t, NS_PER_DAY)[0]
+        missing = q_key < 0
+        lk[f"{name}_n_buyers"] = np.where(missing, np.nan, n_buyers)
+        lk[f"{name}_n_bad_buyers"] = np.where(missing, np.nan, n_bad)
+        lk[f"{name}_n_refunds_24h"] = np.where(missing, np.nan, n24)
+    link = pd.DataFrame({k: np.asarray(lk[k], dtype=np.float64) for k in _LINK_FIELDS})
+    assert len(buyer) == len(store) == len(link) == n
+    return Profiles(buyer, store, link)

@@ -1,0 +1,1212 @@
+"""The store experience score: 0.00 to 5.00 per store, rolling window, daily history.
+
+DESIGN.md section 3 is the definition. Everything here is computed in two steps:
+
+1. per store (and per day for the history), integer **window statistics**: counts,
+   and sums of whole seconds (timestamps are truncated to the second for durations);
+2. one shared function turns those statistics into raw values, shrunk values,
+   points, dimension scores and the published score.
+
+Because step 1 yields the same integers whether it is done with a direct window
+filter (:func:`store_scores`) or with daily buckets and rolling sums
+(:func:`store_score_history`), and step 2 is the same code, the two agree exactly.
+
+Output columns (contract): ``store_id, as_of, category, score, product, logistics,
+service, n_orders, provisional, score_config_hash`` and per indicator
+``<name>_raw, <name>_shrunk, <name>_points, <name>_assessed``, plus ``score_raw``
+(the unrounded total). ``score`` and the three dimension columns are *published*
+values (:func:`publish_score`, 2 decimals); ``score`` is published from the
+unrounded total ``score_raw``, not from the rounded dimensions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from refundguard.config import (
+    DIMENSIONS,
+    HIGHER_IS_BETTER,
+    INDICATOR_DIMENSION,
+    INDICATORS,
+    ScoreConfig,
+)
+from refundguard.errors import ConfigError, DataError, SchemaError
+
+__all__ = [
+    "OUTPUT_COLUMNS",
+    "StoreExplanation",
+    "calibrate_bands",
+    "explain_store",
+    "publish_score",
+    "store_score_history",
+    "store_scores",
+    "store_scores_for_requests",
+]
+
+DAY_NS = 86_400 * 10**9
+SEC_NS = 10**9
+_NAT = np.iinfo(np.int64).min
+QUALITY_REASONS = ("quality", "not_as_described", "damaged", "wrong_item")
+RESPONSE_LIMIT_S = 180.0
+_SUFFIXES = ("raw", "shrunk", "points", "assessed")
+
+#: The output columns of :func:`store_scores` and :func:`store_score_history`, in order.
+OUTPUT_COLUMNS: tuple[str, ...] = (
+    "store_id",
+    "as_of",
+    "category",
+    "score",
+    "product",
+    "logistics",
+    "service",
+    "n_orders",
+    "provisional",
+    "score_config_hash",
+    *(f"{ind}_{suf}" for ind in INDICATORS for suf in _SUFFIXES),
+    "score_raw",
+)
+
+# Integer window statistics, per store (and day).
+_STATS = (
+    "n_orders",  # orders paid in window
+    "qr_n",  # quality-reason refunds requested in window
+    "rv_n",  # reviews created in window
+    "rv_good",  # ... with rating >= 4
+    "pk_n",  # orders with ship_by in window
+    "pk_ok",  # ... shipped at or before ship_by
+    "dl_n",  # orders delivered in window
+    "dl_sum_s",  # sum of seconds paid -> delivered
+    "rf_n",  # refunds requested in window
+    "rf_req_sum_s",  # sum of requested_at (epoch seconds)
+    "rf_closed_n",  # ... resolved before as_of
+    "rf_closed_res_sum_s",  # sum of resolved_at (epoch seconds) of those
+    "dp_n",  # escalated refunds requested in window, escalation known before as_of
+    "sv_n",  # chats started in window
+    "sv_ok",  # ... first response within 180 s
+)
+_SUM_STATS = frozenset({"dl_sum_s", "rf_req_sum_s", "rf_closed_res_sum_s"})
+_ACTIVITY = ("n_orders", "rf_n", "rv_n", "pk_n", "dl_n", "sv_n")
+# indicator -> (scale dividing the numerator: 3600 for hours, 1 for rates, needs refund data)
+_SCALE = {
+    "quality_refund_rate": 1.0,
+    "good_review_rate": 1.0,
+    "pickup_48h_rate": 1.0,
+    "delivery_hours": 3600.0,
+    "refund_handling_hours": 3600.0,
+    "dispute_rate": 1.0,
+    "response_3min_rate": 1.0,
+}
+_NEEDS_REFUNDS = frozenset({"quality_refund_rate", "refund_handling_hours", "dispute_rate"})
+
+
+# --------------------------------------------------------------------------- publishing
+def publish_score(raw: Any) -> Any:
+    """Round a raw score the way it is published.
+
+    First round to 1e-9 (so 4.7949999999 computed for 4.795 becomes 4.795), then
+    half up to 2 decimals, then cap at 5.00 (and floor at 0.00). NaN stays NaN.
+
+    Parameters
+    ----------
+    raw : float, array-like or Series
+        Unrounded score(s).
+
+    Returns
+    -------
+    float, ndarray or Series
+        Same shape; ``publish_score(4.795) == 4.80`` and ``publish_score(4.7949) == 4.79``.
+    """
+    if isinstance(raw, pd.Series):
+        return pd.Series(publish_score(raw.to_numpy(dtype="float64", na_value=np.nan)), index=raw.index, name=raw.name)
+    arr = np.asarray(raw, dtype="float64")
+    nan = np.isnan(arr)
+    n9 = np.rint(np.where(nan, 0.0, arr) * 1e9).astype(np.int64)  # integer nano-points
+    cents = (n9 + 5_000_000) // 10_000_000  # half up
+    cents = np.clip(cents, 0, 500)
+    out = np.where(nan, np.nan, cents / 100.0)
+    if out.ndim == 0:
+        return float(out)
+    return out
+
+
+# --------------------------------------------------------------------------- input helpers
+def _require(tables: Mapping[str, pd.DataFrame], table: str, cols: Sequence[str]) -> pd.DataFrame:
+    if not isinstance(tables, Mapping) or table not in tables:
+        raise SchemaError(f"table {table!r} is missing", table=table, rule="required")
+    df = tables[table]
+    if not isinstance(df, pd.DataFrame):
+        raise SchemaError(f"table {table!r} must be a pandas DataFrame, got {type(df).__name__}", table=table, rule="type")
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise SchemaError(
+            f"table {table!r} lacks required column(s) {missing}", table=table, column=missing[0], rule="required"
+        )
+    return df
+
+
+def _ns(df: pd.DataFrame, col: str, table: str) -> np.ndarray:
+    """int64 UTC nanoseconds (NaT -> int64 min) of a timestamp column."""
+    s = df[col]
+    if not isinstance(s.dtype, pd.DatetimeTZDtype):
+        try:
+            s = pd.to_datetime(s, utc=True)
+        except (ValueError, TypeError) as exc:
+            raise SchemaError(
+                f"column {table}.{col} must hold timestamps", table=table, column=col, rule="type"
+            ) from exc
+    return np.asarray(s.dt.as_unit("ns").array.asi8, dtype=np.int64)
+
+
+def _sec(ns: np.ndarray) -> np.ndarray:
+    """Whole epoch seconds (floor) of nanosecond stamps."""
+    return np.floor_divide(ns, SEC_NS)
+
+
+def _as_of_ns(as_of: Any, tz: str, name: str = "as_of") -> int:
+    """A date or timestamp as UTC ns; naive values are wall-clock in ``tz``."""
+    try:
+        ts = pd.Timestamp(as_of)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"The {name!r} parameter must be a date or timestamp. Got {as_of!r} instead.", field=name, value=as_of) from exc
+    if ts is pd.NaT:
+        raise ConfigError(f"The {name!r} parameter must be a date or timestamp. Got {as_of!r} instead.", field=name, value=as_of)
+    if ts.tzinfo is None:
+        ts = ts.tz_localize(tz, nonexistent="shift_forward", ambiguous=False)
+    return int(ts.tz_convert("UTC").as_unit("ns").value)
+
+
+def _window_start_ns(hi_ns: int, cfg: ScoreConfig) -> int:
+    """``as_of - window_days`` in calendar days of the configured time zone."""
+    if cfg.timezone == "UTC":
+        return hi_ns - cfg.window_days * DAY_NS
+    local = pd.Timestamp(hi_ns, tz="UTC").tz_convert(cfg.timezone).tz_localize(None)
+    lo = (local - pd.Timedelta(days=cfg.window_days)).tz_localize(cfg.timezone, nonexistent="shift_forward", ambiguous=False)
+    return int(lo.tz_convert("UTC").as_unit("ns").value)
+
+
+def _day_index(ns: np.ndarray, tz: str) -> np.ndarray:
+    """Local calendar day number (days since 1970-01-01 in ``tz``); NaT -> int64 max."""
+    nat = ns == _NAT
+    if tz == "UTC":
+        local = ns
+    else:
+        local = pd.DatetimeIndex(np.where(nat, 0, ns).astype("datetime64[ns]"), tz="UTC")
+        local = np.asarray(local.tz_convert(tz).tz_localize(None).asi8, dtype=np.int64)
+    out = np.floor_divide(local, DAY_NS)
+    out[nat] = np.iinfo(np.int64).max // 4
+    return out
+
+
+def _day_start_ns(days: np.ndarray, tz: str) -> np.ndarray:
+    """UTC ns of 00:00 local time of each day number."""
+    days = np.asarray(days, dtype=np.int64)
+    if tz == "UTC":
+        return days * DAY_NS
+    naive = pd.DatetimeIndex((days * DAY_NS).astype("datetime64[ns]"))
+    loc = naive.tz_localize(tz, nonexistent="shift_forward", ambiguous=False)
+    return np.asarray(loc.tz_convert("UTC").asi8, dtype=np.int64)
+
+
+def _str_values(s: pd.Series) -> pd.Series:
+    return s if s.dtype == "str" else s.astype("str")
+
+
+class _StoreLookup:
+    """Maps order ids to the position of their order row, building a hash on the smaller side."""
+
+    def __init__(self, order_ids: pd.Series) -> None:
+        self.order_ids = _str_values(order_ids)
+
+    def rows(self, keys: pd.Series, table: str) -> np.ndarray:
+        """Order row position of each key; raises SchemaError for unknown order ids."""
+        keys = _str_values(keys)
+        if len(keys) == 0:
+            return np.zeros(0, dtype=np.int64)
+        uniq = pd.Index(pd.unique(keys))
+        # probe every order against the (small) set of wanted keys
+        pos_in_uniq = uniq.get_indexer(self.order_ids)
+        hit = np.flatnonzero(pos_in_uniq >= 0)
+        row_of_uniq = np.full(len(uniq), -1, dtype=np.int64)
+        row_of_uniq[pos_in_uniq[hit]] = hit
+        out = row_of_uniq[uniq.get_indexer(keys)]
+        bad = out < 0
+        if bad.any():
+            vals = list(pd.unique(keys[bad])[:5])
+            raise SchemaError(
+                f"{table}.order_id: {int(bad.sum())} row(s) reference an order that is not in orders "
+                f"(first: {vals}); validate the tables first",
+                table=table,
+                column="order_id",
+                rule="exists in orders",
+                n_bad=int(bad.sum()),
+                values=vals,
+            )
+        return out
+
+
+# --------------------------------------------------------------------------- window statistics
+@dataclass
+class _Window:
+    """Statistics of one window: per-store integer arrays plus store ids and categories."""
+
+    store_ids: np.ndarray  # object array of str
+    category: np.ndarray  # object array of str or NaN
+    stats: dict[str, np.ndarray]
+    refunds_known: bool
+
+
+def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int) -> _Window:
+    """Integer statistics of the window ``[lo, hi)`` (UTC ns) per store, filtering first."""
+    orders = _require(tables, "orders", ("order_id", "store_id", "category", "paid_at", "ship_by", "shipped_at", "delivered_at"))
+    refunds = _require(tables, "refunds", ("order_id", "requested_at", "reason", "resolved_at", "escalated"))
+    reviews = _require(tables, "reviews", ("order_id", "rating", "created_at"))
+    service = tables.get("service")
+    if service is None:
+        service = pd.DataFrame({"store_id": pd.Series([], dtype="str"), "started_at": pd.Series([], dtype="datetime64[ns, UTC]"), "first_response_s": pd.Series([], dtype="float64")})
+    service = _require({"service": service}, "service", ("store_id", "started_at", "first_response_s"))
+
+    paid = _ns(orders, "paid_at", "orders")
+    ship_by = _ns(orders, "ship_by", "orders")
+    m_paid = (paid >= lo) & (paid < hi)
+    m_ship = (ship_by >= lo) & (ship_by < hi)
+    deliv = _ns(orders, "delivered_at", "orders")
+    m_deliv = (deliv >= lo) & (deliv < hi)  # NaT is int64 min: never in window
+
+    req = _ns(refunds, "requested_at", "refunds")
+    m_req = (req >= lo) & (req < hi)
+    created = _ns(reviews, "created_at", "reviews")
+    m_rev = (created >= lo) & (created < hi)
+    started = _ns(service, "started_at", "service")
+    m_srv = (started >= lo) & (started < hi)
+    refunds_known = bool(len(req)) and bool(((req != _NAT) & (req < hi)).any())
+
+    lookup = _StoreLookup(orders["order_id"])
+    rf = refunds.loc[m_req]
+    rv = reviews.loc[m_rev]
+    rf_rows = lookup.rows(rf["order_id"], "refunds")
+    rv_rows = lookup.rows(rv["order_id"], "reviews")
+
+    # factorize only the store ids that are needed
+    o_rows = np.flatnonzero(m_paid | m_ship | m_deliv)
+    need_rows = np.unique(np.concatenate([o_rows, rf_rows, rv_rows]))
+    o_store = _str_values(orders["store_id"]).iloc[need_rows]
+    s_store = _str_values(service["store_id"]).loc[m_srv]
+    codes, uniques = pd.factorize(pd.concat([o_store, s_store], ignore_index=True), sort=False)
+    if (codes < 0).any():
+        raise SchemaError("store_id is required (null found)", table="orders", column="store_id", rule="required")
+    n = len(uniques)
+    code_of_row = np.full(len(orders), -1, dtype=np.int64)
+    code_of_row[need_rows] = codes[: len(need_rows)]
+    s_codes = codes[len(need_rows):]
+
+    def cnt(c: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
+        if w is None:
+            return np.bincount(c, minlength=n).astype(np.int64)
+        return np.bincount(c[w], minlength=n).astype(np.int64)
+
+    def sm(c: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = np.zeros(n, dtype=np.int64)
+        np.add.at(out, c, v.astype(np.int64))
+        return out
+
+    st: dict[str, np.ndarray] = {}
+    c_paid = code_of_row[m_paid]
+    st["n_orders"] = cnt(c_paid)
+    c_ship = code_of_row[m_ship]
+    shipped = _ns(orders, "shipped_at", "orders")[m_ship]
+    st["pk_n"] = cnt(c_ship)
+    st["pk_ok"] = cnt(c_ship, (shipped != _NAT) & (shipped <= ship_by[m_ship]))
+    c_del = code_of_row[m_deliv]
+    st["dl_n"] = cnt(c_del)
+    st["dl_sum_s"] = sm(c_del, _sec(deliv[m_deliv]) - _sec(paid[m_deliv]))
+
+    c_rf = code_of_row[rf_rows]
+    r_req = req[m_req]
+    res = _ns(refunds, "resolved_at", "refunds")[m_req]
+    closed = (res != _NAT) & (res < hi)
+    st["rf_n"] = cnt(c_rf)
+    st["rf_req_sum_s"] = sm(c_rf, _sec(r_req))
+    st["rf_closed_n"] = cnt(c_rf, closed)
+    st["rf_closed_res_sum_s"] = sm(c_rf[closed], _sec(res[closed]))
+    st["qr_n"] = cnt(c_rf, rf["reason"].isin(QUALITY_REASONS).to_numpy(dtype=bool))
+    known = _escalation_known_ns(refunds)[m_req]
+    esc = rf["escalated"].fillna(False).to_numpy(dtype=bool)
+    st["dp_n"] = cnt(c_rf, esc & (known != _NAT) & (known < hi))
+
+    c_rv = code_of_row[rv_rows]
+    st["rv_n"] = cnt(c_rv)
+    st["rv_good"] = cnt(c_rv, rv["rating"].to_numpy(dtype="float64", na_value=np.nan) >= 4)
+
+    st["sv_n"] = cnt(s_codes)
+    frs = service.loc[m_srv, "first_response_s"].to_numpy(dtype="float64", na_value=np.nan)
+    st["sv_ok"] = cnt(s_codes, frs <= RESPONSE_LIMIT_S)
+
+    # modal category over orders paid in the window (ties: alphabetical)
+    cats = _str_values(orders["category"]).to_numpy()[m_paid]
+    category = _modal_category(c_paid, cats, n)
+
+    active = np.zeros(n, dtype=bool)
+    for k in _ACTIVITY:
+        active |= st[k] > 0
+    keep = np.flatnonzero(active)
+    return _Window(
+        store_ids=np.asarray(uniques, dtype=object)[keep],
+        category=category[keep],
+        stats={k: st[k][keep] for k in _STATS},
+        refunds_known=refunds_known,
+    )
+
+
+def _escalation_known_ns(refunds: pd.DataFrame) -> np.ndarray:
+    """When an escalation becomes known: ``escalated_at`` if present (else ``resolved_at``)."""
+    res = _ns(refunds, "resolved_at", "refunds")
+    if "escalated_at" in refunds.columns:
+        esc_at = _ns(refunds, "escalated_at", "refunds")
+        return np.where(esc_at != _NAT, esc_at, res)
+    return res
+
+
+def _modal_category(store_codes: np.ndarray, cats: np.ndarray, n: int) -> np.ndarray:
+    out = np.full(n, np.nan, dtype=object)
+    if len(store_codes) == 0:
+        return out
+    cat_codes, cat_uniques = pd.factorize(pd.Series(cats, dtype="str"), sort=True)  # alphabetical codes
+    if (cat_codes < 0).any():
+        raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
+    ncat = len(cat_uniques)
+    key = store_codes.astype(np.int64) * ncat + cat_codes
+    ukey, counts = np.unique(key, return_counts=True)
+    st = ukey // ncat
+    ct = ukey % ncat
+    order = np.lexsort((ct, -counts, st))  # by store, count desc, category asc
+    st_o = st[order]
+    first = np.ones(len(st_o), dtype=bool)
+    first[1:] = st_o[1:] != st_o[:-1]
+    out[st_o[first]] = np.asarray(cat_uniques, dtype=object)[ct[order][first]]
+    return out
+
+
+# --------------------------------------------------------------------------- statistics -> scores
+def _indicator_num_den(stats: Mapping[str, np.ndarray], asof_s: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Integer numerator and denominator of every indicator (numerator in seconds for hours)."""
+    open_n = stats["rf_n"] - stats["rf_closed_n"]
+    rf_num = stats["rf_closed_res_sum_s"] + open_n * asof_s - stats["rf_req_sum_s"]
+    return {
+        "quality_refund_rate": (stats["qr_n"], stats["n_orders"]),
+        "good_review_rate": (stats["rv_good"], stats["rv_n"]),
+        "pickup_48h_rate": (stats["pk_ok"], stats["pk_n"]),
+        "delivery_hours": (stats["dl_sum_s"], stats["dl_n"]),
+        "refund_handling_hours": (rf_num, stats["rf_n"]),
+        "dispute_rate": (stats["dp_n"], stats["n_orders"]),
+        "response_3min_rate": (stats["sv_ok"], stats["sv_n"]),
+    }
+
+
+def _group_sum(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
+    out = np.zeros(n_groups, dtype=np.int64)
+    np.add.at(out, group, values.astype(np.int64))
+    return out
+
+
+def _points(values: np.ndarray, anchors: Sequence[float], higher: bool) -> np.ndarray:
+    a = np.asarray(anchors, dtype="float64")
+    pts = np.arange(6, dtype="float64")
+    if higher:
+        return np.interp(values, a, pts)
+    return np.interp(-values, -a, pts)
+
+
+def _score_frame(
+    store_ids: np.ndarray,
+    as_of_ns: np.ndarray,
+    day_key: np.ndarray,
+    category: np.ndarray,
+    stats: Mapping[str, np.ndarray],
+    refunds_known: np.ndarray,
+    cfg: ScoreConfig,
+    keep: np.ndarray | None = None,
+    details: bool = False,
+) -> pd.DataFrame:
+    """Turn window statistics into the output rows (shared by every entry point).
+
+    Category means are pooled over all rows sharing ``day_key`` and category; ``keep``
+    then selects the rows to return.
+    """
+    n = len(store_ids)
+    asof_s = np.floor_divide(as_of_ns, SEC_NS)
+    nd = _indicator_num_den(stats, asof_s)
+    cat_series = pd.Series(category, dtype="str")
+    cat_codes, cat_uniques = pd.factorize(cat_series, sort=True)
+    ncat = len(cat_uniques) + 1  # last slot: unknown category (uses the all-store mean)
+    cat_codes = np.where(cat_codes < 0, ncat - 1, cat_codes).astype(np.int64)
+    day_codes, day_uniques = pd.factorize(day_key, sort=True)
+    day_codes = np.asarray(day_codes, dtype=np.int64)
+    ndays = len(day_uniques)
+    grp = day_codes * ncat + cat_codes
+    unknown_cat = cat_codes == ncat - 1
+
+    sel = np.arange(n) if keep is None else np.flatnonzero(keep)
+    out: dict[str, Any] = {}
+    points: dict[str, np.ndarray] = {}
+    assessed: dict[str, np.ndarray] = {}
+    for ind in INDICATORS:
+        num, den = nd[ind]
+        avail = refunds_known if ind in _NEEDS_REFUNDS else np.ones(n, dtype=bool)
+        num_a = np.where(avail, num, 0)
+        den_a = np.where(avail, den, 0)
+        g_num = _group_sum(num_a, grp, ndays * ncat)
+        g_den = _group_sum(den_a, grp, ndays * ncat)
+        d_num = _group_sum(num_a, day_codes, ndays)
+        d_den = _group_sum(den_a, day_codes, ndays)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            prior = np.where(unknown_cat, d_num[day_codes] / d_den[day_codes], g_num[grp] / g_den[grp])
+        num_s, den_s, prior_s, avail_s = num[sel], den[sel], prior[sel], avail[sel]
+        scale = _SCALE[ind]
+        k = cfg.pseudo_counts[ind]
+        has = avail_s & (den_s > 0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            raw = np.where(has, num_s / (den_s * scale), np.nan)
+            shrunk = np.where(has, (num_s + k * prior_s) / ((den_s + k) * scale), np.nan)
+        ok = has & (den_s >= cfg.min_counts[ind])
+        pts = np.full(len(sel), np.nan)
+        cats_sel = cat_series.to_numpy()[sel] if len(sel) else np.zeros(0, dtype=object)
+        per_cat = cfg.bands[ind]
+        special = [c for c in per_cat if c != "*"]
+        use_star = ok.copy()
+        for c in special:
+            m = ok & (cats_sel == c)
+            if m.any():
+                pts[m] = _points(shrunk[m], per_cat[c], HIGHER_IS_BETTER[ind])
+                use_star &= ~m
+        if use_star.any():
+            pts[use_star] = _points(shrunk[use_star], per_cat["*"], HIGHER_IS_BETTER[ind])
+        out[f"{ind}_raw"] = raw
+        out[f"{ind}_shrunk"] = shrunk
+        out[f"{ind}_points"] = pts
+        out[f"{ind}_assessed"] = ok
+        points[ind] = pts
+        assessed[ind] = ok
+        if details:
+            out[f"{ind}_n"] = np.where(avail_s, den_s, 0)
+            out[f"{ind}_prior"] = prior_s / scale
+            out[f"{ind}_available"] = avail_s
+
+    dims: dict[str, np.ndarray] = {}
+    for dim in DIMENSIONS:
+        wsum = np.zeros(len(sel))
+        acc = np.zeros(len(sel))
+        for ind in INDICATORS:
+            if INDICATOR_DIMENSION[ind] != dim:
+                continue
+            w = cfg.indicator_weights[ind] * assessed[ind]
+            wsum = wsum + w
+            acc = acc + np.where(assessed[ind], cfg.indicator_weights[ind] * points[ind], 0.0)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            dims[dim] = np.where(wsum > 0, acc / wsum, np.nan)
+    wsum = np.zeros(len(sel))
+    acc = np.zeros(len(sel))
+    for dim in DIMENSIONS:
+        has = ~np.isnan(dims[dim])
+        wsum = wsum + cfg.dimension_weights[dim] * has
+        acc = acc + np.where(has, cfg.dimension_weights[dim] * np.where(has, dims[dim], 0.0), 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = np.where(wsum > 0, acc / wsum, np.nan)
+
+    n_orders = stats["n_orders"][sel]
+    frame: dict[str, Any] = {
+        "store_id": pd.array(np.asarray(store_ids, dtype=object)[sel], dtype="str"),
+        "as_of": pd.DatetimeIndex(np.asarray(as_of_ns, dtype=np.int64)[sel].astype("datetime64[ns]"), tz="UTC"),
+        "category": pd.array(cat_series.to_numpy()[sel], dtype="str"),
+        "score": publish_score(total),
+        "product": publish_score(dims["product"]),
+        "logistics": publish_score(dims["logistics"]),
+        "service": publish_score(dims["service"]),
+        "n_orders": n_orders.astype(np.int32),
+        "provisional": n_orders < cfg.min_orders,
+        "score_config_hash": pd.Categorical([cfg.config_hash()] * len(sel)),
+    }
+    frame.update(out)
+    frame["score_raw"] = total
+    df = pd.DataFrame(frame)
+    for ind in INDICATORS:
+        for suf in ("raw", "shrunk", "points"):
+            df[f"{ind}_{suf}"] = df[f"{ind}_{suf}"].astype("float64")
+    return df
+
+
+# --------------------------------------------------------------------------- public: one as_of
+def store_scores(tables: Mapping[str, pd.DataFrame], as_of: Any, config: ScoreConfig | None = None) -> pd.DataFrame:
+    """Store experience scores of every store with an event in the window.
+
+    Parameters
+    ----------
+    tables : dict of DataFrame
+        Validated tables ``orders``, ``refunds``, ``reviews`` and optionally ``service``.
+    as_of : date, str or Timestamp
+        End of the window (excluded). A date or naive timestamp is wall-clock time in
+        ``config.timezone``.
+    config : ScoreConfig, optional
+        Defaults to ``ScoreConfig()``.
+
+    Returns
+    -------
+    DataFrame
+        One row per store, sorted by ``store_id``, with :data:`OUTPUT_COLUMNS`.
+
+    Notes
+    -----
+    An indicator built on refunds (``quality_refund_rate``, ``refund_handling_hours``,
+    ``dispute_rate``) is not assessed, and its raw value is null, while no refund at
+    all is known before ``as_of`` (e.g. a data set without refunds): a missing source
+    is never read as "zero refunds".
+    """
+    cfg = _check_config(config)
+    hi = _as_of_ns(as_of, cfg.timezone)
+    lo = _window_start_ns(hi, cfg)
+    return _scores_for_window(tables, lo, hi, cfg)
+
+
+def _scores_for_window(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg: ScoreConfig, details: bool = False) -> pd.DataFrame:
+    w = _window_stats(tables, lo, hi)
+    order = np.argsort(np.asarray(w.store_ids, dtype=str), kind="stable")
+    n = len(order)
+    return _score_frame(
+        w.store_ids[order],
+        np.full(n, hi, dtype=np.int64),
+        np.zeros(n, dtype=np.int64),
+        w.category[order],
+        {k: v[order] for k, v in w.stats.items()},
+        np.full(n, w.refunds_known, dtype=bool),
+        cfg,
+        details=details,
+    )
+
+
+def _check_config(config: ScoreConfig | None) -> ScoreConfig:
+    if config is None:
+        return ScoreConfig()
+    if not isinstance(config, ScoreConfig):
+        raise ConfigError(
+            f"The 'config' parameter must be a ScoreConfig. Got {type(config).__name__} instead.",
+            field="config",
+            value=config,
+        )
+    return config
+
+
+# --------------------------------------------------------------------------- public: daily history
+def _day_of(value: Any, tz: str, name: str) -> int:
+    ns = _as_of_ns(value, tz, name)
+    return int(_day_index(np.array([ns], dtype=np.int64), tz)[0])
+
+
+def store_score_history(
+    tables: Mapping[str, pd.DataFrame],
+    start: Any,
+    end: Any,
+    config: ScoreConfig | None = None,
+    pairs: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """Daily store scores for every day D in ``[start, end]`` (both included).
+
+    The row dated D covers ``[D - window_days, D)`` in ``config.timezone`` and equals
+    ``store_scores(tables, as_of=D)`` for that store (same integers, same code). It is
+    computed from daily buckets and rolling sums (difference arrays), not by calling
+    :func:`store_scores` once per day.
+
+    Parameters
+    ----------
+    tables : dict of DataFrame
+        Validated tables.
+    start, end : date-like
+        First and last day (local dates in the configured time zone).
+    config : ScoreConfig, optional
+    pairs : DataFrame, optional
+        Columns ``store_id`` and ``day`` (date-like, local): return only those rows
+        (pairs without any event in their window are absent from the result).
+
+    Returns
+    -------
+    DataFrame
+        :data:`OUTPUT_COLUMNS`, sorted by (``as_of``, ``store_id``); ``as_of`` is the
+        UTC instant of D 00:00 local time.
+    """
+    cfg = _check_config(config)
+    tz = cfg.timezone
+    d0 = _day_of(start, tz, "start")
+    d1 = _day_of(end, tz, "end")
+    if d1 < d0:
+        raise ConfigError(f"The 'end' parameter must be on or after start ({start!r}). Got {end!r} instead.", field="end", value=end)
+    ndays = d1 - d0 + 1
+    wd = cfg.window_days
+
+    orders = _require(tables, "orders", ("order_id", "store_id", "category", "paid_at", "ship_by", "shipped_at", "delivered_at"))
+    refunds = _require(tables, "refunds", ("order_id", "requested_at", "reason", "resolved_at", "escalated"))
+    reviews = _require(tables, "reviews", ("order_id", "rating", "created_at"))
+    service = tables.get("service")
+    if service is None:
+        service = pd.DataFrame({"store_id": pd.Series([], dtype="str"), "started_at": pd.Series([], dtype="datetime64[ns, UTC]"), "first_response_s": pd.Series([], dtype="float64")})
+    service = _require({"service": service}, "service", ("store_id", "started_at", "first_response_s"))
+
+    # only events whose window can touch [d0, d1] matter: anchor day in [d0 - wd, d1 - 1]
+    lo_ns = int(_day_start_ns(np.array([d0 - wd - 1]), tz)[0])
+    hi_ns = int(_day_start_ns(np.array([d1 + 1]), tz)[0])
+
+    def near(ns: np.ndarray) -> np.ndarray:
+        return (ns >= lo_ns) & (ns < hi_ns)
+
+    paid = _ns(orders, "paid_at", "orders")
+    ship_by = _ns(orders, "ship_by", "orders")
+    deliv = _ns(orders, "delivered_at", "orders")
+    m_o = near(paid) | near(ship_by) | near(deliv)
+    req = _ns(refunds, "requested_at", "refunds")
+    m_r = near(req)
+    created = _ns(reviews, "created_at", "reviews")
+    m_v = near(created)
+    started = _ns(service, "started_at", "service")
+    m_s = near(started)
+
+    lookup = _StoreLookup(orders["order_id"])
+    rf = refunds.loc[m_r]
+    rv = reviews.loc[m_v]
+    rf_rows = lookup.rows(rf["order_id"], "refunds")
+    rv_rows = lookup.rows(rv["order_id"], "reviews")
+    o_rows = np.flatnonzero(m_o)
+    need_rows = np.unique(np.concatenate([o_rows, rf_rows, rv_rows]))
+    codes, uniques = pd.factorize(
+        pd.concat([_str_values(orders["store_id"]).iloc[need_rows], _str_values(service["store_id"]).loc[m_s]], ignore_index=True)
+    )
+    if (codes < 0).any():
+        raise SchemaError("store_id is required (null found)", table="orders", column="store_id", rule="required")
+    nst = len(uniques)
+    code_of_row = np.full(len(orders), -1, dtype=np.int64)
+    code_of_row[need_rows] = codes[: len(need_rows)]
+    s_codes = codes[len(need_rows):].astype(np.int64)
+
+    acc = _Rolling(nst, d0, ndays)
+
+    def add(name: str, c: np.ndarray, anchor_day: np.ndarray, value: np.ndarray | None = None, first: np.ndarray | None = None) -> None:
+        s = anchor_day + 1 if first is None else np.maximum(anchor_day, first) + 1
+        acc.add(name, c, s, anchor_day + wd, value)
+
+    o_c = code_of_row[o_rows]
+    p_day = _day_index(paid[o_rows], tz)
+    add("n_orders", o_c, p_day)
+    sb = ship_by[o_rows]
+    shp = _ns(orders, "shipped_at", "orders")[o_rows]
+    sb_day = _day_index(sb, tz)
+    add("pk_n", o_c, sb_day)
+    ok = (shp != _NAT) & (shp <= sb)
+    add("pk_ok", o_c[ok], sb_day[ok])
+    dl = deliv[o_rows]
+    dm = dl != _NAT
+    dl_day = _day_index(dl[dm], tz)
+    add("dl_n", o_c[dm], dl_day)
+    add("dl_sum_s", o_c[dm], dl_day, _sec(dl[dm]) - _sec(paid[o_rows][dm]))
+
+    r_c = code_of_row[rf_rows]
+    r_req = req[m_r]
+    q_day = _day_index(r_req, tz)
+    add("rf_n", r_c, q_day)
+    add("rf_req_sum_s", r_c, q_day, _sec(r_req))
+    res = _ns(refunds, "resolved_at", "refunds")[m_r]
+    rm = res != _NAT
+    res_day = _day_index(res, tz)
+    add("rf_closed_n", r_c[rm], q_day[rm], first=res_day[rm])
+    add("rf_closed_res_sum_s", r_c[rm], q_day[rm], _sec(res[rm]), first=res_day[rm])
+    qm = rf["reason"].isin(QUALITY_REASONS).to_numpy(dtype=bool)
+    add("qr_n", r_c[qm], q_day[qm])
+    known = _escalation_known_ns(refunds)[m_r]
+    em = rf["escalated"].fillna(False).to_numpy(dtype=bool) & (known != _NAT)
+    add("dp_n", r_c[em], q_day[em], first=_day_index(known[em], tz))
+
+    v_c = code_of_row[rv_rows]
+    c_day = _day_index(created[m_v], tz)
+    add("rv_n", v_c, c_day)
+    gm = rv["rating"].to_numpy(dtype="float64", na_value=np.nan) >= 4
+    add("rv_good", v_c[gm], c_day[gm])
+
+    sv_day = _day_index(started[m_s], tz)
+    add("sv_n", s_codes, sv_day)
+    frs = service.loc[m_s, "first_response_s"].to_numpy(dtype="float64", na_value=np.nan)
+    fm = frs <= RESPONSE_LIMIT_S
+    add("sv_ok", s_codes[fm], sv_day[fm])
+
+    # refunds known before D: any refund requested on a day before D
+    req_all = req[req != _NAT]
+    days = np.arange(d0, d1 + 1, dtype=np.int64)
+    if len(req_all):
+        first_req_day = int(_day_index(np.array([req_all.min()]), tz)[0])
+        known_by_day = days >= first_req_day + 1
+    else:
+        known_by_day = np.zeros(ndays, dtype=bool)
+
+    # modal category per (store, day): rolling counts per (store, category)
+    cats = _str_values(orders["category"]).to_numpy()[o_rows]
+    cat_codes, cat_uniques = pd.factorize(pd.Series(cats, dtype="str"), sort=True)
+    if (cat_codes < 0).any():
+        raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
+    ncat = max(len(cat_uniques), 1)
+    pair_key = o_c * ncat + cat_codes
+    upair, pair_idx = np.unique(pair_key, return_inverse=True)
+    pacc = _Rolling(len(upair), d0, ndays)
+    pacc.add("n", pair_idx.astype(np.int64), p_day + 1, p_day + wd, None)
+    pcounts = pacc.result("n")  # (n_pairs, ndays); pairs sorted by store then category (alphabetical)
+    pair_store = upair // ncat
+    pair_cat = upair % ncat
+
+    stats = {k: acc.result(k) for k in _STATS}
+    active = np.zeros((nst, ndays), dtype=bool)
+    for k in _ACTIVITY:
+        active |= stats[k] > 0
+    st_idx, day_idx = np.nonzero(active)  # row-major: by store then day
+
+    cat_of = np.full(len(st_idx), np.nan, dtype=object)
+    if len(upair):
+        starts = np.flatnonzero(np.r_[True, pair_store[1:] != pair_store[:-1]])
+        gstore = pair_store[starts]
+        gmax = np.maximum.reduceat(pcounts, starts, axis=0)
+        grp_of_pair = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(upair)]))
+        is_max = (pcounts == gmax[grp_of_pair]) & (pcounts > 0)
+        big = np.iinfo(np.int64).max
+        cand = np.where(is_max, np.arange(len(upair), dtype=np.int64)[:, None], big)
+        best = np.minimum.reduceat(cand, starts, axis=0)  # (n_groups, ndays)
+        del cand, is_max
+        grp_of_store = np.full(nst, -1, dtype=np.int64)
+        grp_of_store[gstore] = np.arange(len(starts))
+        g = grp_of_store[st_idx]
+        hasg = g >= 0
+        b = np.full(len(st_idx), big, dtype=np.int64)
+        b[hasg] = best[g[hasg], day_idx[hasg]]
+        found = b != big
+        cu = np.asarray(cat_uniques, dtype=object)
+        cat_of[found] = cu[pair_cat[b[found]]]
+
+    row_stats = {k: stats[k][st_idx, day_idx] for k in _STATS}
+    del stats
+    day_start = _day_start_ns(days, tz)
+    keep = None
+    if pairs is not None:
+        keep = _pairs_mask(pairs, np.asarray(uniques, dtype=object), st_idx, day_idx, d0, tz)
+    df = _score_frame(
+        np.asarray(uniques, dtype=object)[st_idx],
+        day_start[day_idx],
+        day_idx,
+        cat_of,
+        row_stats,
+        known_by_day[day_idx],
+        cfg,
+        keep=keep,
+    )
+    return df.sort_values(["as_of", "store_id"], kind="stable").reset_index(drop=True)
+
+
+def _pairs_mask(pairs: pd.DataFrame, uniques: np.ndarray, st_idx: np.ndarray, day_idx: np.ndarray, d0: int, tz: str) -> np.ndarray:
+    if not isinstance(pairs, pd.DataFrame) or not {"store_id", "day"} <= set(pairs.columns):
+        raise ConfigError(
+            "The 'pairs' parameter must be a DataFrame with columns 'store_id' and 'day'.", field="pairs", value=type(pairs).__name__
+        )
+    pday = _local_days(pairs["day"], tz)
+    scode = pd.Index(pd.Series(uniques, dtype="str")).get_indexer(_str_values(pairs["store_id"]))
+    ok = scode >= 0
+    wanted = np.unique(scode[ok].astype(np.int64) * (1 << 32) + (pday[ok] - d0 + (1 << 31)))
+    have = st_idx.astype(np.int64) * (1 << 32) + (day_idx + (1 << 31))
+    return np.isin(have, wanted)
+
+
+def _local_days(values: pd.Series, tz: str) -> np.ndarray:
+    """Local day numbers of date-likes (naive = local wall clock, aware = converted)."""
+    s = pd.Series(values)
+    if isinstance(s.dtype, pd.DatetimeTZDtype):
+        return _day_index(np.asarray(s.dt.as_unit("ns").array.asi8, dtype=np.int64), tz)
+    try:
+        naive = pd.to_datetime(s)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("The 'day' column must hold dates.", field="day") from exc
+    if isinstance(naive.dtype, pd.DatetimeTZDtype):
+        return _day_index(np.asarray(naive.dt.as_unit("ns").array.asi8, dtype=np.int64), tz)
+    return np.floor_divide(np.asarray(naive.dt.as_unit("ns").array.asi8, dtype=np.int64), DAY_NS)
+
+
+class _Rolling:
+    """Per-(row, day) sums of events active on the day interval ``[s, e]``, via difference arrays."""
+
+    def __init__(self, nrows: int, d0: int, ndays: int) -> None:
+        self.nrows, self.d0, self.ndays = nrows, d0, ndays
+        self.diffs: dict[str, np.ndarray] = {}
+
+    def add(self, name: str, rows: np.ndarray, s: np.ndarray, e: np.ndarray, value: np.ndarray | None) -> None:
+        s = np.maximum(s - self.d0, 0)
+        e = np.minimum(e - self.d0, self.ndays - 1)
+        m = s <= e
+        rows, s, e = rows[m], s[m], e[m]
+        width = self.ndays + 1
+        diff = self.diffs.get(name)
+        if diff is None:
+            diff = np.zeros(self.nrows * width, dtype=np.int64)
+            self.diffs[name] = diff
+        if value is None:
+            diff += np.bincount(rows * width + s, minlength=len(diff)).astype(np.int64)
+            diff -= np.bincount(rows * width + e + 1, minlength=len(diff)).astype(np.int64)
+        else:
+            v = np.asarray(value, dtype=np.int64)[m]
+            np.add.at(diff, rows * width + s, v)
+            np.add.at(diff, rows * width + e + 1, -v)
+
+    def result(self, name: str) -> np.ndarray:
+        diff = self.diffs.pop(name, None)
+        if diff is None:
+            return np.zeros((self.nrows, self.ndays), dtype=np.int64)
+        arr = np.cumsum(diff.reshape(self.nrows, self.ndays + 1)[:, : self.ndays], axis=1)
+        if name not in _SUM_STATS and (arr.size == 0 or arr.max() < 2**31):
+            return arr.astype(np.int32)
+        return arr
+
+
+# --------------------------------------------------------------------------- public: per request
+def store_scores_for_requests(
+    tables: Mapping[str, pd.DataFrame],
+    requests: pd.DataFrame,
+    config: ScoreConfig | None = None,
+) -> pd.DataFrame:
+    """The published store score of each request's store on the request day.
+
+    A request at time t reads the history row D = floor(t) in the configured time zone
+    (what was known before D 00:00; its own day's earlier events do not count).
+
+    Parameters
+    ----------
+    tables : dict of DataFrame
+        Validated tables.
+    requests : DataFrame
+        ``requested_at`` and either ``store_id`` or ``order_id`` (mapped through orders).
+    config : ScoreConfig, optional
+
+    Returns
+    -------
+    DataFrame
+        Aligned with ``requests`` (same index), columns ``score_day`` (UTC instant of the
+        day's 00:00), ``score``, ``product``, ``logistics``, ``service``, ``category``,
+        ``n_orders``, ``provisional`` and ``score_missing`` (no score: no event in the
+        window or nothing assessed). A store without any event in the window has
+        ``n_orders`` 0 and ``provisional`` true when ``min_orders`` > 0.
+    """
+    cfg = _check_config(config)
+    if not isinstance(requests, pd.DataFrame) or "requested_at" not in requests.columns:
+        raise SchemaError("requests need a 'requested_at' column", table="requests", column="requested_at", rule="required")
+    if "store_id" in requests.columns:
+        store = _str_values(requests["store_id"])
+    elif "order_id" in requests.columns:
+        orders = _require(tables, "orders", ("order_id", "store_id"))
+        rows = _StoreLookup(orders["order_id"]).rows(requests["order_id"], "requests")
+        store = pd.Series(_str_values(orders["store_id"]).to_numpy()[rows], index=requests.index, dtype="str")
+    else:
+        raise SchemaError("requests need 'store_id' or 'order_id'", table="requests", column="store_id", rule="required")
+    t = _ns(requests, "requested_at", "requests")
+    if (t == _NAT).any():
+        raise SchemaError("requests.requested_at has nulls", table="requests", column="requested_at", rule="required", n_bad=int((t == _NAT).sum()))
+    tz = cfg.timezone
+    day = _day_index(t, tz)
+    cols = ["score", "product", "logistics", "service", "category", "n_orders", "provisional"]
+    out = pd.DataFrame(index=requests.index)
+    out["score_day"] = pd.DatetimeIndex(_day_start_ns(day, tz).astype("datetime64[ns]"), tz="UTC")
+    if len(requests) == 0:
+        for c in cols:
+            out[c] = pd.Series([], dtype="float64")
+        out["score_missing"] = pd.Series([], dtype=bool)
+        return out
+    day_naive = pd.Series((day * DAY_NS).astype("datetime64[ns]"))
+    pairs = pd.DataFrame({"store_id": store.to_numpy(), "day": day_naive.to_numpy()})
+    hist = store_score_history(tables, day_naive.min(), day_naive.max(), cfg, pairs=pairs.drop_duplicates())
+    hist_day = _day_index(np.asarray(hist["as_of"].dt.as_unit("ns").array.asi8, dtype=np.int64), tz)
+    key_h = pd.MultiIndex.from_arrays([hist["store_id"].to_numpy(), hist_day])
+    key_r = pd.MultiIndex.from_arrays([store.to_numpy(), day])
+    pos = key_h.get_indexer(key_r)
+    found = pos >= 0
+    safe = np.where(found, pos, 0)
+    for c in ("score", "product", "logistics", "service"):
+        v = hist[c].to_numpy(dtype="float64")[safe] if len(hist) else np.zeros(len(pos))
+        out[c] = np.where(found, v, np.nan)
+    cat = hist["category"].to_numpy(dtype=object)[safe] if len(hist) else np.zeros(len(pos), dtype=object)
+    out["category"] = pd.array(np.where(found, cat, None), dtype="str")
+    n_o = hist["n_orders"].to_numpy()[safe] if len(hist) else np.zeros(len(pos), dtype=np.int32)
+    out["n_orders"] = np.where(found, n_o, 0).astype(np.int32)
+    out["provisional"] = out["n_orders"].to_numpy() < cfg.min_orders
+    out["score_missing"] = out["score"].isna().to_numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- calibration
+#: Share of peers a value must beat to earn 0, 1, 2, 3, 4 and 5 points in calibrated bands.
+CALIBRATION_QUANTILES: tuple[float, ...] = (0.02, 0.05, 0.10, 0.25, 0.50, 0.85)
+
+
+def calibrate_bands(
+    tables: Mapping[str, pd.DataFrame],
+    start: Any,
+    end: Any,
+    config: ScoreConfig | None = None,
+    *,
+    quantiles: Sequence[float] = CALIBRATION_QUANTILES,
+    min_stores: int = 30,
+) -> ScoreConfig:
+    """Derive band anchors from a reference period's percentiles.
+
+    Scores are computed at the window ends ``start + k * window_days`` within
+    ``[start, end]``; the shrunk values of the assessed stores are pooled per
+    indicator, and the anchor for N points is the value that beats
+    ``quantiles[N]`` of them (per category with at least ``min_stores`` values, and
+    over all stores for ``"*"``). Anchors are then made strictly monotone from the
+    best end down. An indicator with no assessed value keeps its current bands.
+
+    Parameters
+    ----------
+    tables : dict of DataFrame
+    start, end : date-like
+        The reference period (at least one window long).
+    config : ScoreConfig, optional
+        Everything except ``bands`` is kept from it.
+    quantiles : six increasing floats in [0, 1]
+    min_stores : int
+        Minimum number of values for a category to get its own bands.
+
+    Returns
+    -------
+    ScoreConfig
+    """
+    cfg = _check_config(config)
+    q = [float(x) for x in quantiles]
+    if len(q) != 6 or any(not 0 <= x <= 1 for x in q) or any(q[i + 1] <= q[i] for i in range(5)):
+        raise ConfigError(
+            f"The 'quantiles' parameter of calibrate_bands must be six strictly increasing floats in [0, 1]. Got {quantiles!r} instead.",
+            field="quantiles",
+            value=quantiles,
+        )
+    if isinstance(min_stores, bool) or not isinstance(min_stores, int) or min_stores < 1:
+        raise ConfigError(f"The 'min_stores' parameter of calibrate_bands must be an int >= 1. Got {min_stores!r} instead.", field="min_stores", value=min_stores)
+    s_ns = _as_of_ns(start, cfg.timezone, "start")
+    e_ns = _as_of_ns(end, cfg.timezone, "end")
+    first_end = s_ns + cfg.window_days * DAY_NS
+    if first_end > e_ns:
+        raise ConfigError(
+            f"The reference period of calibrate_bands must be at least window_days={cfg.window_days} days long. "
+            f"Got {pd.Timestamp(s_ns, tz='UTC')} to {pd.Timestamp(e_ns, tz='UTC')} instead.",
+            field="end",
+            value=end,
+        )
+    ends = np.arange(first_end, e_ns + 1, cfg.window_days * DAY_NS, dtype=np.int64)
+    frames = [store_scores(tables, pd.Timestamp(int(h), tz="UTC"), cfg) for h in ends]
+    snap = pd.concat(frames, ignore_index=True)
+    new_bands: dict[str, dict[str, tuple[float, ...]]] = {}
+    for ind in INDICATORS:
+        m = snap[f"{ind}_assessed"].to_numpy(dtype=bool)
+        vals = snap.loc[m, f"{ind}_shrunk"].to_numpy(dtype="float64")
+        cats = snap.loc[m, "category"]
+        if len(vals) == 0:
+            new_bands[ind] = dict(cfg.bands[ind])
+            continue
+        up = HIGHER_IS_BETTER[ind]
+        per = {"*": _anchors_from(vals, q, up, ind)}
+        for c, grp in pd.Series(vals).groupby(cats.to_numpy(), sort=True):
+            if isinstance(c, str) and c != "*" and len(grp) >= min_stores:
+                per[c] = _anchors_from(grp.to_numpy(), q, up, ind)
+        new_bands[ind] = per
+    return cfg.replace(bands={k: {c: list(a) for c, a in v.items()} for k, v in new_bands.items()})
+
+
+def _anchors_from(vals: np.ndarray, q: Sequence[float], higher: bool, ind: str) -> tuple[float, ...]:
+    probs = np.asarray(q) if higher else 1.0 - np.asarray(q)
+    a = np.quantile(vals, probs)
+    span = max(float(np.max(vals) - np.min(vals)), abs(float(np.median(vals))), 1e-6)
+    eps = span * 1e-6
+    # strictly monotone from the best anchor (5 points) down
+    out = [float(a[5])]
+    for k in range(4, -1, -1):
+        v = float(a[k])
+        prev = out[-1]
+        v = min(v, prev - eps) if higher else max(v, prev + eps)
+        out.append(v)
+    out = out[::-1]
+    if higher and out[0] < 0:  # keep rates within range: shift the bottom up if needed
+        out = list(np.linspace(0.0, out[5], 6)) if out[5] > 0 else out
+    is_rate = ind not in ("delivery_hours", "refund_handling_hours")
+    if not higher and out[5] < 0:
+        out = [max(v, 0.0) for v in out]
+    if is_rate and max(out) > 1.0:
+        out = [min(v, 1.0) for v in out]
+    return tuple(out)
+
+
+# --------------------------------------------------------------------------- merchant view
+@dataclass(frozen=True)
+class StoreExplanation:
+    """The merchant view of one store's score.
+
+    Attributes
+    ----------
+    store_id, as_of, category
+        The store, the end of the window, and the category whose bands apply.
+    score, score_raw, product, logistics, service
+        Published values (and the unrounded total ``score_raw``).
+    n_orders, provisional
+        Orders in the window and whether the score is provisional.
+    indicators : DataFrame
+        One row per indicator: ``indicator, dimension, better, count, min_count,
+        assessed, reason, raw, shrunk, category_mean, points, weight,
+        effective_weight`` and ``needed_0`` .. ``needed_5``: the (shrunk) value that
+        earns 0..5 points, and ``raw_needed_0..5``: the raw value that would earn
+        them with the current count (NaN when unreachable).
+    """
+
+    store_id: str
+    as_of: pd.Timestamp
+    category: str | None
+    score: float
+    score_raw: float
+    product: float
+    logistics: float
+    service: float
+    n_orders: int
+    provisional: bool
+    window_days: int
+    indicators: pd.DataFrame
+
+    def to_text(self) -> str:
+        """A plain-text rendering for the command line."""
+        lines = [
+            f"store {self.store_id}  as of {self.as_of}  window {self.window_days} days  category {self.category or '*'}",
+            f"score {_fmt(self.score)} (unrounded {self.score_raw:.6f})  product {_fmt(self.product)}  "
+            f"logistics {_fmt(self.logistics)}  service {_fmt(self.service)}  orders {self.n_orders}"
+            + ("  PROVISIONAL" if self.provisional else ""),
+            "",
+            f"{'indicator':24s}{'value':>11s}{'shrunk':>11s}{'points':>8s}{'weight':>8s}{'eff.w':>8s}   value needed for 1/2/3/4/5 points",
+        ]
+        for r in self.indicators.itertuples(index=False):
+            unit = "h" if r.indicator.endswith("hours") else ""
+            fmtv = (lambda v: "-" if pd.isna(v) else (f"{v:.2f}{unit}" if unit else f"{v:.2%}"))
+            needed = "/".join(fmtv(getattr(r, f"needed_{k}")) for k in range(1, 6))
+            if r.assessed:
+                lines.append(
+                    f"{r.indicator:24s}{fmtv(r.raw):>11s}{fmtv(r.shrunk):>11s}{r.points:8.2f}{r.weight:8.2f}{r.effective_weight:8.3f}   {needed}"
+                )
+            else:
+                lines.append(f"{r.indicator:24s}{fmtv(r.raw):>11s}{'':>11s}{'-':>8s}{r.weight:8.2f}{0.0:8.3f}   not assessed: {r.reason}")
+        return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    return "null" if v is None or pd.isna(v) else f"{v:.2f}"
+
+
+def explain_store(
+    tables: Mapping[str, pd.DataFrame], store_id: str, as_of: Any, config: ScoreConfig | None = None
+) -> StoreExplanation:
+    """Explain one store's score: values, points, weights, values needed, what is not assessed.
+
+    Parameters
+    ----------
+    tables : dict of DataFrame
+    store_id : str
+    as_of : date-like
+    config : ScoreConfig, optional
+
+    Returns
+    -------
+    StoreExplanation
+        ``.to_text()`` renders it for the CLI.
+
+    Raises
+    ------
+    DataError
+        When the store has no event in the window.
+    """
+    cfg = _check_config(config)
+    hi = _as_of_ns(as_of, cfg.timezone)
+    lo = _window_start_ns(hi, cfg)
+    df = _scores_for_window(tables, lo, hi, cfg, details=True)
+    row = df.loc[df["store_id"] == str(store_id)]
+    if row.empty:
+        raise DataError(
+            f"store {store_id!r} has no order, refund, review or chat in the window "
+            f"[{pd.Timestamp(lo, tz='UTC')}, {pd.Timestamp(hi, tz='UTC')})",
+            detail={"store_id": store_id, "as_of": str(pd.Timestamp(hi, tz="UTC"))},
+        )
+    r = row.iloc[0]
+    cat = None if pd.isna(r["category"]) else str(r["category"])
+    # effective weights
+    dim_w = {}
+    for dim in DIMENSIONS:
+        inds = [i for i in INDICATORS if INDICATOR_DIMENSION[i] == dim]
+        dim_w[dim] = sum(cfg.indicator_weights[i] for i in inds if bool(r[f"{i}_assessed"]))
+    dims_on = [d for d in DIMENSIONS if dim_w[d] > 0]
+    tot_w = sum(cfg.dimension_weights[d] for d in dims_on)
+    recs = []
+    for ind in INDICATORS:
+        dim = INDICATOR_DIMENSION[ind]
+        assessed = bool(r[f"{ind}_assessed"])
+        count = int(r[f"{ind}_n"])
+        if not bool(r[f"{ind}_available"]):
+            reason = "no refund data known before as_of (refunds table has no earlier request)"
+        elif count < cfg.min_counts[ind]:
+            what = {
+                "quality_refund_rate": "orders",
+                "good_review_rate": "reviews",
+                "pickup_48h_rate": "orders due for pickup",
+                "delivery_hours": "deliveries",
+                "refund_handling_hours": "refunds",
+                "dispute_rate": "orders",
+                "response_3min_rate": "chats",
+            }[ind]
+            reason = f"{count} {what} in window < minimum {cfg.min_counts[ind]}"
+        else:
+            reason = ""
+        eff = 0.0
+        if assessed and tot_w > 0:
+            eff = cfg.dimension_weights[dim] / tot_w * cfg.indicator_weights[ind] / dim_w[dim]
+        anchors = cfg.anchors(ind, cat)
+        k = cfg.pseudo_counts[ind]
+        prior = float(r[f"{ind}_prior"])
+        rec: dict[str, Any] = {
+            "indicator": ind,
+            "dimension": dim,
+            "better": "higher" if HIGHER_IS_BETTER[ind] else "lower",
+            "count": count,
+            "min_count": cfg.min_counts[ind],
+            "assessed": assessed,
+            "reason": reason,
+            "raw": float(r[f"{ind}_raw"]),
+            "shrunk": float(r[f"{ind}_shrunk"]),
+            "category_mean": prior,
+            "points": float(r[f"{ind}_points"]),
+            "weight": cfg.indicator_weights[ind],
+            "effective_weight": eff,
+        }
+        upper = 1.0 if _SCALE[ind] == 1.0 else np.inf
+        for p, a in enumerate(anchors):
+            rec[f"needed_{p}"] = float(a)
+            rn = np.nan
+            if count > 0 and np.isfinite(prior):
+                rn = (a * (count + k) - k * prior) / count
+                if not (0.0 <= rn <= upper):
+                    rn = np.nan
+            rec[f"raw_needed_{p}"] = rn
+        recs.append(rec)
+    return StoreExplanation(
+        store_id=str(store_id),
+        as_of=pd.Timestamp(hi, tz="UTC"),
+        category=cat,
+        score=float(r["score"]),
+        score_raw=float(r["score_raw"]),
+        product=float(r["product"]),
+        logistics=float(r["logistics"]),
+        service=float(r["service"]),
+        n_orders=int(r["n_orders"]),
+        provisional=bool(r["provisional"]),
+        window_days=cfg.window_days,
+        indicators=pd.DataFrame(recs),
+    )

@@ -1,0 +1,394 @@
+"""Tests for refundguard.model: the estimator, its encoder, single-row path, reasons and calibration."""
+
+from __future__ import annotations
+
+import re
+import warnings
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+from sklearn.utils.estimator_checks import estimator_checks_generator
+
+from refundguard.errors import ConfigError, DataError, NotFittedError, RequestError, SchemaError, UnseenCategoryWarning
+from refundguard.model import Calibrator, FeatureEncoder, RefundAbuseClassifier, choose_calibrator
+
+REASONS = ["not_received", "quality", "damaged", "other"]
+
+
+def make_data(n: int = 3000, seed: int = 0) -> tuple[pd.DataFrame, np.ndarray]:
+    """Synthetic refund-like data: numeric, str and category features, ~10% positives."""
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(
+        {
+            "amount": rng.gamma(2.0, 50.0, n),
+            "n_refunds_30d": rng.poisson(1.0, n).astype(np.float64),
+            "account_days": rng.uniform(0, 1000, n),
+            "reason": pd.Series(rng.choice(REASONS, n, p=[0.4, 0.3, 0.2, 0.1]), dtype="str"),
+            "kind": pd.Categorical(rng.choice(["refund_only", "return_and_refund"], n)),
+        }
+    )
+    X.loc[rng.random(n) < 0.05, "account_days"] = np.nan
+    logit = (
+        -3.0
+        + 0.01 * X["amount"]
+        + 0.8 * X["n_refunds_30d"]
+        - 0.002 * X["account_days"].fillna(500)
+        + 1.5 * (X["reason"] == "not_received")
+        + 0.7 * (X["kind"] == "refund_only").astype(float)
+    )
+    y = rng.random(n) < 1 / (1 + np.exp(-logit.to_numpy()))
+    return X, y
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[pd.DataFrame, np.ndarray]:
+    return make_data()
+
+
+@pytest.fixture(scope="module")
+def fitted(data) -> RefundAbuseClassifier:
+    X, y = data
+    return RefundAbuseClassifier(
+        n_estimators=40, num_leaves=15, monotone_constraints={"amount": 1, "n_refunds_30d": 1}, n_jobs=1
+    ).fit(X, y)
+
+
+# ---------------------------------------------------------------------- scikit-learn compatibility
+
+
+def _check_name(check) -> str:
+    return getattr(check, "func", check).__name__
+
+
+# Not applicable: array-API dispatch. The estimator's array_api_support tag is False and
+# scikit-learn itself skips this check unless SCIPY_ARRAY_API is set before scipy loads.
+_NOT_APPLICABLE = {"check_array_api_input"}
+_CHECKS = [
+    pytest.param(est, chk, id=_check_name(chk))
+    for est, chk in estimator_checks_generator(
+        RefundAbuseClassifier(n_estimators=20, min_child_samples=2, num_leaves=7, n_jobs=1), legacy=True
+    )
+    if _check_name(chk) not in _NOT_APPLICABLE
+]
+
+
+@pytest.mark.parametrize(("estimator", "check"), _CHECKS)
+def test_sklearn_estimator_checks(estimator, check):
+    # Every other check passes; none is marked as an expected failure. Note that
+    # check_dataframe_column_names_consistency (not in the default set) would flag that
+    # DataFrame columns are matched by NAME: reordering them is allowed by design.
+    check(estimator)
+
+
+def test_estimator_checks_were_collected():
+    names = {p.id for p in _CHECKS}
+    assert len(names) >= 55
+    assert {"check_classifiers_train", "check_fit_idempotent", "check_estimators_unfitted"} <= names
+
+
+def test_fitted_attributes(fitted, data):
+    X, _ = data
+    assert fitted.n_features_in_ == 5
+    assert list(fitted.feature_names_in_) == list(X.columns)
+    assert fitted.feature_names_ == list(X.columns)
+    assert fitted.classes_.tolist() == [False, True]
+    assert fitted.categories_ == {"reason": sorted(REASONS), "kind": ["refund_only", "return_and_refund"]}
+    assert fitted.monotone_constraints_ == {
+        "amount": 1,
+        "n_refunds_30d": 1,
+        "account_days": 0,
+        "reason": 0,
+        "kind": 0,
+    }
+    assert fitted.dtypes_["reason"] == "category" and fitted.dtypes_["amount"] == "float64"
+    assert fitted.best_iteration_ == 40 == fitted.booster_.current_iteration()
+    assert fitted.booster_.feature_name() == list(X.columns)
+    spec = fitted.feature_spec()
+    assert spec[3] == {"name": "reason", "dtype": "category", "monotone": 0, "levels": sorted(REASONS)}
+
+
+def test_deterministic_model_text(data):
+    X, y = data
+    params = dict(n_estimators=15, subsample=0.8, colsample_bytree=0.8, random_state=7)
+    a = RefundAbuseClassifier(**params).fit(X, y).booster_.model_to_string()
+    b = RefundAbuseClassifier(**params).fit(X, y).booster_.model_to_string()
+    assert a == b
+    c = RefundAbuseClassifier(**{**params, "random_state": 8}).fit(X, y).booster_.model_to_string()
+    assert c != a
+
+
+def test_not_fitted_raises_library_error():
+    with pytest.raises(NotFittedError, match=re.escape("is not fitted yet")):
+        RefundAbuseClassifier().predict_proba(np.zeros((1, 2)))
+
+
+# ---------------------------------------------------------------------- input mapping
+
+
+def test_column_order_and_extra_columns_do_not_matter(fitted, data):
+    X, _ = data
+    p = fitted.predict_proba(X)[:, 1]
+    shuffled = X[["kind", "account_days", "reason", "amount", "n_refunds_30d"]].assign(extra=1.0)
+    np.testing.assert_array_equal(fitted.predict_proba(shuffled)[:, 1], p)
+
+
+def test_missing_columns_raise_schema_error_naming_them(fitted, data):
+    X, _ = data
+    with pytest.raises(SchemaError, match=re.escape("missing 2 feature column(s): ['amount', 'reason']")):
+        fitted.predict_proba(X.drop(columns=["reason", "amount"]))
+
+
+def test_non_numeric_value_in_numeric_column(fitted, data):
+    X, _ = data
+    bad = X.head(5).astype({"amount": object})
+    bad.loc[bad.index[1], "amount"] = "12 EUR"
+    with pytest.raises(SchemaError, match=re.escape("Feature column 'amount' must be numeric; 1 value(s) are not")):
+        fitted.predict_proba(bad)
+
+
+def test_category_codes_come_from_stored_levels(fitted, data):
+    """A batch missing a level (re-inferred categories) predicts exactly like the full batch."""
+    X, _ = data
+    full = fitted.predict_proba(X)[:, 1]
+    mask = (X["reason"] != "damaged").to_numpy()
+    sub = X[mask].copy()
+    # Re-infer categories from the batch: 'damaged' is absent, so naive codes would shift.
+    sub["reason"] = pd.Categorical(sub["reason"].astype("str"))
+    sub["kind"] = pd.Categorical(sub["kind"].astype("str"), categories=["return_and_refund", "refund_only"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        np.testing.assert_array_equal(fitted.predict_proba(sub)[:, 1], full[mask])
+    # Plain str / object columns map the same way.
+    sub2 = X[mask].astype({"reason": object, "kind": "str"})
+    np.testing.assert_array_equal(fitted.predict_proba(sub2)[:, 1], full[mask])
+
+
+def test_unseen_level_becomes_missing_with_one_warning(fitted, data):
+    X, _ = data
+    batch = X.head(50).copy()
+    batch["reason"] = batch["reason"].astype(object)
+    batch.loc[batch.index[:3], "reason"] = "brand_new_reason"
+    as_missing = batch.copy()
+    as_missing.loc[as_missing.index[:3], "reason"] = None
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        p_unseen = fitted.predict_proba(batch)[:, 1]
+    unseen = [w for w in rec if issubclass(w.category, UnseenCategoryWarning)]
+    assert len(unseen) == 1
+    assert "reason: 3" in str(unseen[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # missing values are not "unseen"
+        p_missing = fitted.predict_proba(as_missing)[:, 1]
+    np.testing.assert_array_equal(p_unseen, p_missing)
+    matrix, counts = fitted.encoder_.transform(batch)
+    assert counts == {"reason": 3} and np.isnan(matrix[:3, 3]).all()
+
+
+def test_array_input_is_positional_with_warning(data):
+    X, y = data
+    num = X[["amount", "n_refunds_30d", "account_days"]]
+    clf = RefundAbuseClassifier(n_estimators=10, n_jobs=1).fit(num, y)
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        p = clf.predict_proba(num.head(20).to_numpy())[:, 1]
+    np.testing.assert_array_equal(p, clf.predict_proba(num.head(20))[:, 1])
+    with pytest.raises(SchemaError, match=re.escape("X has 4 features, but RefundAbuseClassifier is expecting 3")):
+        clf.predict_proba(np.zeros((2, 4)))
+    # Fitted on an array: features are x0, x1, ... and a DataFrame is taken positionally.
+    arr = RefundAbuseClassifier(n_estimators=10, n_jobs=1).fit(num.to_numpy(), y)
+    assert arr.feature_names_ == ["x0", "x1", "x2"] and not hasattr(arr, "feature_names_in_")
+    np.testing.assert_array_equal(arr.predict_proba(num.head(20))[:, 1], arr.predict_proba(num.head(20).to_numpy())[:, 1])
+
+
+# ---------------------------------------------------------------------- single-row path and reasons
+
+
+def _row_dicts(X: pd.DataFrame) -> list[dict]:
+    rows = X.astype(object).where(X.notna(), None).to_dict("records")
+    return [{k: (str(v) if k in ("reason", "kind") and v is not None else v) for k, v in r.items()} for r in rows]
+
+
+def test_row_path_equals_batch(fitted, data):
+    X, _ = data
+    head = X.head(200)
+    p_batch = fitted.predict_proba(head)[:, 1]
+    rows = [fitted.encode_row(r) for r in _row_dicts(head)]
+    np.testing.assert_array_equal(np.vstack(rows), fitted.encoder_.transform(head)[0])
+    p_row = np.array([fitted.predict_proba_row(r) for r in rows])
+    np.testing.assert_allclose(p_row, p_batch, rtol=0, atol=1e-15)
+
+
+def test_encode_row_unseen_and_errors(fitted):
+    base = {"amount": 10.0, "n_refunds_30d": 1, "account_days": None, "reason": "other", "kind": "refund_only"}
+    unseen: list[str] = []
+    row = fitted.encode_row({**base, "reason": "new"}, unseen=unseen)
+    assert unseen == ["reason"] and np.isnan(row[3]) and np.isnan(row[2])
+    with pytest.raises(RequestError, match=re.escape("The request has no feature 'kind'")):
+        fitted.encode_row({k: v for k, v in base.items() if k != "kind"})
+    with pytest.raises(RequestError, match=re.escape("Feature 'amount' must be a number; got 'ten'")):
+        fitted.encode_row({**base, "amount": "ten"})
+    with pytest.raises(RequestError, match=re.escape("must be a category level (str); got ['x']")):
+        fitted.encode_row({**base, "reason": ["x"]})
+
+
+def test_top_contributions(fitted, data):
+    X, _ = data
+    row = _row_dicts(X.head(1))[0] | {"n_refunds_30d": 6.0, "reason": "not_received"}
+    reasons = fitted.top_contributions(row, k=3)
+    assert 1 <= len(reasons) <= 3
+    assert [set(r) for r in reasons] == [{"text", "feature", "value", "contribution"}] * len(reasons)
+    contribs = [r["contribution"] for r in reasons]
+    assert contribs == sorted(contribs, reverse=True) and all(c > 0 for c in contribs)
+    by_feature = {r["feature"]: r for r in reasons}
+    if "reason" in by_feature:
+        assert by_feature["reason"]["value"] == "not_received"
+    # SHAP values plus the bias add up to the raw score.
+    enc = fitted.encode_row(row)
+    full = fitted.booster_.predict(enc.reshape(1, -1), pred_contrib=True)[0]
+    raw = fitted.booster_.predict(enc.reshape(1, -1), raw_score=True)[0]
+    assert full.sum() == pytest.approx(raw, abs=1e-9)
+    # The three entry points agree.
+    assert fitted.top_contributions(enc, k=3) == reasons
+    assert fitted.top_contributions(pd.DataFrame([row]).astype({"reason": "str", "kind": "str"}), k=3) == reasons
+
+
+@settings(max_examples=40)
+@given(
+    idx=st.integers(0, 2999),
+    feature=st.sampled_from(["amount", "n_refunds_30d"]),
+    delta=st.floats(0.0, 500.0, allow_nan=False),
+)
+def test_monotone_constraint_never_lowers_p(fitted, data, idx, feature, delta):
+    X, _ = data
+    row = _row_dicts(X.iloc[[idx]])[0]
+    p0 = fitted.predict_proba_row(fitted.encode_row(row))
+    p1 = fitted.predict_proba_row(fitted.encode_row({**row, feature: row[feature] + delta}))
+    assert p1 >= p0
+
+
+# ---------------------------------------------------------------------- parameters, labels, early stopping
+
+
+def test_bad_params_raise_config_error(data):
+    X, y = data
+    with pytest.raises(ConfigError, match=re.escape("The 'num_leaves' parameter of RefundAbuseClassifier must be an int in [2, 131072]. Got 1 instead.")):
+        RefundAbuseClassifier(num_leaves=1).fit(X, y)
+    with pytest.raises(ConfigError, match=re.escape("names feature(s) not in X: ['nope']")):
+        RefundAbuseClassifier(monotone_constraints={"nope": 1}).fit(X, y)
+    with pytest.raises(ConfigError, match=re.escape("constrains categorical feature(s) ['reason']")):
+        RefundAbuseClassifier(monotone_constraints={"reason": 1}).fit(X, y)
+    with pytest.raises(ConfigError, match=re.escape("cannot both be set")):
+        RefundAbuseClassifier(class_weight="balanced", scale_pos_weight=3.0).fit(X, y)
+
+
+def test_missing_labels_raise_data_error(data):
+    X, y = data
+    y_na = pd.Series(y, dtype="boolean")
+    y_na.iloc[:4] = pd.NA
+    with pytest.raises(DataError, match=re.escape("Input y contains NaN: 4 row(s) have no label")):
+        RefundAbuseClassifier(n_estimators=2).fit(X, y_na)
+
+
+def test_nullable_boolean_labels_and_explicit_categoricals(data):
+    X, y = data
+    clf = RefundAbuseClassifier(n_estimators=5, categorical_features=["reason"], n_jobs=1)
+    Xc = X.assign(kind=(X["kind"] == "refund_only").astype(float))
+    clf.fit(Xc, pd.Series(y, dtype="boolean"))
+    assert list(clf.categories_) == ["reason"] and clf.classes_.tolist() == [False, True]
+
+
+def test_early_stopping_keeps_best_trees(data):
+    X, y = data
+    Xv, yv = make_data(1500, seed=1)
+    clf = RefundAbuseClassifier(n_estimators=400, learning_rate=0.3, early_stopping_rounds=5, n_jobs=1)
+    clf.fit(X, y, eval_set=(Xv, yv))
+    assert clf.best_iteration_ < 400
+    assert clf.booster_.current_iteration() == clf.best_iteration_
+
+
+def test_class_weight_balanced_raises_predictions(data):
+    X, y = data
+    plain = RefundAbuseClassifier(n_estimators=20, n_jobs=1).fit(X, y).predict_proba(X)[:, 1].mean()
+    bal = RefundAbuseClassifier(n_estimators=20, class_weight="balanced", n_jobs=1).fit(X, y).predict_proba(X)[:, 1].mean()
+    assert bal > plain
+
+
+def test_feature_encoder_validates_categories():
+    with pytest.raises(ConfigError, match=re.escape("name features that are not in the feature list: ['z']")):
+        FeatureEncoder(["a"], {"z": ["x"]})
+
+
+def test_from_booster_round_trip(fitted, data):
+    X, _ = data
+    import lightgbm as lgb
+
+    booster = lgb.Booster(model_str=fitted.booster_.model_to_string())
+    clone = RefundAbuseClassifier.from_booster(
+        booster, categories=fitted.categories_, monotone_constraints=fitted.monotone_constraints_
+    )
+    np.testing.assert_array_equal(clone.predict_proba(X)[:, 1], fitted.predict_proba(X)[:, 1])
+    assert clone.feature_spec() == fitted.feature_spec()
+
+
+# ---------------------------------------------------------------------- calibration
+
+
+def test_isotonic_round_trip_and_monotone():
+    rng = np.random.default_rng(3)
+    p = rng.random(2000)
+    y = rng.random(2000) < p**2
+    cal = Calibrator("isotonic").fit(p, y)
+    d = cal.to_dict()
+    assert d["method"] == "isotonic" and len(d["x"]) == len(d["y"])
+    again = Calibrator.from_dict(d)
+    grid = np.linspace(-0.0, 1.0, 101)
+    np.testing.assert_array_equal(again.transform(grid), cal.transform(grid))
+    assert np.all(np.diff(cal.transform(grid)) >= 0)
+    from sklearn.isotonic import IsotonicRegression
+
+    ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p, y).predict(grid)
+    np.testing.assert_allclose(cal.transform(grid), ref, atol=1e-12)
+    assert cal.transform_one(0.37) == pytest.approx(float(cal.transform([0.37])[0]))
+
+
+def test_platt_recovers_parameters_and_round_trips():
+    rng = np.random.default_rng(4)
+    z = rng.normal(0, 2, 20000)
+    p_raw = 1 / (1 + np.exp(-z))
+    y = rng.random(z.size) < 1 / (1 + np.exp(-(0.5 * z - 1.0)))
+    cal = Calibrator("platt").fit(p_raw, y)
+    assert cal.params_["a"] == pytest.approx(0.5, abs=0.05)
+    assert cal.params_["b"] == pytest.approx(-1.0, abs=0.06)
+    again = Calibrator.from_dict(cal.to_dict())
+    np.testing.assert_array_equal(again.transform(p_raw[:50]), cal.transform(p_raw[:50]))
+    assert cal.transform_one(0.2) == pytest.approx(float(cal.transform([0.2])[0]), abs=1e-12)
+
+
+def test_choose_calibrator_rule():
+    rng = np.random.default_rng(5)
+    # Well specified on the logit scale -> Platt.
+    z = rng.normal(-2, 1.5, 6000)
+    p = 1 / (1 + np.exp(-z))
+    y = rng.random(z.size) < 1 / (1 + np.exp(-(0.7 * z - 0.3)))
+    cal, report = choose_calibrator(p, y)
+    assert report["chosen"] == "platt" == cal.method
+    assert set(report["oof_log_loss"]) == {"uncalibrated", "isotonic", "platt"}
+    # A step-shaped truth that no sigmoid fits, with many positives -> isotonic.
+    p2 = rng.random(6000)
+    y2 = rng.random(6000) < np.where(p2 < 0.5, 0.05, np.where(p2 < 0.6, 0.9, 0.3))
+    cal2, report2 = choose_calibrator(p2, y2)
+    assert report2["chosen"] == "isotonic" == cal2.method
+
+
+def test_calibrator_bad_input():
+    with pytest.raises(ConfigError, match=re.escape("must be one of ('isotonic', 'platt'). Got 'beta' instead.")):
+        Calibrator("beta")
+    with pytest.raises(DataError, match=re.escape("Probabilities must be in [0, 1] with no NaN; 1 are not")):
+        Calibrator("platt").fit([0.1, 1.2], [0, 1])
+    with pytest.raises(NotFittedError, match="not fitted"):
+        Calibrator("platt").transform([0.5])
+    with pytest.raises(ConfigError, match=re.escape("The calibration numbers are malformed")):
+        Calibrator.from_dict({"method": "isotonic", "x": [0.0, 1.0], "y": [0.5]})
+    with pytest.raises(DataError, match=re.escape("needs at least 2 positive and 2 negative")):
+        choose_calibrator([0.1, 0.2, 0.3], [0, 0, 1])
