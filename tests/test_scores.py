@@ -652,7 +652,7 @@ def test_scores_for_requests_reads_the_request_day():
     req = pd.DataFrame(
         {
             "order_id": ["o1", "o2", "o1"],
-            "requested_at": _ts(["2024-07-01 10:00", "2024-06-30 23:00", "2025-01-01 00:00"]),
+            "requested_at": _ts(["2024-07-01 10:00", "2024-06-30 23:00", "2025-01-01 00:00"]).array,
         },
         index=[10, 11, 12],
     )
