@@ -728,6 +728,17 @@ def data_fingerprint(tables: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
     return {"sha256": _sha256(_canonical(summary)), "tables": summary}
 
 
+def _params_json(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Estimator parameters as JSON; a value that is not JSON data (e.g. a RandomState) becomes its repr."""
+    out = {}
+    for k, v in params.items():
+        try:
+            out[k] = _jsonable(v, f"params.{k}")
+        except ModelError:
+            out[k] = repr(v)
+    return out
+
+
 def build_meta(
     classifier: RefundAbuseClassifier,
     *,
@@ -756,7 +767,7 @@ def build_meta(
         "features": classifier.feature_spec(),
         "monotone_constraints": {k: int(v) for k, v in classifier.monotone_constraints_.items()},
         "classes": _jsonable(classifier.classes_),
-        "params": _jsonable({k: v for k, v in classifier.get_params().items()}),
+        "params": _params_json(classifier.get_params()),
         "calibration": None if calibration is None else dict(calibration),
         "thresholds": dict(thresholds),
         "validation_curve": None if validation_curve is None else dict(validation_curve),

@@ -439,7 +439,7 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
 
     b, s, lk = profiles.buyer, profiles.store, profiles.link
     ship_known = (shipped != nat) & (shipped < t)
-    deliv_known = (deliv != nat) & (deliv < t)
+    deliv_known = (deliv != nat)
     nan = np.nan
 
     def f64(x: Any) -> np.ndarray:

@@ -391,7 +391,7 @@ class _Events:
     def bounds(self, group: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Positions ``lo, hi``: events of ``group`` with time ``< t`` are ``keys[lo:hi]``."""
         g = np.maximum(group, 0) * self.span
-        hi = np.searchsorted(self.keys, g + np.searchsorted(self.utimes, t, side="right"), side="left")
+        hi = np.searchsorted(self.keys, g + np.searchsorted(self.utimes, t), side="left")
         lo = np.searchsorted(self.keys, g, side="left")
         hi = np.where(group < 0, lo, hi)
         return lo, hi

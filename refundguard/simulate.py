@@ -17,8 +17,10 @@ kinds of buyers:
   burst, then all claim refund-only within about 24 hours.
 
 Legitimate and abusive claims overlap on purpose (honest "not received" claims
-on parcels marked delivered, abuse behind excellent stores, rejected legitimate
-claims), so the detection problem is learnable but not trivial.
+on parcels marked delivered or late, abuse behind excellent stores, rejected
+legitimate claims, refunded abuse, honest buyers sharing devices and addresses
+through households, public devices and pickup points, dormant rings), so the
+detection problem is learnable but not trivial.
 
 Determinism and chunking
 ------------------------
@@ -121,6 +123,8 @@ O_REFUNDED, O_REJECTED, O_WITHDRAWN = 0, 1, 2
 _NS = 1_000_000_000
 _NAT = np.iinfo(np.int64).min
 
+Arrays = dict[str, np.ndarray]
+
 
 # --------------------------------------------------------------------------- config
 @dataclass(frozen=True)
@@ -166,7 +170,7 @@ class SimulationConfig:
     n_buyers: int = 20_000
     n_stores: int = 500
     days: int = 180
-    start: str = "2024-06-01"
+    start: str | pd.Timestamp = "2024-06-01"
     seed: int = 0
     orders_per_buyer_day: float = 0.12
     share_opportunist: float = 0.08
@@ -253,7 +257,8 @@ def _check_float(field: str, value: Any, low: float, high: float, low_open: bool
 def _resolve_config(config: SimulationConfig | None, overrides: dict[str, Any]) -> SimulationConfig:
     if config is not None and not isinstance(config, SimulationConfig):
         raise ConfigError(
-            f"The 'config' parameter of simulate must be a SimulationConfig or None. Got {type(config).__name__} instead.",
+            "The 'config' parameter of simulate must be a SimulationConfig or None. "
+            f"Got {type(config).__name__} instead.",
             owner="simulate",
             field="config",
             value=config,
@@ -445,16 +450,42 @@ def _make_buyers(cfg: SimulationConfig, rng: np.random.Generator, lo: int, hi: i
 
 
 # --------------------------------------------------------------------------- one block
-def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str, np.ndarray]]:
-    """Simulate buyer block ``k``; numeric arrays, times in seconds after the start."""
+def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, Arrays]:
+    """Simulate buyer block ``k``: numeric arrays, times in seconds after the start.
+
+    The stages draw from one generator in a fixed order: buyers, ring bursts,
+    regular orders, order details, claims, refunds, reviews.
+    """
     lo, hi = k * BLOCK_BUYERS, min((k + 1) * BLOCK_BUYERS, cfg.n_buyers)
     rng = _rng(cfg, 1, k)
     buyers, rings = _make_buyers(cfg, rng, lo, hi)
-    days = float(cfg.days)
-    end = days * DAY
-    n_st = cfg.n_stores
+    bursts, active_from = _ring_bursts(cfg, stores, rng, buyers, rings)
+    o = _orders(cfg, stores, rng, buyers, active_from, bursts)
+    c = _claims(cfg, rng, o)
+    refunds = _refunds(cfg, rng, o, c)
+    reviews = _reviews(cfg, rng, o, c)
+    end = cfg.days * DAY
+    shipped = np.where(o["shipped"] < end, o["shipped"], np.nan)  # censor logistics at the end
+    delivered = np.where((o["delivered"] < end) & ~np.isnan(shipped), o["delivered"], np.nan)
+    orders = {
+        "buyer": buyers.gid[o["buyer"]], "store": o["store"], "category": o["cat"], "amount": o["amount"],
+        "paid": o["paid"], "ship_by": o["ship_by"], "shipped": shipped, "delivered": delivered,
+        "device": o["device"], "device_null": o["device_null"], "address": o["address"],
+        "address_null": o["address_null"],
+    }
+    return {"orders": orders, "refunds": refunds, "reviews": reviews}
 
-    # ---- ring bursts: (ring, burst) -> (member, burst) -> orders
+
+def _ring_bursts(
+    cfg: SimulationConfig, stores: _Stores, rng: np.random.Generator, buyers: _Buyers, rings: _Rings
+) -> tuple[Arrays, np.ndarray]:
+    """Burst orders of the block's rings and every buyer's first active day.
+
+    Each ring strikes Poisson(days / interval) times; at a burst every member
+    orders 1-3 times from one of two target stores (chosen with a preference for
+    good stores) in the 1-6 days before, then claims within 24 hours.
+    """
+    days = float(cfg.days)
     n_r = len(rings.size)
     nb = np.minimum(rng.poisson(days / cfg.ring_burst_interval_days, n_r), 12)
     b_ring = np.repeat(np.arange(n_r), nb)
@@ -468,47 +499,67 @@ def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str
     mb_n = 1 + rng.binomial(2, 0.35, len(mb_burst))
     bo_mb, _ = _segments(mb_n)
     bo_burst = mb_burst[bo_mb]
-    bo_buyer = mb_buyer[bo_mb]
-    bo_paid = np.maximum(b_time[bo_burst] - (1.0 + 5.0 * rng.random(len(bo_mb))) * DAY, 0.0)
-    bo_store = b_targets[bo_burst, (rng.random(len(bo_mb)) < 0.4).astype(np.int64)] if len(bo_mb) else np.zeros(0, np.int64)
-    bo_claim = b_time[bo_burst] + rng.random(len(bo_mb)) * 24 * HOUR
+    n_bo = len(bo_mb)
+    paid = np.maximum(b_time[bo_burst] - (1.0 + 5.0 * rng.random(n_bo)) * DAY, 0.0)
+    store = b_targets[bo_burst, (rng.random(n_bo) < 0.4).astype(np.int64)] if n_bo else np.zeros(0, np.int64)
+    claim = b_time[bo_burst] + rng.random(n_bo) * 24 * HOUR
 
-    # ring members become active some days before their ring's first burst
+    # ring members become active some days before their ring's first burst; dormant rings as drawn
     active_from = buyers.active_from.copy()
-    ring_members = np.flatnonzero(buyers.ring_of >= 0)
-    ring_members = ring_members[np.isfinite(first_burst[buyers.ring_of[ring_members]])]  # dormant rings: as drawn
-    if len(ring_members):
-        fb = first_burst[buyers.ring_of[ring_members]] / DAY
-        active_from[ring_members] = np.clip(fb - 6.0 - 20.0 * rng.random(len(ring_members)), 0.0, days - 1.0)
+    members = np.flatnonzero(buyers.ring_of >= 0)
+    members = members[np.isfinite(first_burst[buyers.ring_of[members]])]
+    if len(members):
+        fb = first_burst[buyers.ring_of[members]] / DAY
+        active_from[members] = np.clip(fb - 6.0 - 20.0 * rng.random(len(members)), 0.0, days - 1.0)
+    return {"buyer": mb_buyer[bo_mb], "store": store, "paid": paid, "claim": claim}, active_from
 
-    # ---- regular orders
+
+def _orders(
+    cfg: SimulationConfig,
+    stores: _Stores,
+    rng: np.random.Generator,
+    buyers: _Buyers,
+    active_from: np.ndarray,
+    bursts: Arrays,
+) -> Arrays:
+    """All orders of the block, sorted by ``paid``, with amounts, devices and true logistics."""
+    days = float(cfg.days)
     span = np.maximum(days - active_from, 0.0)
     n_ord = rng.poisson(buyers.rate * span)
     ro_buyer, _ = _segments(n_ord)
     ro_paid = (active_from[ro_buyer] + rng.random(len(ro_buyer)) * span[ro_buyer]) * DAY
     ro_store = _pick(rng, len(ro_buyer), stores.pop)
-    spread = (buyers.kind[ro_buyer] == SERIAL) & (rng.random(len(ro_buyer)) < 0.6)
-    ro_store[spread] = rng.integers(0, n_st, int(spread.sum()))
+    spread = (buyers.kind[ro_buyer] == SERIAL) & (rng.random(len(ro_buyer)) < 0.6)  # serial: many stores
+    ro_store[spread] = rng.integers(0, cfg.n_stores, int(spread.sum()))
 
-    # ---- all orders of the block, sorted by paid time
-    buyer = np.concatenate([ro_buyer, bo_buyer])
-    store = np.concatenate([ro_store, bo_store]).astype(np.int64)
-    paid = np.floor(np.concatenate([ro_paid, bo_paid]))
-    burst = np.concatenate([np.zeros(len(ro_buyer), bool), np.ones(len(bo_buyer), bool)])
-    claim_at = np.concatenate([np.full(len(ro_buyer), np.nan), bo_claim])
+    buyer = np.concatenate([ro_buyer, bursts["buyer"]])
+    store = np.concatenate([ro_store, bursts["store"]]).astype(np.int64)
+    paid = np.floor(np.concatenate([ro_paid, bursts["paid"]]))
+    burst = np.concatenate([np.zeros(len(ro_buyer), bool), np.ones(len(bursts["buyer"]), bool)])
+    claim_at = np.concatenate([np.full(len(ro_buyer), np.nan), bursts["claim"]])
     order = np.lexsort((buyer, paid))
     buyer, store, paid, burst, claim_at = buyer[order], store[order], paid[order], burst[order], claim_at[order]
     n = len(buyer)
     kind = buyers.kind[buyer]
     cat = stores.category[store]
-    bad = stores.bad(store, paid / end)
+    bad = stores.bad(store, paid / (days * DAY))
 
     amt_mult = np.where(kind == SERIAL, 1.4, 1.0) * np.where(burst, 1.6, 1.0)
     amount = _CAT_AMOUNT[cat] * stores.price[store] * amt_mult * rng.lognormal(0.0, 0.7, n)
     amount = np.maximum(np.round(amount, 2), 1.0)
-    rel_amount = amount / (_CAT_AMOUNT[cat] * stores.price[store])
+    o = {
+        "buyer": buyer, "store": store, "paid": paid, "burst": burst, "claim_at": claim_at, "kind": kind,
+        "cat": cat, "bad": bad, "amount": amount,
+        "rel_amount": amount / (_CAT_AMOUNT[cat] * stores.price[store]),
+    }
+    o.update(_devices(rng, buyers, buyer, burst))
+    o.update(_logistics(cfg, rng, paid, cat, bad))
+    return o
 
-    # devices and addresses
+
+def _devices(rng: np.random.Generator, buyers: _Buyers, buyer: np.ndarray, burst: np.ndarray) -> Arrays:
+    """Device and address codes per order: own, second, public, pickup point or the ring's."""
+    n = len(buyer)
     u_dev = rng.random(n)
     device = buyers.home_device[buyer].copy()
     sec = buyers.second_device[buyer]
@@ -529,8 +580,14 @@ def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str
     use_raddr = (raddr >= 0) & (rng.random(n) < np.where(burst, 0.85, 0.5))
     address[use_raddr] = raddr[use_raddr]
     address_null = rng.random(n) < 0.01
+    return {"device": device, "device_null": device_null, "address": address, "address_null": address_null}
 
-    # ---- logistics (true times; censored at the end later)
+
+def _logistics(
+    cfg: SimulationConfig, rng: np.random.Generator, paid: np.ndarray, cat: np.ndarray, bad: np.ndarray
+) -> Arrays:
+    """True shipping and delivery times (not yet censored at the end) and parcel fates."""
+    n = len(paid)
     ship_by = paid + _CAT_SHIP_BY_H[cat] * HOUR
     never_ship = rng.random(n) < 0.004 + 0.03 * bad
     ship_delay = rng.lognormal(np.log(8.0 + 40.0 * bad), 0.8) * HOUR
@@ -538,12 +595,20 @@ def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str
     transit = _CAT_TRANSIT_H[cat] * (1.0 + 0.6 * bad) * rng.lognormal(0.0, 0.45, n) * HOUR
     u_lost = rng.random(n)
     lost = ~never_ship & (u_lost < cfg.misdelivery_rate * (0.6 + 1.2 * bad))
-    misdelivered = ~never_ship & ~lost & (u_lost > 1.0 - 0.8 * cfg.misdelivery_rate)
+    misdelivered = ~never_ship & ~lost & (u_lost > 1.0 - 0.8 * cfg.misdelivery_rate)  # marked delivered
     delivered = np.where(lost | never_ship, np.nan, np.floor(shipped + transit) + 1.0)
-    late_delivery = transit > 2.0 * _CAT_TRANSIT_H[cat] * HOUR
-    received = ~np.isnan(delivered) & ~misdelivered
+    return {
+        "ship_by": ship_by, "never_ship": never_ship, "shipped": shipped, "transit": transit, "lost": lost,
+        "misdelivered": misdelivered, "delivered": delivered,
+        "late_delivery": transit > 2.0 * _CAT_TRANSIT_H[cat] * HOUR,
+        "received": ~np.isnan(delivered) & ~misdelivered,
+    }
 
-    # ---- the primary claim of each order (at most one)
+
+def _claims(cfg: SimulationConfig, rng: np.random.Generator, o: Arrays) -> Arrays:
+    """The primary claim of each order (at most one): legit first, then abuse overrides."""
+    n = len(o["paid"])
+    received, delivered, shipped, cat, bad = o["received"], o["delivered"], o["shipped"], o["cat"], o["bad"]
     want = np.zeros(n, bool)
     reason = np.zeros(n, np.int8)
     kindr = np.full(n, K_REFUND_ONLY, np.int8)
@@ -555,8 +620,9 @@ def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str
     # legit: quality problems on received orders, more at bad stores
     q = received & (u[0] < _CAT_QRATE[cat] * (0.35 + 2.2 * bad))
     want |= q
-    reason[q] = np.array([R_QUALITY, R_NAD, R_DAMAGED, R_WRONG], np.int8)[_pick(rng, int(q.sum()), np.array([0.35, 0.3, 0.2, 0.15]))]
-    ro_q = q & (u[1] < np.where(amount < 30.0, 0.7, 0.45))
+    q_reasons = np.array([R_QUALITY, R_NAD, R_DAMAGED, R_WRONG], np.int8)
+    reason[q] = q_reasons[_pick(rng, int(q.sum()), np.array([0.35, 0.3, 0.2, 0.15]))]
+    ro_q = q & (u[1] < np.where(o["amount"] < 30.0, 0.7, 0.45))
     kindr[q] = K_RETURN
     kindr[ro_q] = K_REFUND_ONLY
     partial = ro_q & (u[2] < 0.6)
@@ -571,27 +637,28 @@ def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str
     want |= ot
     reason[ot] = R_OTHER
     kindr[ot] = np.where(u[1][ot] < 0.5, K_REFUND_ONLY, K_RETURN)
-    req[ot] = paid[ot] + (1.0 + 9.0 * u[5][ot]) * DAY
+    req[ot] = o["paid"][ot] + (1.0 + 9.0 * u[5][ot]) * DAY
     # not received, honestly: late parcels (claimed while in transit), lost, misdelivered, never shipped
-    lt = late_delivery & received & ~want & (u[6] < 0.15)
+    lt = o["late_delivery"] & received & ~want & (u[6] < 0.15)
     want |= lt
     reason[lt], kindr[lt] = R_NOT_RECEIVED, K_REFUND_ONLY
-    req[lt] = shipped[lt] + transit[lt] * (0.55 + 0.4 * u[5][lt])
-    ls = lost & (u[6] < 0.85)
+    req[lt] = shipped[lt] + o["transit"][lt] * (0.55 + 0.4 * u[5][lt])
+    ls = o["lost"] & (u[6] < 0.85)
     want[ls], reason[ls], kindr[ls], frac[ls] = True, R_NOT_RECEIVED, K_REFUND_ONLY, 1.0
     req[ls] = shipped[ls] + (5.0 + 9.0 * u[5][ls]) * DAY
-    md = misdelivered & (u[6] < 0.85)
+    md = o["misdelivered"] & (u[6] < 0.85)
     want[md], reason[md], kindr[md], frac[md] = True, R_NOT_RECEIVED, K_REFUND_ONLY, 1.0
     req[md] = delivered[md] + (0.3 + 3.7 * u[5][md]) * DAY
-    ns_ = never_ship & (u[6] < 0.85)
+    ns_ = o["never_ship"] & (u[6] < 0.85)
     want[ns_], kindr[ns_], frac[ns_] = True, K_REFUND_ONLY, 1.0
     reason[ns_] = np.where(u[7][ns_] < 0.6, R_NOT_RECEIVED, R_OTHER)
-    req[ns_] = ship_by[ns_] + (1.0 + 7.0 * u[5][ns_]) * DAY
+    req[ns_] = o["ship_by"][ns_] + (1.0 + 7.0 * u[5][ns_]) * DAY
 
     # abuse on received orders: serial refunders (more on pricier orders), opportunists, ring members
+    kind, burst = o["kind"], o["burst"]
     p_ab = np.select(
         [kind == SERIAL, kind == OPPORTUNIST, kind == RING],
-        [cfg.serial_abuse_rate * np.clip(rel_amount ** 0.5, 0.4, 2.2), np.full(n, cfg.opportunist_abuse_rate),
+        [cfg.serial_abuse_rate * np.clip(o["rel_amount"] ** 0.5, 0.4, 2.2), np.full(n, cfg.opportunist_abuse_rate),
          np.full(n, cfg.opportunist_abuse_rate)],
         0.0,
     )
@@ -606,19 +673,25 @@ def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str
     kindr[ab] = np.where(rng.random(n_ab) < np.where(is_serial, 0.8, 0.6), K_REFUND_ONLY, K_RETURN)
     frac[ab] = np.where(rng.random(n_ab) < 0.8, 1.0, 0.4 + 0.5 * rng.random(n_ab))
     req[ab] = delivered[ab] + (0.2 + rng.exponential(2.5, n_ab)) * DAY
-    # ring bursts: refund-only within ~24h of the burst start
+    # ring bursts: mostly refund-only, within ~24h of the burst start
     bc = burst & (rng.random(n) < 0.92)
     n_bc = int(bc.sum())
     want[bc], abuse[bc] = True, True
-    reason[bc] = np.array([R_NOT_RECEIVED, R_DAMAGED, R_QUALITY], np.int8)[_pick(rng, n_bc, np.array([0.45, 0.25, 0.3]))]
+    bc_reasons = np.array([R_NOT_RECEIVED, R_DAMAGED, R_QUALITY], np.int8)
+    reason[bc] = bc_reasons[_pick(rng, n_bc, np.array([0.45, 0.25, 0.3]))]
     kindr[bc] = np.where(rng.random(n_bc) < 0.9, K_REFUND_ONLY, K_RETURN)
     frac[bc] = 1.0
-    req[bc] = np.maximum(claim_at[bc], paid[bc] + HOUR)
+    req[bc] = np.maximum(o["claim_at"][bc], o["paid"][bc] + HOUR)
     pattern = np.where(abuse, kind, 0).astype(np.int8)
+    return {"want": want, "reason": reason, "kind": kindr, "requested": np.floor(req), "frac": frac,
+            "abuse": abuse, "pattern": pattern}
 
-    # ---- refunds: primary claims, plus follow-ups on some partial legit refunds
-    req = np.floor(req)
-    prim = np.flatnonzero(want & (req < end))
+
+def _refunds(cfg: SimulationConfig, rng: np.random.Generator, o: Arrays, c: Arrays) -> Arrays:
+    """Refund rows (primary claims plus follow-ups on some partial legit refunds), resolved and censored."""
+    end = cfg.days * DAY
+    amount, req, frac, abuse = o["amount"], c["requested"], c["frac"], c["abuse"]
+    prim = np.flatnonzero(c["want"] & (req < end))
     amt1 = np.where(frac[prim] >= 1.0, amount[prim], np.floor(amount[prim] * frac[prim] * 100.0) / 100.0)
     amt1 = np.maximum(amt1, 0.01)
     follow = (frac[prim] < 1.0) & ~abuse[prim] & (rng.random(len(prim)) < 0.2)
@@ -630,20 +703,19 @@ def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str
     r_order = np.concatenate([prim, prim[f_idx]])
     r_req = np.concatenate([req[prim], req2[f_idx]])
     r_amount = np.concatenate([amt1, rest[f_idx]])
-    r_kind = np.concatenate([kindr[prim], np.full(len(f_idx), K_RETURN, np.int8)])
-    r_reason = reason[r_order]
+    r_kind = np.concatenate([c["kind"][prim], np.full(len(f_idx), K_RETURN, np.int8)])
     r_abuse = abuse[r_order]
-    r_pattern = pattern[r_order]
     nr = len(r_order)
-    r_bad = bad[r_order]
+    r_bad = o["bad"][r_order]
 
-    # resolution
+    # resolution: slower at bad stores and for returns; rejections and escalations
     handle = rng.lognormal(np.log(4.0 + 70.0 * r_bad), 0.9) * HOUR
     handle = handle + np.where(r_kind == K_RETURN, (3.0 + 6.0 * rng.random(nr)) * DAY, 0.0)
     u_out = rng.random(nr)
     p_rej = np.where(r_abuse, 0.15 + 0.35 * r_bad, 0.03 + 0.2 * r_bad)
     p_wd = np.where(r_abuse, 0.04, 0.05)
-    outcome = np.where(u_out < p_rej, O_REJECTED, np.where(u_out < p_rej + p_wd, O_WITHDRAWN, O_REFUNDED)).astype(np.int8)
+    outcome = np.where(u_out < p_rej, O_REJECTED, np.where(u_out < p_rej + p_wd, O_WITHDRAWN, O_REFUNDED))
+    outcome = outcome.astype(np.int8)
     p_esc = 0.015 + 0.08 * r_bad + 0.35 * (outcome == O_REJECTED) + 0.05 * r_abuse
     esc = rng.random(nr) < p_esc
     esc_at = np.where(esc, np.floor(r_req + handle * (0.5 + 0.5 * rng.random(nr))), np.nan)
@@ -654,38 +726,30 @@ def _block(cfg: SimulationConfig, stores: _Stores, k: int) -> dict[str, dict[str
     esc_known = esc & (esc_at < end)
     esc_at[~esc_known] = np.nan
     ro = np.lexsort((np.arange(nr), r_req))
+    return {
+        "order": r_order[ro], "requested": r_req[ro], "kind": r_kind[ro], "reason": c["reason"][r_order][ro],
+        "amount": r_amount[ro], "resolved": resolved[ro], "outcome": outcome[ro], "open": open_[ro],
+        "escalated": esc_known[ro], "escalated_at": esc_at[ro], "abuse": r_abuse[ro],
+        "pattern": c["pattern"][r_order][ro],
+    }
 
-    # ---- reviews
-    legit_claim = want & ~abuse
+
+def _reviews(cfg: SimulationConfig, rng: np.random.Generator, o: Arrays, c: Arrays) -> Arrays:
+    """Reviews of received orders: worse at bad stores, after late shipping or delivery, after problems."""
+    end = cfg.days * DAY
+    abuse, reason, bad = c["abuse"], c["reason"], o["bad"]
+    legit_claim = c["want"] & ~abuse
     p_rev = np.where(abuse, 0.1, np.where(legit_claim, 0.4, 0.3))
-    rev = received & (rng.random(n) < p_rev)
-    ri = np.flatnonzero(rev)
-    late_ship = shipped > ship_by
-    mu = (4.75 - 2.2 * bad[ri] - 0.8 * late_delivery[ri] - 0.6 * late_ship[ri]
+    ri = np.flatnonzero(o["received"] & (rng.random(len(abuse)) < p_rev))
+    late_ship = o["shipped"] > o["ship_by"]
+    mu = (4.75 - 2.2 * bad[ri] - 0.8 * o["late_delivery"][ri] - 0.6 * late_ship[ri]
           - 1.8 * (legit_claim[ri] & (reason[ri] >= R_QUALITY) & (reason[ri] <= R_WRONG)) - 1.0 * abuse[ri])
     rating = np.clip(np.round(mu + rng.normal(0.0, 0.9, len(ri))), 1, 5).astype(np.int64)
-    created = np.floor(delivered[ri] + (600.0 + rng.exponential(2.5 * DAY, len(ri))))
+    created = np.floor(o["delivered"][ri] + (600.0 + rng.exponential(2.5 * DAY, len(ri))))
     keep = created < end
     ri, rating, created = ri[keep], rating[keep], created[keep]
     vo = np.lexsort((ri, created))
-
-    # censor logistics
-    shipped_c = np.where(shipped < end, shipped, np.nan)
-    delivered_c = np.where((delivered < end) & ~np.isnan(shipped_c), delivered, np.nan)
-
-    return {
-        "orders": {
-            "buyer": buyers.gid[buyer], "store": store, "category": cat, "amount": amount, "paid": paid,
-            "ship_by": ship_by, "shipped": shipped_c, "delivered": delivered_c,
-            "device": device, "device_null": device_null, "address": address, "address_null": address_null,
-        },
-        "refunds": {
-            "order": r_order[ro], "requested": r_req[ro], "kind": r_kind[ro], "reason": r_reason[ro],
-            "amount": r_amount[ro], "resolved": resolved[ro], "outcome": outcome[ro], "open": open_[ro],
-            "escalated": esc_known[ro], "escalated_at": esc_at[ro], "abuse": r_abuse[ro], "pattern": r_pattern[ro],
-        },
-        "reviews": {"order": ri[vo], "rating": rating[vo], "created": created[vo]},
-    }
+    return {"order": ri[vo], "rating": rating[vo], "created": created[vo]}
 
 
 def _service_block(cfg: SimulationConfig, stores: _Stores, j: int) -> dict[str, np.ndarray]:

@@ -27,6 +27,8 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from refundguard.errors import RejectedRowsWarning, SchemaError
 
@@ -300,7 +302,6 @@ class _Table:
     raw: pd.DataFrame
     data: dict[str, pd.Series] = field(default_factory=dict)
     bad: list[pd.DataFrame] = field(default_factory=list)
-    keys: pd.Series | None = None
 
     def reject(self, mask: np.ndarray | pd.Series, column: str, rule: str, detail: str,
                values: pd.Series | None = None) -> None:
@@ -312,8 +313,11 @@ class _Table:
         if src is None:
             vals = pd.Series([""] * len(idx))
         else:
-            vals = pd.Series(np.asarray(src, dtype=object)[idx]).map(_show)
-        keys = self.keys.iloc[idx].to_numpy(dtype=object) if self.keys is not None else np.full(len(idx), None)
+            vals = pd.Series(src.iloc[idx].to_numpy(dtype=object)).map(_show)
+        key_col = self.raw[KEY_COLUMN[self.name]]
+        keys = pd.Series(key_col.iloc[idx].to_numpy(dtype=object)).map(
+            lambda v: None if _show(v) == "<null>" else str(v)
+        ).to_numpy(dtype=object)
         self.bad.append(
             pd.DataFrame(
                 {
@@ -347,13 +351,14 @@ def _show(v: Any) -> str:
 
 
 def _isnull_raw(s: pd.Series) -> np.ndarray:
+    """Null cells; for text, empty or all-blank strings count as null too."""
     null = s.isna().to_numpy()
-    if s.dtype == object or pd.api.types.is_string_dtype(s.dtype):
-        as_str = s.astype(object)
-        blank = np.fromiter(
-            (isinstance(v, str) and not v.strip() for v in as_str), dtype=bool, count=len(s)
-        ) if s.dtype == object else (s.str.strip() == "").fillna(False).to_numpy(dtype=bool)
+    if s.dtype == object:
+        blank = np.fromiter((isinstance(v, str) and not v.strip() for v in s), dtype=bool, count=len(s))
         null = null | blank
+    elif pd.api.types.is_string_dtype(s.dtype):
+        blank = s.str.strip().str.len() == 0
+        null = null | blank.fillna(False).to_numpy(dtype=bool)
     return null
 
 
@@ -586,28 +591,39 @@ def _bad_in(t: _Table, column: str) -> np.ndarray:
     return mask
 
 
+_NAT = np.iinfo(np.int64).min
+
+
+def _ns(s: pd.Series) -> np.ndarray:
+    """Nanoseconds since the epoch as int64 (NaT is the int64 minimum)."""
+    return s.array.asi8 if hasattr(s.array, "asi8") else s.to_numpy(dtype="datetime64[ns]").view(np.int64)
+
+
+def _positions(needles: pd.Series, haystack: pd.Series) -> np.ndarray:
+    """Position of each needle's first occurrence in haystack; -1 when absent or null."""
+    hay = pa.array(haystack, type=pa.string(), from_pandas=True)
+    ndl = pa.array(needles, type=pa.string(), from_pandas=True)
+    pos = pc.index_in(ndl, value_set=hay, skip_nulls=True)
+    return pos.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
 def _parent_rules(t: _Table, orders: _Table, order_clean: np.ndarray, time_col: str) -> np.ndarray:
     """Reject rows whose order is unknown or rejected; check ``time_col >= paid_at``.
 
     Returns the positions in ``orders`` of each row's parent (-1 when none).
     """
     oid = t.data["order_id"]
-    order_ids = orders.data["order_id"]
-    # position of each order id among *all* input orders (duplicates: first one; they are rejected anyway)
-    first_pos = pd.Series(np.arange(len(order_ids)), index=order_ids.to_numpy())
-    first_pos = first_pos[~first_pos.index.duplicated()]
-    first_pos = first_pos[first_pos.index.notna()]
-    pos = oid.map(first_pos)
-    known = pos.notna().to_numpy()
-    pos_i = pos.fillna(-1).to_numpy(dtype=np.int64)
+    # position of each id among *all* input orders (duplicates: the first; they are rejected anyway)
+    pos_i = _positions(oid, orders.data["order_id"])
+    known = pos_i >= 0
     has_id = oid.notna().to_numpy()
     t.reject(has_id & ~known, "order_id", "exists", "order_id must exist in orders")
     parent_bad = known & ~order_clean[np.where(known, pos_i, 0)]
     t.reject(parent_bad, "order_id", "parent_rejected", "the order this row references was rejected")
     ok_parent = known & ~parent_bad
-    paid = orders.data["paid_at"].to_numpy()[np.where(ok_parent, pos_i, 0)]
-    when = t.data[time_col].to_numpy()
-    early = ok_parent & ~pd.isna(when) & (when < paid)
+    paid = _ns(orders.data["paid_at"])[np.where(ok_parent, pos_i, 0)]
+    when = _ns(t.data[time_col])
+    early = ok_parent & (when != _NAT) & (when < paid)
     t.reject(early, time_col, "after_paid_at", f"{time_col} must be >= the order's paid_at")
     return np.where(ok_parent, pos_i, -1)
 
@@ -635,7 +651,7 @@ def _refund_rules(t: _Table, orders: _Table, order_clean: np.ndarray) -> None:
         frame = pd.DataFrame(
             {
                 "pos": pos[usable],
-                "at": d["requested_at"].to_numpy()[usable],
+                "at": _ns(d["requested_at"])[usable],
                 "rid": d["refund_id"].to_numpy(dtype=object)[usable],
                 "amount": amount.to_numpy()[usable],
                 "row": np.flatnonzero(usable),
@@ -733,9 +749,7 @@ def validate(
 
     work: dict[str, _Table] = {}
     for name in TABLES:
-        t = _Table(name, raw[name])
-        key_raw = raw[name][KEY_COLUMN[name]].reset_index(drop=True)
-        t.keys = key_raw.map(lambda v: None if _show(v) == "<null>" else str(v)).astype(object)
+        t = _Table(name, raw[name].reset_index(drop=True))
         for spec in SCHEMAS[name]:
             _coerce_column(t, spec)
         work[name] = t

@@ -349,7 +349,9 @@ def test_isotonic_round_trip_and_monotone():
 
     ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(p, y).predict(grid)
     np.testing.assert_allclose(cal.transform(grid), ref, atol=1e-12)
-    assert cal.transform_one(0.37) == pytest.approx(float(cal.transform([0.37])[0]))
+    probes = np.r_[grid, d["x"], np.nextafter(np.array(d["x"]), 2.0), 0.37]
+    one_by_one = np.array([cal.transform_one(float(v)) for v in probes])
+    np.testing.assert_allclose(one_by_one, cal.transform(probes), rtol=0, atol=1e-15)
 
 
 def test_platt_recovers_parameters_and_round_trips():
@@ -392,3 +394,52 @@ def test_calibrator_bad_input():
         Calibrator.from_dict({"method": "isotonic", "x": [0.0, 1.0], "y": [0.5]})
     with pytest.raises(DataError, match=re.escape("needs at least 2 positive and 2 negative")):
         choose_calibrator([0.1, 0.2, 0.3], [0, 0, 1])
+
+
+# ---------------------------------------------------------------------- fast single-row C API
+
+
+def _tricky_rows(fitted, data) -> np.ndarray:
+    X, _ = data
+    m = fitted.encoder_.transform(X.head(300))[0]
+    m[::7, 2] = np.nan  # missing numeric
+    m[::11, 3] = np.nan  # missing / unseen category
+    # Values whose low 32 bits are all ones (the tl2cgen bug trigger).
+    m[::5, 0] = np.frombuffer(np.uint64(0x4059_0FFF_FFFF_FFFF).tobytes(), dtype=np.float64)[0]
+    return np.ascontiguousarray(m)
+
+
+def test_fast_row_predictor_equals_booster_predict(fitted, data):
+    rows = _tricky_rows(fitted, data)
+    fast = fitted.fast_row_predictor()
+    assert fast.fast  # the C API is available with the pinned lightgbm
+    expected = fitted.booster_.predict(rows)
+    got = np.array([fast.predict(r) for r in rows])
+    np.testing.assert_array_equal(got, expected)
+    # Non-contiguous or wrong-dtype input is copied, wrong length is a RequestError.
+    assert fast.predict(rows[:, :][0].astype(np.float32).astype(np.float64)) == pytest.approx(expected[0], abs=0)
+    with pytest.raises(RequestError, match=re.escape("The encoded row has 4 values; the model expects 5")):
+        fast.predict(np.zeros(4))
+    fast.close()
+    assert fast.predict(rows[1]) == expected[1]  # a new config is made after close
+
+
+def test_fast_row_predictor_threads(fitted, data):
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = _tricky_rows(fitted, data)
+    fast = fitted.fast_row_predictor()
+    expected = fitted.booster_.predict(rows)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda r: fast.predict(r), list(rows) * 4))
+    np.testing.assert_array_equal(np.array(got), np.tile(expected, 4))
+
+
+def test_fast_row_predictor_falls_back(fitted, data, monkeypatch):
+    import refundguard.model as model_mod
+
+    monkeypatch.setattr(model_mod, "_fast_api", lambda: None)
+    rows = _tricky_rows(fitted, data)
+    slow = fitted.fast_row_predictor()
+    assert not slow.fast
+    assert slow.predict(rows[3]) == fitted.predict_proba_row(rows[3])
