@@ -1,0 +1,384 @@
+"""RefundGuard: one verified model plus the dated policy, online (``assess``) and batch (``score_history``).
+
+The online path is plain Python: request + profiles -> ``build_features_one`` ->
+an encoded float64 row (stored feature order and category levels) -> LightGBM's
+single-row prediction on one thread -> calibration -> :func:`policy.decide_one`.
+The batch path builds the same features with :func:`pipeline.point_in_time_features`
+and decides with :func:`policy.decide_batch`; the parity tests hold the two equal.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from refundguard.artifacts import LoadedModel, load_model
+from refundguard.config import ScoreConfig
+from refundguard.errors import ModelError, RequestError
+from refundguard.features import FEATURE_NAMES, build_features_one
+from refundguard.model import Calibrator, FeatureEncoder, RefundAbuseClassifier, reasons_from_contributions
+from refundguard.pipeline import canonical_tables, point_in_time_features
+from refundguard.policy import Decision, PolicyTimeline, decide_batch, decide_one
+
+__all__ = ["RefundGuard", "SCORED_COLUMNS", "default_model_path"]
+
+#: Columns of the batch scored output, in order (DESIGN.md section 6, contract).
+SCORED_COLUMNS: tuple[str, ...] = (
+    "refund_id",
+    "requested_at",
+    "buyer_id",
+    "store_id",
+    "category",
+    "kind",
+    "amount",
+    "action",
+    "abuse_probability",
+    "store_score",
+    "store_score_missing",
+    "provisional",
+    "audit",
+    "reasons",
+    "model_version",
+    "policy_version",
+)
+_REASONS = 3
+
+
+def default_model_path() -> Path:
+    """Folder of the bundled default model (``models/default`` beside the package).
+
+    ``REFUNDGUARD_DEFAULT_MODEL`` overrides it.
+    """
+    env = os.environ.get("REFUNDGUARD_DEFAULT_MODEL")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1] / "models" / "default"
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything one model needs to serve; swapped as a whole by :meth:`RefundGuard.reload`."""
+
+    loaded: LoadedModel
+    classifier: RefundAbuseClassifier
+    encoder: FeatureEncoder
+    calibrator: Calibrator | None
+    policy: PolicyTimeline
+    score_config: ScoreConfig
+    category_levels: tuple[str, ...] | None
+
+
+def _state(loaded: LoadedModel, policy: PolicyTimeline | None) -> _State:
+    if loaded.features != list(FEATURE_NAMES):
+        missing = sorted(set(FEATURE_NAMES) - set(loaded.features))
+        extra = sorted(set(loaded.features) - set(FEATURE_NAMES))
+        raise ModelError(
+            f"The model at {loaded.path} was trained on another feature list (missing {missing}, extra {extra}, "
+            "or another order); retrain it with this refundguard version.",
+            path=str(loaded.path),
+            problem="feature_list",
+        )
+    th = loaded.meta.get("thresholds") or {}
+    timeline = policy if policy is not None else PolicyTimeline.default()
+    timeline = timeline.with_thresholds(th.get("intercept"), th.get("review"))
+    cfg_dict = loaded.meta.get("score_config")
+    cfg = ScoreConfig.from_dict(cfg_dict) if cfg_dict else ScoreConfig()
+    levels = loaded.categories.get("category")
+    return _State(
+        loaded=loaded,
+        classifier=loaded.classifier(),
+        encoder=loaded.encoder(),
+        calibrator=loaded.calibrator(),
+        policy=timeline,
+        score_config=cfg,
+        category_levels=None if levels is None else tuple(levels),
+    )
+
+
+class RefundGuard:
+    """Decide refund-only requests with a verified model and the dated policy.
+
+    Parameters
+    ----------
+    model
+        A :class:`~refundguard.artifacts.LoadedModel` (see :meth:`load`).
+    policy
+        Policy timeline; the model's thresholds are applied to every version.
+        Default: :meth:`PolicyTimeline.default` (no gate before 2024-08-09, the
+        4.80 gate from then on).
+
+    Notes
+    -----
+    ``assess`` is thread safe: each thread gets its own LightGBM single-row
+    config, and :meth:`reload` swaps the whole serving state in one assignment.
+    """
+
+    def __init__(self, model: LoadedModel, policy: PolicyTimeline | None = None) -> None:
+        self._policy_arg = policy
+        self._state = _state(model, policy)
+        self._local = threading.local()
+        self._warm_up()
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def load(cls, path: str | Path, *, expected_sha256: str | None = None,
+             policy: PolicyTimeline | None = None) -> RefundGuard:
+        """Load and verify a model folder (see :func:`refundguard.artifacts.load_model`)."""
+        return cls(load_model(path, expected_sha256=expected_sha256), policy=policy)
+
+    @classmethod
+    def default(cls, policy: PolicyTimeline | None = None) -> RefundGuard:
+        """The bundled default model (``models/default``), trained on simulated data."""
+        path = default_model_path()
+        if not path.exists():
+            raise ModelError(
+                f"The bundled default model is not at {path}; install refundguard from a source checkout "
+                "(pip install -e .) or set REFUNDGUARD_DEFAULT_MODEL.",
+                path=str(path),
+                problem="missing_model",
+            )
+        return cls.load(path, policy=policy)
+
+    def reload(self, path: str | Path, *, expected_sha256: str | None = None) -> None:
+        """Swap in another model atomically; on any error the current model keeps serving.
+
+        Raises
+        ------
+        ModelError
+            The new folder fails verification (the old model is still in use).
+        """
+        new_state = _state(load_model(path, expected_sha256=expected_sha256), self._policy_arg)
+        self._state = new_state  # one reference assignment: readers see old or new, never a mix
+        self._local = threading.local()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        st = self._state
+        row = np.full(len(st.loaded.features), np.nan)
+        self._predictor(st).predict(row)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def model_version(self) -> str:
+        """The serving model's version."""
+        return self._state.loaded.model_version
+
+    @property
+    def policy(self) -> PolicyTimeline:
+        """The policy timeline in use (with the model's thresholds)."""
+        return self._state.policy
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The serving model's ``meta.json``."""
+        return self._state.loaded.meta
+
+    @property
+    def score_config(self) -> ScoreConfig:
+        """The store score configuration the model was trained with."""
+        return self._state.score_config
+
+    # ------------------------------------------------------------------ online
+    def _predictor(self, st: _State) -> Any:
+        cache = getattr(self._local, "predictor", None)
+        if cache is None or cache[0] is not st:
+            cache = (st, st.classifier.fast_row_predictor())
+            self._local.predictor = cache
+        return cache[1]
+
+    def _calibrate_one(self, st: _State, raw: float) -> float:
+        return raw if st.calibrator is None else float(st.calibrator.transform_one(raw))
+
+    def assess(
+        self,
+        request: Mapping[str, Any],
+        profiles: tuple[Any, Any, Any],
+        *,
+        explain: bool = False,
+        always_score: bool = False,
+    ) -> Decision:
+        """Decide one refund request (online path: plain Python, one thread, no I/O).
+
+        Parameters
+        ----------
+        request
+            The refund request with its order's fields: ``refund_id, requested_at,
+            buyer_id, kind, reason, amount, paid_at, order_amount`` and optionally
+            ``shipped_at, delivered_at, category, store_id``.
+        profiles
+            ``(BuyerProfile, StoreProfile, LinkProfile)`` as of ``requested_at``
+            (from :func:`refundguard.profiles.profiles_as_of` or a ``ProfileStore``).
+        explain
+            Compute reasons for every scored request, not only review/intercept.
+        always_score
+            Score gated requests too (monitoring).
+
+        Returns
+        -------
+        Decision
+
+        Raises
+        ------
+        RequestError
+            A field is missing or has a bad value.
+        """
+        st = self._state
+        for name in ("refund_id", "buyer_id"):
+            value = request.get(name)
+            if not isinstance(value, str) or not value:
+                raise RequestError(f"The request field {name!r} must be a non-empty string; got {value!r}.",
+                                   field=name, value=value)
+        features = build_features_one(request, profiles)
+        row: list[np.ndarray] = []
+
+        def probability() -> float:
+            encoded = st.encoder.encode_row(features)
+            row.append(encoded)
+            return self._calibrate_one(st, self._predictor(st).predict(encoded))
+
+        def reasons() -> list[dict[str, Any]]:
+            encoded = row[0] if row else st.encoder.encode_row(features)
+            contrib = st.loaded.booster.predict(encoded.reshape(1, -1), pred_contrib=True, num_threads=1)[0][:-1]
+            return reasons_from_contributions(st.encoder, encoded, contrib, k=_REASONS)
+
+        store = profiles[1]
+        return decide_one(
+            st.policy,
+            refund_id=request["refund_id"],
+            requested_at=request["requested_at"],
+            kind=request["kind"],
+            buyer_id=request["buyer_id"],
+            store_score=store.score,
+            provisional=bool(store.provisional),
+            store_score_missing=bool(store.score_missing),
+            probability=probability,
+            explain=reasons,
+            explain_all=explain,
+            always_score=always_score,
+            model_version=self.model_version,
+        )
+
+    # ------------------------------------------------------------------ batch
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated abuse probabilities of a feature matrix (batch)."""
+        st = self._state
+        raw = st.classifier.predict_proba(X)[:, 1]
+        return raw if st.calibrator is None else st.calibrator.transform(raw)
+
+    def score_history(
+        self,
+        tables: Mapping[str, pd.DataFrame],
+        start: Any = None,
+        end: Any = None,
+        *,
+        always_score: bool = False,
+        explain: bool = False,
+        validate_tables: bool = True,
+    ) -> pd.DataFrame:
+        """Decide every refund requested in ``[start, end)``, point in time.
+
+        Parameters
+        ----------
+        tables
+            The contract's tables (validated in strict mode unless ``validate_tables=False``).
+        start, end
+            Half-open bounds on ``requested_at``; ``None`` is unbounded.
+        always_score
+            Score gated requests too (their action stays ``merchant_handles``).
+        explain
+            Reasons for every scored row, not only review/intercept.
+        validate_tables
+            Validate the input first.
+
+        Returns
+        -------
+        pandas.DataFrame
+            :data:`SCORED_COLUMNS`, sorted by ``(requested_at, refund_id)``.
+        """
+        st = self._state
+        clean = canonical_tables(tables, validate_tables)
+        batch = point_in_time_features(
+            clean, start, end, score_config=st.score_config, category_levels=st.category_levels
+        )
+        return self._decide(batch, always_score=always_score, explain=explain)
+
+    def _decide(self, batch: Any, *, always_score: bool, explain: bool) -> pd.DataFrame:
+        st = self._state
+        req = batch.requests
+        store = batch.profiles.store
+        frame = pd.DataFrame(
+            {
+                "refund_id": req["refund_id"].to_numpy(),
+                "requested_at": req["requested_at"].to_numpy(),
+                "kind": req["kind"].to_numpy(),
+                "buyer_id": req["buyer_id"].to_numpy(),
+                "store_score": store["score"].to_numpy(dtype=np.float64),
+                "provisional": store["provisional"].to_numpy(dtype=bool),
+                "store_score_missing": store["score_missing"].to_numpy(dtype=bool),
+            }
+        )
+        frame["requested_at"] = req["requested_at"].reset_index(drop=True)
+        X = batch.X
+
+        def probability(mask: np.ndarray) -> np.ndarray:
+            if not mask.any():
+                return np.empty(0)
+            return self.predict_proba(X.loc[mask])
+
+        def reasons(mask: np.ndarray) -> list[list[dict[str, Any]]]:
+            if not mask.any():
+                return []
+            encoded, _ = st.encoder.transform(X.loc[mask])
+            contrib = st.loaded.booster.predict(encoded, pred_contrib=True)[:, :-1]
+            return [reasons_from_contributions(st.encoder, encoded[i], contrib[i], k=_REASONS)
+                    for i in range(len(encoded))]
+
+        decided = decide_batch(
+            frame,
+            st.policy,
+            probability=probability,
+            explain=reasons,
+            explain_all=explain,
+            always_score=always_score,
+            model_version=self.model_version,
+        )
+        out = pd.DataFrame(
+            {
+                "refund_id": req["refund_id"].to_numpy(),
+                "requested_at": req["requested_at"].reset_index(drop=True),
+                "buyer_id": req["buyer_id"].to_numpy(),
+                "store_id": req["store_id"].to_numpy(),
+                "category": req["category"].to_numpy(),
+                "kind": req["kind"].to_numpy(),
+                "amount": req["amount"].to_numpy(dtype=np.float64),
+            }
+        )
+        for col in ("action", "abuse_probability", "store_score", "store_score_missing", "provisional", "audit",
+                    "reasons", "model_version", "policy_version"):
+            out[col] = decided[col].to_numpy()
+        out["reasons"] = out["reasons"].map(_reasons_struct)
+        return out.loc[:, list(SCORED_COLUMNS)]
+
+
+def _reasons_struct(items: Any) -> list[dict[str, Any]]:
+    """Reasons as a list of structs with fixed field types (Parquet needs one type per field)."""
+    out = []
+    for r in items if items is not None else ():
+        value = r.get("value")
+        contribution = r.get("contribution")
+        out.append(
+            {
+                "text": str(r.get("text", "")),
+                "feature": str(r.get("feature", "")),
+                "value": None if value is None else str(value),
+                "contribution": None if contribution is None else float(contribution),
+            }
+        )
+    return out

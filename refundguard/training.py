@@ -1,0 +1,475 @@
+"""Time-split training: slices, label maturity, calibration, thresholds, champion/challenger.
+
+Slices, all by ``requested_at`` (DESIGN.md section 5):
+
+- **train**: before ``train_end - gap``, keeping only rows whose label was known
+  by then (``resolved_at < train_end - gap``); the last 15 % of it by time is the
+  early-stopping set;
+- **valid**: ``[train_end, valid_end)``: calibration and thresholds;
+- **test** (optional): ``[valid_end, test_end)``: reported metrics and the
+  champion/challenger comparison.
+
+Rows with a null label are never trained on. Features come from
+:func:`refundguard.pipeline.point_in_time_features`, the same path batch scoring uses.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from refundguard._version import __version__
+from refundguard.artifacts import (
+    SavedModel,
+    build_meta,
+    data_fingerprint,
+    feature_bins,
+    load_model,
+    save_model,
+    score_histogram,
+)
+from refundguard.config import ScoreConfig
+from refundguard.errors import DataError, ModelError
+from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, evaluate_predictions, precision_recall_table
+from refundguard.features import CATEGORICAL_FEATURES, FEATURES
+from refundguard.model import Calibrator, RefundAbuseClassifier, choose_calibrator
+from refundguard.pipeline import FeatureBatch, canonical_tables, point_in_time_features
+from refundguard.policy import PolicyTimeline, gate_batch
+
+__all__ = [
+    "DEFAULT_GAP_DAYS",
+    "EARLY_STOPPING_SHARE",
+    "DEFAULT_PARAMS",
+    "TrainedModel",
+    "train",
+    "Promotion",
+    "promote_if_better",
+    "training_slices",
+]
+
+DEFAULT_GAP_DAYS = 14
+EARLY_STOPPING_SHARE = 0.15
+#: Classifier parameters used by :func:`train` unless overridden.
+DEFAULT_PARAMS: dict[str, Any] = {
+    "n_estimators": 400,
+    "learning_rate": 0.05,
+    "num_leaves": 31,
+    "min_child_samples": 40,
+    "reg_lambda": 1.0,
+    "colsample_bytree": 0.8,
+    "early_stopping_rounds": 40,
+    "random_state": 0,
+}
+_MIN_TRAIN_ROWS = 50
+_MIN_TRAIN_POSITIVES = 5
+
+
+def _ts(value: Any, name: str) -> pd.Timestamp:
+    try:
+        ts = pd.Timestamp(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{name} must be a date or timestamp; got {value!r}.") from exc
+    if ts is pd.NaT:
+        raise DataError(f"{name} must be a date or timestamp; got {value!r}.")
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+@dataclass(frozen=True)
+class _Slices:
+    train: np.ndarray
+    early: np.ndarray
+    valid: np.ndarray
+    test: np.ndarray | None
+    windows: dict[str, Any]
+
+
+def training_slices(
+    requests: pd.DataFrame,
+    train_end: Any,
+    valid_end: Any,
+    test_end: Any = None,
+    *,
+    gap_days: int = DEFAULT_GAP_DAYS,
+) -> _Slices:
+    """Boolean masks of the train, early-stopping, valid and test slices.
+
+    Parameters
+    ----------
+    requests
+        Requests sorted by ``requested_at`` with ``requested_at, resolved_at, is_abuse``.
+    train_end, valid_end, test_end
+        Slice boundaries (``train_end < valid_end < test_end``).
+    gap_days
+        Label maturity gap before ``train_end``.
+
+    Returns
+    -------
+    _Slices
+        ``train`` (fit rows, early-stopping rows excluded), ``early``, ``valid``,
+        ``test`` (or None) and the ``windows`` record for ``meta.json``.
+    """
+    t_end = _ts(train_end, "train_end")
+    v_end = _ts(valid_end, "valid_end")
+    te_end = None if test_end is None else _ts(test_end, "test_end")
+    if not t_end < v_end or (te_end is not None and not v_end < te_end):
+        raise DataError(
+            f"Slices must be ordered train_end < valid_end < test_end; got {t_end.date()}, {v_end.date()}, "
+            f"{None if te_end is None else te_end.date()}."
+        )
+    if gap_days < 0:
+        raise DataError(f"gap_days must be >= 0; got {gap_days}.")
+    cut = t_end - pd.Timedelta(days=gap_days)
+    at = requests["requested_at"]
+    labelled = requests["is_abuse"].notna().to_numpy()
+    resolved = requests["resolved_at"]
+    train_all = (at < cut).to_numpy() & (resolved < cut).fillna(False).to_numpy() & labelled
+    idx = np.flatnonzero(train_all)  # requests are sorted by time
+    n_early = int(math.ceil(EARLY_STOPPING_SHARE * len(idx)))
+    early = np.zeros(len(requests), dtype=bool)
+    if n_early and len(idx) - n_early > 0:
+        early[idx[-n_early:]] = True
+    train = train_all & ~early
+    valid = ((at >= t_end) & (at < v_end)).to_numpy() & labelled
+    test = None if te_end is None else ((at >= v_end) & (at < te_end)).to_numpy() & labelled
+    first = at[train_all].min() if train_all.any() else None
+    windows = {
+        "train": [None if first is None else first.isoformat(), cut.isoformat()],
+        "early_stopping": [at[early].min().isoformat(), cut.isoformat()] if early.any() else None,
+        "valid": [t_end.isoformat(), v_end.isoformat()],
+        "test": None if te_end is None else [v_end.isoformat(), te_end.isoformat()],
+        "gap_days": int(gap_days),
+        "label_rule": "is_abuse not null and resolved_at < train_end - gap (train); is_abuse not null (valid, test)",
+        "rows": {
+            "train": int(train.sum()),
+            "early_stopping": int(early.sum()),
+            "valid": int(valid.sum()),
+            "test": None if test is None else int(test.sum()),
+        },
+    }
+    return _Slices(train=train, early=early, valid=valid, test=test, windows=windows)
+
+
+@dataclass
+class TrainedModel:
+    """A trained, calibrated abuse model with its thresholds and metadata.
+
+    Attributes
+    ----------
+    classifier
+        The fitted :class:`~refundguard.model.RefundAbuseClassifier`.
+    calibrator
+        Maps raw scores to calibrated probabilities.
+    thresholds
+        Intercept / review thresholds on the calibrated probability.
+    meta
+        ``meta.json`` content (without ``model_version``, set on save).
+    evaluations
+        ``{"valid": Evaluation, "test": Evaluation}`` (test only with ``test_end``).
+    model_card
+        The README.md text of the artifact.
+    """
+
+    classifier: RefundAbuseClassifier
+    calibrator: Calibrator
+    thresholds: Thresholds
+    meta: dict[str, Any]
+    evaluations: dict[str, Evaluation] = field(default_factory=dict)
+    model_card: str = ""
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """Overall metrics per slice (``{"valid": {...}, "test": {...}}``)."""
+        return {k: dict(v.overall) for k, v in self.evaluations.items()}
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        """Calibrated abuse probabilities of a feature matrix."""
+        return self.calibrator.transform(self.classifier.predict_proba(X)[:, 1])
+
+    def save(self, path: str | Path) -> SavedModel:
+        """Write the model folder (model.txt, meta.json, README.md, MANIFEST) atomically."""
+        return save_model(
+            path,
+            booster_text=self.classifier.booster_.model_to_string(),
+            meta=self.meta,
+            model_card=self.model_card,
+        )
+
+
+def _check_slice(name: str, y: np.ndarray, min_rows: int, min_pos: int) -> None:
+    if len(y) < min_rows or int(y.sum()) < min_pos or int(y.sum()) == len(y):
+        raise DataError(
+            f"The {name} slice has {len(y)} labelled rows with {int(y.sum())} abusive; at least {min_rows} rows "
+            f"and {min_pos} of each class are needed. Move the slice boundaries or bring more history.",
+            detail={"slice": name, "rows": int(len(y)), "positives": int(y.sum())},
+        )
+
+
+def _evaluate(batch: FeatureBatch, mask: np.ndarray, p: np.ndarray, intercept: float | None) -> Evaluation:
+    req = batch.requests.loc[mask]
+    return evaluate_predictions(
+        req["is_abuse"].astype(bool).to_numpy(),
+        p,
+        req["amount"].to_numpy(dtype=np.float64),
+        category=req["category"].astype(object).to_numpy(),
+        store_score=batch.profiles.store["score"].to_numpy(dtype=np.float64)[mask],
+        intercept_threshold=intercept,
+    )
+
+
+def _gated_share(batch: FeatureBatch, mask: np.ndarray, policy: PolicyTimeline) -> float:
+    if not mask.any():
+        return float("nan")
+    req = batch.requests.loc[mask, ["refund_id", "requested_at", "kind", "buyer_id"]].reset_index(drop=True)
+    store = batch.profiles.store.loc[mask].reset_index(drop=True)
+    req["store_score"] = store["score"].to_numpy(dtype=np.float64)
+    req["provisional"] = store["provisional"].to_numpy(dtype=bool)
+    req["store_score_missing"] = store["score_missing"].to_numpy(dtype=bool)
+    gates = gate_batch(req, policy)
+    return float(gates["gated"].mean())
+
+
+def _model_card(meta: Mapping[str, Any], command: str | None) -> str:
+    w = meta["windows"]
+    m = meta.get("metrics") or {}
+    test_text = "none" if w["test"] is None else f"{w['test'][0]} .. {w['test'][1]} ({w['rows']['test']} rows)"
+    fp = meta.get("data_fingerprint") or {}
+    fp_rows = ", ".join(f"{t}: {v.get('rows')} rows" for t, v in (fp.get("tables") or {}).items())
+    lines = [
+        "# refundguard abuse model {model_version}",
+        "",
+        "LightGBM binary classifier of refund-only abuse, calibrated "
+        f"({meta['calibration']['method'] if meta.get('calibration') else 'uncalibrated'}), "
+        f"with {len(meta['features'])} point-in-time features (see meta.json).",
+        "",
+        "## Data",
+        f"- fingerprint: {str(fp.get('sha256', 'n/a'))[:16]} ({fp_rows})",
+        f"- share of requests behind the store gate in the training period: {meta.get('gated_share')}",
+        "",
+        "## Slices (by requested_at)",
+        f"- train: {w['train'][0]} .. {w['train'][1]} ({w['rows']['train']} rows; early stopping on the last "
+        f"{w['rows']['early_stopping']} by time); labels known before train_end - {w['gap_days']} days",
+        f"- valid: {w['valid'][0]} .. {w['valid'][1]} ({w['rows']['valid']} rows): calibration and thresholds",
+        f"- test: {test_text}",
+        "",
+        "## Thresholds (calibrated probability)",
+        f"- intercept: {meta['thresholds'].get('intercept')} (target precision {meta['thresholds'].get('intercept_precision')})",
+        f"- review: {meta['thresholds'].get('review')} (target precision {meta['thresholds'].get('review_precision')})",
+        "",
+        "## Metrics",
+    ]
+    for slice_name in ("valid", "test"):
+        overall = (m.get(slice_name) or {}).get("overall")
+        if overall:
+            keys = ("n", "n_positive", "pr_auc", "roc_auc", "recall_at_precision", "precision_at_k", "ece", "brier", "intercepted_amount")
+            shown = ", ".join(f"{k}={overall[k]:.4g}" if isinstance(overall.get(k), float) else f"{k}={overall.get(k)}" for k in keys if k in overall)
+            lines.append(f"- {slice_name}: {shown}")
+    lines += [
+        "",
+        "## Reproduce",
+        f"`{command}`" if command else "(trained through the Python API)",
+        "",
+        f"refundguard {__version__}; library versions in meta.json. No pickle: model.txt is LightGBM text.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def train(
+    tables: Mapping[str, pd.DataFrame],
+    train_end: Any,
+    valid_end: Any,
+    test_end: Any = None,
+    *,
+    gap_days: int = DEFAULT_GAP_DAYS,
+    score_config: ScoreConfig | None = None,
+    params: Mapping[str, Any] | None = None,
+    intercept_precision: float = 0.90,
+    review_precision: float = 0.50,
+    policy: PolicyTimeline | None = None,
+    validate_tables: bool = True,
+    trained_at: Any = None,
+    command: str | None = None,
+) -> TrainedModel:
+    """Train, calibrate and set the thresholds of an abuse model on a time split.
+
+    Parameters
+    ----------
+    tables
+        The contract's tables (validated here in strict mode unless
+        ``validate_tables=False``).
+    train_end, valid_end, test_end
+        Slice boundaries (see the module docstring). ``test_end=None``: no test slice.
+    gap_days
+        Label maturity gap (default 14 days).
+    score_config
+        Store score configuration for the store features (stored in the artifact).
+    params
+        Overrides of :data:`DEFAULT_PARAMS` for :class:`RefundAbuseClassifier`.
+    intercept_precision, review_precision
+        Validation precision targets of the intercept and review thresholds.
+    policy
+        Policy timeline used to measure the gated share (default timeline).
+    validate_tables
+        Validate the input tables first.
+    trained_at
+        Training date recorded in the artifact (default: today, UTC).
+    command
+        The command line that produced the model, for the model card.
+
+    Returns
+    -------
+    TrainedModel
+
+    Raises
+    ------
+    DataError
+        A slice has too few labelled rows or only one class.
+    SchemaError
+        The tables break the data contract.
+    """
+    cfg = score_config if score_config is not None else ScoreConfig()
+    clean = canonical_tables(tables, validate_tables)
+    last = _ts(test_end if test_end is not None else valid_end, "valid_end/test_end")
+    batch = point_in_time_features(clean, None, last, score_config=cfg, with_labels=True)
+    sl = training_slices(batch.requests, train_end, valid_end, test_end, gap_days=gap_days)
+    y_all = batch.requests["is_abuse"].fillna(False).astype(bool).to_numpy()
+
+    _check_slice("train", y_all[sl.train], _MIN_TRAIN_ROWS, _MIN_TRAIN_POSITIVES)
+    _check_slice("valid", y_all[sl.valid], 20, 2)
+    p_kw = {**DEFAULT_PARAMS, **(params or {})}
+    mono = {f.name: f.monotone for f in FEATURES if f.monotone and f.dtype != "category"}
+    clf = RefundAbuseClassifier(
+        **p_kw, monotone_constraints=mono, categorical_features=list(CATEGORICAL_FEATURES)
+    )
+    eval_set = None
+    if sl.early.any() and len(np.unique(y_all[sl.early])) == 2:
+        eval_set = (batch.X.loc[sl.early], y_all[sl.early])
+    elif p_kw.get("early_stopping_rounds"):
+        warnings.warn("The early-stopping slice has a single class; training without early stopping.", stacklevel=2)
+        clf.set_params(early_stopping_rounds=None)
+    clf.fit(batch.X.loc[sl.train], y_all[sl.train], eval_set=eval_set)
+
+    raw_valid = clf.predict_proba(batch.X.loc[sl.valid])[:, 1]
+    calibrator, cal_report = choose_calibrator(raw_valid, y_all[sl.valid])
+    p_valid = calibrator.transform(raw_valid)
+    thresholds = choose_thresholds(p_valid, y_all[sl.valid], intercept_precision, review_precision)
+    evaluations = {"valid": _evaluate(batch, sl.valid, p_valid, thresholds.intercept)}
+    if sl.test is not None and sl.test.any():
+        p_test = calibrator.transform(clf.predict_proba(batch.X.loc[sl.test])[:, 1])
+        evaluations["test"] = _evaluate(batch, sl.test, p_test, thresholds.intercept)
+    curve = precision_recall_table(p_valid, y_all[sl.valid])
+    timeline = policy if policy is not None else PolicyTimeline.default()
+    when = trained_at if trained_at is not None else datetime.now(timezone.utc).date()
+    meta = build_meta(
+        clf,
+        trained_at=when,
+        calibration={**calibrator.to_dict(), "choice": cal_report},
+        thresholds=thresholds.to_dict(),
+        validation_curve={
+            "threshold": curve["threshold"].tolist(),
+            "precision": curve["precision"].tolist(),
+            "recall": curve["recall"].tolist(),
+        },
+        drift={
+            "feature_bins": feature_bins(batch.X.loc[sl.train], categories=clf.categories_),
+            "score_histogram": score_histogram(p_valid),
+        },
+        gated_share=_gated_share(batch, sl.train | sl.early | sl.valid, timeline),
+        windows=sl.windows,
+        score_config=cfg.to_dict(),
+        metrics={k: v.to_dict() for k, v in evaluations.items()},
+        data_fingerprint=data_fingerprint(clean),
+    )
+    card = _model_card(meta, command)
+    return TrainedModel(clf, calibrator, thresholds, meta, evaluations, card)
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """Outcome of a champion/challenger comparison on the test slice.
+
+    Attributes
+    ----------
+    promoted
+        Whether the challenger replaced the champion.
+    metric
+        The metric compared (``pr_auc``).
+    challenger, champion
+        Their values on the same test slice (``champion`` is None when there was none).
+    """
+
+    promoted: bool
+    metric: str
+    challenger: float
+    champion: float | None
+
+
+def promote_if_better(
+    trained: TrainedModel,
+    tables: Mapping[str, pd.DataFrame],
+    champion_dir: str | Path,
+    *,
+    metric: str = "pr_auc",
+    validate_tables: bool = True,
+) -> Promotion:
+    """Replace the champion model folder with ``trained`` only if it beats it on the test slice.
+
+    Both models score the same test requests (``trained``'s test window), each
+    with its own category levels and calibration; the champion folder is
+    replaced atomically when the challenger's ``metric`` is strictly higher. A
+    missing champion folder is simply created.
+
+    Raises
+    ------
+    DataError
+        ``trained`` has no test slice.
+    ModelError
+        The champion folder exists but fails verification, or uses another feature list.
+    """
+    test = trained.meta["windows"].get("test")
+    if not test or "test" not in trained.evaluations:
+        raise DataError("Champion/challenger needs a test slice: train with test_end (--test-end).")
+    new_value = float(trained.evaluations["test"].overall[metric])
+    champion_path = Path(champion_dir)
+    if not champion_path.exists():
+        trained.save(champion_path)
+        return Promotion(True, metric, new_value, None)
+    champion = load_model(champion_path)
+    from refundguard.features import FEATURE_NAMES
+
+    if champion.features != list(FEATURE_NAMES):
+        raise ModelError(
+            f"The champion at {champion_path} uses another feature list; compare it with the refundguard version "
+            "that trained it.",
+            path=str(champion_path),
+            problem="feature_list",
+        )
+    clean = canonical_tables(tables, validate_tables)
+    cfg = ScoreConfig.from_dict(champion.meta["score_config"]) if champion.meta.get("score_config") else None
+    batch = point_in_time_features(
+        clean, test[0], test[1], score_config=cfg, with_labels=True,
+        category_levels=champion.categories.get("category"),
+    )
+    labelled = batch.requests["is_abuse"].notna().to_numpy()
+    p_old = champion.classifier().predict_proba(batch.X.loc[labelled])[:, 1]
+    cal = champion.calibrator()
+    if cal is not None:
+        p_old = cal.transform(p_old)
+    old = evaluate_predictions(
+        batch.requests.loc[labelled, "is_abuse"].astype(bool).to_numpy(),
+        p_old,
+        batch.requests.loc[labelled, "amount"].to_numpy(dtype=np.float64),
+    )
+    old_value = float(old.overall[metric])
+    better = bool(new_value > old_value or (math.isnan(old_value) and not math.isnan(new_value)))
+    if better:
+        trained.save(champion_path)
+    return Promotion(better, metric, new_value, old_value)
