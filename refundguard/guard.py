@@ -21,7 +21,8 @@ import pandas as pd
 
 from refundguard.artifacts import LoadedModel, load_model
 from refundguard.config import ScoreConfig
-from refundguard.errors import ModelError, RequestError
+from refundguard.errors import DataError, ModelError, RequestError
+from refundguard.evaluation import Evaluation, evaluate_predictions
 from refundguard.features import FEATURE_NAMES, build_features_one
 from refundguard.model import Calibrator, FeatureEncoder, RefundAbuseClassifier, reasons_from_contributions
 from refundguard.pipeline import canonical_tables, point_in_time_features
@@ -308,6 +309,50 @@ class RefundGuard:
             clean, start, end, score_config=st.score_config, category_levels=st.category_levels
         )
         return self._decide(batch, always_score=always_score, explain=explain)
+
+    def evaluate(
+        self,
+        tables: Mapping[str, pd.DataFrame],
+        start: Any = None,
+        end: Any = None,
+        *,
+        validate_tables: bool = True,
+    ) -> Evaluation:
+        """Measure the model on the labelled refunds requested in ``[start, end)``.
+
+        Every labelled request is scored (gated ones too, so abuse behind the gate
+        stays measurable); metrics come overall, by category and by store-score band.
+
+        Returns
+        -------
+        refundguard.evaluation.Evaluation
+
+        Raises
+        ------
+        DataError
+            No labelled refund in the period.
+        """
+        st = self._state
+        clean = canonical_tables(tables, validate_tables)
+        batch = point_in_time_features(
+            clean, start, end, score_config=st.score_config, category_levels=st.category_levels, with_labels=True
+        )
+        labelled = batch.requests["is_abuse"].notna().to_numpy()
+        if not labelled.any():
+            raise DataError(
+                f"No labelled refund requested in [{start}, {end}): nothing to evaluate.",
+                detail={"start": str(start), "end": str(end), "requests": int(len(batch))},
+            )
+        req = batch.requests.loc[labelled]
+        th = self.meta.get("thresholds") or {}
+        return evaluate_predictions(
+            req["is_abuse"].astype(bool).to_numpy(),
+            self.predict_proba(batch.X.loc[labelled]),
+            req["amount"].to_numpy(dtype=np.float64),
+            category=req["category"].astype(object).to_numpy(),
+            store_score=batch.profiles.store["score"].to_numpy(dtype=np.float64)[labelled],
+            intercept_threshold=th.get("intercept"),
+        )
 
     def _decide(self, batch: Any, *, always_score: bool, explain: bool) -> pd.DataFrame:
         st = self._state

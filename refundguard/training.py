@@ -38,7 +38,7 @@ from refundguard.artifacts import (
 )
 from refundguard.config import ScoreConfig
 from refundguard.errors import DataError, ModelError
-from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, evaluate_predictions, precision_recall_table
+from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, evaluate_predictions, validation_curve
 from refundguard.features import CATEGORICAL_FEATURES, FEATURES
 from refundguard.model import Calibrator, RefundAbuseClassifier, choose_calibrator
 from refundguard.pipeline import FeatureBatch, canonical_tables, point_in_time_features
@@ -53,6 +53,7 @@ __all__ = [
     "Promotion",
     "promote_if_better",
     "training_slices",
+    "evaluate",
 ]
 
 DEFAULT_GAP_DAYS = 14
@@ -365,7 +366,6 @@ def train(
     if sl.test is not None and sl.test.any():
         p_test = calibrator.transform(clf.predict_proba(batch.X.loc[sl.test])[:, 1])
         evaluations["test"] = _evaluate(batch, sl.test, p_test, thresholds.intercept)
-    curve = precision_recall_table(p_valid, y_all[sl.valid])
     timeline = policy if policy is not None else PolicyTimeline.default()
     when = trained_at if trained_at is not None else datetime.now(timezone.utc).date()
     meta = build_meta(
@@ -373,11 +373,7 @@ def train(
         trained_at=when,
         calibration={**calibrator.to_dict(), "choice": cal_report},
         thresholds=thresholds.to_dict(),
-        validation_curve={
-            "threshold": curve["threshold"].tolist(),
-            "precision": curve["precision"].tolist(),
-            "recall": curve["recall"].tolist(),
-        },
+        validation_curve=validation_curve(p_valid, y_all[sl.valid]),
         drift={
             "feature_bins": feature_bins(batch.X.loc[sl.train], categories=clf.categories_),
             "score_histogram": score_histogram(p_valid),
@@ -473,3 +469,44 @@ def promote_if_better(
     if better:
         trained.save(champion_path)
     return Promotion(better, metric, new_value, old_value)
+
+
+def evaluate(
+    model: str | Path | TrainedModel | Any,
+    tables: Mapping[str, pd.DataFrame],
+    start: Any = None,
+    end: Any = None,
+    *,
+    validate_tables: bool = True,
+) -> Evaluation:
+    """Evaluate a model on the labelled refunds requested in ``[start, end)``.
+
+    Parameters
+    ----------
+    model
+        A model folder, a :class:`~refundguard.guard.RefundGuard` or a
+        :class:`TrainedModel` (saved to a temporary folder and loaded, so exactly
+        the artifact path is measured).
+    tables
+        The contract's tables.
+    start, end
+        Half-open bounds on ``requested_at``.
+
+    Returns
+    -------
+    refundguard.evaluation.Evaluation
+        PR-AUC, ROC-AUC, recall at the intercept precision, precision at k,
+        expected calibration error, intercepted amount; by category and by
+        store-score band (< 4.6, 4.6-4.8, >= 4.8, missing).
+    """
+    from refundguard.guard import RefundGuard
+
+    if isinstance(model, TrainedModel):
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            model.save(Path(tmp) / "model")
+            guard = RefundGuard.load(Path(tmp) / "model")
+            return guard.evaluate(tables, start, end, validate_tables=validate_tables)
+    guard = model if isinstance(model, RefundGuard) else RefundGuard.load(model)
+    return guard.evaluate(tables, start, end, validate_tables=validate_tables)
