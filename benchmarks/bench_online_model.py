@@ -10,10 +10,18 @@ Python values; 1% unseen levels, some None):
 * ``encode + predict_proba_row``: ``booster.predict(row, num_threads=1)``;
 * ``booster.predict(1-row numpy)`` with default threads (the reference the
   online path must beat, DESIGN.md section 9);
+* ``encode + fast + calibrate + decide_one``: the model-and-policy part of an
+  online ``assess`` (Platt calibration, the dated policy with a store score below
+  the gate so the request is scored; no reasons, no profile/feature building);
 * ``predict_proba(1-row DataFrame)``: what not to do (fewer calls).
 
 It checks that every path gives the same probabilities, then prints p50/p99 in
 microseconds. GC stays on, 300 warm-up calls, ``perf_counter_ns`` around each call.
+
+Batch (same run): ``RefundAbuseClassifier.predict_proba(DataFrame)`` (encode from the
+stored levels + predict) versus raw ``booster.predict`` on the already-encoded
+float64 matrix, 2 threads, median of 3 (DESIGN.md section 9 goal: at least as fast
+as the raw predict, floor 50%).
 
 Usage::
 
@@ -29,7 +37,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from refundguard.model import RefundAbuseClassifier
+from refundguard.model import Calibrator, RefundAbuseClassifier
+from refundguard.policy import PolicyTimeline, decide_one
 
 N_NUMERIC = 35
 CATS = {"reason": 7, "kind": 2, "category": 12, "device_type": 15, "ship_country": 40}
@@ -107,6 +116,22 @@ def main() -> None:
     fast = clf.fast_row_predictor()
     encode = clf.encode_row
 
+    cal = Calibrator("platt").fit(clf.predict_proba(X.head(20_000))[:, 1], y[:20_000])
+    timeline = PolicyTimeline.default(intercept_threshold=0.9, review_threshold=0.5)
+    when = pd.Timestamp("2024-10-01 12:00", tz="UTC").to_pydatetime()
+
+    def assess_like(r):
+        return decide_one(
+            timeline,
+            refund_id="r-1",
+            requested_at=when,
+            kind="refund_only",
+            buyer_id="b-1",
+            store_score=4.62,
+            provisional=False,
+            probability=lambda: cal.transform_one(fast.predict(encode(r))),
+        ).abuse_probability
+
     paths = {
         "encode_row (dict -> float64 row)": lambda r: encode(r),
         "encode + FastRowPredictor (C API, 1 thread)": lambda r: fast.predict(encode(r)),
@@ -115,6 +140,7 @@ def main() -> None:
             booster.predict(encode(r).reshape(1, -1))[0]
         ),
     }
+    paths["encode + fast + calibrate + decide_one (no reasons)"] = assess_like
     rows: list[tuple[str, float, float]] = []
     results = {}
     for name, fn in paths.items():
@@ -140,10 +166,37 @@ def main() -> None:
     ), "numpy path differs"
     np.testing.assert_allclose(np.array(res_df), ref[: len(res_df)], rtol=0, atol=1e-15)
 
+    np.testing.assert_allclose(
+        np.array(results["encode + fast + calibrate + decide_one (no reasons)"]),
+        cal.transform(ref),
+        rtol=0,
+        atol=1e-12,
+    )
+    n_batch = 50_000 if args.quick else 200_000
+    Xb = pd.concat([X] * (n_batch // len(X) + 1), ignore_index=True).head(n_batch)
+    matrix = clf.encoder_.transform(Xb)[0]
+
+    def median_time(fn) -> float:
+        out = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return float(np.median(out))
+
+    clf.set_params(n_jobs=2)
+    t_ours = median_time(lambda: clf.predict_proba(Xb))
+    t_raw = median_time(lambda: booster.predict(matrix, num_threads=2))
+    np.testing.assert_array_equal(clf.predict_proba(Xb)[:, 1], booster.predict(matrix, num_threads=2))
+
     print(f"fast C API in use: {fast.fast}; {calls} distinct requests; all paths give identical probabilities")
     print(f"{'path':58s} {'p50 us':>9s} {'p99 us':>9s}")
     for name, p50, p99 in rows:
         print(f"{name:58s} {p50:9.1f} {p99:9.1f}")
+    print(
+        f"batch {n_batch:,} rows, 2 threads: predict_proba(DataFrame) {n_batch / t_ours:,.0f} rows/s, "
+        f"raw booster.predict(matrix) {n_batch / t_raw:,.0f} rows/s (ratio {t_raw / t_ours:.2f})"
+    )
 
 
 if __name__ == "__main__":

@@ -72,7 +72,6 @@ import os
 import platform
 import re
 import shutil
-import tempfile
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -314,7 +313,8 @@ def save_model(path: str | os.PathLike[str], *, booster_text: str, meta: Mapping
         )
     parent = target.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
+    tmp = parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()  # honours the umask (tempfile.mkdtemp would make it private: 0o700)
     try:
         for name, data in files.items():
             _write(tmp / name, data)

@@ -28,6 +28,7 @@ from typing import Any
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import NotFittedError as _SklearnNotFittedError
 from sklearn.utils import check_random_state
@@ -164,19 +165,20 @@ class FeatureEncoder:
 
     def _encode_categorical(self, name: str, col: pd.Series) -> tuple[np.ndarray, int]:
         index = self._index[name]
+        # Map each distinct batch value once (via the batch's own categories or factorize),
+        # then gather by row code: the stored levels decide every code, the batch's never do.
         if isinstance(col.dtype, pd.CategoricalDtype):
-            # Map the batch's own categories once, then gather by its codes.
-            cat_map = index.get_indexer(col.cat.categories).astype(np.float64)
-            cat_map[cat_map < 0] = np.nan
+            batch_levels = col.cat.categories
             raw = col.cat.codes.to_numpy()
-            codes = np.where(raw >= 0, cat_map[np.maximum(raw, 0)] if len(cat_map) else np.nan, np.nan)
-            n_unseen = int(np.count_nonzero((raw >= 0) & np.isnan(codes)))
         else:
-            idx = index.get_indexer(col)
-            codes = idx.astype(np.float64)
-            bad = idx < 0
-            codes[bad] = np.nan
-            n_unseen = int(np.count_nonzero(bad & col.notna().to_numpy()))
+            raw, batch_levels = pd.factorize(col, use_na_sentinel=True)
+        level_map = index.get_indexer(batch_levels).astype(np.float64)
+        level_map[level_map < 0] = np.nan
+        present = raw >= 0
+        codes = np.full(raw.shape[0], np.nan)
+        if level_map.size:
+            codes[present] = level_map[raw[present]]
+        n_unseen = int(np.count_nonzero(present & np.isnan(codes)))
         return codes, n_unseen
 
     @staticmethod
@@ -479,7 +481,7 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
 
     # -- input handling ----------------------------------------------------------------
 
-    def _as_frame(self, X: Any, *, fitting: bool) -> tuple[pd.DataFrame, bool]:
+    def _as_frame(self, X: Any) -> tuple[pd.DataFrame, bool]:
         """Return X as a DataFrame with string column names and whether it came with names."""
         if isinstance(X, pd.DataFrame):
             cols = list(X.columns)
@@ -496,10 +498,7 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
             values = X.to_numpy()
         else:
             values = X
-        try:
-            arr = check_array(values, dtype="numeric", ensure_all_finite="allow-nan", accept_sparse=False, input_name="X")
-        except TypeError:
-            raise
+        arr = check_array(values, dtype="numeric", ensure_all_finite="allow-nan", accept_sparse=False, input_name="X")
         arr = np.asarray(arr, dtype=np.float64)
         names = [f"x{i}" for i in range(arr.shape[1])]
         return pd.DataFrame(arr, columns=names, copy=False), False
@@ -509,7 +508,7 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
         return self._encode_with(X, self.encoder_, hasattr(self, "feature_names_in_"))
 
     def _encode_with(self, X: Any, encoder: FeatureEncoder, fitted_with_names: bool) -> np.ndarray:
-        frame, named = self._as_frame(X, fitting=False)
+        frame, named = self._as_frame(X)
         n_expected = encoder.n_features
         if not named or not fitted_with_names:
             # Arrays are positional (scikit-learn's convention); so is a DataFrame given to
@@ -696,7 +695,7 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
         self
         """
         self._validate_params()
-        frame, named = self._as_frame(X, fitting=True)
+        frame, named = self._as_frame(X)
         self.__dict__.pop("feature_names_in_", None)
         classes, y_idx = self._check_y(y)
         if len(y_idx) != len(frame):
@@ -1154,8 +1153,7 @@ class Calibrator:
         pa, _ = _check_py(p)
         if self.method == "isotonic":
             return np.interp(pa, self.params_["x"], self.params_["y"])
-        z = self.params_["a"] * _logit(pa) + self.params_["b"]
-        return 1.0 / (1.0 + np.exp(-z))
+        return expit(self.params_["a"] * _logit(pa) + self.params_["b"])
 
     def transform_one(self, p: float) -> float:
         """Calibrate one probability in plain Python (online path); equals :meth:`transform`."""
@@ -1219,7 +1217,7 @@ def _fit_platt(z: np.ndarray, y: np.ndarray, w: np.ndarray | None, n_iter: int =
     cur = nll(a, b)
     for _ in range(n_iter):
         t = a * z + b
-        q = 1.0 / (1.0 + np.exp(-t))
+        q = expit(t)
         g = np.array([np.sum(w * (q - y) * z), np.sum(w * (q - y))])
         h = q * (1 - q) * w
         H = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + 1e-9 * np.eye(2)

@@ -139,23 +139,28 @@ def _day_ns(d: date) -> int:
     return (d - date(1970, 1, 1)).days * _NS_PER_DAY
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def _ts_ns(ts: Any) -> int:
-    """Nanoseconds since the epoch (UTC) of one timestamp; naive means UTC."""
+    """Nanoseconds since the epoch (UTC) of one timestamp; naive means UTC (plain Python, fast)."""
+    if ts is None or ts is pd.NaT:
+        raise RequestError("requested_at is missing.", field="requested_at", value=ts)
+    if isinstance(ts, pd.Timestamp):
+        return int(ts.value)  # UTC for tz-aware, wall clock (= UTC) for naive
     if isinstance(ts, datetime):
         if ts.tzinfo is None:
             ts = ts.replace(tzinfo=timezone.utc)
-        t = pd.Timestamp(ts)
-    elif isinstance(ts, date):
+        d = ts - _EPOCH
+        return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
+    if isinstance(ts, date):
         return _day_ns(ts)
-    else:
-        try:
-            t = pd.Timestamp(ts)
-        except (ValueError, TypeError) as exc:
-            raise RequestError(f"requested_at must be a timestamp; got {ts!r}.", field="requested_at", value=ts) from exc
-        if t is pd.NaT:
-            raise RequestError("requested_at is missing.", field="requested_at", value=ts)
-    if t.tzinfo is None:
-        t = t.tz_localize("UTC")
+    try:
+        t = pd.Timestamp(ts)
+    except (ValueError, TypeError) as exc:
+        raise RequestError(f"requested_at must be a timestamp; got {ts!r}.", field="requested_at", value=ts) from exc
+    if t is pd.NaT:
+        raise RequestError("requested_at is missing.", field="requested_at", value=ts)
     return int(t.value)
 
 

@@ -365,3 +365,9 @@ def test_data_fingerprint_order_independent_and_sensitive():
     assert c["sha256"] != a["sha256"]
     assert a["tables"]["orders"]["rows"] == 3
     assert a["tables"]["orders"]["time_spans"]["paid_at"] == ["2024-06-01T00:00:00+00:00", "2024-06-03T00:00:00+00:00"]
+
+
+def test_saved_folder_respects_umask(saved):
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (saved.path.stat().st_mode & 0o777) == (0o777 & ~mask)

@@ -74,6 +74,17 @@ def test_default_timeline_dates():
     assert tl.version_at(GATE_DAY).name == "2024-08-09"
     assert tl.version_at(pd.Timestamp("2024-08-09 07:59", tz="Asia/Shanghai")).name == "2020-01-01"  # 23:59 UTC
     assert tl.version_at("2024-08-09").name == "2024-08-09"  # naive = UTC
+    from datetime import datetime, timedelta, timezone
+
+    assert tl.version_at(datetime(2024, 8, 8, 23, 59, 59, 999999)).name == "2020-01-01"
+    assert tl.version_at(datetime(2024, 8, 9, 1, 0, tzinfo=timezone(timedelta(hours=2)))).name == "2020-01-01"
+    assert tl.version_at(pd.Timestamp("2024-08-09 00:00:00.000000001")).name == "2024-08-09"
+    assert tl.version_at(date(2024, 8, 9)).name == "2024-08-09"
+    assert tl.version_at(np.datetime64("2024-08-09T00:00")).name == "2024-08-09"
+    with pytest.raises(RequestError, match=re.escape("requested_at is missing")):
+        tl.version_at(pd.NaT)
+    with pytest.raises(RequestError, match=re.escape("requested_at must be a timestamp; got 'soon'")):
+        tl.version_at("soon")
     with pytest.raises(RequestError, match=re.escape("before the first policy version (2020-01-01)")):
         tl.version_at("2019-12-31")
     assert PolicyTimeline.from_dict(tl.to_dict()) == tl
