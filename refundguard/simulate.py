@@ -175,8 +175,8 @@ class SimulationConfig:
     orders_per_buyer_day: float = 0.12
     share_opportunist: float = 0.08
     share_serial: float = 0.012
-    share_ring: float = 0.025
-    opportunist_abuse_rate: float = 0.025
+    share_ring: float = 0.02
+    opportunist_abuse_rate: float = 0.018
     serial_abuse_rate: float = 0.35
     ring_size_min: int = 3
     ring_size_max: int = 10
@@ -347,7 +347,7 @@ def _make_stores(cfg: SimulationConfig) -> _Stores:
     rng = _rng(cfg, 0)
     n = cfg.n_stores
     cat = _pick(rng, n, _CAT_SHARE)
-    q0 = rng.normal(_CAT_QOFFSET[cat] + 0.35, 1.0)
+    q0 = rng.normal(_CAT_QOFFSET[cat] + 1.2, 1.0)
     slope = rng.normal(0.0, 0.35, n)
     price = rng.lognormal(0.0, 0.3, n)
     pop = rng.lognormal(0.0, 1.1, n)
@@ -590,9 +590,9 @@ def _logistics(
     n = len(paid)
     ship_by = paid + _CAT_SHIP_BY_H[cat] * HOUR
     never_ship = rng.random(n) < 0.004 + 0.03 * bad
-    ship_delay = rng.lognormal(np.log(8.0 + 40.0 * bad), 0.8) * HOUR
+    ship_delay = rng.lognormal(np.log(3.0 + 80.0 * bad), 0.75) * HOUR
     shipped = np.where(never_ship, np.nan, np.floor(paid + ship_delay) + 1.0)
-    transit = _CAT_TRANSIT_H[cat] * (1.0 + 0.6 * bad) * rng.lognormal(0.0, 0.45, n) * HOUR
+    transit = _CAT_TRANSIT_H[cat] * (0.65 + 1.0 * bad) * rng.lognormal(0.0, 0.45, n) * HOUR
     u_lost = rng.random(n)
     lost = ~never_ship & (u_lost < cfg.misdelivery_rate * (0.6 + 1.2 * bad))
     misdelivered = ~never_ship & ~lost & (u_lost > 1.0 - 0.8 * cfg.misdelivery_rate)  # marked delivered
@@ -618,7 +618,7 @@ def _claims(cfg: SimulationConfig, rng: np.random.Generator, o: Arrays) -> Array
     u = rng.random((8, n))
 
     # legit: quality problems on received orders, more at bad stores
-    q = received & (u[0] < _CAT_QRATE[cat] * (0.35 + 2.2 * bad))
+    q = received & (u[0] < _CAT_QRATE[cat] * (0.05 + 2.6 * bad))
     want |= q
     q_reasons = np.array([R_QUALITY, R_NAD, R_DAMAGED, R_WRONG], np.int8)
     reason[q] = q_reasons[_pick(rng, int(q.sum()), np.array([0.35, 0.3, 0.2, 0.15]))]
@@ -629,7 +629,7 @@ def _claims(cfg: SimulationConfig, rng: np.random.Generator, o: Arrays) -> Array
     frac[partial] = 0.2 + 0.6 * u[3][partial]
     req[q] = delivered[q] + (0.2 + rng.exponential(3.0, int(q.sum()))) * DAY
     # changed mind / other
-    cm = received & ~want & (u[4] < 0.015)
+    cm = received & ~want & (u[4] < 0.02)
     want |= cm
     reason[cm], kindr[cm] = R_CHANGED, K_RETURN
     req[cm] = delivered[cm] + (0.5 + 5.5 * u[5][cm]) * DAY
@@ -709,14 +709,14 @@ def _refunds(cfg: SimulationConfig, rng: np.random.Generator, o: Arrays, c: Arra
     r_bad = o["bad"][r_order]
 
     # resolution: slower at bad stores and for returns; rejections and escalations
-    handle = rng.lognormal(np.log(4.0 + 70.0 * r_bad), 0.9) * HOUR
-    handle = handle + np.where(r_kind == K_RETURN, (3.0 + 6.0 * rng.random(nr)) * DAY, 0.0)
+    handle = rng.lognormal(np.log(0.8 + 80.0 * r_bad**1.3), 0.9) * HOUR
+    handle = handle + np.where(r_kind == K_RETURN, (0.3 + 1.5 * rng.random(nr)) * (0.5 + 2.0 * r_bad) * DAY, 0.0)
     u_out = rng.random(nr)
     p_rej = np.where(r_abuse, 0.15 + 0.35 * r_bad, 0.03 + 0.2 * r_bad)
     p_wd = np.where(r_abuse, 0.04, 0.05)
     outcome = np.where(u_out < p_rej, O_REJECTED, np.where(u_out < p_rej + p_wd, O_WITHDRAWN, O_REFUNDED))
     outcome = outcome.astype(np.int8)
-    p_esc = 0.015 + 0.08 * r_bad + 0.35 * (outcome == O_REJECTED) + 0.05 * r_abuse
+    p_esc = 0.004 + 0.08 * r_bad + 0.25 * (outcome == O_REJECTED) + 0.05 * r_abuse
     esc = rng.random(nr) < p_esc
     esc_at = np.where(esc, np.floor(r_req + handle * (0.5 + 0.5 * rng.random(nr))), np.nan)
     resolved = np.floor(r_req + handle + np.where(esc, (2.0 + 4.0 * rng.random(nr)) * DAY, 0.0)) + 1.0
@@ -742,9 +742,9 @@ def _reviews(cfg: SimulationConfig, rng: np.random.Generator, o: Arrays, c: Arra
     p_rev = np.where(abuse, 0.1, np.where(legit_claim, 0.4, 0.3))
     ri = np.flatnonzero(o["received"] & (rng.random(len(abuse)) < p_rev))
     late_ship = o["shipped"] > o["ship_by"]
-    mu = (4.75 - 2.2 * bad[ri] - 0.8 * o["late_delivery"][ri] - 0.6 * late_ship[ri]
+    mu = (4.95 - 2.4 * bad[ri] - 0.8 * o["late_delivery"][ri] - 0.6 * late_ship[ri]
           - 1.8 * (legit_claim[ri] & (reason[ri] >= R_QUALITY) & (reason[ri] <= R_WRONG)) - 1.0 * abuse[ri])
-    rating = np.clip(np.round(mu + rng.normal(0.0, 0.9, len(ri))), 1, 5).astype(np.int64)
+    rating = np.clip(np.round(mu + rng.normal(0.0, 0.6, len(ri))), 1, 5).astype(np.int64)
     created = np.floor(o["delivered"][ri] + (600.0 + rng.exponential(2.5 * DAY, len(ri))))
     keep = created < end
     ri, rating, created = ri[keep], rating[keep], created[keep]
