@@ -168,6 +168,8 @@ def _run_store_scores(args: argparse.Namespace) -> int:
     if args.explain is not None and args.as_of is None:
         raise _UsageError("--explain needs --as-of")
     if args.config is not None:
+        if not args.config.is_file():
+            raise _UsageError(f"--config: no such file {str(args.config)!r}")
         try:
             cfg = ScoreConfig.from_dict(json.loads(args.config.read_text()))
         except json.JSONDecodeError as exc:

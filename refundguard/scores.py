@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from refundguard.config import (
     DIMENSIONS,
@@ -38,6 +40,7 @@ from refundguard.config import (
 from refundguard.errors import ConfigError, DataError, SchemaError
 
 __all__ = [
+    "CALIBRATION_QUANTILES",
     "OUTPUT_COLUMNS",
     "StoreExplanation",
     "calibrate_bands",
@@ -159,7 +162,9 @@ def _ns(df: pd.DataFrame, col: str, table: str) -> np.ndarray:
             raise SchemaError(
                 f"column {table}.{col} must hold timestamps", table=table, column=col, rule="type"
             ) from exc
-    return np.asarray(s.dt.as_unit("ns").array.asi8, dtype=np.int64)
+    if s.dtype.unit != "ns":
+        s = s.dt.as_unit("ns")
+    return np.asarray(s.array.asi8, dtype=np.int64)
 
 
 def _sec(ns: np.ndarray) -> np.ndarray:
@@ -216,37 +221,116 @@ def _str_values(s: pd.Series) -> pd.Series:
     return s if s.dtype == "str" else s.astype("str")
 
 
-class _StoreLookup:
-    """Maps order ids to the position of their order row, building a hash on the smaller side."""
+def _arrow_str(s: pd.Series) -> pa.Array:
+    """A pyarrow string array of a column (zero-copy for pandas' arrow-backed ``str``)."""
+    try:
+        a = pa.array(s)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError):
+        a = pa.array(_str_values(s))
+    if isinstance(a, pa.ChunkedArray):
+        a = a.combine_chunks()
+    if not (pa.types.is_string(a.type) or pa.types.is_large_string(a.type)):
+        a = pa.array(_str_values(s))
+        if isinstance(a, pa.ChunkedArray):
+            a = a.combine_chunks()
+    return a
 
-    def __init__(self, order_ids: pd.Series) -> None:
-        self.order_ids = _str_values(order_ids)
 
-    def rows(self, keys: pd.Series, table: str) -> np.ndarray:
-        """Order row position of each key; raises SchemaError for unknown order ids."""
-        keys = _str_values(keys)
-        if len(keys) == 0:
-            return np.zeros(0, dtype=np.int64)
-        uniq = pd.Index(pd.unique(keys))
-        # probe every order against the (small) set of wanted keys
-        pos_in_uniq = uniq.get_indexer(self.order_ids)
-        hit = np.flatnonzero(pos_in_uniq >= 0)
-        row_of_uniq = np.full(len(uniq), -1, dtype=np.int64)
-        row_of_uniq[pos_in_uniq[hit]] = hit
-        out = row_of_uniq[uniq.get_indexer(keys)]
-        bad = out < 0
-        if bad.any():
-            vals = list(pd.unique(keys[bad])[:5])
-            raise SchemaError(
-                f"{table}.order_id: {int(bad.sum())} row(s) reference an order that is not in orders "
-                f"(first: {vals}); validate the tables first",
-                table=table,
-                column="order_id",
-                rule="exists in orders",
-                n_bad=int(bad.sum()),
-                values=vals,
-            )
-        return out
+def _factorize(a: pa.Array, sort: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Integer codes (-1 for null) and unique values (object array) of a string array."""
+    d = a.dictionary_encode()
+    codes = pc.fill_null(d.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    uniques = np.asarray(d.dictionary.to_pylist(), dtype=object)
+    if sort and len(uniques):
+        order = np.argsort(uniques.astype(str), kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        codes = np.where(codes >= 0, rank[np.maximum(codes, 0)], -1)
+        uniques = uniques[order]
+    return codes, uniques
+
+
+def _index_in(values: pa.Array, value_set: pa.Array) -> np.ndarray:
+    """Position of each value in ``value_set`` (-1 if absent)."""
+    return pc.fill_null(pc.index_in(values, value_set=value_set), -1).to_numpy(zero_copy_only=False).astype(np.int64)
+
+
+def _order_rows(
+    orders: pd.DataFrame, paid: np.ndarray, keys: pa.Array, parts: Sequence[tuple[str, int]], hint_lo: int, hi: int
+) -> np.ndarray:
+    """Row position in ``orders`` of each order id in ``keys``.
+
+    Probes the orders against the (small) set of wanted ids, first those paid in
+    ``[hint_lo, hi)`` (where nearly every refund or review of a window finds its order),
+    then, only if some id is still missing, the other orders.
+    """
+    if len(keys) == 0:
+        return np.zeros(0, dtype=np.int64)
+    enc = keys.dictionary_encode()  # one hash pass: the distinct ids and each key's position among them
+    uniq = enc.dictionary
+    row_of_uniq = np.full(len(uniq), -1, dtype=np.int64)
+    near = (paid >= hint_lo) & (paid < hi)
+    oid = None
+    for stage in (near, ~near):
+        idx = np.flatnonzero(stage)
+        if len(idx) == 0:
+            continue
+        if oid is None:
+            oid = _arrow_str(orders["order_id"])
+        pos = _index_in(oid.take(pa.array(idx)), uniq)
+        hit = pos >= 0
+        row_of_uniq[pos[hit]] = idx[hit]
+        if (row_of_uniq >= 0).all():
+            break
+    k = pc.fill_null(enc.indices, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    out = np.where(k >= 0, row_of_uniq[np.maximum(k, 0)], -1)
+    bad = out < 0
+    if bad.any():
+        # name the table of the first bad key (parts: consecutive (table, length) blocks)
+        first = int(np.flatnonzero(bad)[0])
+        edge = 0
+        for name, length in parts:
+            if first < edge + length:
+                table, sl = name, slice(edge, edge + length)
+                break
+            edge += length
+        else:  # pragma: no cover - parts always cover keys
+            table, sl = parts[-1][0], slice(0, len(keys))
+        bad_t = bad[sl]
+        vals = pc.unique(keys.slice(sl.start, sl.stop - sl.start).filter(pa.array(bad_t))).to_pylist()[:5]
+        raise SchemaError(
+            f"{table}.order_id: {int(bad_t.sum())} row(s) reference an order that is not in orders "
+            f"(first: {vals}); validate the tables first",
+            table=table,
+            column="order_id",
+            rule="exists in orders",
+            n_bad=int(bad_t.sum()),
+            values=vals,
+        )
+    return out
+
+
+def _store_codes(
+    orders: pd.DataFrame, need_rows: np.ndarray, service: pd.DataFrame, m_srv: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Store codes for the needed order rows (as a full-length map) and the service rows."""
+    o_store = _arrow_str(orders["store_id"]).take(pa.array(need_rows))
+    s_store = _arrow_str(service["store_id"]).filter(pa.array(m_srv))
+    both = pa.concat_arrays([o_store.cast(pa.large_string()), s_store.cast(pa.large_string())])
+    codes, uniques = _factorize(both)
+    if (codes < 0).any():
+        tbl = "orders" if (codes[: len(need_rows)] < 0).any() else "service"
+        raise SchemaError("store_id is required (null found)", table=tbl, column="store_id", rule="required")
+    code_of_row = np.full(len(orders), -1, dtype=np.int64)
+    code_of_row[need_rows] = codes[: len(need_rows)]
+    return code_of_row, codes[len(need_rows):], uniques
+
+
+def _mask_rows(n: int, *rows: np.ndarray) -> np.ndarray:
+    m = np.zeros(n, dtype=bool)
+    for r in rows:
+        m[r] = True
+    return np.flatnonzero(m)
 
 
 # --------------------------------------------------------------------------- window statistics
@@ -260,7 +344,7 @@ class _Window:
     refunds_known: bool
 
 
-def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int) -> _Window:
+def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_lookback_days: int = 30) -> _Window:
     """Integer statistics of the window ``[lo, hi)`` (UTC ns) per store, filtering first."""
     orders = _require(tables, "orders", ("order_id", "store_id", "category", "paid_at", "ship_by", "shipped_at", "delivered_at"))
     refunds = _require(tables, "refunds", ("order_id", "requested_at", "reason", "resolved_at", "escalated"))
@@ -285,24 +369,18 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int) -> _Wind
     m_srv = (started >= lo) & (started < hi)
     refunds_known = bool(len(req)) and bool(((req != _NAT) & (req < hi)).any())
 
-    lookup = _StoreLookup(orders["order_id"])
     rf = refunds.loc[m_req]
     rv = reviews.loc[m_rev]
-    rf_rows = lookup.rows(rf["order_id"], "refunds")
-    rv_rows = lookup.rows(rv["order_id"], "reviews")
+    hint_lo = lo - max(cfg_lookback_days, 30) * DAY_NS
+    keys = pa.concat_arrays([_arrow_str(rf["order_id"]).cast(pa.large_string()), _arrow_str(rv["order_id"]).cast(pa.large_string())])
+    rows = _order_rows(orders, paid, keys, [("refunds", len(rf)), ("reviews", len(rv))], hint_lo, hi)
+    rf_rows, rv_rows = rows[: len(rf)], rows[len(rf):]
 
     # factorize only the store ids that are needed
     o_rows = np.flatnonzero(m_paid | m_ship | m_deliv)
-    need_rows = np.unique(np.concatenate([o_rows, rf_rows, rv_rows]))
-    o_store = _str_values(orders["store_id"]).iloc[need_rows]
-    s_store = _str_values(service["store_id"]).loc[m_srv]
-    codes, uniques = pd.factorize(pd.concat([o_store, s_store], ignore_index=True), sort=False)
-    if (codes < 0).any():
-        raise SchemaError("store_id is required (null found)", table="orders", column="store_id", rule="required")
+    need_rows = _mask_rows(len(orders), o_rows, rf_rows, rv_rows)
+    code_of_row, s_codes, uniques = _store_codes(orders, need_rows, service, m_srv)
     n = len(uniques)
-    code_of_row = np.full(len(orders), -1, dtype=np.int64)
-    code_of_row[need_rows] = codes[: len(need_rows)]
-    s_codes = codes[len(need_rows):]
 
     def cnt(c: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
         if w is None:
@@ -347,7 +425,7 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int) -> _Wind
     st["sv_ok"] = cnt(s_codes, frs <= RESPONSE_LIMIT_S)
 
     # modal category over orders paid in the window (ties: alphabetical)
-    cats = _str_values(orders["category"]).to_numpy()[m_paid]
+    cats = _arrow_str(orders["category"]).filter(pa.array(m_paid))
     category = _modal_category(c_paid, cats, n)
 
     active = np.zeros(n, dtype=bool)
@@ -371,16 +449,21 @@ def _escalation_known_ns(refunds: pd.DataFrame) -> np.ndarray:
     return res
 
 
-def _modal_category(store_codes: np.ndarray, cats: np.ndarray, n: int) -> np.ndarray:
+def _modal_category(store_codes: np.ndarray, cats: pa.Array, n: int) -> np.ndarray:
     out = np.full(n, np.nan, dtype=object)
     if len(store_codes) == 0:
         return out
-    cat_codes, cat_uniques = pd.factorize(pd.Series(cats, dtype="str"), sort=True)  # alphabetical codes
+    cat_codes, cat_uniques = _factorize(cats, sort=True)  # alphabetical codes
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = len(cat_uniques)
     key = store_codes.astype(np.int64) * ncat + cat_codes
-    ukey, counts = np.unique(key, return_counts=True)
+    if n * ncat <= 4 * len(key) + 1_000_000:
+        full = np.bincount(key, minlength=n * ncat)
+        ukey = np.flatnonzero(full)
+        counts = full[ukey]
+    else:
+        ukey, counts = np.unique(key, return_counts=True)
     st = ukey // ncat
     ct = ukey % ncat
     order = np.lexsort((ct, -counts, st))  # by store, count desc, category asc
@@ -451,6 +534,7 @@ def _score_frame(
     unknown_cat = cat_codes == ncat - 1
 
     sel = np.arange(n) if keep is None else np.flatnonzero(keep)
+    cats_sel = cat_series.to_numpy()[sel] if len(sel) else np.zeros(0, dtype=object)
     out: dict[str, Any] = {}
     points: dict[str, np.ndarray] = {}
     assessed: dict[str, np.ndarray] = {}
@@ -474,7 +558,6 @@ def _score_frame(
             shrunk = np.where(has, (num_s + k * prior_s) / ((den_s + k) * scale), np.nan)
         ok = has & (den_s >= cfg.min_counts[ind])
         pts = np.full(len(sel), np.nan)
-        cats_sel = cat_series.to_numpy()[sel] if len(sel) else np.zeros(0, dtype=object)
         per_cat = cfg.bands[ind]
         special = [c for c in per_cat if c != "*"]
         use_star = ok.copy()
@@ -572,7 +655,7 @@ def store_scores(tables: Mapping[str, pd.DataFrame], as_of: Any, config: ScoreCo
 
 
 def _scores_for_window(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg: ScoreConfig, details: bool = False) -> pd.DataFrame:
-    w = _window_stats(tables, lo, hi)
+    w = _window_stats(tables, lo, hi, cfg.window_days)
     order = np.argsort(np.asarray(w.store_ids, dtype=str), kind="stable")
     n = len(order)
     return _score_frame(
@@ -671,22 +754,15 @@ def store_score_history(
     started = _ns(service, "started_at", "service")
     m_s = near(started)
 
-    lookup = _StoreLookup(orders["order_id"])
     rf = refunds.loc[m_r]
     rv = reviews.loc[m_v]
-    rf_rows = lookup.rows(rf["order_id"], "refunds")
-    rv_rows = lookup.rows(rv["order_id"], "reviews")
+    keys = pa.concat_arrays([_arrow_str(rf["order_id"]).cast(pa.large_string()), _arrow_str(rv["order_id"]).cast(pa.large_string())])
+    rows = _order_rows(orders, paid, keys, [("refunds", len(rf)), ("reviews", len(rv))], lo_ns - max(wd, 30) * DAY_NS, hi_ns)
+    rf_rows, rv_rows = rows[: len(rf)], rows[len(rf):]
     o_rows = np.flatnonzero(m_o)
-    need_rows = np.unique(np.concatenate([o_rows, rf_rows, rv_rows]))
-    codes, uniques = pd.factorize(
-        pd.concat([_str_values(orders["store_id"]).iloc[need_rows], _str_values(service["store_id"]).loc[m_s]], ignore_index=True)
-    )
-    if (codes < 0).any():
-        raise SchemaError("store_id is required (null found)", table="orders", column="store_id", rule="required")
+    need_rows = _mask_rows(len(orders), o_rows, rf_rows, rv_rows)
+    code_of_row, s_codes, uniques = _store_codes(orders, need_rows, service, m_s)
     nst = len(uniques)
-    code_of_row = np.full(len(orders), -1, dtype=np.int64)
-    code_of_row[need_rows] = codes[: len(need_rows)]
-    s_codes = codes[len(need_rows):].astype(np.int64)
 
     acc = _Rolling(nst, d0, ndays)
 
@@ -747,8 +823,7 @@ def store_score_history(
         known_by_day = np.zeros(ndays, dtype=bool)
 
     # modal category per (store, day): rolling counts per (store, category)
-    cats = _str_values(orders["category"]).to_numpy()[o_rows]
-    cat_codes, cat_uniques = pd.factorize(pd.Series(cats, dtype="str"), sort=True)
+    cat_codes, cat_uniques = _factorize(_arrow_str(orders["category"]).take(pa.array(o_rows)), sort=True)
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = max(len(cat_uniques), 1)
@@ -760,11 +835,16 @@ def store_score_history(
     pair_store = upair // ncat
     pair_cat = upair % ncat
 
-    stats = {k: acc.result(k) for k in _STATS}
+    act = {k: acc.result(k) for k in _ACTIVITY}
     active = np.zeros((nst, ndays), dtype=bool)
     for k in _ACTIVITY:
-        active |= stats[k] > 0
+        active |= act[k] > 0
     st_idx, day_idx = np.nonzero(active)  # row-major: by store then day
+    del active
+    row_stats = {k: act.pop(k)[st_idx, day_idx] for k in _ACTIVITY}
+    for k in _STATS:
+        if k not in row_stats:
+            row_stats[k] = acc.result(k)[st_idx, day_idx]
 
     cat_of = np.full(len(st_idx), np.nan, dtype=object)
     if len(upair):
@@ -787,8 +867,6 @@ def store_score_history(
         cu = np.asarray(cat_uniques, dtype=object)
         cat_of[found] = cu[pair_cat[b[found]]]
 
-    row_stats = {k: stats[k][st_idx, day_idx] for k in _STATS}
-    del stats
     day_start = _day_start_ns(days, tz)
     keep = None
     if pairs is not None:
@@ -834,35 +912,37 @@ def _local_days(values: pd.Series, tz: str) -> np.ndarray:
 
 
 class _Rolling:
-    """Per-(row, day) sums of events active on the day interval ``[s, e]``, via difference arrays."""
+    """Per-(row, day) sums of events active on the day interval ``[s, e]``, via difference arrays.
+
+    Events are only recorded by :meth:`add`; each statistic is materialised (one dense
+    ``rows x days`` array) by :meth:`result`, one at a time, to keep memory low.
+    """
 
     def __init__(self, nrows: int, d0: int, ndays: int) -> None:
         self.nrows, self.d0, self.ndays = nrows, d0, ndays
-        self.diffs: dict[str, np.ndarray] = {}
+        self.events: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
 
     def add(self, name: str, rows: np.ndarray, s: np.ndarray, e: np.ndarray, value: np.ndarray | None) -> None:
         s = np.maximum(s - self.d0, 0)
         e = np.minimum(e - self.d0, self.ndays - 1)
         m = s <= e
-        rows, s, e = rows[m], s[m], e[m]
         width = self.ndays + 1
-        diff = self.diffs.get(name)
-        if diff is None:
-            diff = np.zeros(self.nrows * width, dtype=np.int64)
-            self.diffs[name] = diff
-        if value is None:
-            diff += np.bincount(rows * width + s, minlength=len(diff)).astype(np.int64)
-            diff -= np.bincount(rows * width + e + 1, minlength=len(diff)).astype(np.int64)
-        else:
-            v = np.asarray(value, dtype=np.int64)[m]
-            np.add.at(diff, rows * width + s, v)
-            np.add.at(diff, rows * width + e + 1, -v)
+        rows = rows[m].astype(np.int64)
+        v = None if value is None else np.asarray(value, dtype=np.int64)[m]
+        self.events.setdefault(name, []).append((rows * width + s[m], rows * width + e[m] + 1, v))
 
     def result(self, name: str) -> np.ndarray:
-        diff = self.diffs.pop(name, None)
-        if diff is None:
-            return np.zeros((self.nrows, self.ndays), dtype=np.int64)
+        size = self.nrows * (self.ndays + 1)
+        diff = np.zeros(size, dtype=np.int64)
+        for start, stop, v in self.events.pop(name, []):
+            if v is None:
+                diff += np.bincount(start, minlength=size).astype(np.int64)
+                diff -= np.bincount(stop, minlength=size).astype(np.int64)
+            else:
+                np.add.at(diff, start, v)
+                np.add.at(diff, stop, -v)
         arr = np.cumsum(diff.reshape(self.nrows, self.ndays + 1)[:, : self.ndays], axis=1)
+        del diff
         if name not in _SUM_STATS and (arr.size == 0 or arr.max() < 2**31):
             return arr.astype(np.int32)
         return arr
@@ -903,8 +983,9 @@ def store_scores_for_requests(
         store = _str_values(requests["store_id"])
     elif "order_id" in requests.columns:
         orders = _require(tables, "orders", ("order_id", "store_id"))
-        rows = _StoreLookup(orders["order_id"]).rows(requests["order_id"], "requests")
-        store = pd.Series(_str_values(orders["store_id"]).to_numpy()[rows], index=requests.index, dtype="str")
+        paid = _ns(orders, "paid_at", "orders") if "paid_at" in orders.columns else np.zeros(len(orders), dtype=np.int64)
+        rows = _order_rows(orders, paid, _arrow_str(requests["order_id"]), [("requests", len(requests))], _NAT, np.iinfo(np.int64).max)
+        store = pd.Series(_arrow_str(orders["store_id"]).take(pa.array(rows)).to_pylist(), index=requests.index, dtype="str")
     else:
         raise SchemaError("requests need 'store_id' or 'order_id'", table="requests", column="store_id", rule="required")
     t = _ns(requests, "requested_at", "requests")
@@ -1020,26 +1101,22 @@ def calibrate_bands(
 
 
 def _anchors_from(vals: np.ndarray, q: Sequence[float], higher: bool, ind: str) -> tuple[float, ...]:
+    """Six strictly monotone anchors at the goodness quantiles ``q``, within the indicator's range."""
     probs = np.asarray(q) if higher else 1.0 - np.asarray(q)
-    a = np.quantile(vals, probs)
+    upper = 1.0 if _SCALE[ind] == 1.0 else np.inf
+    a = np.clip(np.quantile(vals, probs), 0.0, upper)
     span = max(float(np.max(vals) - np.min(vals)), abs(float(np.median(vals))), 1e-6)
     eps = span * 1e-6
-    # strictly monotone from the best anchor (5 points) down
-    out = [float(a[5])]
-    for k in range(4, -1, -1):
-        v = float(a[k])
-        prev = out[-1]
-        v = min(v, prev - eps) if higher else max(v, prev + eps)
-        out.append(v)
-    out = out[::-1]
-    if higher and out[0] < 0:  # keep rates within range: shift the bottom up if needed
-        out = list(np.linspace(0.0, out[5], 6)) if out[5] > 0 else out
-    is_rate = ind not in ("delivery_hours", "refund_handling_hours")
-    if not higher and out[5] < 0:
-        out = [max(v, 0.0) for v in out]
-    if is_rate and max(out) > 1.0:
-        out = [min(v, 1.0) for v in out]
-    return tuple(out)
+    g = a.copy() if higher else -a  # "goodness": must increase strictly with points
+    g_lo = 0.0 if higher else -upper
+    for k in range(4, -1, -1):  # from the 5-point anchor down
+        g[k] = min(g[k], g[k + 1] - eps)
+    if g[0] < g_lo:  # no room below: push up from the bottom instead
+        g[0] = g_lo
+        for k in range(1, 6):
+            g[k] = max(g[k], g[k - 1] + eps)
+    out = g if higher else -g
+    return tuple(float(x) for x in out)
 
 
 # --------------------------------------------------------------------------- merchant view
