@@ -104,6 +104,9 @@ _DEFAULT_INDICATOR_WEIGHTS = {
 # good reviews 97.24% -> 4.8, 100% -> 5; 48h pickup 100% -> 5; delivery 40.42 h -> 5;
 # 3-minute response 85% -> 4.0; refund handling 1.34 h -> 5; help-request
 # (dispute) rate 0.04% -> 5; negative product feedback 0.13-0.21% -> 5.
+# refund_handling_hours runs from request to resolution (DESIGN.md section 3), so it
+# includes the days a return_and_refund parcel travels back: its anchors are wider
+# than Taobao's merchant handling time (1.34 h there still earns 5 points here).
 _DEFAULT_BANDS = {
     "quality_refund_rate": {"*": (0.10, 0.06, 0.04, 0.025, 0.015, 0.005)},
     "good_review_rate": {"*": (0.60, 0.70, 0.80, 0.86, 0.90, 0.99)},
