@@ -40,13 +40,16 @@ from refundguard.profiles import (
     profiles_as_of,
     requests_from_tables,
 )
+from refundguard.datasets import load_olist
 from refundguard.scores import (
+    OUTPUT_COLUMNS as STORE_SCORE_COLUMNS,
     StoreExplanation,
     calibrate_bands,
     explain_store,
     publish_score,
     store_score_history,
     store_scores,
+    store_scores_for_requests,
 )
 from refundguard.simulate import SimulationConfig, simulate, simulate_to_parquet
 from refundguard.tables import REJECT_COLUMNS, load_tables, validate
@@ -70,6 +73,9 @@ __all__ = [
     "explain_store",
     "StoreExplanation",
     "calibrate_bands",
+    "store_scores_for_requests",
+    "STORE_SCORE_COLUMNS",
+    "load_olist",
     # profiles and features
     "BuyerProfile",
     "StoreProfile",
