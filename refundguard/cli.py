@@ -55,6 +55,14 @@ def _existing_dir(value: str) -> Path:
     return p
 
 
+def _load_clean(folder: Path) -> dict[str, Any]:
+    """Load a data folder and validate it strictly (bad data: SchemaError, exit 1)."""
+    from refundguard.tables import load_tables, validate
+
+    clean, _ = validate(load_tables(folder), mode="strict")
+    return clean
+
+
 # --------------------------------------------------------------------------- simulate
 def _add_simulate(sub: Any) -> None:
     p = sub.add_parser(
@@ -161,7 +169,7 @@ def _run_store_scores(args: argparse.Namespace) -> int:
 
     from refundguard.config import INDICATORS, ScoreConfig
     from refundguard.scores import explain_store, store_score_history, store_scores
-    from refundguard.tables import load_tables, summarize_rejects, validate, write_table
+    from refundguard.tables import summarize_rejects, validate, write_table
 
     if args.history is None and args.as_of is None:
         raise _UsageError("--as-of is required (or give --history START END)")
@@ -198,7 +206,7 @@ def _run_store_scores(args: argparse.Namespace) -> int:
             for row in summarize_rejects(rejects).itertuples(index=False):
                 print(f"  set aside: {row.table:8s} {row.column:14s} {row.rule:18s} {row.rows:>6,d}")
     else:
-        tables, _ = validate(load_tables(args.data), mode="strict")
+        tables = _load_clean(args.data)
 
     if args.explain is not None:
         print(explain_store(tables, args.explain, args.as_of, cfg).to_text())
@@ -228,13 +236,6 @@ def _run_store_scores(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- train
-def _load_clean(folder: Path) -> dict[str, Any]:
-    from refundguard.tables import load_tables, validate
-
-    clean, _ = validate(load_tables(folder), mode="strict")
-    return clean
-
-
 def _add_train(sub: Any) -> None:
     p = sub.add_parser(
         "train",
