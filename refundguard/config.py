@@ -31,13 +31,19 @@ __all__ = [
 ]
 
 
-def _fail(owner: str, name: str, constraint: str, value: Any) -> ConfigError:
-    return ConfigError(
-        f"The {name!r} parameter of {owner} must be {constraint}. Got {value!r} instead.",
-        owner=owner,
-        field=name,
-        value=value,
-    )
+_fail = ConfigError.invalid
+
+
+def _checked_fields(cls: type, d: Any) -> dict[str, Any]:
+    """``d`` as keyword arguments of the dataclass ``cls``; unknown keys are a ConfigError."""
+    if not isinstance(d, Mapping):
+        raise ConfigError(f"{cls.__name__}.from_dict needs a mapping. Got {type(d).__name__} instead.",
+                          owner=cls.__name__)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise _fail(cls.__name__, unknown[0], f"one of {sorted(known)}", d[unknown[0]])
+    return dict(d)
 
 
 def _canonical_json(obj: Any) -> str:
@@ -292,13 +298,7 @@ class ScoreConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ScoreConfig:
         """Build a config from :meth:`to_dict` output (validated)."""
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"ScoreConfig.from_dict needs a mapping. Got {type(d).__name__} instead.", owner="ScoreConfig")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise _fail("ScoreConfig", unknown[0], f"one of {sorted(known)}", d[unknown[0]])
-        kw = dict(d)
+        kw = _checked_fields(cls, d)
         if "bands" in kw and isinstance(kw["bands"], Mapping):
             kw["bands"] = {
                 ind: ({c: tuple(a) for c, a in pc.items()} if isinstance(pc, Mapping) else pc)
@@ -469,13 +469,7 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> PolicyConfig:
         """Build a config from :meth:`to_dict` output (validated)."""
-        if not isinstance(d, Mapping):
-            raise ConfigError(f"PolicyConfig.from_dict needs a mapping. Got {type(d).__name__} instead.", owner="PolicyConfig")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise _fail("PolicyConfig", unknown[0], f"one of {sorted(known)}", d[unknown[0]])
-        return cls(**dict(d))
+        return cls(**_checked_fields(cls, d))
 
     def config_hash(self) -> str:
         """sha256 (hex) of the canonical JSON of :meth:`to_dict`."""

@@ -105,6 +105,16 @@ class ConfigError(RefundGuardError, ValueError):
         self.field = field
         self.value = value
 
+    @classmethod
+    def invalid(cls, owner: str, field: str, constraint: str, value: Any, extra: str = "") -> ConfigError:
+        """The scikit-learn style error: "The 'x' parameter of Owner must be ... Got ... instead."."""
+        return cls(
+            f"The {field!r} parameter of {owner} must be {constraint}{extra}. Got {value!r} instead.",
+            owner=owner,
+            field=field,
+            value=value,
+        )
+
 
 class RequestError(RefundGuardError, ValueError):
     """A single online refund request is malformed.

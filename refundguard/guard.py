@@ -26,29 +26,14 @@ from refundguard.evaluation import Evaluation, evaluate_predictions
 from refundguard.features import FEATURE_NAMES, build_features_one
 from refundguard.model import Calibrator, FeatureEncoder, RefundAbuseClassifier, reasons_from_contributions
 from refundguard.pipeline import canonical_tables, point_in_time_features
-from refundguard.policy import Decision, PolicyTimeline, decide_batch, decide_one
+from refundguard.policy import DECISION_COLUMNS, Decision, PolicyTimeline, decide_batch, decide_one
 
 __all__ = ["RefundGuard", "SCORED_COLUMNS", "default_model_path"]
 
-#: Columns of the batch scored output, in order (DESIGN.md section 6, contract).
-SCORED_COLUMNS: tuple[str, ...] = (
-    "refund_id",
-    "requested_at",
-    "buyer_id",
-    "store_id",
-    "category",
-    "kind",
-    "amount",
-    "action",
-    "abuse_probability",
-    "store_score",
-    "store_score_missing",
-    "provisional",
-    "audit",
-    "reasons",
-    "model_version",
-    "policy_version",
-)
+#: Columns of the batch scored output, in order (DESIGN.md section 6, contract): the
+#: request's own columns, then the fields of a Decision.
+REQUEST_COLUMNS: tuple[str, ...] = ("refund_id", "requested_at", "buyer_id", "store_id", "category", "kind", "amount")
+SCORED_COLUMNS: tuple[str, ...] = REQUEST_COLUMNS + DECISION_COLUMNS[1:]
 _REASONS = 3
 
 
@@ -405,8 +390,7 @@ class RefundGuard:
                 "amount": req["amount"].to_numpy(dtype=np.float64),
             }
         )
-        for col in ("action", "abuse_probability", "store_score", "store_score_missing", "provisional", "audit",
-                    "reasons", "model_version", "policy_version"):
+        for col in DECISION_COLUMNS[1:]:
             out[col] = decided[col].to_numpy()
         out["reasons"] = out["reasons"].map(_reasons_struct)
         return out.loc[:, list(SCORED_COLUMNS)]

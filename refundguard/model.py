@@ -261,12 +261,7 @@ class FeatureEncoder:
 
 def _check_param(name: str, value: Any, ok: bool, constraint: str) -> None:
     if not ok:
-        raise ConfigError(
-            f"The {name!r} parameter of {_OWNER} must be {constraint}. Got {value!r} instead.",
-            owner=_OWNER,
-            field=name,
-            value=value,
-        )
+        raise ConfigError.invalid(_OWNER, name, constraint, value)
 
 
 def _is_int(v: Any) -> bool:

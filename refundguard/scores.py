@@ -344,8 +344,8 @@ class _Window:
     refunds_known: bool
 
 
-def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_lookback_days: int = 30) -> _Window:
-    """Integer statistics of the window ``[lo, hi)`` (UTC ns) per store, filtering first."""
+def _event_tables(tables: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The four tables with the columns the score reads (an absent service table is empty)."""
     orders = _require(tables, "orders", ("order_id", "store_id", "category", "paid_at", "ship_by", "shipped_at", "delivered_at"))
     refunds = _require(tables, "refunds", ("order_id", "requested_at", "reason", "resolved_at", "escalated"))
     reviews = _require(tables, "reviews", ("order_id", "rating", "created_at"))
@@ -353,6 +353,12 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_look
     if service is None:
         service = pd.DataFrame({"store_id": pd.Series([], dtype="str"), "started_at": pd.Series([], dtype="datetime64[ns, UTC]"), "first_response_s": pd.Series([], dtype="float64")})
     service = _require({"service": service}, "service", ("store_id", "started_at", "first_response_s"))
+    return orders, refunds, reviews, service
+
+
+def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_lookback_days: int = 30) -> _Window:
+    """Integer statistics of the window ``[lo, hi)`` (UTC ns) per store, filtering first."""
+    orders, refunds, reviews, service = _event_tables(tables)
 
     paid = _ns(orders, "paid_at", "orders")
     ship_by = _ns(orders, "ship_by", "orders")
@@ -728,13 +734,7 @@ def store_score_history(
     ndays = d1 - d0 + 1
     wd = cfg.window_days
 
-    orders = _require(tables, "orders", ("order_id", "store_id", "category", "paid_at", "ship_by", "shipped_at", "delivered_at"))
-    refunds = _require(tables, "refunds", ("order_id", "requested_at", "reason", "resolved_at", "escalated"))
-    reviews = _require(tables, "reviews", ("order_id", "rating", "created_at"))
-    service = tables.get("service")
-    if service is None:
-        service = pd.DataFrame({"store_id": pd.Series([], dtype="str"), "started_at": pd.Series([], dtype="datetime64[ns, UTC]"), "first_response_s": pd.Series([], dtype="float64")})
-    service = _require({"service": service}, "service", ("store_id", "started_at", "first_response_s"))
+    orders, refunds, reviews, service = _event_tables(tables)
 
     # only events whose window can touch [d0, d1] matter: anchor day in [d0 - wd, d1 - 1]
     lo_ns = int(_day_start_ns(np.array([d0 - wd - 1]), tz)[0])

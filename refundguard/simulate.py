@@ -66,6 +66,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refundguard.errors import ConfigError
+from refundguard.tables import KINDS, OUTCOMES, REASONS
 
 __all__ = [
     "SimulationConfig",
@@ -113,9 +114,7 @@ _CAT_QOFFSET = np.array([c[6] for c in _CATEGORY_TABLE])
 HONEST, OPPORTUNIST, SERIAL, RING = 0, 1, 2, 3
 _PATTERN_NAMES = np.array(["none", "opportunist", "serial", "ring"], dtype=object)
 
-KINDS = ("refund_only", "return_and_refund")
-REASONS = ("not_received", "quality", "not_as_described", "damaged", "wrong_item", "changed_mind", "other")
-OUTCOMES = ("refunded", "rejected", "withdrawn")
+# the contract's enums; the integer codes below index them
 R_NOT_RECEIVED, R_QUALITY, R_NAD, R_DAMAGED, R_WRONG, R_CHANGED, R_OTHER = range(7)
 K_REFUND_ONLY, K_RETURN = 0, 1
 O_REFUNDED, O_REJECTED, O_WITHDRAWN = 0, 1, 2
@@ -231,12 +230,7 @@ class SimulationConfig:
 
 
 def _fail(field: str, constraint: str, value: Any, extra: str = "") -> None:
-    raise ConfigError(
-        f"The {field!r} parameter of SimulationConfig must be {constraint}{extra}. Got {value!r} instead.",
-        owner="SimulationConfig",
-        field=field,
-        value=value,
-    )
+    raise ConfigError.invalid("SimulationConfig", field, constraint, value, extra)
 
 
 def _check_int(field: str, value: Any, low: int) -> None:

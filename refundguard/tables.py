@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refundguard.config import REFUND_KINDS
 from refundguard.errors import RejectedRowsWarning, SchemaError
 
 __all__ = [
@@ -50,7 +51,7 @@ __all__ = [
 
 TABLES: tuple[str, ...] = ("orders", "refunds", "reviews", "service")
 REQUIRED_TABLES: tuple[str, ...] = ("orders", "refunds", "reviews")
-KINDS: tuple[str, ...] = ("refund_only", "return_and_refund")
+KINDS: tuple[str, ...] = REFUND_KINDS
 REASONS: tuple[str, ...] = (
     "not_received",
     "quality",
