@@ -24,7 +24,6 @@ import math
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from refundguard.profiles import (
     LinkProfile,
     Profiles,
     StoreProfile,
+    _instant_ns,
     _ts_ns,
 )
 
@@ -148,7 +148,6 @@ FEATURES: tuple[Feature, ...] = (
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 CATEGORICAL_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.dtype == "category")
-_FLOAT_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.dtype == "float")
 _NAN = float("nan")
 
 
@@ -158,36 +157,6 @@ def monotone_constraints() -> list[int]:
 
 
 # --------------------------------------------------------------------------- online
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
-
-
-def _ns_one(value: Any, field: str, required: bool) -> int | None:
-    """A tz-aware timestamp as int ns since the epoch (UTC)."""
-    if value is None:
-        if required:
-            raise RequestError(f"The request field {field!r} is required; got None.",
-                               field=field, value=None)
-        return None
-    if value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        if required:
-            raise RequestError(f"The request field {field!r} is required; got {value!r}.",
-                               field=field, value=value)
-        return None
-    if isinstance(value, pd.Timestamp):
-        if value.tzinfo is None:
-            raise RequestError(f"The request field {field!r} must be a timezone-aware timestamp; "
-                               f"got the naive {value!r}.", field=field, value=value)
-        return int(value.value)
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise RequestError(f"The request field {field!r} must be a timezone-aware timestamp; "
-                               f"got the naive {value!r}.", field=field, value=value)
-        return ((value - _EPOCH) // _US) * 1000
-    raise RequestError(f"The request field {field!r} must be a timezone-aware datetime; "
-                       f"got {type(value).__name__} {value!r}.", field=field, value=value)
 
 
 def _real(value: Any, field: str, low: float, low_open: bool) -> float:
@@ -257,10 +226,10 @@ def build_features_one(request: Mapping[str, Any],
     for name in ("requested_at", "paid_at", "kind", "reason", "amount", "order_amount"):
         if name not in request:
             raise RequestError(f"The request lacks the required field {name!r}.", field=name)
-    t = _ns_one(request["requested_at"], "requested_at", True)
-    paid = _ns_one(request["paid_at"], "paid_at", True)
-    shipped = _ns_one(get("shipped_at"), "shipped_at", False)
-    deliv = _ns_one(get("delivered_at"), "delivered_at", False)
+    t = _instant_ns(request["requested_at"], "requested_at", True)
+    paid = _instant_ns(request["paid_at"], "paid_at", True)
+    shipped = _instant_ns(get("shipped_at"), "shipped_at", False)
+    deliv = _instant_ns(get("delivered_at"), "delivered_at", False)
     if paid > t:  # type: ignore[operator]
         raise RequestError("The request field 'paid_at' must not be after 'requested_at'; got "
                            f"{request['paid_at']!r} > {request['requested_at']!r}.",
@@ -278,66 +247,70 @@ def build_features_one(request: Mapping[str, Any],
                                f"{type(category).__name__} {category!r}.", field="category",
                                value=category)
 
-    ship_known = shipped is not None and shipped < t  # type: ignore[operator]
-    deliv_known = deliv is not None and deliv < t  # type: ignore[operator]
-    median = bp.median_order_amount
-    first = _ns_one(bp.first_order_at, "buyer.first_order_at", False)
-    n_o90, n_r90 = bp.n_orders_90d, bp.n_refunds_90d
-    out: dict[str, Any] = {
-        "amount": amount,
-        "order_amount": order_amount,
-        "amount_to_order_amount": amount / order_amount if order_amount > 0 else _NAN,
-        "amount_to_buyer_median": (amount / median if median is not None and median > 0
-                                   else _NAN),
-        "hours_since_paid": (t - paid) / NS_PER_HOUR,  # type: ignore[operator]
-        "is_shipped": 1.0 if ship_known else 0.0,
-        "hours_since_shipped": (t - shipped) / NS_PER_HOUR if ship_known else _NAN,  # type: ignore[operator]
-        "is_delivered": 1.0 if deliv_known else 0.0,
-        "hours_since_delivered": (t - deliv) / NS_PER_HOUR if deliv_known else _NAN,  # type: ignore[operator]
-        "not_received_on_delivered": 1.0 if (deliv_known and reason == "not_received") else 0.0,
-        "reason": reason,
-        "kind": kind,
-        "category": category,
-        "buyer_tenure_days": (t - first) / NS_PER_DAY if first is not None else _NAN,  # type: ignore[operator]
-        "buyer_n_orders_30d": float(bp.n_orders_30d),
-        "buyer_n_orders_90d": float(n_o90),
-        "buyer_n_orders_365d": float(bp.n_orders_365d),
-        "buyer_spend_30d": float(bp.spend_30d),
-        "buyer_spend_90d": float(bp.spend_90d),
-        "buyer_spend_365d": float(bp.spend_365d),
-        "buyer_n_refunds_1d": float(bp.n_refunds_1d),
-        "buyer_n_refunds_7d": float(bp.n_refunds_7d),
-        "buyer_n_refunds_30d": float(bp.n_refunds_30d),
-        "buyer_n_refunds_90d": float(n_r90),
-        "buyer_n_refunds_365d": float(bp.n_refunds_365d),
-        "buyer_n_refund_only_1d": float(bp.n_refund_only_1d),
-        "buyer_n_refund_only_7d": float(bp.n_refund_only_7d),
-        "buyer_n_refund_only_30d": float(bp.n_refund_only_30d),
-        "buyer_n_refund_only_90d": float(bp.n_refund_only_90d),
-        "buyer_n_refund_only_365d": float(bp.n_refund_only_365d),
-        "buyer_refund_only_amount_365d": float(bp.refund_only_amount_365d),
-        "buyer_refund_rate_90d": n_r90 / n_o90 if n_o90 > 0 else _NAN,
-        "buyer_refund_only_share_90d": bp.n_refund_only_90d / n_r90 if n_r90 > 0 else _NAN,
-        "buyer_n_stores_refunded": float(bp.n_stores_refunded),
-        "buyer_n_not_received_on_delivered": float(bp.n_not_received_on_delivered),
-        "buyer_n_rejected": float(bp.n_rejected),
-        "buyer_n_abuse": float(bp.n_abuse),
-        "buyer_median_order_amount": _opt(median),
-        "store_score": _opt(sp.score),
-        "store_product": _opt(sp.product),
-        "store_logistics": _opt(sp.logistics),
-        "store_service": _opt(sp.service),
-        "store_provisional": 1.0 if sp.provisional else 0.0,
-        "store_score_missing": 1.0 if sp.score_missing else 0.0,
-        "store_refund_rate_30d": _opt(sp.refund_rate_30d),
-        "store_n_refunds_24h": float(sp.n_refunds_24h),
-        "device_n_buyers": _opt(lp.device_n_buyers),
-        "device_n_bad_buyers": _opt(lp.device_n_bad_buyers),
-        "device_n_refunds_24h": _opt(lp.device_n_refunds_24h),
-        "address_n_buyers": _opt(lp.address_n_buyers),
-        "address_n_bad_buyers": _opt(lp.address_n_bad_buyers),
-        "address_n_refunds_24h": _opt(lp.address_n_refunds_24h),
-    }
+    try:
+        ship_known = shipped is not None and shipped < t  # type: ignore[operator]
+        deliv_known = deliv is not None and deliv < t  # type: ignore[operator]
+        median = bp.median_order_amount
+        first = _instant_ns(bp.first_order_at, "buyer.first_order_at", False)
+        n_o90, n_r90 = bp.n_orders_90d, bp.n_refunds_90d
+        out: dict[str, Any] = {
+            "amount": amount,
+            "order_amount": order_amount,
+            "amount_to_order_amount": amount / order_amount if order_amount > 0 else _NAN,
+            "amount_to_buyer_median": (amount / median if median is not None and median > 0
+                                       else _NAN),
+            "hours_since_paid": (t - paid) / NS_PER_HOUR,  # type: ignore[operator]
+            "is_shipped": 1.0 if ship_known else 0.0,
+            "hours_since_shipped": (t - shipped) / NS_PER_HOUR if ship_known else _NAN,  # type: ignore[operator]
+            "is_delivered": 1.0 if deliv_known else 0.0,
+            "hours_since_delivered": (t - deliv) / NS_PER_HOUR if deliv_known else _NAN,  # type: ignore[operator]
+            "not_received_on_delivered": 1.0 if (deliv_known and reason == "not_received") else 0.0,
+            "reason": reason,
+            "kind": kind,
+            "category": category,
+            "buyer_tenure_days": (t - first) / NS_PER_DAY if first is not None else _NAN,  # type: ignore[operator]
+            "buyer_n_orders_30d": float(bp.n_orders_30d),
+            "buyer_n_orders_90d": float(n_o90),
+            "buyer_n_orders_365d": float(bp.n_orders_365d),
+            "buyer_spend_30d": float(bp.spend_30d),
+            "buyer_spend_90d": float(bp.spend_90d),
+            "buyer_spend_365d": float(bp.spend_365d),
+            "buyer_n_refunds_1d": float(bp.n_refunds_1d),
+            "buyer_n_refunds_7d": float(bp.n_refunds_7d),
+            "buyer_n_refunds_30d": float(bp.n_refunds_30d),
+            "buyer_n_refunds_90d": float(n_r90),
+            "buyer_n_refunds_365d": float(bp.n_refunds_365d),
+            "buyer_n_refund_only_1d": float(bp.n_refund_only_1d),
+            "buyer_n_refund_only_7d": float(bp.n_refund_only_7d),
+            "buyer_n_refund_only_30d": float(bp.n_refund_only_30d),
+            "buyer_n_refund_only_90d": float(bp.n_refund_only_90d),
+            "buyer_n_refund_only_365d": float(bp.n_refund_only_365d),
+            "buyer_refund_only_amount_365d": float(bp.refund_only_amount_365d),
+            "buyer_refund_rate_90d": n_r90 / n_o90 if n_o90 > 0 else _NAN,
+            "buyer_refund_only_share_90d": bp.n_refund_only_90d / n_r90 if n_r90 > 0 else _NAN,
+            "buyer_n_stores_refunded": float(bp.n_stores_refunded),
+            "buyer_n_not_received_on_delivered": float(bp.n_not_received_on_delivered),
+            "buyer_n_rejected": float(bp.n_rejected),
+            "buyer_n_abuse": float(bp.n_abuse),
+            "buyer_median_order_amount": _opt(median),
+            "store_score": _opt(sp.score),
+            "store_product": _opt(sp.product),
+            "store_logistics": _opt(sp.logistics),
+            "store_service": _opt(sp.service),
+            "store_provisional": 1.0 if sp.provisional else 0.0,
+            "store_score_missing": 1.0 if sp.score_missing else 0.0,
+            "store_refund_rate_30d": _opt(sp.refund_rate_30d),
+            "store_n_refunds_24h": float(sp.n_refunds_24h),
+            "device_n_buyers": _opt(lp.device_n_buyers),
+            "device_n_bad_buyers": _opt(lp.device_n_bad_buyers),
+            "device_n_refunds_24h": _opt(lp.device_n_refunds_24h),
+            "address_n_buyers": _opt(lp.address_n_buyers),
+            "address_n_bad_buyers": _opt(lp.address_n_bad_buyers),
+            "address_n_refunds_24h": _opt(lp.address_n_refunds_24h),
+        }
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise RequestError(f"profiles hold a value of the wrong type: {exc}", field="profiles",
+                           value=profiles) from None
     return out
 
 
@@ -439,7 +412,7 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
 
     b, s, lk = profiles.buyer, profiles.store, profiles.link
     ship_known = (shipped != nat) & (shipped < t)
-    deliv_known = (deliv != nat)
+    deliv_known = (deliv != nat) & (deliv < t)
     nan = np.nan
 
     def f64(x: Any) -> np.ndarray:

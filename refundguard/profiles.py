@@ -19,29 +19,38 @@ The request itself never counts in its own history (its ``requested_at`` equals
 ``t``, and events at exactly ``t`` are not before ``t``).
 
 :func:`profiles_as_of` computes every profile for a batch of requests with
-sorted keys and ``np.searchsorted`` (no per-request Python loop): one sort per
-event set, then two binary searches per query and window.
+sorted keys and ``np.searchsorted`` (no per-request Python loop): event times are
+ranked once, each event set is sorted once by ``(group, time rank)``, then each
+count or windowed sum is one vectorised binary search per request (requests
+searched in ``(group, time)`` order, so the search stays cache friendly). Sums are
+kept in integer cents so that any two ways of summing agree exactly.
+
+:class:`ProfileStore` keeps the same profiles in process for the online path,
+updated from events (``observe_order``, ``observe_refund``,
+``observe_resolution``); its profiles equal the batch ones (tested).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from bisect import bisect_left, insort
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import date, datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from refundguard.config import ScoreConfig
-from refundguard.errors import DataError, SchemaError
+from refundguard.errors import ConfigError, DataError, RequestError, SchemaError
 
 __all__ = [
     "BuyerProfile",
     "StoreProfile",
     "LinkProfile",
     "Profiles",
+    "ProfileStore",
     "profiles_as_of",
     "requests_from_tables",
     "request_record",
@@ -332,9 +341,12 @@ def _to_utc(value: Any, name: str) -> pd.Timestamp | None:
         return None
     try:
         ts = pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise SchemaError(f"The {name!r} bound must be a timestamp; got {value!r}: {exc}",
-                          column=name, rule="type") from None
+    except (ValueError, TypeError):
+        ts = pd.NaT
+    if ts is pd.NaT:
+        raise ConfigError(f"The {name!r} parameter of requests_from_tables must be a timestamp "
+                          f"or None. Got {value!r} instead.", owner="requests_from_tables",
+                          field=name, value=value)
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
@@ -364,57 +376,134 @@ def _codes(*series: pd.Series) -> list[np.ndarray]:
     return out
 
 
-class _Events:
-    """Timed events per group, sorted so that "how many before ``t``" is two searches.
+def _order_positions(order_ids: pd.Series, refs: pd.Series) -> np.ndarray:
+    """Row position in ``orders`` of each referenced order id.
 
-    Events whose group is < 0 or whose time is NaT are left out (they carry no
-    group or are not known yet). Weights are int64 (cents) so sums are exact.
+    One shared factorization (fast on Arrow strings): with unique order ids the
+    orders' codes are their row positions, so a reference's code is its order's row.
+
+    Raises
+    ------
+    SchemaError
+        Duplicated order ids, or references to unknown orders.
+    """
+    n = len(order_ids)
+    o_codes, r_codes = _codes(order_ids, refs)
+    if not np.array_equal(o_codes, np.arange(n)):
+        dup = order_ids[pd.Series(order_ids).duplicated().to_numpy()].head(5).tolist()
+        raise SchemaError(f"orders.order_id must be unique; e.g. {dup} are duplicated (or null).",
+                          table="orders", column="order_id", rule="unique", n_bad=len(dup),
+                          values=dup)
+    bad = (r_codes < 0) | (r_codes >= n)
+    if bad.any():
+        vals = refs.to_numpy()[bad][:5].tolist()
+        raise SchemaError(f"refunds.order_id: {int(bad.sum())} refund(s) reference an unknown "
+                          f"order, e.g. {vals}.", table="refunds", column="order_id",
+                          rule="exists in orders", n_bad=int(bad.sum()), values=vals)
+    return r_codes
+
+
+class _TimeBase:
+    """The distinct event times of one batch, shared by all event sets.
+
+    A time's *rank* is the number of distinct event times before it, so for an
+    event time ``e`` and a query time ``q``: ``e < q`` if and only if
+    ``rank(e) < qrank(q)``. Ranks are small ints, so ``group * span + rank`` is
+    one sortable int64 key per event.
     """
 
-    def __init__(self, group: np.ndarray, time: np.ndarray, weight: np.ndarray | None = None,
-                 tiebreak: np.ndarray | None = None) -> None:
-        keep = (group >= 0) & (time != _NAT)
-        group, time = group[keep], time[keep]
-        self.utimes = np.unique(time)
+    def __init__(self, t_query: np.ndarray, *times: np.ndarray) -> None:
+        allt = np.concatenate([x[x != _NAT] for x in times]) if times else np.empty(0, np.int64)
+        allt.sort()
+        keep = np.ones(len(allt), dtype=bool)
+        keep[1:] = allt[1:] != allt[:-1]
+        self.utimes = allt[keep]
         self.span = np.int64(len(self.utimes) + 1)
-        key = group * self.span + np.searchsorted(self.utimes, time)
+        self.t = t_query
+        self._q: dict[int, np.ndarray] = {}
+        self._orders: dict[int, np.ndarray] = {}
+
+    def order_of(self, qgroup: np.ndarray) -> np.ndarray:
+        """Query positions sorted by (group, time), cached per group array."""
+        key = id(qgroup)
+        if key not in self._orders:
+            self._orders[key] = np.lexsort((self.t, qgroup))
+        return self._orders[key]
+
+    def rank(self, time: np.ndarray) -> np.ndarray:
+        """Ranks of event times (-1 for NaT)."""
+        r = np.searchsorted(self.utimes, time)
+        r[time == _NAT] = -1
+        return r
+
+    def qrank(self, offset_ns: int) -> np.ndarray:
+        """Ranks of the query times minus ``offset_ns`` (cached)."""
+        if offset_ns not in self._q:
+            self._q[offset_ns] = np.searchsorted(self.utimes, self.t - np.int64(offset_ns))
+        return self._q[offset_ns]
+
+
+class _Events:
+    """Timed events per group, sorted so that "how many before ``t``" is one search.
+
+    Events whose group is < 0 or whose rank is < 0 (time NaT, not known yet) are
+    left out. Queries are the batch's requests, one group code each (-1: none,
+    every count 0). Weights are int64 (cents) so sums are exact.
+    """
+
+    def __init__(self, tb: _TimeBase, group: np.ndarray, rank: np.ndarray, qgroup: np.ndarray,
+                 weight: np.ndarray | None = None, tiebreak: np.ndarray | None = None) -> None:
+        keep = (group >= 0) & (rank >= 0)
+        key = group[keep] * tb.span + rank[keep]
         if tiebreak is None:
             order = np.argsort(key, kind="stable")
         else:
             order = np.lexsort((tiebreak[keep], key))
+        self.tb = tb
         self.keys = key[order]
         self.order_kept = np.flatnonzero(keep)[order]
         self.cw = None
         if weight is not None:
             self.cw = np.concatenate(([0], np.cumsum(weight[keep][order], dtype=np.int64)))
+        self.qg = np.maximum(qgroup, 0) * tb.span
+        self.qmissing = qgroup < 0
+        self.qorder = tb.order_of(qgroup)
+        self._hi: dict[int, np.ndarray] = {}
 
-    def bounds(self, group: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Positions ``lo, hi``: events of ``group`` with time ``< t`` are ``keys[lo:hi]``."""
-        g = np.maximum(group, 0) * self.span
-        hi = np.searchsorted(self.keys, g + np.searchsorted(self.utimes, t), side="left")
-        lo = np.searchsorted(self.keys, g, side="left")
-        hi = np.where(group < 0, lo, hi)
-        return lo, hi
+    def _search(self, needles: np.ndarray) -> np.ndarray:
+        # needles in (group, time) order are ascending: numpy's binary search then reuses
+        # the previous position, which keeps the big key array in cache
+        o = self.qorder
+        pos = np.empty(len(needles), dtype=np.int64)
+        pos[o] = np.searchsorted(self.keys, needles[o])
+        pos[self.qmissing] = 0
+        return pos
 
-    def count(self, group: np.ndarray, t: np.ndarray) -> np.ndarray:
-        """Events of ``group`` with time strictly before ``t`` (0 for group -1)."""
-        lo, hi = self.bounds(group, t)
-        return hi - lo
+    def hi(self, offset_ns: int = 0) -> np.ndarray:
+        """Position after the query group's events with time ``< t - offset``."""
+        if offset_ns not in self._hi:
+            self._hi[offset_ns] = self._search(self.qg + self.tb.qrank(offset_ns))
+        return self._hi[offset_ns]
 
-    def window(self, group: np.ndarray, t: np.ndarray, width_ns: int
-               ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Count (and weight sum) of events of ``group`` in ``[t - width, t)``."""
-        lo, hi = self.bounds(group, t)
-        _, mid = self.bounds(group, t - np.int64(width_ns))
-        n = hi - mid
+    def lo(self) -> np.ndarray:
+        """Position of the query group's first event."""
+        return self._search(self.qg)
+
+    def count(self) -> np.ndarray:
+        """Events of the query's group with time strictly before ``t``."""
+        return self.hi(0) - self.lo()
+
+    def window(self, width_ns: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Count (and weight sum) of the query group's events in ``[t - width, t)``."""
+        hi, mid = self.hi(0), self.hi(width_ns)
         s = None if self.cw is None else self.cw[hi] - self.cw[mid]
-        return n, s
+        return hi - mid, s
 
 
 def _first_time_per_pair(a: np.ndarray, b: np.ndarray, t: np.ndarray
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each distinct (a, b) pair with a, b >= 0 and a known time: (a, b, min time)."""
-    keep = (a >= 0) & (b >= 0) & (t != _NAT)
+    """For each distinct (a, b) pair with a, b >= 0 and a known rank: (a, b, min rank)."""
+    keep = (a >= 0) & (b >= 0) & (t >= 0)
     if not keep.any():
         e = np.empty(0, dtype=np.int64)
         return e, e, e
@@ -444,6 +533,36 @@ def _median_last(amounts_sorted: np.ndarray, hi: np.ndarray, n: np.ndarray,
         hi_v = vals[rows, cc // 2]
         out[s + rows] = (lo_v + hi_v) / 2.0
     return out
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_US = timedelta(microseconds=1)
+
+
+def _instant_ns(value: Any, field: str, required: bool) -> int | None:
+    """A tz-aware timestamp as int ns since the epoch (UTC)."""
+    if value is None:
+        if required:
+            raise RequestError(f"The field {field!r} is required; got None.",
+                               field=field, value=None)
+        return None
+    if value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
+        if required:
+            raise RequestError(f"The field {field!r} is required; got {value!r}.",
+                               field=field, value=value)
+        return None
+    if isinstance(value, pd.Timestamp):
+        if value.tzinfo is None:
+            raise RequestError(f"The field {field!r} must be a timezone-aware timestamp; "
+                               f"got the naive {value!r}.", field=field, value=value)
+        return int(value.value)
+    if isinstance(value, datetime):
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise RequestError(f"The field {field!r} must be a timezone-aware timestamp; "
+                               f"got the naive {value!r}.", field=field, value=value)
+        return ((value - _EPOCH) // _US) * 1000
+    raise RequestError(f"The field {field!r} must be a timezone-aware datetime; "
+                       f"got {type(value).__name__} {value!r}.", field=field, value=value)
 
 
 # --------------------------------------------------------------------------- requests
@@ -480,7 +599,7 @@ def requests_from_tables(tables: dict[str, pd.DataFrame], start: Any = None, end
     """
     orders, refunds = tables["orders"], tables["refunds"]
     _require(orders, _ORDER_COLUMNS, "orders")
-    _require(refunds, _REFUND_COLUMNS[:6], "refunds")
+    _require(refunds, _REFUND_COLUMNS if with_labels else _REFUND_COLUMNS[:6], "refunds")
     lo, hi = _to_utc(start, "start"), _to_utc(end, "end")
     req_ns = _ts_ns(refunds["requested_at"], "refunds.requested_at")
     mask = np.ones(len(refunds), dtype=bool)
@@ -489,41 +608,35 @@ def requests_from_tables(tables: dict[str, pd.DataFrame], start: Any = None, end
     if hi is not None:
         mask &= req_ns < hi.value
     r = refunds.loc[mask]
-    pos = pd.Index(orders["order_id"]).get_indexer(r["order_id"])
-    if (pos < 0).any():
-        bad = r["order_id"].to_numpy()[pos < 0]
-        raise SchemaError(f"refunds.order_id: {len(bad)} refund(s) reference an unknown order, "
-                          f"e.g. {list(bad[:5])}.", table="refunds", column="order_id",
-                          rule="exists in orders", n_bad=len(bad), values=list(bad[:5]))
-    o = orders.iloc[pos]
+    pos = _order_positions(orders["order_id"], r["order_id"])
+    o = orders[list(_ORDER_COLUMNS)].iloc[pos]
 
     def ts(s: pd.Series, name: str) -> pd.Series:
         return pd.Series(_ts_ns(s, name).view("datetime64[ns]")).dt.tz_localize("UTC")
 
+    def text(s: pd.Series) -> pd.Series:
+        return s.astype("str").reset_index(drop=True)
+
     out = pd.DataFrame({
-        "refund_id": r["refund_id"].astype("str").to_numpy(),
-        "order_id": r["order_id"].astype("str").to_numpy(),
+        "refund_id": text(r["refund_id"]),
+        "order_id": text(r["order_id"]),
         "requested_at": ts(r["requested_at"], "refunds.requested_at"),
-        "kind": r["kind"].astype("str").to_numpy(),
-        "reason": r["reason"].astype("str").to_numpy(),
+        "kind": text(r["kind"]),
+        "reason": text(r["reason"]),
         "amount": r["amount"].to_numpy(np.float64),
-        "buyer_id": o["buyer_id"].astype("str").to_numpy(),
-        "store_id": o["store_id"].astype("str").to_numpy(),
-        "category": o["category"].astype("str").to_numpy(),
+        "buyer_id": text(o["buyer_id"]),
+        "store_id": text(o["store_id"]),
+        "category": text(o["category"]),
         "order_amount": o["amount"].to_numpy(np.float64),
         "paid_at": ts(o["paid_at"], "orders.paid_at"),
         "shipped_at": ts(o["shipped_at"], "orders.shipped_at"),
         "delivered_at": ts(o["delivered_at"], "orders.delivered_at"),
-        "device_id": o["device_id"].astype("str").to_numpy(),
-        "address_id": o["address_id"].astype("str").to_numpy(),
+        "device_id": text(o["device_id"]),
+        "address_id": text(o["address_id"]),
     })
-    for c in ("refund_id", "order_id", "kind", "reason", "buyer_id", "store_id", "category",
-              "device_id", "address_id"):
-        out[c] = out[c].astype("str")
     if with_labels:
         out["resolved_at"] = ts(r["resolved_at"], "refunds.resolved_at")
-        out["outcome"] = r["outcome"].astype("str").to_numpy()
-        out["outcome"] = out["outcome"].astype("str")
+        out["outcome"] = text(r["outcome"])
         out["escalated"] = (r["escalated"].to_numpy(bool) if "escalated" in r.columns
                             else False)
         out["is_abuse"] = pd.array(r["is_abuse"].to_numpy(), dtype="boolean")
@@ -677,12 +790,7 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     o_deliv = _ts_ns(orders["delivered_at"], "orders.delivered_at")
     o_cents = _cents(orders["amount"])
     o_amount = orders["amount"].to_numpy(np.float64)
-    pos = pd.Index(orders["order_id"]).get_indexer(refunds["order_id"])
-    if (pos < 0).any():
-        bad = refunds["order_id"].to_numpy()[pos < 0]
-        raise SchemaError(f"refunds.order_id: {len(bad)} refund(s) reference an unknown order, "
-                          f"e.g. {list(bad[:5])}.", table="refunds", column="order_id",
-                          rule="exists in orders", n_bad=len(bad), values=list(bad[:5]))
+    pos = _order_positions(orders["order_id"], refunds["order_id"])
     r_req = _ts_ns(refunds["requested_at"], "refunds.requested_at")
     r_res = _ts_ns(refunds["resolved_at"], "refunds.resolved_at")
     r_cents = _cents(refunds["amount"])
@@ -699,9 +807,14 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     o_addr, q_addr = _codes(orders["address_id"], requests["address_id"])
     r_buyer, r_store, r_dev, r_addr = o_buyer[pos], o_store[pos], o_dev[pos], o_addr[pos]
 
+    tb = _TimeBase(t, o_paid, r_req, r_res)
+    o_rank, r_req_rank, r_res_rank = tb.rank(o_paid), tb.rank(r_req), tb.rank(r_res)
+    day = NS_PER_DAY
+
     # --- buyer ----------------------------------------------------------------------------
     b: dict[str, Any] = {}
-    first = pd.Series(o_paid[o_paid != _NAT]).groupby(o_buyer[o_paid != _NAT]).min()
+    known = o_paid != _NAT
+    first = pd.Series(o_paid[known]).groupby(o_buyer[known]).min()
     nb = int(max(o_buyer.max(initial=-1), q_buyer.max(initial=-1))) + 1
     first_arr = np.full(nb, _NEVER, dtype=np.int64)
     first_arr[first.index.to_numpy(np.int64)] = first.to_numpy(np.int64)
@@ -709,29 +822,30 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     qf = np.where(qf < t, qf, _NAT)
     b["first_order_at"] = pd.Series(qf.view("datetime64[ns]")).dt.tz_localize("UTC")
 
-    ev_orders = _Events(o_buyer, o_paid, o_cents, tiebreak=o_amount)
+    ev_orders = _Events(tb, o_buyer, o_rank, q_buyer, o_cents, tiebreak=o_amount)
     for w in ORDER_WINDOWS_DAYS:
-        cnt, cents = ev_orders.window(q_buyer, t, w * NS_PER_DAY)
+        cnt, cents = ev_orders.window(w * day)
         b[f"n_orders_{w}d"] = cnt
         b[f"spend_{w}d"] = cents / 100.0
-    ev_ref = _Events(r_buyer, r_req)
-    ev_only = _Events(np.where(r_only, r_buyer, -1), r_req, r_cents)
+    ev_ref = _Events(tb, r_buyer, r_req_rank, q_buyer)
+    ev_only = _Events(tb, np.where(r_only, r_buyer, -1), r_req_rank, q_buyer, r_cents)
     for w in REFUND_WINDOWS_DAYS:
-        b[f"n_refunds_{w}d"] = ev_ref.window(q_buyer, t, w * NS_PER_DAY)[0]
+        b[f"n_refunds_{w}d"] = ev_ref.window(w * day)[0]
     for w in REFUND_WINDOWS_DAYS:
-        cnt, cents = ev_only.window(q_buyer, t, w * NS_PER_DAY)
+        cnt, cents = ev_only.window(w * day)
         b[f"n_refund_only_{w}d"] = cnt
         if w == 365:
             b["refund_only_amount_365d"] = cents / 100.0
-    pa, _, pt = _first_time_per_pair(r_buyer, r_store, r_req)
-    b["n_stores_refunded"] = _Events(pa, pt).count(q_buyer, t)
+    pa, _, pr = _first_time_per_pair(r_buyer, r_store, r_req_rank)
+    b["n_stores_refunded"] = _Events(tb, pa, pr, q_buyer).count()
     nr_deliv = r_nr & (r_deliv != _NAT) & (r_deliv < r_req)
-    b["n_not_received_on_delivered"] = _Events(np.where(nr_deliv, r_buyer, -1), r_req).count(
-        q_buyer, t)
-    b["n_rejected"] = _Events(np.where(r_rej, r_buyer, -1), r_res).count(q_buyer, t)
-    b["n_abuse"] = _Events(np.where(r_abuse, r_buyer, -1), r_res).count(q_buyer, t)
-    lo, hi = ev_orders.bounds(q_buyer, t)
-    b["median_order_amount"] = _median_last(o_amount[ev_orders.order_kept], hi, hi - lo)
+    b["n_not_received_on_delivered"] = _Events(tb, np.where(nr_deliv, r_buyer, -1), r_req_rank,
+                                               q_buyer).count()
+    b["n_rejected"] = _Events(tb, np.where(r_rej, r_buyer, -1), r_res_rank, q_buyer).count()
+    b["n_abuse"] = _Events(tb, np.where(r_abuse, r_buyer, -1), r_res_rank, q_buyer).count()
+    hi = ev_orders.hi(0)
+    b["median_order_amount"] = _median_last(o_amount[ev_orders.order_kept], hi,
+                                            hi - ev_orders.lo())
     buyer = pd.DataFrame({k: b[k] for k in _BUYER_FIELDS})
     for c in _BUYER_INT:
         buyer[c] = buyer[c].astype(np.int64)
@@ -742,33 +856,33 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
                                                                   "logistics", "service")}
     s["provisional"] = sc["provisional"].to_numpy(bool)
     s["score_missing"] = np.isnan(s["score"])
-    s_orders = _Events(o_store, o_paid).window(q_store, t, 30 * NS_PER_DAY)[0]
-    ev_sref = _Events(r_store, r_req)
-    s_ref = ev_sref.window(q_store, t, 30 * NS_PER_DAY)[0]
+    s_orders = _Events(tb, o_store, o_rank, q_store).window(30 * day)[0]
+    ev_sref = _Events(tb, r_store, r_req_rank, q_store)
+    s_ref = ev_sref.window(30 * day)[0]
     s["n_orders_30d"] = s_orders
     s["n_refunds_30d"] = s_ref
     with np.errstate(divide="ignore", invalid="ignore"):
         s["refund_rate_30d"] = np.where(s_orders > 0, s_ref / np.maximum(s_orders, 1), np.nan)
-    s["n_refunds_24h"] = ev_sref.window(q_store, t, NS_PER_DAY)[0]
+    s["n_refunds_24h"] = ev_sref.window(day)[0]
     s["category"] = sc["category"].astype("str").to_numpy()
     store = pd.DataFrame({k: s[k] for k in _STORE_FIELDS})
     store["category"] = store["category"].astype("str")
 
     # --- link -----------------------------------------------------------------------------
     bad_b = r_rej | r_abuse
-    first_bad = np.full(max(nb, 1), _NEVER, dtype=np.int64)
+    first_bad = np.full(max(nb, 1), _NEVER, dtype=np.int64)  # rank of the first bad outcome
     if bad_b.any():
-        fb = pd.Series(r_res[bad_b]).groupby(r_buyer[bad_b]).min()
+        fb = pd.Series(r_res_rank[bad_b]).groupby(r_buyer[bad_b]).min()
         first_bad[fb.index.to_numpy(np.int64)] = fb.to_numpy(np.int64)
     lk: dict[str, Any] = {}
     for name, o_key, r_key, q_key in (("device", o_dev, r_dev, q_dev),
                                       ("address", o_addr, r_addr, q_addr)):
-        ka, kb, kt = _first_time_per_pair(o_key, o_buyer, o_paid)
-        n_buyers = _Events(ka, kt).count(q_key, t)
-        bad_t = np.maximum(kt, first_bad[kb]) if len(kb) else kt
-        has_bad = bad_t != _NEVER
-        n_bad = _Events(ka[has_bad], bad_t[has_bad]).count(q_key, t)
-        n24 = _Events(r_key, r_req).window(q_key, t, NS_PER_DAY)[0]
+        ka, kb, kr = _first_time_per_pair(o_key, o_buyer, o_rank)
+        n_buyers = _Events(tb, ka, kr, q_key).count()
+        bad_r = np.maximum(kr, first_bad[kb]) if len(kb) else kr
+        has_bad = bad_r != _NEVER
+        n_bad = _Events(tb, ka[has_bad], bad_r[has_bad], q_key).count()
+        n24 = _Events(tb, r_key, r_req_rank, q_key).window(day)[0]
         missing = q_key < 0
         lk[f"{name}_n_buyers"] = np.where(missing, np.nan, n_buyers)
         lk[f"{name}_n_bad_buyers"] = np.where(missing, np.nan, n_bad)
@@ -776,3 +890,307 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     link = pd.DataFrame({k: np.asarray(lk[k], dtype=np.float64) for k in _LINK_FIELDS})
     assert len(buyer) == len(store) == len(link) == n
     return Profiles(buyer, store, link)
+
+
+# --------------------------------------------------------------------------- online store
+
+
+@dataclass(slots=True)
+class _Order:
+    buyer: str
+    store: str
+    paid: int
+    amount: float
+    device: str | None
+    address: str | None
+    shipped: int | None
+    delivered: int | None
+
+
+@dataclass(slots=True)
+class _Refund:
+    buyer: str
+    store: str
+    order_id: str
+    requested: int
+    refund_only: bool
+    cents: int
+    not_received: bool
+    resolved: int | None = None
+    rejected: bool = False
+    abuse: bool = False
+
+
+def _req_str(d: Mapping[str, Any], field: str, optional: bool = False) -> str | None:
+    v = d.get(field)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        if optional:
+            return None
+        raise RequestError(f"The field {field!r} is required; got {v!r}.", field=field, value=v)
+    if not isinstance(v, str):
+        raise RequestError(f"The field {field!r} must be a string; got {type(v).__name__} {v!r}.",
+                           field=field, value=v)
+    return v
+
+
+def _req_amount(d: Mapping[str, Any], field: str) -> float:
+    v = d.get(field)
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
+            or not math.isfinite(float(v)) or float(v) < 0:
+        raise RequestError(f"The field {field!r} must be a finite number >= 0; got {v!r}.",
+                           field=field, value=v)
+    return float(v)
+
+
+class ProfileStore:
+    """Profiles kept in process and updated from events, for the online path.
+
+    Feed it every order, refund request and resolution as they happen (in any
+    order: each event carries its own time, and a query at ``t`` only reads what
+    is known strictly before ``t``). ``profiles(request)`` then returns the same
+    ``(BuyerProfile, StoreProfile, LinkProfile)`` as :func:`profiles_as_of` on
+    tables holding the same events (tested equal).
+
+    Parameters
+    ----------
+    store_scores
+        Daily store score history (the frame ``profiles_as_of`` takes as
+        ``store_scores``; refresh it with :meth:`set_store_scores`), or ``None``
+        (every store then has a missing score).
+    score_config
+        Gives the time zone of the score days and ``min_orders``; ``None`` for
+        the default ``ScoreConfig``.
+
+    Notes
+    -----
+    Methods take a lock, so one store can be shared by threads. Memory grows with
+    the events kept; nothing is evicted (distinct counts are all-time).
+    """
+
+    def __init__(self, store_scores: pd.DataFrame | None = None,
+                 score_config: ScoreConfig | None = None) -> None:
+        import threading
+
+        self.score_config = score_config
+        self._cfg = ScoreConfig() if score_config is None else score_config
+        self._tz = _score_tz(self._cfg)
+        self._lock = threading.Lock()
+        self._orders: dict[str, _Order] = {}
+        self._refunds: dict[str, _Refund] = {}
+        self._buyer_orders: dict[str, list[tuple[int, float, int]]] = {}
+        self._buyer_refunds: dict[str, list[tuple[int, str]]] = {}
+        self._store_orders: dict[str, list[int]] = {}
+        self._store_refunds: dict[str, list[int]] = {}
+        self._link_seen: dict[tuple[str, str], dict[str, int]] = {}
+        self._link_refunds: dict[tuple[str, str], list[int]] = {}
+        self._scores: dict[tuple[str, int], tuple[Any, ...]] = {}
+        if store_scores is not None:
+            self.set_store_scores(store_scores)
+
+    # -- events ---------------------------------------------------------------------
+    def set_store_scores(self, history: pd.DataFrame) -> None:
+        """Replace the store score history (a frame as :func:`profiles_as_of` takes)."""
+        _require(history, ("store_id", "as_of", "score", "product", "logistics", "service",
+                           "provisional"), "store_scores")
+        tz = _score_tz(self._cfg)
+        day = _history_day_ns(history["as_of"], tz)
+        cat = (history["category"].astype("str") if "category" in history.columns
+               else pd.Series(np.nan, index=history.index, dtype="str"))
+        table = {}
+        cols = [history[c].astype("float64").to_numpy() for c in ("score", "product",
+                                                                  "logistics", "service")]
+        prov = history["provisional"].astype("boolean").fillna(True).to_numpy(bool)
+        for k, (sid, d) in enumerate(zip(history["store_id"].astype("str"), day, strict=True)):
+            key = (sid, int(d))
+            if key in table:
+                raise DataError(f"store score history has duplicated (store_id, as_of) rows, "
+                                f"e.g. stores [{sid!r}].", detail={"stores": [sid]})
+            c = cat.iloc[k]
+            table[key] = (*(_opt_float(col[k]) for col in cols), bool(prov[k]),
+                          None if pd.isna(c) else str(c))
+        with self._lock:
+            self._scores = table
+
+    def observe_order(self, order: Mapping[str, Any]) -> None:
+        """Record an order (``order_id, buyer_id, store_id, amount, paid_at`` and optional
+        ``device_id, address_id, shipped_at, delivered_at``).
+
+        Observing a known ``order_id`` again updates its ``shipped_at`` / ``delivered_at``
+        (they become known later than the order); other fields are kept.
+        """
+        oid = _req_str(order, "order_id")
+        sh = _instant_ns(order.get("shipped_at"), "shipped_at", False)
+        de = _instant_ns(order.get("delivered_at"), "delivered_at", False)
+        with self._lock:
+            known = self._orders.get(oid)  # type: ignore[arg-type]
+            if known is not None:
+                known.shipped = sh if sh is not None else known.shipped
+                known.delivered = de if de is not None else known.delivered
+                return
+        o = _Order(buyer=_req_str(order, "buyer_id"), store=_req_str(order, "store_id"),  # type: ignore[arg-type]
+                   paid=_instant_ns(order.get("paid_at"), "paid_at", True),  # type: ignore[arg-type]
+                   amount=_req_amount(order, "amount"),
+                   device=_req_str(order, "device_id", True),
+                   address=_req_str(order, "address_id", True), shipped=sh, delivered=de)
+        cents = int(np.rint(o.amount * 100.0))
+        with self._lock:
+            self._orders[oid] = o  # type: ignore[index]
+            insort(self._buyer_orders.setdefault(o.buyer, []), (o.paid, o.amount, cents))
+            insort(self._store_orders.setdefault(o.store, []), o.paid)
+            for kind, key in (("device", o.device), ("address", o.address)):
+                if key is not None:
+                    seen = self._link_seen.setdefault((kind, key), {})
+                    if o.paid < seen.get(o.buyer, _NEVER):
+                        seen[o.buyer] = o.paid
+
+    def observe_refund(self, refund: Mapping[str, Any]) -> None:
+        """Record a refund request (``refund_id, order_id, requested_at, kind, reason,
+        amount``); its order must have been observed."""
+        rid = _req_str(refund, "refund_id")
+        oid = _req_str(refund, "order_id")
+        t = _instant_ns(refund.get("requested_at"), "requested_at", True)
+        kind = _req_str(refund, "kind")
+        reason = _req_str(refund, "reason")
+        amount = _req_amount(refund, "amount")
+        with self._lock:
+            o = self._orders.get(oid)  # type: ignore[arg-type]
+            if o is None:
+                raise RequestError(f"The field 'order_id' of refund {rid!r} references the order "
+                                   f"{oid!r}, which was not observed.", field="order_id",
+                                   value=oid)
+            if rid in self._refunds:
+                raise RequestError(f"The field 'refund_id': the refund {rid!r} was already observed.",
+                                   field="refund_id", value=rid)
+            r = _Refund(buyer=o.buyer, store=o.store, order_id=oid, requested=t,  # type: ignore[arg-type]
+                        refund_only=kind == "refund_only", cents=int(np.rint(amount * 100.0)),
+                        not_received=reason == "not_received")
+            self._refunds[rid] = r  # type: ignore[index]
+            insort(self._buyer_refunds.setdefault(o.buyer, []), (t, rid))  # type: ignore[arg-type]
+            insort(self._store_refunds.setdefault(o.store, []), t)  # type: ignore[arg-type]
+            for kind_, key in (("device", o.device), ("address", o.address)):
+                if key is not None:
+                    insort(self._link_refunds.setdefault((kind_, key), []), t)  # type: ignore[arg-type]
+
+    def observe_resolution(self, refund_id: str, resolved_at: Any, outcome: str,
+                           is_abuse: bool | None = None) -> None:
+        """Record the resolution of an observed refund (its outcome and label)."""
+        res = _instant_ns(resolved_at, "resolved_at", True)
+        if outcome not in ("refunded", "rejected", "withdrawn"):
+            raise RequestError("The field 'outcome' must be one of ['refunded', 'rejected', "
+                               f"'withdrawn']; got {outcome!r}.", field="outcome", value=outcome)
+        with self._lock:
+            r = self._refunds.get(refund_id)
+            if r is None:
+                raise RequestError(f"The field 'refund_id': the refund {refund_id!r} was not observed.",
+                                   field="refund_id", value=refund_id)
+            r.resolved, r.rejected, r.abuse = res, outcome == "rejected", bool(is_abuse)
+
+    def observe_tables(self, tables: Mapping[str, pd.DataFrame]) -> None:
+        """Replay canonical tables (orders, then refunds, then resolutions)."""
+        o = tables["orders"]
+        for rec in o[[c for c in _ORDER_COLUMNS if c in o.columns]].to_dict("records"):
+            self.observe_order({k: (None if _isnull(v) else v) for k, v in rec.items()})
+        r = tables["refunds"]
+        for rec in r.to_dict("records"):
+            rec = {k: (None if _isnull(v) else v) for k, v in rec.items()}
+            self.observe_refund(rec)
+            if rec.get("resolved_at") is not None and rec.get("outcome") is not None:
+                self.observe_resolution(rec["refund_id"], rec["resolved_at"], rec["outcome"],
+                                        rec.get("is_abuse"))
+
+    # -- queries --------------------------------------------------------------------
+    def profiles(self, request: Mapping[str, Any]
+                 ) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
+        """Profiles of a request (``requested_at, buyer_id, store_id`` and optional
+        ``device_id, address_id``) as of its ``requested_at``."""
+        t = _instant_ns(request.get("requested_at"), "requested_at", True)
+        buyer = _req_str(request, "buyer_id")
+        store = _req_str(request, "store_id")
+        device = _req_str(request, "device_id", True)
+        address = _req_str(request, "address_id", True)
+        with self._lock:
+            return (self._buyer(buyer, t), self._store(store, t),  # type: ignore[arg-type]
+                    self._link(device, address, t))  # type: ignore[arg-type]
+
+    def _buyer(self, buyer: str, t: int) -> BuyerProfile:
+        orders = self._buyer_orders.get(buyer, [])
+        hi = bisect_left(orders, (t,))
+        kw: dict[str, Any] = {}
+        kw["first_order_at"] = pd.Timestamp(orders[0][0], tz="UTC") if hi else None
+        for w in ORDER_WINDOWS_DAYS:
+            lo = bisect_left(orders, (t - w * NS_PER_DAY,))
+            kw[f"n_orders_{w}d"] = hi - lo
+            kw[f"spend_{w}d"] = sum(x[2] for x in orders[lo:hi]) / 100.0
+        last = [x[1] for x in orders[max(0, hi - MEDIAN_LAST_ORDERS):hi]]
+        if last:
+            last.sort()
+            c = len(last)
+            kw["median_order_amount"] = (last[(c - 1) // 2] + last[c // 2]) / 2.0
+        refs = self._buyer_refunds.get(buyer, [])
+        rhi = bisect_left(refs, (t,))
+        before = [self._refunds[rid] for _, rid in refs[:rhi]]
+        for w in REFUND_WINDOWS_DAYS:
+            lo = bisect_left(refs, (t - w * NS_PER_DAY,))
+            win = before[lo:]
+            kw[f"n_refunds_{w}d"] = len(win)
+            kw[f"n_refund_only_{w}d"] = sum(r.refund_only for r in win)
+            if w == 365:
+                kw["refund_only_amount_365d"] = sum(r.cents for r in win if r.refund_only) / 100.0
+        kw["n_stores_refunded"] = len({r.store for r in before})
+        nr = 0
+        for r in before:
+            if r.not_received:
+                d = self._orders[r.order_id].delivered
+                nr += d is not None and d < r.requested
+        kw["n_not_received_on_delivered"] = nr
+        resolved = [self._refunds[rid] for _, rid in refs]
+        resolved = [r for r in resolved if r.resolved is not None and r.resolved < t]
+        kw["n_rejected"] = sum(r.rejected for r in resolved)
+        kw["n_abuse"] = sum(r.abuse for r in resolved)
+        return BuyerProfile(**kw)
+
+    def _store(self, store: str, t: int) -> StoreProfile:
+        tz = self._tz
+        day = (t - t % NS_PER_DAY if tz.upper() == "UTC"
+               else int(_day_ns(np.array([t], dtype=np.int64), tz)[0]))
+        row = self._scores.get((store, day))
+        orders = self._store_orders.get(store, [])
+        refunds = self._store_refunds.get(store, [])
+        n_o = bisect_left(orders, t) - bisect_left(orders, t - 30 * NS_PER_DAY)
+        hi = bisect_left(refunds, t)
+        n_r = hi - bisect_left(refunds, t - 30 * NS_PER_DAY)
+        n24 = hi - bisect_left(refunds, t - NS_PER_DAY)
+        kw: dict[str, Any] = dict(n_orders_30d=n_o, n_refunds_30d=n_r, n_refunds_24h=n24,
+                                  refund_rate_30d=n_r / n_o if n_o else None,
+                                  provisional=self._cfg.min_orders > 0)
+        if row is not None:
+            score, product, logistics, service, provisional, category = row
+            kw.update(score=score, product=product, logistics=logistics, service=service,
+                      provisional=provisional, category=category)
+        kw["score_missing"] = kw.get("score") is None
+        return StoreProfile(**kw)
+
+    def _first_bad(self, buyer: str) -> int:
+        best = _NEVER
+        for _, rid in self._buyer_refunds.get(buyer, []):
+            r = self._refunds[rid]
+            if r.resolved is not None and (r.rejected or r.abuse) and r.resolved < best:
+                best = r.resolved
+        return best
+
+    def _link(self, device: str | None, address: str | None, t: int) -> LinkProfile:
+        kw: dict[str, Any] = {}
+        for kind, key in (("device", device), ("address", address)):
+            if key is None:
+                continue
+            seen = self._link_seen.get((kind, key), {})
+            buyers = [b for b, first in seen.items() if first < t]
+            kw[f"{kind}_n_buyers"] = len(buyers)
+            kw[f"{kind}_n_bad_buyers"] = sum(self._first_bad(b) < t for b in buyers)
+            ref = self._link_refunds.get((kind, key), [])
+            kw[f"{kind}_n_refunds_24h"] = bisect_left(ref, t) - bisect_left(ref, t - NS_PER_DAY)
+        return LinkProfile(**kw)
+
+
+def _isnull(v: Any) -> bool:
+    return v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and math.isnan(v))

@@ -217,3 +217,13 @@ def test_batch_errors_name_the_column() -> None:
         build_features(good.drop(columns=["order_amount"]), prof)
     with pytest.raises(SchemaError, match="rows"):
         build_features(frame([request(), request()]), prof)
+
+
+def test_profiles_with_wrong_value_types_raise_request_error() -> None:
+    for bad in (BuyerProfile(n_orders_30d=None),  # type: ignore[arg-type]
+                BuyerProfile(median_order_amount="x")):  # type: ignore[arg-type]
+        with pytest.raises(RequestError) as exc:
+            build_features_one(request(), (bad, PROFILES[1], PROFILES[2]))
+        assert exc.value.field == "profiles"
+    with pytest.raises(RequestError, match="profiles"):
+        build_features_one(request(), (PROFILES[0], StoreProfile(score="high"), PROFILES[2]))  # type: ignore[arg-type]

@@ -13,7 +13,9 @@ import numpy as np
 import pandas as pd
 from hypothesis import given, settings, strategies as st
 
+from refundguard import scores
 from refundguard.features import (
+    FEATURE_NAMES,
     FEATURES,
     KINDS,
     REASONS,
@@ -25,6 +27,7 @@ from refundguard.profiles import (
     BuyerProfile,
     LinkProfile,
     Profiles,
+    ProfileStore,
     StoreProfile,
     profiles_as_of,
     request_record,
@@ -153,3 +156,26 @@ def test_parity_on_simulated_data() -> None:
                  "buyer_n_refunds_1d", "store_n_refunds_24h", "not_received_on_delivered"):
         assert np.nanmax(batch[name].to_numpy()) > 0, name
     assert batch["store_score"].notna().mean() > 0.5
+
+
+def test_profile_store_parity_on_simulated_data() -> None:
+    tables, req, prof = _simulated()
+    store = ProfileStore()
+    store.set_store_scores(_history_for(tables, req))
+    store.observe_tables(tables)
+    rows = range(0, len(req), 3)
+    for i in rows:
+        r = request_record(req, i)
+        assert store.profiles(r) == prof.profile(i), i
+        assert list(build_features_one(r, store.profiles(r))) == list(FEATURE_NAMES)
+
+
+def _history_for(tables, req):
+    """The daily score rows the batch used, as a history frame for the online store."""
+    res = scores.store_scores_for_requests(tables, req[["requested_at", "store_id"]])
+    hist = pd.DataFrame({"store_id": req["store_id"].to_numpy(),
+                         "as_of": res["score_day"].to_numpy(),
+                         **{c: res[c].to_numpy() for c in ("score", "product", "logistics",
+                                                           "service", "category",
+                                                           "provisional")}})
+    return hist.drop_duplicates(["store_id", "as_of"]).reset_index(drop=True)

@@ -11,12 +11,13 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from refundguard.config import ScoreConfig
-from refundguard.errors import DataError, SchemaError
+from refundguard.errors import ConfigError, DataError, RequestError, SchemaError
 from refundguard.profiles import (
     MEDIAN_LAST_ORDERS,
     BuyerProfile,
     LinkProfile,
     Profiles,
+    ProfileStore,
     StoreProfile,
     profiles_as_of,
     request_record,
@@ -336,6 +337,8 @@ def test_requests_window_is_half_open_and_sorted() -> None:
     assert len(a) + len(b) == len(allr) == len(tables["refunds"])
     assert (a["requested_at"] < mid).all() and (b["requested_at"] >= mid).all()
     assert allr["requested_at"].is_monotonic_increasing
+    with pytest.raises(ConfigError, match="'start'"):
+        requests_from_tables(tables, start="not a date")
     labelled = requests_from_tables(tables, with_labels=True)
     assert {"resolved_at", "outcome", "is_abuse"} <= set(labelled.columns)
 
@@ -349,6 +352,10 @@ def test_bad_inputs_raise_library_errors() -> None:
     bad["refunds"] = tables["refunds"].assign(order_id="nope")
     with pytest.raises(SchemaError, match="unknown order"):
         requests_from_tables(bad)
+    dup = dict(tables)
+    dup["orders"] = pd.concat([tables["orders"], tables["orders"].head(1)], ignore_index=True)
+    with pytest.raises(SchemaError, match="unique"):
+        profiles_as_of(dup, req, store_scores=fake_history(tables))
     hist = fake_history(tables)
     with pytest.raises(DataError, match="duplicated"):
         profiles_as_of(tables, req, store_scores=pd.concat([hist, hist]))
@@ -374,3 +381,76 @@ def test_large_counts_are_exact() -> None:
                        store_scores=fake_history(tables)).buyer_profile(0)
     assert b.n_orders_30d == n and b.spend_30d == 300.0
     assert not math.isnan(b.median_order_amount)
+
+
+# --------------------------------------------------------------------------- ProfileStore
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=20)
+def test_profile_store_equals_batch(seed: int) -> None:
+    tables = random_tables(seed)
+    hist = fake_history(tables, seed)
+    requests = requests_from_tables(tables)
+    batch = profiles_as_of(tables, requests, store_scores=hist)
+    rng = np.random.default_rng(seed)
+    shuffled = {"orders": tables["orders"].sample(frac=1.0, random_state=rng),
+                "refunds": tables["refunds"].sample(frac=1.0, random_state=rng)}
+    store = ProfileStore(store_scores=hist)
+    store.observe_tables(shuffled)               # events in any order
+    for i in range(len(requests)):
+        assert store.profiles(request_record(requests, i)) == batch.profile(i), i
+
+
+def test_profile_store_updates_and_errors() -> None:
+    store = ProfileStore()
+    t0 = BASE
+    store.observe_order({"order_id": "o1", "buyer_id": "b", "store_id": "s", "amount": 10.0,
+                         "paid_at": t0, "device_id": "d"})
+    store.observe_refund({"refund_id": "r1", "order_id": "o1", "requested_at": t0 + 10 * H,
+                          "kind": "refund_only", "reason": "not_received", "amount": 10.0})
+    q = {"requested_at": t0 + 20 * H, "buyer_id": "b", "store_id": "s", "device_id": "d"}
+    b, s, lk = store.profiles(q)
+    assert b.n_refunds_1d == 1 and b.n_not_received_on_delivered == 0
+    assert s.score_missing and s.provisional and lk.device_n_refunds_24h == 1
+    # delivery learned later, but it happened before the claim: the claim now counts
+    store.observe_order({"order_id": "o1", "delivered_at": t0 + 5 * H})
+    store.observe_resolution("r1", t0 + 15 * H, "rejected", is_abuse=True)
+    b, _, lk = store.profiles(q)
+    assert b.n_not_received_on_delivered == 1 and b.n_rejected == 1 and b.n_abuse == 1
+    assert lk.device_n_bad_buyers == 1
+    b_early, _, _ = store.profiles({**q, "requested_at": t0 + 15 * H})  # resolution not before t
+    assert b_early.n_rejected == 0
+    with pytest.raises(RequestError, match="order_id"):
+        store.observe_refund({"refund_id": "r2", "order_id": "nope", "requested_at": t0,
+                              "kind": "refund_only", "reason": "other", "amount": 1.0})
+    with pytest.raises(RequestError, match="already"):
+        store.observe_refund({"refund_id": "r1", "order_id": "o1", "requested_at": t0,
+                              "kind": "refund_only", "reason": "other", "amount": 1.0})
+    with pytest.raises(RequestError, match="outcome"):
+        store.observe_resolution("r1", t0, "maybe")
+    with pytest.raises(RequestError, match="paid_at"):
+        store.observe_order({"order_id": "o9", "buyer_id": "b", "store_id": "s",
+                             "amount": 1.0, "paid_at": pd.Timestamp("2024-06-01")})
+    with pytest.raises(RequestError, match="buyer_id"):
+        store.profiles({"requested_at": t0, "store_id": "s"})
+
+
+def test_real_store_score_history_is_read_at_the_request_day() -> None:
+    from refundguard import scores
+    from refundguard.simulate import simulate
+
+    tables = simulate(n_buyers=300, n_stores=12, days=50, seed=2)
+    req = requests_from_tables(tables)
+    t = req["requested_at"]
+    hist = scores.store_score_history(tables, t.min().floor("D").tz_localize(None),
+                                      t.max().floor("D").tz_localize(None))
+    computed = profiles_as_of(tables, req)                      # scores.py called inside
+    given_hist = profiles_as_of(tables, req, store_scores=hist)  # the precomputed history
+    pd.testing.assert_frame_equal(computed.store, given_hist.store)
+    assert computed.store["score"].notna().mean() > 0.5
+    # spot check: the row of floor(t), not of the next day
+    i = len(req) // 2
+    row = hist[(hist["store_id"] == req["store_id"][i]) & (hist["as_of"] == t[i].floor("D"))]
+    assert computed.store_profile(i).score == (None if row["score"].isna().all()
+                                               else float(row["score"].iloc[0]))
