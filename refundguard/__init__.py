@@ -27,7 +27,14 @@ from refundguard.errors import (
     UnseenCategoryWarning,
 )
 from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, evaluate_predictions
-from refundguard.features import FEATURE_NAMES, FEATURES, build_features, build_features_one
+from refundguard.features import (
+    CATEGORICAL_FEATURES,
+    FEATURE_NAMES,
+    FEATURES,
+    Feature,
+    build_features,
+    build_features_one,
+)
 from refundguard.guard import SCORED_COLUMNS, RefundGuard
 from refundguard.model import Calibrator, RefundAbuseClassifier, choose_calibrator
 from refundguard.pipeline import FeatureBatch, point_in_time_features
@@ -35,8 +42,10 @@ from refundguard.policy import ACTIONS, Decision, PolicyTimeline, decide_batch, 
 from refundguard.profiles import (
     BuyerProfile,
     LinkProfile,
+    ProfileStore,
     Profiles,
     StoreProfile,
+    request_record,
     profiles_as_of,
     requests_from_tables,
 )
@@ -81,9 +90,13 @@ __all__ = [
     "StoreProfile",
     "LinkProfile",
     "Profiles",
+    "ProfileStore",
     "profiles_as_of",
     "requests_from_tables",
+    "request_record",
+    "Feature",
     "FEATURES",
+    "CATEGORICAL_FEATURES",
     "FEATURE_NAMES",
     "build_features",
     "build_features_one",

@@ -40,6 +40,7 @@ from refundguard.profiles import (
     _instant_ns,
     _ts_ns,
 )
+from refundguard.tables import KINDS, REASONS
 
 __all__ = [
     "Feature",
@@ -54,10 +55,8 @@ __all__ = [
     "monotone_constraints",
 ]
 
-#: Contract levels of ``kind`` and ``reason`` (DESIGN.md section 2), in this order.
-KINDS: tuple[str, ...] = ("refund_only", "return_and_refund")
-REASONS: tuple[str, ...] = ("not_received", "quality", "not_as_described", "damaged",
-                            "wrong_item", "changed_mind", "other")
+# KINDS and REASONS: the contract's levels of ``kind`` and ``reason`` (DESIGN.md section 2),
+# in this order, re-exported from refundguard.tables.
 
 
 @dataclass(frozen=True, slots=True)
