@@ -24,7 +24,13 @@ from refundguard.config import ScoreConfig
 from refundguard.errors import DataError, ModelError, RequestError
 from refundguard.evaluation import Evaluation, evaluate_predictions
 from refundguard.features import FEATURE_NAMES, build_features_one
-from refundguard.model import Calibrator, FeatureEncoder, RefundAbuseClassifier, reasons_from_contributions
+from refundguard.model import (
+    Calibrator,
+    FeatureEncoder,
+    PathExplainer,
+    RefundAbuseClassifier,
+    reasons_from_contributions,
+)
 from refundguard.pipeline import canonical_tables, point_in_time_features
 from refundguard.policy import DECISION_COLUMNS, Decision, PolicyTimeline, decide_batch, decide_one
 
@@ -55,6 +61,7 @@ class _State:
     loaded: LoadedModel
     classifier: RefundAbuseClassifier
     encoder: FeatureEncoder
+    explainer: PathExplainer
     calibrator: Calibrator | None
     policy: PolicyTimeline
     score_config: ScoreConfig
@@ -81,6 +88,7 @@ def _state(loaded: LoadedModel, policy: PolicyTimeline | None) -> _State:
         loaded=loaded,
         classifier=loaded.classifier(),
         encoder=loaded.encoder(),
+        explainer=PathExplainer(loaded.booster),
         calibrator=loaded.calibrator(),
         policy=timeline,
         score_config=cfg,
@@ -231,7 +239,7 @@ class RefundGuard:
 
         def reasons() -> list[dict[str, Any]]:
             encoded = row[0] if row else st.encoder.encode_row(features)
-            contrib = st.loaded.booster.predict(encoded.reshape(1, -1), pred_contrib=True, num_threads=1)[0][:-1]
+            contrib = st.explainer.contributions_one(encoded)
             return reasons_from_contributions(st.encoder, encoded, contrib, k=_REASONS)
 
         store = profiles[1]
@@ -366,7 +374,7 @@ class RefundGuard:
             if not mask.any():
                 return []
             encoded, _ = st.encoder.transform(X.loc[mask])
-            contrib = st.loaded.booster.predict(encoded, pred_contrib=True)[:, :-1]
+            contrib = st.explainer.contributions(encoded)
             return [reasons_from_contributions(st.encoder, encoded[i], contrib[i], k=_REASONS)
                     for i in range(len(encoded))]
 

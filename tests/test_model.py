@@ -12,7 +12,13 @@ from hypothesis import given, settings, strategies as st
 from sklearn.utils.estimator_checks import estimator_checks_generator
 
 from refundguard.errors import ConfigError, DataError, NotFittedError, RequestError, SchemaError, UnseenCategoryWarning
-from refundguard.model import Calibrator, FeatureEncoder, RefundAbuseClassifier, choose_calibrator
+from refundguard.model import (
+    Calibrator,
+    FeatureEncoder,
+    RefundAbuseClassifier,
+    choose_calibrator,
+    reasons_from_contributions,
+)
 
 REASONS = ["not_received", "quality", "damaged", "other"]
 
@@ -447,3 +453,22 @@ def test_fast_row_predictor_falls_back(fitted, data, monkeypatch):
     slow = fitted.fast_row_predictor()
     assert not slow.fast
     assert slow.predict(rows[3]) == fitted.predict_proba_row(rows[3])
+
+
+def test_path_explainer_sums_to_raw_score_and_one_equals_batch(fitted, data):
+    from refundguard.model import PathExplainer
+
+    X, _ = data
+    explainer = PathExplainer(fitted.booster_)
+    encoded, _ = fitted.encoder_.transform(X.head(300))
+    contrib = explainer.contributions(encoded)
+    raw = fitted.booster_.predict(encoded, raw_score=True)
+    np.testing.assert_allclose(contrib.sum(axis=1) + explainer.bias, raw, rtol=0, atol=1e-9)
+    for i in range(0, 300, 37):
+        np.testing.assert_array_equal(explainer.contributions_one(encoded[i]), contrib[i])
+    # a feature that never splits gets nothing; the top reason is the largest positive contribution
+    used = set(np.flatnonzero(fitted.booster_.feature_importance() > 0))
+    assert set(np.flatnonzero(np.abs(contrib).sum(axis=0) > 0)) <= used
+    reasons = reasons_from_contributions(fitted.encoder_, encoded[0], contrib[0], k=3)
+    assert [r["contribution"] for r in reasons] == sorted((r["contribution"] for r in reasons), reverse=True)
+    assert all(r["contribution"] > 0 for r in reasons)
