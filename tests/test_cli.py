@@ -111,3 +111,67 @@ def test_tables_written_by_other_tools_validate(tmp_path):
     assert main(["validate", "--data", str(d)]) == 0
     clean, _ = validate(load_tables(d))
     assert clean["orders"].loc[0, "paid_at"] == pd.Timestamp("2024-07-01T02:00:00Z")
+
+
+# --------------------------------------------------------------------------- train / evaluate / score / demo
+@pytest.fixture(scope="module")
+def alt_folder(tmp_path_factory):
+    """Tables the simulator did not make, written as Parquet."""
+    from tests.alt_marketplace import make_marketplace
+
+    return _write(make_marketplace(), tmp_path_factory.mktemp("alt") / "data")
+
+
+def test_train_evaluate_score_end_to_end_on_foreign_tables(alt_folder, tmp_path, capsys):
+    model = tmp_path / "model"
+    champion = tmp_path / "champion"
+    args = ["train", "--data", str(alt_folder), "--train-end", "2024-09-01", "--valid-end", "2024-10-01",
+            "--test-end", "2024-11-17", "--out", str(model), "--champion", str(champion)]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "test  PR-AUC" in out and "promoted" in out and (champion / "MANIFEST").exists()
+    assert main(args) == 0  # the same model again does not beat itself
+    assert "champion kept" in capsys.readouterr().out
+
+    assert main(["evaluate", "--data", str(alt_folder), "--model", str(model), "--from", "2024-10-01",
+                 "--to", "2024-11-17", "--out", str(tmp_path / "m.json")]) == 0
+    out = capsys.readouterr().out
+    assert "pr_auc" in out and "by store-score band" in out and (tmp_path / "m.json").exists()
+
+    for suffix in ("parquet", "csv"):
+        target = tmp_path / f"scored.{suffix}"
+        assert main(["score", "--data", str(alt_folder), "--model", str(model), "--out", str(target),
+                     "--always-score", "--from", "2024-06-01"]) == 0
+        scored = pd.read_parquet(target) if suffix == "parquet" else pd.read_csv(target)
+        from refundguard.guard import SCORED_COLUMNS
+
+        assert list(scored.columns) == list(SCORED_COLUMNS)
+        assert scored["abuse_probability"].notna().all()
+        before = pd.to_datetime(scored["requested_at"], utc=True) < pd.Timestamp("2024-08-09", tz="UTC")
+        assert before.any() and not (scored.loc[before, "action"] == "merchant_handles").any()
+    assert "refunds decided" in capsys.readouterr().out
+
+
+def test_train_and_score_argument_errors(alt_folder, tmp_path, capsys):
+    assert main(["train", "--data", str(alt_folder), "--train-end", "2024-09-01", "--valid-end", "2024-10-01",
+                 "--out", str(tmp_path / "m"), "--champion", str(tmp_path / "c")]) == 2
+    assert "--champion needs --test-end" in capsys.readouterr().err
+    assert main(["train", "--data", str(alt_folder), "--train-end", "2024-05-02", "--valid-end", "2024-05-03",
+                 "--out", str(tmp_path / "m")]) == 1
+    assert "slice has" in capsys.readouterr().err
+    assert main(["score", "--data", str(alt_folder), "--model", str(alt_folder), "--out", str(tmp_path / "x.parquet")]) == 1
+    assert "MANIFEST" in capsys.readouterr().err
+    assert main(["score", "--data", str(alt_folder), "--model", str(alt_folder), "--out", str(tmp_path / "x.json")]) == 2
+    with pytest.raises(SystemExit) as info:
+        main(["train", "--data", str(alt_folder), "--train-end", "someday", "--valid-end", "2024-10-01",
+              "--out", str(tmp_path / "m")])
+    assert info.value.code == 2
+
+
+def test_demo_runs_end_to_end(tmp_path, capsys):
+    assert main(["--quiet", "demo", "--out", str(tmp_path / "demo"), "--buyers", "1500", "--stores", "60",
+                 "--days", "100"]) == 0
+    out = capsys.readouterr().out
+    for step in ("1. simulated", "2. validated", "3. store experience scores", "4. decided", "5. against", "6. online"):
+        assert step in out
+    assert (tmp_path / "demo" / "scored.csv").exists()
