@@ -98,8 +98,8 @@ def point_in_time_features(
     -------
     FeatureBatch
     """
-    requests = requests_from_tables(dict(tables), start, end, with_labels=with_labels)
-    requests = requests.sort_values(["requested_at", "refund_id"], kind="mergesort").reset_index(drop=True)
+    # requests_from_tables returns them sorted by (requested_at, refund_id)
+    requests = requests_from_tables(dict(tables), start, end, with_labels=with_labels).reset_index(drop=True)
     profiles = profiles_as_of(dict(tables), requests, score_config=score_config, store_scores=store_scores)
     X = build_features(requests, profiles, category_levels=category_levels)
     return FeatureBatch(requests=requests, profiles=profiles, X=X.reset_index(drop=True))
