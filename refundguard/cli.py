@@ -255,6 +255,9 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--gap-days", type=int, default=14, help="label maturity gap before --train-end (default 14)")
     p.add_argument("--out", required=True, type=Path, help="model folder to write (replaced atomically)")
     p.add_argument("--champion", type=Path, help="champion model folder, replaced only by a better model")
+    p.add_argument("--gated-labels", choices=("all", "audit"), default="all",
+                   help="'audit': requests behind the store gate are labelled only through the audit sample; "
+                        "use those, weighted 1/audit_rate (default 'all': every labelled request)")
     p.set_defaults(func=_run_train)
 
 
@@ -267,7 +270,7 @@ def _run_train(args: argparse.Namespace) -> int:
     command = "refundguard " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("refundguard") else None
     model = train(
         tables, args.train_end, args.valid_end, args.test_end, gap_days=args.gap_days,
-        validate_tables=False, command=command,
+        gated_labels=args.gated_labels, validate_tables=False, command=command,
     )
     saved = model.save(args.out)
     w = model.meta["windows"]["rows"]

@@ -37,7 +37,7 @@ from refundguard.artifacts import (
     score_histogram,
 )
 from refundguard.config import ScoreConfig
-from refundguard.errors import DataError, ModelError
+from refundguard.errors import ConfigError, DataError, ModelError
 from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, evaluate_predictions, validation_curve
 from refundguard.features import CATEGORICAL_FEATURES, FEATURES
 from refundguard.model import Calibrator, RefundAbuseClassifier, choose_calibrator
@@ -225,16 +225,31 @@ def _evaluate(batch: FeatureBatch, mask: np.ndarray, p: np.ndarray, intercept: f
     )
 
 
-def _gated_share(batch: FeatureBatch, mask: np.ndarray, policy: PolicyTimeline) -> float:
-    if not mask.any():
-        return float("nan")
-    req = batch.requests.loc[mask, ["refund_id", "requested_at", "kind", "buyer_id"]].reset_index(drop=True)
-    store = batch.profiles.store.loc[mask].reset_index(drop=True)
+def _gates(batch: FeatureBatch, policy: PolicyTimeline) -> pd.DataFrame:
+    """The policy's gate step for every request: ``gated`` and ``audit`` per row."""
+    req = batch.requests[["refund_id", "requested_at", "kind", "buyer_id"]].reset_index(drop=True)
+    store = batch.profiles.store
     req["store_score"] = store["score"].to_numpy(dtype=np.float64)
     req["provisional"] = store["provisional"].to_numpy(dtype=bool)
     req["store_score_missing"] = store["score_missing"].to_numpy(dtype=bool)
-    gates = gate_batch(req, policy)
-    return float(gates["gated"].mean())
+    return gate_batch(req, policy)
+
+
+def _label_weights(gates: pd.DataFrame, mode: str, audit_rate: float) -> tuple[np.ndarray, np.ndarray]:
+    """Which labelled rows may be used, and their training weights, under ``gated_labels=mode``.
+
+    ``"all"``: every labelled row, weight 1. ``"audit"``: the platform labels gated requests
+    only through the audit sample, so a gated row counts only when it was audited, with
+    weight ``1 / audit_rate`` (it stands for the gated requests that were not audited).
+    """
+    n = len(gates)
+    if mode == "all":
+        return np.ones(n, dtype=bool), np.ones(n)
+    gated = gates["gated"].to_numpy(dtype=bool)
+    audit = gates["audit"].to_numpy(dtype=bool)
+    usable = ~gated | audit
+    weight = np.where(gated & audit, 1.0 / audit_rate, 1.0)
+    return usable, weight
 
 
 def _model_card(meta: Mapping[str, Any], command: str | None) -> str:
@@ -295,6 +310,7 @@ def train(
     intercept_precision: float = 0.90,
     review_precision: float = 0.50,
     policy: PolicyTimeline | None = None,
+    gated_labels: str = "all",
     validate_tables: bool = True,
     trained_at: Any = None,
     command: str | None = None,
@@ -317,7 +333,14 @@ def train(
     intercept_precision, review_precision
         Validation precision targets of the intercept and review thresholds.
     policy
-        Policy timeline used to measure the gated share (default timeline).
+        Policy timeline: the gated share, and the gate and audit sample behind
+        ``gated_labels`` (default timeline).
+    gated_labels
+        ``"all"`` (default): train on every labelled row. ``"audit"``: the labels of
+        requests behind the store gate come only from the audit sample (the platform
+        does not adjudicate the rest), so gated rows are used only when audited, with
+        weight ``1 / audit_rate``; validation and test keep the audited gated rows
+        (unweighted) and drop the others.
     validate_tables
         Validate the input tables first.
     trained_at
@@ -342,6 +365,19 @@ def train(
     batch = point_in_time_features(clean, None, last, score_config=cfg, with_labels=True)
     sl = training_slices(batch.requests, train_end, valid_end, test_end, gap_days=gap_days)
     y_all = batch.requests["is_abuse"].fillna(False).astype(bool).to_numpy()
+    if gated_labels not in ("all", "audit"):
+        raise ConfigError.invalid("train", "gated_labels", "'all' or 'audit'", gated_labels)
+    timeline = policy if policy is not None else PolicyTimeline.default()
+    gates = _gates(batch, timeline)
+    audit_rate = timeline.versions[-1].audit_rate
+    if gated_labels == "audit" and not audit_rate > 0:
+        raise ConfigError.invalid("train", "gated_labels", "'all' when the policy's audit_rate is 0", gated_labels)
+    usable, weight = _label_weights(gates, gated_labels, audit_rate)
+    masks = {"train": sl.train & usable, "early_stopping": sl.early & usable, "valid": sl.valid & usable,
+             "test": None if sl.test is None else sl.test & usable}
+    rows = {k: None if m is None else int(m.sum()) for k, m in masks.items()}
+    sl = _Slices(train=masks["train"], early=masks["early_stopping"], valid=masks["valid"], test=masks["test"],
+                 windows={**sl.windows, "rows": rows, "gated_labels": gated_labels})
 
     _check_slice("train", y_all[sl.train], _MIN_TRAIN_ROWS, _MIN_TRAIN_POSITIVES)
     _check_slice("valid", y_all[sl.valid], 20, 2)
@@ -356,7 +392,7 @@ def train(
     elif p_kw.get("early_stopping_rounds"):
         warnings.warn("The early-stopping slice has a single class; training without early stopping.", stacklevel=2)
         clf.set_params(early_stopping_rounds=None)
-    clf.fit(batch.X.loc[sl.train], y_all[sl.train], eval_set=eval_set)
+    clf.fit(batch.X.loc[sl.train], y_all[sl.train], sample_weight=weight[sl.train], eval_set=eval_set)
 
     raw_valid = clf.predict_proba(batch.X.loc[sl.valid])[:, 1]
     calibrator, cal_report = choose_calibrator(raw_valid, y_all[sl.valid])
@@ -366,7 +402,6 @@ def train(
     if sl.test is not None and sl.test.any():
         p_test = calibrator.transform(clf.predict_proba(batch.X.loc[sl.test])[:, 1])
         evaluations["test"] = _evaluate(batch, sl.test, p_test, thresholds.intercept)
-    timeline = policy if policy is not None else PolicyTimeline.default()
     when = trained_at if trained_at is not None else datetime.now(timezone.utc).date()
     meta = build_meta(
         clf,
@@ -378,7 +413,7 @@ def train(
             "feature_bins": feature_bins(batch.X.loc[sl.train], categories=clf.categories_),
             "score_histogram": score_histogram(p_valid),
         },
-        gated_share=_gated_share(batch, sl.train | sl.early | sl.valid, timeline),
+        gated_share=float(gates.loc[sl.train | sl.early | sl.valid, "gated"].mean()),
         windows=sl.windows,
         score_config=cfg.to_dict(),
         metrics={k: v.to_dict() for k, v in evaluations.items()},

@@ -145,3 +145,31 @@ def test_champion_replaced_only_by_a_better_model(alt_model, alt_tables, tmp_pat
 def test_too_little_data_is_a_clear_error(alt_tables):
     with pytest.raises(DataError, match="slice has .* labelled rows"):
         rg.train(alt_tables, "2024-05-03", "2024-05-04", validate_tables=False)
+
+
+def test_gated_labels_audit_uses_only_audited_gated_rows_weighted():
+    """Behind the gate only the audit sample is labelled: those rows count 1 / audit_rate."""
+    clean, _ = rg.validate(rg.simulate(n_buyers=6_000, n_stores=150, days=150, seed=4))
+    timeline = rg.PolicyTimeline.default(audit_rate=0.2)
+    kw = dict(validate_tables=False, policy=timeline, trained_at="2024-10-29")
+    full = rg.train(clean, "2024-09-01", "2024-10-01", "2024-10-29", **kw)
+    audit = rg.train(clean, "2024-09-01", "2024-10-01", "2024-10-29", gated_labels="audit", **kw)
+    assert 0 < full.meta["gated_share"] < 1
+    assert audit.meta["windows"]["gated_labels"] == "audit"
+    rows, all_rows = audit.meta["windows"]["rows"], full.meta["windows"]["rows"]
+    assert rows["train"] <= all_rows["train"]  # the gate starts on 2024-08-09, a week before the train cut
+    assert rows["valid"] < all_rows["valid"] and rows["test"] < all_rows["test"]
+    assert audit.metrics["test"]["pr_auc"] > 0.7
+    with pytest.raises(rg.ConfigError, match="gated_labels"):
+        rg.train(clean, "2024-09-01", "2024-10-01", gated_labels="some", **kw)
+
+
+def test_label_weights_rule():
+    from refundguard.training import _label_weights
+
+    gates = pd.DataFrame({"gated": [False, True, True, False], "audit": [False, True, False, False]})
+    usable, weight = _label_weights(gates, "audit", 0.01)
+    assert usable.tolist() == [True, True, False, True]
+    assert weight.tolist() == [1.0, 100.0, 1.0, 1.0]
+    usable, weight = _label_weights(gates, "all", 0.01)
+    assert usable.all() and (weight == 1).all()
