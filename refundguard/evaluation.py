@@ -235,7 +235,6 @@ def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
     if not ya.size:
         return math.nan
     b = np.minimum((pa * n_bins).astype(np.int64), n_bins - 1)
-    n_b = np.bincount(b, minlength=n_bins)
     sum_y = np.bincount(b, weights=ya, minlength=n_bins)
     sum_p = np.bincount(b, weights=pa, minlength=n_bins)
     return float(np.abs(sum_y - sum_p).sum() / ya.size)

@@ -6,7 +6,6 @@ import warnings
 from pathlib import Path
 
 import lightgbm as lgb
-import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
