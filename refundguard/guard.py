@@ -256,15 +256,13 @@ class RefundGuard:
             explain=reasons,
             explain_all=explain,
             always_score=always_score,
-            model_version=self.model_version,
+            model_version=st.loaded.model_version,
         )
 
     # ------------------------------------------------------------------ batch
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
         """Calibrated abuse probabilities of a feature matrix (batch)."""
-        st = self._state
-        raw = st.classifier.predict_proba(X)[:, 1]
-        return raw if st.calibrator is None else st.calibrator.transform(raw)
+        return _proba(self._state, X)
 
     def score_history(
         self,
@@ -301,7 +299,7 @@ class RefundGuard:
         batch = point_in_time_features(
             clean, start, end, score_config=st.score_config, category_levels=st.category_levels
         )
-        return self._decide(batch, always_score=always_score, explain=explain)
+        return self._decide(st, batch, always_score=always_score, explain=explain)
 
     def evaluate(
         self,
@@ -337,18 +335,17 @@ class RefundGuard:
                 detail={"start": str(start), "end": str(end), "requests": int(len(batch))},
             )
         req = batch.requests.loc[labelled]
-        th = self.meta.get("thresholds") or {}
+        th = st.loaded.meta.get("thresholds") or {}
         return evaluate_predictions(
             req["is_abuse"].astype(bool).to_numpy(),
-            self.predict_proba(batch.X.loc[labelled]),
+            _proba(st, batch.X.loc[labelled]),
             req["amount"].to_numpy(dtype=np.float64),
             category=req["category"].astype(object).to_numpy(),
             store_score=batch.profiles.store["score"].to_numpy(dtype=np.float64)[labelled],
             intercept_threshold=th.get("intercept"),
         )
 
-    def _decide(self, batch: Any, *, always_score: bool, explain: bool) -> pd.DataFrame:
-        st = self._state
+    def _decide(self, st: _State, batch: Any, *, always_score: bool, explain: bool) -> pd.DataFrame:
         req = batch.requests
         store = batch.profiles.store
         frame = pd.DataFrame(
@@ -368,7 +365,7 @@ class RefundGuard:
         def probability(mask: np.ndarray) -> np.ndarray:
             if not mask.any():
                 return np.empty(0)
-            return self.predict_proba(X.loc[mask])
+            return _proba(st, X.loc[mask])
 
         def reasons(mask: np.ndarray) -> list[list[dict[str, Any]]]:
             if not mask.any():
@@ -385,7 +382,7 @@ class RefundGuard:
             explain=reasons,
             explain_all=explain,
             always_score=always_score,
-            model_version=self.model_version,
+            model_version=st.loaded.model_version,
         )
         out = pd.DataFrame(
             {
@@ -402,6 +399,12 @@ class RefundGuard:
             out[col] = decided[col].to_numpy()
         out["reasons"] = out["reasons"].map(_reasons_struct)
         return out.loc[:, list(SCORED_COLUMNS)]
+
+
+def _proba(st: _State, X: pd.DataFrame) -> np.ndarray:
+    """Calibrated abuse probabilities of a feature matrix with one serving state."""
+    raw = st.classifier.predict_proba(X)[:, 1]
+    return raw if st.calibrator is None else st.calibrator.transform(raw)
 
 
 def _reasons_struct(items: Any) -> list[dict[str, Any]]:
