@@ -53,6 +53,7 @@ __all__ = [
     "Promotion",
     "promote_if_better",
     "training_slices",
+    "TrainingSlices",
     "evaluate",
 ]
 
@@ -84,7 +85,9 @@ def _ts(value: Any, name: str) -> pd.Timestamp:
 
 
 @dataclass(frozen=True)
-class _Slices:
+class TrainingSlices:
+    """Boolean row masks of the training slices and their ``meta.json`` record."""
+
     train: np.ndarray
     early: np.ndarray
     valid: np.ndarray
@@ -99,7 +102,7 @@ def training_slices(
     test_end: Any = None,
     *,
     gap_days: int = DEFAULT_GAP_DAYS,
-) -> _Slices:
+) -> TrainingSlices:
     """Boolean masks of the train, early-stopping, valid and test slices.
 
     Parameters
@@ -113,7 +116,7 @@ def training_slices(
 
     Returns
     -------
-    _Slices
+    TrainingSlices
         ``train`` (fit rows, early-stopping rows excluded), ``early``, ``valid``,
         ``test`` (or None) and the ``windows`` record for ``meta.json``.
     """
@@ -155,7 +158,7 @@ def training_slices(
             "test": None if test is None else int(test.sum()),
         },
     }
-    return _Slices(train=train, early=early, valid=valid, test=test, windows=windows)
+    return TrainingSlices(train=train, early=early, valid=valid, test=test, windows=windows)
 
 
 @dataclass
@@ -376,7 +379,7 @@ def train(
     masks = {"train": sl.train & usable, "early_stopping": sl.early & usable, "valid": sl.valid & usable,
              "test": None if sl.test is None else sl.test & usable}
     rows = {k: None if m is None else int(m.sum()) for k, m in masks.items()}
-    sl = _Slices(train=masks["train"], early=masks["early_stopping"], valid=masks["valid"], test=masks["test"],
+    sl = TrainingSlices(train=masks["train"], early=masks["early_stopping"], valid=masks["valid"], test=masks["test"],
                  windows={**sl.windows, "rows": rows, "gated_labels": gated_labels})
 
     _check_slice("train", y_all[sl.train], _MIN_TRAIN_ROWS, _MIN_TRAIN_POSITIVES)
