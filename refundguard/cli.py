@@ -270,7 +270,7 @@ def _run_train(args: argparse.Namespace) -> int:
     command = "refundguard " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("refundguard") else None
     model = train(
         tables, args.train_end, args.valid_end, args.test_end, gap_days=args.gap_days,
-        gated_labels=args.gated_labels, validate_tables=False, command=command,
+        gated_labels=args.gated_labels, validate_tables=False, command=command, progress=_progress(args),
     )
     saved = model.save(args.out)
     w = model.meta["windows"]["rows"]
@@ -357,7 +357,7 @@ def _run_score(args: argparse.Namespace) -> int:
     tables = _load_clean(args.data)
     guard = RefundGuard.load(args.model)
     scored = guard.score_history(tables, args.start, args.end, always_score=args.always_score,
-                                 validate_tables=False)
+                                 validate_tables=False, progress=_progress(args))
     if args.out.suffix == ".csv":
         scored = scored.assign(reasons=scored["reasons"].map(lambda r: json_dumps(r)))
     write_table(scored, args.out)

@@ -273,6 +273,7 @@ class RefundGuard:
         always_score: bool = False,
         explain: bool = False,
         validate_tables: bool = True,
+        progress: bool = False,
     ) -> pd.DataFrame:
         """Decide every refund requested in ``[start, end)``, point in time.
 
@@ -288,6 +289,8 @@ class RefundGuard:
             Reasons for every scored row, not only review/intercept.
         validate_tables
             Validate the input first.
+        progress
+            Show a progress bar while the features are built.
 
         Returns
         -------
@@ -297,7 +300,7 @@ class RefundGuard:
         st = self._state
         clean = canonical_tables(tables, validate_tables)
         batch = point_in_time_features(
-            clean, start, end, score_config=st.score_config, category_levels=st.category_levels
+            clean, start, end, score_config=st.score_config, category_levels=st.category_levels, progress=progress
         )
         return self._decide(st, batch, always_score=always_score, explain=explain)
 

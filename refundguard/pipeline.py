@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from tqdm.auto import tqdm
 
 from refundguard.config import ScoreConfig
 from refundguard.features import build_features
@@ -71,6 +72,7 @@ def point_in_time_features(
     category_levels: Sequence[str] | None = None,
     with_labels: bool = False,
     store_scores: pd.DataFrame | None = None,
+    progress: bool = False,
 ) -> FeatureBatch:
     """Build the features of every refund requested in ``[start, end)``.
 
@@ -93,13 +95,22 @@ def point_in_time_features(
         (training and evaluation; features never read them).
     store_scores
         A precomputed daily store score history, if there is one.
+    progress
+        Show a progress bar over the three steps (requests, profiles, features).
 
     Returns
     -------
     FeatureBatch
     """
-    # requests_from_tables returns them sorted by (requested_at, refund_id)
-    requests = requests_from_tables(dict(tables), start, end, with_labels=with_labels).reset_index(drop=True)
-    profiles = profiles_as_of(dict(tables), requests, score_config=score_config, store_scores=store_scores)
-    X = build_features(requests, profiles, category_levels=category_levels)
+    with tqdm(total=3, desc="point-in-time features", unit="step", disable=not progress, leave=False) as bar:
+        # requests_from_tables returns them sorted by (requested_at, refund_id)
+        bar.set_postfix_str("requests")
+        requests = requests_from_tables(dict(tables), start, end, with_labels=with_labels).reset_index(drop=True)
+        bar.update()
+        bar.set_postfix_str(f"profiles of {len(requests):,} requests")
+        profiles = profiles_as_of(dict(tables), requests, score_config=score_config, store_scores=store_scores)
+        bar.update()
+        bar.set_postfix_str("features")
+        X = build_features(requests, profiles, category_levels=category_levels)
+        bar.update()
     return FeatureBatch(requests=requests, profiles=profiles, X=X.reset_index(drop=True))

@@ -317,6 +317,7 @@ def train(
     validate_tables: bool = True,
     trained_at: Any = None,
     command: str | None = None,
+    progress: bool = False,
 ) -> TrainedModel:
     """Train, calibrate and set the thresholds of an abuse model on a time split.
 
@@ -350,6 +351,8 @@ def train(
         Training date recorded in the artifact (default: today, UTC).
     command
         The command line that produced the model, for the model card.
+    progress
+        Show a progress bar while the features are built.
 
     Returns
     -------
@@ -365,7 +368,7 @@ def train(
     cfg = score_config if score_config is not None else ScoreConfig()
     clean = canonical_tables(tables, validate_tables)
     last = _ts(test_end if test_end is not None else valid_end, "valid_end/test_end")
-    batch = point_in_time_features(clean, None, last, score_config=cfg, with_labels=True)
+    batch = point_in_time_features(clean, None, last, score_config=cfg, with_labels=True, progress=progress)
     sl = training_slices(batch.requests, train_end, valid_end, test_end, gap_days=gap_days)
     y_all = batch.requests["is_abuse"].fillna(False).astype(bool).to_numpy()
     if gated_labels not in ("all", "audit"):
