@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
@@ -14,18 +13,12 @@ from refundguard.datasets import load_olist
 from refundguard.errors import RejectedRowsWarning, SchemaError
 from refundguard.scores import store_scores
 from refundguard.tables import validate
-
-
-OLIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "olist"
+from tests.conftest import require_shared_data
 
 
 def require_olist() -> Path:
     """The real Olist folder; skip when absent, but fail under CI=true."""
-    if not OLIST.is_dir():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"{OLIST} is missing: CI must have ../shared/data beside the clone")
-        pytest.skip(f"{OLIST} is absent (real data lives in ../shared/data)")
-    return OLIST
+    return require_shared_data("olist")
 
 
 @pytest.fixture(scope="module")
