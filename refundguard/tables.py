@@ -481,10 +481,11 @@ def _coerce_bool(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return pd.Series(out, index=s.index, dtype="boolean"), bad
 
 
-def _coerce_enum(s: pd.Series, levels: tuple[str, ...]) -> tuple[pd.Series, np.ndarray]:
+def _coerce_enum(s: pd.Series, levels: tuple[str, ...]) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+    """Text coerced like an id; returns the values, the type rejects and the unknown levels."""
     out, bad = _coerce_id(s)
     unknown = out.notna().to_numpy() & ~out.isin(levels).to_numpy()
-    return out.where(~unknown), bad | unknown
+    return out.where(~unknown), bad, unknown
 
 
 def _coerce_column(t: _Table, spec: ColumnSpec) -> None:
@@ -513,11 +514,10 @@ def _coerce_column(t: _Table, spec: ColumnSpec) -> None:
     elif spec.kind in ("bool", "nullable_bool"):
         out, bad = _coerce_bool(raw)
     else:
-        out, bad = _coerce_enum(raw, spec.levels)
+        out, bad, unknown = _coerce_enum(raw, spec.levels)
     if spec.kind == "enum":
-        unknown = bad & ~_coerce_id(raw)[1]
         t.reject(unknown, spec.name, "enum", f"{spec.name} must be one of {list(spec.levels)}", raw)
-        t.reject(bad & ~unknown, spec.name, "type", f"{spec.name} must be a string", raw)
+        t.reject(bad, spec.name, "type", f"{spec.name} must be a string", raw)
     else:
         t.reject(bad, spec.name, "type", f"{spec.name} cannot be read as {_KIND_TEXT[spec.kind]}", raw)
     if spec.required:
