@@ -22,7 +22,7 @@ import pandas as pd
 from refundguard.artifacts import LoadedModel, load_model
 from refundguard.config import ScoreConfig
 from refundguard.errors import DataError, ModelError, RequestError
-from refundguard.evaluation import Evaluation, evaluate_predictions
+from refundguard.evaluation import Evaluation
 from refundguard.features import FEATURE_NAMES, build_features_one
 from refundguard.model import (
     Calibrator,
@@ -337,32 +337,12 @@ class RefundGuard:
                 f"No labelled refund requested in [{start}, {end}): nothing to evaluate.",
                 detail={"start": str(start), "end": str(end), "requests": int(len(batch))},
             )
-        req = batch.requests.loc[labelled]
         th = st.loaded.meta.get("thresholds") or {}
-        return evaluate_predictions(
-            req["is_abuse"].astype(bool).to_numpy(),
-            _proba(st, batch.X.loc[labelled]),
-            req["amount"].to_numpy(dtype=np.float64),
-            category=req["category"].astype(object).to_numpy(),
-            store_score=batch.profiles.store["score"].to_numpy(dtype=np.float64)[labelled],
-            intercept_threshold=th.get("intercept"),
-        )
+        return batch.evaluate(labelled, _proba(st, batch.X.loc[labelled]), th.get("intercept"))
 
     def _decide(self, st: _State, batch: Any, *, always_score: bool, explain: bool) -> pd.DataFrame:
         req = batch.requests
-        store = batch.profiles.store
-        frame = pd.DataFrame(
-            {
-                "refund_id": req["refund_id"].to_numpy(),
-                "requested_at": req["requested_at"].to_numpy(),
-                "kind": req["kind"].to_numpy(),
-                "buyer_id": req["buyer_id"].to_numpy(),
-                "store_score": store["score"].to_numpy(dtype=np.float64),
-                "provisional": store["provisional"].to_numpy(dtype=bool),
-                "store_score_missing": store["score_missing"].to_numpy(dtype=bool),
-            }
-        )
-        frame["requested_at"] = req["requested_at"].reset_index(drop=True)
+        frame = batch.policy_requests()
         X = batch.X
 
         def probability(mask: np.ndarray) -> np.ndarray:

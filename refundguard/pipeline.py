@@ -11,10 +11,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
 from refundguard.config import ScoreConfig
+from refundguard.evaluation import Evaluation, evaluate_predictions
 from refundguard.features import build_features
 from refundguard.profiles import Profiles, profiles_as_of, requests_from_tables
 
@@ -42,6 +44,33 @@ class FeatureBatch:
 
     def __len__(self) -> int:
         return len(self.requests)
+
+    def policy_requests(self) -> pd.DataFrame:
+        """The columns the policy reads (``gate_batch`` / ``decide_batch``), one row per request."""
+        store = self.profiles.store
+        return pd.DataFrame(
+            {
+                "refund_id": self.requests["refund_id"].to_numpy(),
+                "requested_at": self.requests["requested_at"].reset_index(drop=True),
+                "kind": self.requests["kind"].to_numpy(),
+                "buyer_id": self.requests["buyer_id"].to_numpy(),
+                "store_score": store["score"].to_numpy(dtype=np.float64),
+                "provisional": store["provisional"].to_numpy(dtype=bool),
+                "store_score_missing": store["score_missing"].to_numpy(dtype=bool),
+            }
+        )
+
+    def evaluate(self, mask: np.ndarray, p: np.ndarray, intercept_threshold: float | None) -> Evaluation:
+        """Metrics of calibrated probabilities ``p`` for the (labelled) rows selected by ``mask``."""
+        req = self.requests.loc[mask]
+        return evaluate_predictions(
+            req["is_abuse"].astype(bool).to_numpy(),
+            p,
+            req["amount"].to_numpy(dtype=np.float64),
+            category=req["category"].astype(object).to_numpy(),
+            store_score=self.profiles.store["score"].to_numpy(dtype=np.float64)[mask],
+            intercept_threshold=intercept_threshold,
+        )
 
 
 def canonical_tables(tables: Mapping[str, pd.DataFrame], validate_tables: bool = True) -> dict[str, pd.DataFrame]:

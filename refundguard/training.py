@@ -32,15 +32,15 @@ from refundguard.artifacts import (
     build_meta,
     data_fingerprint,
     feature_bins,
-    load_model,
     save_model,
     score_histogram,
 )
 from refundguard.config import ScoreConfig
-from refundguard.errors import ConfigError, DataError, ModelError
-from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, evaluate_predictions, validation_curve
+from refundguard.errors import ConfigError, DataError
+from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, validation_curve
 from refundguard.features import CATEGORICAL_FEATURES, FEATURES
 from refundguard.model import Calibrator, RefundAbuseClassifier, choose_calibrator
+from refundguard.guard import RefundGuard
 from refundguard.pipeline import FeatureBatch, canonical_tables, point_in_time_features
 from refundguard.policy import PolicyTimeline, gate_batch
 
@@ -216,26 +216,9 @@ def _check_slice(name: str, y: np.ndarray, min_rows: int, min_pos: int) -> None:
         )
 
 
-def _evaluate(batch: FeatureBatch, mask: np.ndarray, p: np.ndarray, intercept: float | None) -> Evaluation:
-    req = batch.requests.loc[mask]
-    return evaluate_predictions(
-        req["is_abuse"].astype(bool).to_numpy(),
-        p,
-        req["amount"].to_numpy(dtype=np.float64),
-        category=req["category"].astype(object).to_numpy(),
-        store_score=batch.profiles.store["score"].to_numpy(dtype=np.float64)[mask],
-        intercept_threshold=intercept,
-    )
-
-
 def _gates(batch: FeatureBatch, policy: PolicyTimeline) -> pd.DataFrame:
     """The policy's gate step for every request: ``gated`` and ``audit`` per row."""
-    req = batch.requests[["refund_id", "requested_at", "kind", "buyer_id"]].reset_index(drop=True)
-    store = batch.profiles.store
-    req["store_score"] = store["score"].to_numpy(dtype=np.float64)
-    req["provisional"] = store["provisional"].to_numpy(dtype=bool)
-    req["store_score_missing"] = store["score_missing"].to_numpy(dtype=bool)
-    return gate_batch(req, policy)
+    return gate_batch(batch.policy_requests(), policy)
 
 
 def _label_weights(gates: pd.DataFrame, mode: str, audit_rate: float) -> tuple[np.ndarray, np.ndarray]:
@@ -404,10 +387,10 @@ def train(
     calibrator, cal_report = choose_calibrator(raw_valid, y_all[sl.valid])
     p_valid = calibrator.transform(raw_valid)
     thresholds = choose_thresholds(p_valid, y_all[sl.valid], intercept_precision, review_precision)
-    evaluations = {"valid": _evaluate(batch, sl.valid, p_valid, thresholds.intercept)}
+    evaluations = {"valid": batch.evaluate(sl.valid, p_valid, thresholds.intercept)}
     if sl.test is not None and sl.test.any():
         p_test = calibrator.transform(clf.predict_proba(batch.X.loc[sl.test])[:, 1])
-        evaluations["test"] = _evaluate(batch, sl.test, p_test, thresholds.intercept)
+        evaluations["test"] = batch.evaluate(sl.test, p_test, thresholds.intercept)
     when = trained_at if trained_at is not None else datetime.now(timezone.utc).date()
     meta = build_meta(
         clf,
@@ -479,32 +462,8 @@ def promote_if_better(
     if not champion_path.exists():
         trained.save(champion_path)
         return Promotion(True, metric, new_value, None)
-    champion = load_model(champion_path)
-    from refundguard.features import FEATURE_NAMES
-
-    if champion.features != list(FEATURE_NAMES):
-        raise ModelError(
-            f"The champion at {champion_path} uses another feature list; compare it with the refundguard version "
-            "that trained it.",
-            path=str(champion_path),
-            problem="feature_list",
-        )
-    clean = canonical_tables(tables, validate_tables)
-    cfg = ScoreConfig.from_dict(champion.meta["score_config"]) if champion.meta.get("score_config") else None
-    batch = point_in_time_features(
-        clean, test[0], test[1], score_config=cfg, with_labels=True,
-        category_levels=champion.categories.get("category"),
-    )
-    labelled = batch.requests["is_abuse"].notna().to_numpy()
-    p_old = champion.classifier().predict_proba(batch.X.loc[labelled])[:, 1]
-    cal = champion.calibrator()
-    if cal is not None:
-        p_old = cal.transform(p_old)
-    old = evaluate_predictions(
-        batch.requests.loc[labelled, "is_abuse"].astype(bool).to_numpy(),
-        p_old,
-        batch.requests.loc[labelled, "amount"].to_numpy(dtype=np.float64),
-    )
+    champion = RefundGuard.load(champion_path)  # verifies it and its feature list (ModelError)
+    old = champion.evaluate(tables, test[0], test[1], validate_tables=validate_tables)
     old_value = float(old.overall[metric])
     better = bool(new_value > old_value or (math.isnan(old_value) and not math.isnan(new_value)))
     if better:
@@ -540,7 +499,6 @@ def evaluate(
         expected calibration error, intercepted amount; by category and by
         store-score band (< 4.6, 4.6-4.8, >= 4.8, missing).
     """
-    from refundguard.guard import RefundGuard
 
     if isinstance(model, TrainedModel):
         import tempfile
