@@ -363,9 +363,8 @@ def _isnull_raw(s: pd.Series) -> np.ndarray:
     return null
 
 
-def _coerce_id(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
+def _coerce_id(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
     """Ids are strings; integers (and integral floats) are accepted and written as text."""
-    null = _isnull_raw(s)
     bad = np.zeros(len(s), dtype=bool)
     if pd.api.types.is_bool_dtype(s.dtype):
         return pd.Series(np.nan, index=s.index, dtype="str"), ~null
@@ -396,8 +395,7 @@ def _coerce_id(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return out.astype("str"), bad
 
 
-def _coerce_ts(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    null = _isnull_raw(s)
+def _coerce_ts(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
     if isinstance(s.dtype, pd.DatetimeTZDtype):
         out = s.dt.tz_convert("UTC")
     elif pd.api.types.is_datetime64_dtype(s.dtype):
@@ -436,8 +434,7 @@ def _coerce_ts(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return out, bad
 
 
-def _coerce_float(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    null = _isnull_raw(s)
+def _coerce_float(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
     if pd.api.types.is_bool_dtype(s.dtype):
         return pd.Series(np.nan, index=s.index), ~null
     if pd.api.types.is_numeric_dtype(s.dtype):
@@ -451,15 +448,14 @@ def _coerce_float(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return out, bad
 
 
-def _coerce_int(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    f, bad = _coerce_float(s)
+def _coerce_int(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
+    f, bad = _coerce_float(s, null)
     frac = f.notna().to_numpy() & (np.mod(f.fillna(0).to_numpy(), 1) != 0)
     bad = bad | frac
     return f.where(~frac), bad
 
 
-def _coerce_bool(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
-    null = _isnull_raw(s)
+def _coerce_bool(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
     if pd.api.types.is_bool_dtype(s.dtype):
         return s.astype("boolean"), np.zeros(len(s), dtype=bool)
     vals = s.to_numpy(dtype=object)
@@ -481,9 +477,9 @@ def _coerce_bool(s: pd.Series) -> tuple[pd.Series, np.ndarray]:
     return pd.Series(out, index=s.index, dtype="boolean"), bad
 
 
-def _coerce_enum(s: pd.Series, levels: tuple[str, ...]) -> tuple[pd.Series, np.ndarray, np.ndarray]:
+def _coerce_enum(s: pd.Series, null: np.ndarray, levels: tuple[str, ...]) -> tuple[pd.Series, np.ndarray, np.ndarray]:
     """Text coerced like an id; returns the values, the type rejects and the unknown levels."""
-    out, bad = _coerce_id(s)
+    out, bad = _coerce_id(s, null)
     unknown = out.notna().to_numpy() & ~out.isin(levels).to_numpy()
     return out.where(~unknown), bad, unknown
 
@@ -504,17 +500,17 @@ def _coerce_column(t: _Table, spec: ColumnSpec) -> None:
     raw = t.raw[spec.name].reset_index(drop=True)
     null = _isnull_raw(raw)
     if spec.kind in ("id", "str"):
-        out, bad = _coerce_id(raw)
+        out, bad = _coerce_id(raw, null)
     elif spec.kind == "ts":
-        out, bad = _coerce_ts(raw)
+        out, bad = _coerce_ts(raw, null)
     elif spec.kind == "float":
-        out, bad = _coerce_float(raw)
+        out, bad = _coerce_float(raw, null)
     elif spec.kind == "int":
-        out, bad = _coerce_int(raw)
+        out, bad = _coerce_int(raw, null)
     elif spec.kind in ("bool", "nullable_bool"):
-        out, bad = _coerce_bool(raw)
+        out, bad = _coerce_bool(raw, null)
     else:
-        out, bad, unknown = _coerce_enum(raw, spec.levels)
+        out, bad, unknown = _coerce_enum(raw, null, spec.levels)
     if spec.kind == "enum":
         t.reject(unknown, spec.name, "enum", f"{spec.name} must be one of {list(spec.levels)}", raw)
         t.reject(bad, spec.name, "type", f"{spec.name} must be a string", raw)
