@@ -30,15 +30,12 @@ import numpy as np
 import pandas as pd
 
 from refundguard.errors import RequestError, SchemaError, UnseenCategoryWarning
+from refundguard._time import NAT, NS_PER_DAY, NS_PER_HOUR, column_ns, field_ns
 from refundguard.profiles import (
-    NS_PER_DAY,
-    NS_PER_HOUR,
     BuyerProfile,
     LinkProfile,
     Profiles,
     StoreProfile,
-    _instant_ns,
-    _ts_ns,
 )
 from refundguard.tables import KINDS, REASONS
 
@@ -225,10 +222,10 @@ def build_features_one(request: Mapping[str, Any],
     for name in ("requested_at", "paid_at", "kind", "reason", "amount", "order_amount"):
         if name not in request:
             raise RequestError(f"The request lacks the required field {name!r}.", field=name)
-    t = _instant_ns(request["requested_at"], "requested_at", True)
-    paid = _instant_ns(request["paid_at"], "paid_at", True)
-    shipped = _instant_ns(get("shipped_at"), "shipped_at", False)
-    deliv = _instant_ns(get("delivered_at"), "delivered_at", False)
+    t = field_ns(request["requested_at"], "requested_at", required=True)
+    paid = field_ns(request["paid_at"], "paid_at", required=True)
+    shipped = field_ns(get("shipped_at"), "shipped_at", required=False)
+    deliv = field_ns(get("delivered_at"), "delivered_at", required=False)
     if paid > t:  # type: ignore[operator]
         raise RequestError("The request field 'paid_at' must not be after 'requested_at'; got "
                            f"{request['paid_at']!r} > {request['requested_at']!r}.",
@@ -250,7 +247,7 @@ def build_features_one(request: Mapping[str, Any],
         ship_known = shipped is not None and shipped < t  # type: ignore[operator]
         deliv_known = deliv is not None and deliv < t  # type: ignore[operator]
         median = bp.median_order_amount
-        first = _instant_ns(bp.first_order_at, "buyer.first_order_at", False)
+        first = field_ns(bp.first_order_at, "buyer.first_order_at", required=False)
         n_o90, n_r90 = bp.n_orders_90d, bp.n_refunds_90d
         out: dict[str, Any] = {
             "amount": amount,
@@ -374,9 +371,9 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
     if len(profiles) != n:
         raise SchemaError(f"profiles has {len(profiles)} rows but requests has {n}.",
                           table="requests", rule="aligned with profiles")
-    nat = np.iinfo(np.int64).min
-    t = _ts_ns(requests["requested_at"], "requests.requested_at")
-    paid = _ts_ns(requests["paid_at"], "requests.paid_at")
+    nat = NAT
+    t = column_ns(requests["requested_at"], "requested_at", "requests")
+    paid = column_ns(requests["paid_at"], "paid_at", "requests")
     for col, arr in (("requested_at", t), ("paid_at", paid)):
         if (arr == nat).any():
             raise _schema("It is required.", col, "required", arr == nat,
@@ -387,7 +384,7 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
     def opt_ts(col: str) -> np.ndarray:
         if col not in requests.columns:
             return np.full(n, nat, dtype=np.int64)
-        return _ts_ns(requests[col], f"requests.{col}")
+        return column_ns(requests[col], col, "requests")
 
     shipped, deliv = opt_ts("shipped_at"), opt_ts("delivered_at")
     kind = requests["kind"].astype("str")
@@ -425,7 +422,7 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
         return out
 
     median = b["median_order_amount"].to_numpy(np.float64)
-    first = _ts_ns(b["first_order_at"], "profiles.buyer.first_order_at")
+    first = column_ns(b["first_order_at"], "first_order_at", "profiles.buyer")
     with np.errstate(invalid="ignore"):
         median_ok = np.where(np.isnan(median), 0.0, median)
     cols: dict[str, Any] = {

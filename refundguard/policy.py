@@ -29,12 +29,13 @@ import hashlib
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from refundguard._time import NAT, column_ns, date_ns, field_ns
 from refundguard.config import REFUND_KINDS, PolicyConfig
 from refundguard.errors import ConfigError, DataError, RequestError, SchemaError
 
@@ -42,7 +43,6 @@ __all__ = [
     "ACTIONS",
     "Decision",
     "PolicyConfig",
-    "PolicyVersion",
     "PolicyTimeline",
     "audit_draw",
     "gate_batch",
@@ -66,11 +66,7 @@ DECISION_COLUMNS: tuple[str, ...] = (
     "model_version",
     "policy_version",
 )
-#: Alias: each PolicyConfig is one dated version of the policy.
-PolicyVersion = PolicyConfig
-
 _GATE_TOLERANCE = 1e-9
-_NS_PER_DAY = 86_400 * 10**9
 _MAX_REASONS = 3
 
 
@@ -135,35 +131,6 @@ class Decision:
 # ----------------------------------------------------------------------------- timeline
 
 
-def _day_ns(d: date) -> int:
-    return (d - date(1970, 1, 1)).days * _NS_PER_DAY
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _ts_ns(ts: Any) -> int:
-    """Nanoseconds since the epoch (UTC) of one timestamp; naive means UTC (plain Python, fast)."""
-    if ts is None or ts is pd.NaT:
-        raise RequestError("requested_at is missing.", field="requested_at", value=ts)
-    if isinstance(ts, pd.Timestamp):
-        return int(ts.value)  # UTC for tz-aware, wall clock (= UTC) for naive
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
-            ts = ts.replace(tzinfo=timezone.utc)
-        d = ts - _EPOCH
-        return (d.days * 86_400 + d.seconds) * 1_000_000_000 + d.microseconds * 1_000
-    if isinstance(ts, date):
-        return _day_ns(ts)
-    try:
-        t = pd.Timestamp(ts)
-    except (ValueError, TypeError) as exc:
-        raise RequestError(f"requested_at must be a timestamp; got {ts!r}.", field="requested_at", value=ts) from exc
-    if t is pd.NaT:
-        raise RequestError("requested_at is missing.", field="requested_at", value=ts)
-    return int(t.value)
-
-
 class PolicyTimeline:
     """Dated policy versions; each request uses the version in force at its time.
 
@@ -202,7 +169,7 @@ class PolicyTimeline:
                 value=names,
             )
         self._versions: tuple[PolicyConfig, ...] = tuple(vs)
-        self._starts: list[int] = [_day_ns(d) for d in dates]
+        self._starts: list[int] = [date_ns(d) for d in dates]
         self._starts_arr = np.asarray(self._starts, dtype=np.int64)
 
     @classmethod
@@ -239,7 +206,7 @@ class PolicyTimeline:
         RequestError
             If ``ts`` is before the first version.
         """
-        ns = _ts_ns(ts)
+        ns = field_ns(ts, "requested_at", required=True)
         i = bisect.bisect_right(self._starts, ns) - 1
         if i < 0:
             raise RequestError(
@@ -251,7 +218,12 @@ class PolicyTimeline:
 
     def version_index(self, requested_at: pd.Series) -> np.ndarray:
         """Vectorised :meth:`version_at`: index into :attr:`versions` per row (-1 before the first)."""
-        ns = _series_ns(requested_at)
+        s = pd.Series(requested_at)
+        ns = column_ns(s, "requested_at")
+        if (ns == NAT).any():
+            n_bad = int((ns == NAT).sum())
+            raise SchemaError(f"Column 'requested_at' has {n_bad} missing value(s).", column="requested_at",
+                              rule="required", n_bad=n_bad)
         return np.searchsorted(self._starts_arr, ns, side="right") - 1
 
     def with_thresholds(self, intercept: float | None, review: float | None) -> PolicyTimeline:
@@ -280,24 +252,6 @@ class PolicyTimeline:
 
     def __repr__(self) -> str:
         return f"PolicyTimeline({[v.name for v in self._versions]})"
-
-
-def _series_ns(requested_at: Any) -> np.ndarray:
-    s = pd.Series(requested_at)
-    if not pd.api.types.is_datetime64_any_dtype(s):
-        raise SchemaError(
-            f"Column 'requested_at' must hold timestamps; got dtype {s.dtype}.", column="requested_at", rule="type"
-        )
-    if s.isna().any():
-        raise SchemaError(
-            f"Column 'requested_at' has {int(s.isna().sum())} missing value(s).",
-            column="requested_at",
-            rule="required",
-            n_bad=int(s.isna().sum()),
-        )
-    if s.dt.tz is None:
-        s = s.dt.tz_localize("UTC")
-    return s.dt.tz_convert("UTC").astype("datetime64[ns, UTC]").array.asi8.astype(np.int64)
 
 
 def _as_timeline(policy: PolicyTimeline | PolicyConfig) -> PolicyTimeline:

@@ -36,14 +36,27 @@ import math
 from bisect import bisect_left, insort
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from refundguard._time import (
+    TimeValueError,
+    NAT,
+    NEVER,
+    NS_PER_DAY,
+    column_ns,
+    day_start_ns,
+    field_ns,
+    floor_day_ns,
+    label_days,
+    parameter_ns,
+    utc_series,
+)
 from refundguard.config import ScoreConfig
-from refundguard.errors import ConfigError, DataError, RequestError, SchemaError
+from refundguard.errors import DataError, RequestError, SchemaError
 
 __all__ = [
     "BuyerProfile",
@@ -66,10 +79,6 @@ REFUND_WINDOWS_DAYS: tuple[int, ...] = (1, 7, 30, 90, 365)
 #: The buyer's median order amount is taken over at most this many latest orders.
 MEDIAN_LAST_ORDERS: int = 20
 
-NS_PER_HOUR = 3_600_000_000_000
-NS_PER_DAY = 24 * NS_PER_HOUR
-_NAT = np.iinfo(np.int64).min
-_NEVER = np.iinfo(np.int64).max
 
 _ORDER_COLUMNS = ("order_id", "buyer_id", "store_id", "category", "amount", "paid_at",
                   "shipped_at", "delivered_at", "device_id", "address_id")
@@ -322,34 +331,6 @@ class Profiles:
 # --------------------------------------------------------------------------- helpers
 
 
-def _ts_ns(s: pd.Series, where: str) -> np.ndarray:
-    """Timestamps as int64 ns since the epoch, UTC (naive means UTC); NaT -> min int64."""
-    if not pd.api.types.is_datetime64_any_dtype(s.dtype):
-        try:
-            s = pd.to_datetime(s, utc=True)
-        except (ValueError, TypeError) as exc:
-            raise SchemaError(f"{where} must hold timestamps: {exc}", column=where,
-                              rule="type") from None
-    if s.dt.tz is None:
-        s = s.dt.tz_localize("UTC")
-    s = s.dt.tz_convert("UTC").dt.tz_localize(None).dt.as_unit("ns")
-    return s.to_numpy(dtype="datetime64[ns]").view(np.int64)
-
-
-def _to_utc(value: Any, name: str) -> pd.Timestamp | None:
-    if value is None:
-        return None
-    try:
-        ts = pd.Timestamp(value)
-    except (ValueError, TypeError):
-        ts = pd.NaT
-    if ts is pd.NaT:
-        raise ConfigError(f"The {name!r} parameter of requests_from_tables must be a timestamp "
-                          f"or None. Got {value!r} instead.", owner="requests_from_tables",
-                          field=name, value=value)
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-
-
 def _cents(amount: pd.Series | np.ndarray) -> np.ndarray:
     a = np.asarray(amount, dtype=np.float64)
     return np.rint(np.nan_to_num(a) * 100.0).astype(np.int64)
@@ -413,7 +394,7 @@ class _TimeBase:
     """
 
     def __init__(self, t_query: np.ndarray, *times: np.ndarray) -> None:
-        allt = np.concatenate([x[x != _NAT] for x in times]) if times else np.empty(0, np.int64)
+        allt = np.concatenate([x[x != NAT] for x in times]) if times else np.empty(0, np.int64)
         allt.sort()
         keep = np.ones(len(allt), dtype=bool)
         keep[1:] = allt[1:] != allt[:-1]
@@ -433,7 +414,7 @@ class _TimeBase:
     def rank(self, time: np.ndarray) -> np.ndarray:
         """Ranks of event times (-1 for NaT)."""
         r = np.searchsorted(self.utimes, time)
-        r[time == _NAT] = -1
+        r[time == NAT] = -1
         return r
 
     def qrank(self, offset_ns: int) -> np.ndarray:
@@ -535,36 +516,6 @@ def _median_last(amounts_sorted: np.ndarray, hi: np.ndarray, n: np.ndarray,
     return out
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_US = timedelta(microseconds=1)
-
-
-def _instant_ns(value: Any, field: str, required: bool) -> int | None:
-    """A tz-aware timestamp as int ns since the epoch (UTC)."""
-    if value is None:
-        if required:
-            raise RequestError(f"The field {field!r} is required; got None.",
-                               field=field, value=None)
-        return None
-    if value is pd.NaT or (isinstance(value, float) and math.isnan(value)):
-        if required:
-            raise RequestError(f"The field {field!r} is required; got {value!r}.",
-                               field=field, value=value)
-        return None
-    if isinstance(value, pd.Timestamp):
-        if value.tzinfo is None:
-            raise RequestError(f"The field {field!r} must be a timezone-aware timestamp; "
-                               f"got the naive {value!r}.", field=field, value=value)
-        return int(value.value)
-    if isinstance(value, datetime):
-        if value.tzinfo is None or value.utcoffset() is None:
-            raise RequestError(f"The field {field!r} must be a timezone-aware timestamp; "
-                               f"got the naive {value!r}.", field=field, value=value)
-        return ((value - _EPOCH) // _US) * 1000
-    raise RequestError(f"The field {field!r} must be a timezone-aware datetime; "
-                       f"got {type(value).__name__} {value!r}.", field=field, value=value)
-
-
 # --------------------------------------------------------------------------- requests
 
 
@@ -600,19 +551,21 @@ def requests_from_tables(tables: dict[str, pd.DataFrame], start: Any = None, end
     orders, refunds = tables["orders"], tables["refunds"]
     _require(orders, _ORDER_COLUMNS, "orders")
     _require(refunds, _REFUND_COLUMNS if with_labels else _REFUND_COLUMNS[:6], "refunds")
-    lo, hi = _to_utc(start, "start"), _to_utc(end, "end")
-    req_ns = _ts_ns(refunds["requested_at"], "refunds.requested_at")
+    lo = parameter_ns(start, "start", "requests_from_tables", optional=True)
+    hi = parameter_ns(end, "end", "requests_from_tables", optional=True)
+    req_ns = column_ns(refunds["requested_at"], "requested_at", "refunds")
     mask = np.ones(len(refunds), dtype=bool)
     if lo is not None:
-        mask &= req_ns >= lo.value
+        mask &= req_ns >= lo
     if hi is not None:
-        mask &= req_ns < hi.value
+        mask &= req_ns < hi
     r = refunds.loc[mask]
     pos = _order_positions(orders["order_id"], r["order_id"])
     o = orders[list(_ORDER_COLUMNS)].iloc[pos]
 
     def ts(s: pd.Series, name: str) -> pd.Series:
-        return pd.Series(_ts_ns(s, name).view("datetime64[ns]")).dt.tz_localize("UTC")
+        table, column = name.split(".")
+        return utc_series(column_ns(s, column, table))
 
     def text(s: pd.Series) -> pd.Series:
         return s.astype("str").reset_index(drop=True)
@@ -659,29 +612,13 @@ def request_record(requests: pd.DataFrame, i: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- store scores
 
 
-def _score_tz(config: Any) -> str:
-    for attr in ("tz", "time_zone", "timezone"):
-        tz = getattr(config, attr, None)
-        if tz:
-            return str(tz)
-    return "UTC"
-
-
-def _day_ns(t_ns: np.ndarray, tz: str) -> np.ndarray:
-    """Start (UTC ns) of the calendar day of each ``t`` in time zone ``tz``."""
-    if tz.upper() == "UTC":
-        return t_ns - np.mod(t_ns, NS_PER_DAY)
-    s = pd.Series(t_ns.view("datetime64[ns]")).dt.tz_localize("UTC").dt.tz_convert(tz)
-    return _ts_ns(s.dt.normalize(), "requested_at")
-
-
-def _history_day_ns(as_of: pd.Series, tz: str) -> np.ndarray:
-    s = as_of
-    if not pd.api.types.is_datetime64_any_dtype(s.dtype):
-        s = pd.to_datetime(s)
-    if s.dt.tz is None:
-        s = s.dt.tz_localize(tz)
-    return _ts_ns(s, "store_scores.as_of")
+def _score_days(as_of: pd.Series, tz: str) -> np.ndarray:
+    """UTC ns of 00:00 (in ``tz``) of each row of a score history's ``as_of`` column."""
+    try:
+        return day_start_ns(label_days(as_of, tz), tz)
+    except TimeValueError as exc:
+        raise SchemaError(f"Column 'store_scores.as_of' must hold dates or timestamps: {exc}.",
+                          table="store_scores", column="as_of", rule="type") from None
 
 
 def _store_score_rows(tables: dict[str, pd.DataFrame], requests: pd.DataFrame,
@@ -708,13 +645,13 @@ def _store_score_rows(tables: dict[str, pd.DataFrame], requests: pd.DataFrame,
         out["category"] = res["category"].astype("str").to_numpy()
         out["category"] = out["category"].astype("str")
         return out
-    tz = _score_tz(cfg)
-    day = _day_ns(t_ns, tz)
+    tz = cfg.timezone
+    day = floor_day_ns(t_ns, tz)
     _require(store_scores, ("store_id", "as_of", "score", "product", "logistics", "service",
                             "provisional"), "store_scores")
     right = pd.DataFrame({
         "store_id": store_scores["store_id"].astype("str").to_numpy(),
-        "_day": _history_day_ns(store_scores["as_of"], tz),
+        "_day": _score_days(store_scores["as_of"], tz),
         "score": store_scores["score"].astype("float64").to_numpy(),
         "product": store_scores["product"].astype("float64").to_numpy(),
         "logistics": store_scores["logistics"].astype("float64").to_numpy(),
@@ -779,26 +716,26 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     _require(refunds, _REFUND_COLUMNS, "refunds")
     _require(requests, _REQUEST_COLUMNS, "requests")
     n = len(requests)
-    t = _ts_ns(requests["requested_at"], "requests.requested_at")
-    if (t == _NAT).any():
+    t = column_ns(requests["requested_at"], "requested_at", "requests")
+    if (t == NAT).any():
         raise SchemaError("requests.requested_at is required; "
-                          f"{int((t == _NAT).sum())} request(s) have none.", table="requests",
-                          column="requested_at", rule="required", n_bad=int((t == _NAT).sum()))
+                          f"{int((t == NAT).sum())} request(s) have none.", table="requests",
+                          column="requested_at", rule="required", n_bad=int((t == NAT).sum()))
 
     # --- orders and refunds as arrays ---------------------------------------------------
-    o_paid = _ts_ns(orders["paid_at"], "orders.paid_at")
-    o_deliv = _ts_ns(orders["delivered_at"], "orders.delivered_at")
+    o_paid = column_ns(orders["paid_at"], "paid_at", "orders")
+    o_deliv = column_ns(orders["delivered_at"], "delivered_at", "orders")
     o_cents = _cents(orders["amount"])
     o_amount = orders["amount"].to_numpy(np.float64)
     pos = _order_positions(orders["order_id"], refunds["order_id"])
-    r_req = _ts_ns(refunds["requested_at"], "refunds.requested_at")
-    r_res = _ts_ns(refunds["resolved_at"], "refunds.resolved_at")
+    r_req = column_ns(refunds["requested_at"], "requested_at", "refunds")
+    r_res = column_ns(refunds["resolved_at"], "resolved_at", "refunds")
     r_cents = _cents(refunds["amount"])
     r_only = (refunds["kind"].astype("str") == "refund_only").to_numpy(bool)
     r_nr = (refunds["reason"].astype("str") == "not_received").to_numpy(bool)
-    r_rej = (refunds["outcome"].astype("str") == "rejected").to_numpy(bool) & (r_res != _NAT)
+    r_rej = (refunds["outcome"].astype("str") == "rejected").to_numpy(bool) & (r_res != NAT)
     r_abuse = (refunds["is_abuse"].astype("boolean").fillna(False).to_numpy(bool)
-               & (r_res != _NAT))
+               & (r_res != NAT))
     r_deliv = o_deliv[pos]
 
     o_buyer, q_buyer = _codes(orders["buyer_id"], requests["buyer_id"])
@@ -813,13 +750,13 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
 
     # --- buyer ----------------------------------------------------------------------------
     b: dict[str, Any] = {}
-    known = o_paid != _NAT
+    known = o_paid != NAT
     first = pd.Series(o_paid[known]).groupby(o_buyer[known]).min()
     nb = int(max(o_buyer.max(initial=-1), q_buyer.max(initial=-1))) + 1
-    first_arr = np.full(nb, _NEVER, dtype=np.int64)
+    first_arr = np.full(nb, NEVER, dtype=np.int64)
     first_arr[first.index.to_numpy(np.int64)] = first.to_numpy(np.int64)
-    qf = np.where(q_buyer >= 0, first_arr[np.maximum(q_buyer, 0)], _NEVER)
-    qf = np.where(qf < t, qf, _NAT)
+    qf = np.where(q_buyer >= 0, first_arr[np.maximum(q_buyer, 0)], NEVER)
+    qf = np.where(qf < t, qf, NAT)
     b["first_order_at"] = pd.Series(qf.view("datetime64[ns]")).dt.tz_localize("UTC")
 
     ev_orders = _Events(tb, o_buyer, o_rank, q_buyer, o_cents, tiebreak=o_amount)
@@ -838,7 +775,7 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
             b["refund_only_amount_365d"] = cents / 100.0
     pa, _, pr = _first_time_per_pair(r_buyer, r_store, r_req_rank)
     b["n_stores_refunded"] = _Events(tb, pa, pr, q_buyer).count()
-    nr_deliv = r_nr & (r_deliv != _NAT) & (r_deliv < r_req)
+    nr_deliv = r_nr & (r_deliv != NAT) & (r_deliv < r_req)
     b["n_not_received_on_delivered"] = _Events(tb, np.where(nr_deliv, r_buyer, -1), r_req_rank,
                                                q_buyer).count()
     b["n_rejected"] = _Events(tb, np.where(r_rej, r_buyer, -1), r_res_rank, q_buyer).count()
@@ -870,7 +807,7 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
 
     # --- link -----------------------------------------------------------------------------
     bad_b = r_rej | r_abuse
-    first_bad = np.full(max(nb, 1), _NEVER, dtype=np.int64)  # rank of the first bad outcome
+    first_bad = np.full(max(nb, 1), NEVER, dtype=np.int64)  # rank of the first bad outcome
     if bad_b.any():
         fb = pd.Series(r_res_rank[bad_b]).groupby(r_buyer[bad_b]).min()
         first_bad[fb.index.to_numpy(np.int64)] = fb.to_numpy(np.int64)
@@ -880,7 +817,7 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
         ka, kb, kr = _first_time_per_pair(o_key, o_buyer, o_rank)
         n_buyers = _Events(tb, ka, kr, q_key).count()
         bad_r = np.maximum(kr, first_bad[kb]) if len(kb) else kr
-        has_bad = bad_r != _NEVER
+        has_bad = bad_r != NEVER
         n_bad = _Events(tb, ka[has_bad], bad_r[has_bad], q_key).count()
         n24 = _Events(tb, r_key, r_req_rank, q_key).window(day)[0]
         missing = q_key < 0
@@ -973,7 +910,7 @@ class ProfileStore:
 
         self.score_config = score_config
         self._cfg = ScoreConfig() if score_config is None else score_config
-        self._tz = _score_tz(self._cfg)
+        self._tz = self._cfg.timezone
         self._lock = threading.Lock()
         self._orders: dict[str, _Order] = {}
         self._refunds: dict[str, _Refund] = {}
@@ -992,8 +929,8 @@ class ProfileStore:
         """Replace the store score history (a frame as :func:`profiles_as_of` takes)."""
         _require(history, ("store_id", "as_of", "score", "product", "logistics", "service",
                            "provisional"), "store_scores")
-        tz = _score_tz(self._cfg)
-        day = _history_day_ns(history["as_of"], tz)
+        tz = self._cfg.timezone
+        day = _score_days(history["as_of"], tz)
         cat = (history["category"].astype("str") if "category" in history.columns
                else pd.Series(np.nan, index=history.index, dtype="str"))
         table = {}
@@ -1019,8 +956,8 @@ class ProfileStore:
         (they become known later than the order); other fields are kept.
         """
         oid = _req_str(order, "order_id")
-        sh = _instant_ns(order.get("shipped_at"), "shipped_at", False)
-        de = _instant_ns(order.get("delivered_at"), "delivered_at", False)
+        sh = field_ns(order.get("shipped_at"), "shipped_at", required=False)
+        de = field_ns(order.get("delivered_at"), "delivered_at", required=False)
         with self._lock:
             known = self._orders.get(oid)  # type: ignore[arg-type]
             if known is not None:
@@ -1028,7 +965,7 @@ class ProfileStore:
                 known.delivered = de if de is not None else known.delivered
                 return
         o = _Order(buyer=_req_str(order, "buyer_id"), store=_req_str(order, "store_id"),  # type: ignore[arg-type]
-                   paid=_instant_ns(order.get("paid_at"), "paid_at", True),  # type: ignore[arg-type]
+                   paid=field_ns(order.get("paid_at"), "paid_at", required=True),  # type: ignore[arg-type]
                    amount=_req_amount(order, "amount"),
                    device=_req_str(order, "device_id", True),
                    address=_req_str(order, "address_id", True), shipped=sh, delivered=de)
@@ -1040,7 +977,7 @@ class ProfileStore:
             for kind, key in (("device", o.device), ("address", o.address)):
                 if key is not None:
                     seen = self._link_seen.setdefault((kind, key), {})
-                    if o.paid < seen.get(o.buyer, _NEVER):
+                    if o.paid < seen.get(o.buyer, NEVER):
                         seen[o.buyer] = o.paid
 
     def observe_refund(self, refund: Mapping[str, Any]) -> None:
@@ -1048,7 +985,7 @@ class ProfileStore:
         amount``); its order must have been observed."""
         rid = _req_str(refund, "refund_id")
         oid = _req_str(refund, "order_id")
-        t = _instant_ns(refund.get("requested_at"), "requested_at", True)
+        t = field_ns(refund.get("requested_at"), "requested_at", required=True)
         kind = _req_str(refund, "kind")
         reason = _req_str(refund, "reason")
         amount = _req_amount(refund, "amount")
@@ -1074,7 +1011,7 @@ class ProfileStore:
     def observe_resolution(self, refund_id: str, resolved_at: Any, outcome: str,
                            is_abuse: bool | None = None) -> None:
         """Record the resolution of an observed refund (its outcome and label)."""
-        res = _instant_ns(resolved_at, "resolved_at", True)
+        res = field_ns(resolved_at, "resolved_at", required=True)
         if outcome not in ("refunded", "rejected", "withdrawn"):
             raise RequestError("The field 'outcome' must be one of ['refunded', 'rejected', "
                                f"'withdrawn']; got {outcome!r}.", field="outcome", value=outcome)
@@ -1103,7 +1040,7 @@ class ProfileStore:
                  ) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
         """Profiles of a request (``requested_at, buyer_id, store_id`` and optional
         ``device_id, address_id``) as of its ``requested_at``."""
-        t = _instant_ns(request.get("requested_at"), "requested_at", True)
+        t = field_ns(request.get("requested_at"), "requested_at", required=True)
         buyer = _req_str(request, "buyer_id")
         store = _req_str(request, "store_id")
         device = _req_str(request, "device_id", True)
@@ -1151,8 +1088,8 @@ class ProfileStore:
 
     def _store(self, store: str, t: int) -> StoreProfile:
         tz = self._tz
-        day = (t - t % NS_PER_DAY if tz.upper() == "UTC"
-               else int(_day_ns(np.array([t], dtype=np.int64), tz)[0]))
+        day = (t - t % NS_PER_DAY if tz == "UTC"
+               else int(floor_day_ns(np.array([t], dtype=np.int64), tz)[0]))
         row = self._scores.get((store, day))
         orders = self._store_orders.get(store, [])
         refunds = self._store_refunds.get(store, [])
@@ -1171,7 +1108,7 @@ class ProfileStore:
         return StoreProfile(**kw)
 
     def _first_bad(self, buyer: str) -> int:
-        best = _NEVER
+        best = NEVER
         for _, rid in self._buyer_refunds.get(buyer, []):
             r = self._refunds[rid]
             if r.resolved is not None and (r.rejected or r.abuse) and r.resolved < best:

@@ -65,6 +65,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refundguard._time import NAT
 from refundguard.errors import ConfigError
 from refundguard.tables import KINDS, OUTCOMES, REASONS
 
@@ -120,7 +121,6 @@ K_REFUND_ONLY, K_RETURN = 0, 1
 O_REFUNDED, O_REJECTED, O_WITHDRAWN = 0, 1, 2
 
 _NS = 1_000_000_000
-_NAT = np.iinfo(np.int64).min
 
 Arrays = dict[str, np.ndarray]
 
@@ -316,7 +316,7 @@ def _ts(start_ns: int, seconds: np.ndarray) -> pd.Series:
     sec = np.asarray(seconds, dtype=np.float64)
     null = np.isnan(sec)
     ns = np.where(null, 0, np.round(np.where(null, 0.0, sec))).astype(np.int64) * _NS + start_ns
-    ns[null] = _NAT
+    ns[null] = NAT
     return pd.Series(pd.DatetimeIndex(ns.view("M8[ns]")).tz_localize("UTC"))
 
 

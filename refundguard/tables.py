@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refundguard._time import NAT, series_ns
 from refundguard.config import REFUND_KINDS
 from refundguard.errors import RejectedRowsWarning, SchemaError
 
@@ -588,14 +589,6 @@ def _bad_in(t: _Table, column: str) -> np.ndarray:
     return mask
 
 
-_NAT = np.iinfo(np.int64).min
-
-
-def _ns(s: pd.Series) -> np.ndarray:
-    """Nanoseconds since the epoch as int64 (NaT is the int64 minimum)."""
-    return s.array.asi8 if hasattr(s.array, "asi8") else s.to_numpy(dtype="datetime64[ns]").view(np.int64)
-
-
 def _positions(needles: pd.Series, haystack: pd.Series) -> np.ndarray:
     """Position of each needle's first occurrence in haystack; -1 when absent or null."""
     hay = pa.array(haystack, type=pa.string(), from_pandas=True)
@@ -618,9 +611,9 @@ def _parent_rules(t: _Table, orders: _Table, order_clean: np.ndarray, time_col: 
     parent_bad = known & ~order_clean[np.where(known, pos_i, 0)]
     t.reject(parent_bad, "order_id", "parent_rejected", "the order this row references was rejected")
     ok_parent = known & ~parent_bad
-    paid = _ns(orders.data["paid_at"])[np.where(ok_parent, pos_i, 0)]
-    when = _ns(t.data[time_col])
-    early = ok_parent & (when != _NAT) & (when < paid)
+    paid = series_ns(orders.data["paid_at"])[np.where(ok_parent, pos_i, 0)]
+    when = series_ns(t.data[time_col])
+    early = ok_parent & (when != NAT) & (when < paid)
     t.reject(early, time_col, "after_paid_at", f"{time_col} must be >= the order's paid_at")
     return np.where(ok_parent, pos_i, -1)
 
@@ -648,7 +641,7 @@ def _refund_rules(t: _Table, orders: _Table, order_clean: np.ndarray) -> None:
         frame = pd.DataFrame(
             {
                 "pos": pos[usable],
-                "at": _ns(d["requested_at"])[usable],
+                "at": series_ns(d["requested_at"])[usable],
                 "rid": d["refund_id"].to_numpy(dtype=object)[usable],
                 "amount": amount.to_numpy()[usable],
                 "row": np.flatnonzero(usable),

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from refundguard._time import parameter_ns
 from refundguard._version import __version__
 from refundguard.artifacts import (
     SavedModel,
@@ -75,13 +76,8 @@ _MIN_TRAIN_POSITIVES = 5
 
 
 def _ts(value: Any, name: str) -> pd.Timestamp:
-    try:
-        ts = pd.Timestamp(value)
-    except (TypeError, ValueError) as exc:
-        raise DataError(f"{name} must be a date or timestamp; got {value!r}.") from exc
-    if ts is pd.NaT:
-        raise DataError(f"{name} must be a date or timestamp; got {value!r}.")
-    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    """A slice boundary as a UTC timestamp (dates mean 00:00 UTC; naive means UTC)."""
+    return pd.Timestamp(parameter_ns(value, name, "train"), tz="UTC")
 
 
 @dataclass(frozen=True)
@@ -123,13 +119,12 @@ def training_slices(
     t_end = _ts(train_end, "train_end")
     v_end = _ts(valid_end, "valid_end")
     te_end = None if test_end is None else _ts(test_end, "test_end")
-    if not t_end < v_end or (te_end is not None and not v_end < te_end):
-        raise DataError(
-            f"Slices must be ordered train_end < valid_end < test_end; got {t_end.date()}, {v_end.date()}, "
-            f"{None if te_end is None else te_end.date()}."
-        )
-    if gap_days < 0:
-        raise DataError(f"gap_days must be >= 0; got {gap_days}.")
+    if not t_end < v_end:
+        raise ConfigError.invalid("train", "valid_end", f"a date after train_end ({t_end.date()})", valid_end)
+    if te_end is not None and not v_end < te_end:
+        raise ConfigError.invalid("train", "test_end", f"None or a date after valid_end ({v_end.date()})", test_end)
+    if isinstance(gap_days, bool) or not isinstance(gap_days, int) or gap_days < 0:
+        raise ConfigError.invalid("train", "gap_days", "an int >= 0", gap_days)
     cut = t_end - pd.Timedelta(days=gap_days)
     at = requests["requested_at"]
     labelled = requests["is_abuse"].notna().to_numpy()
@@ -350,7 +345,7 @@ def train(
     """
     cfg = score_config if score_config is not None else ScoreConfig()
     clean = canonical_tables(tables, validate_tables)
-    last = _ts(test_end if test_end is not None else valid_end, "valid_end/test_end")
+    last = _ts(test_end if test_end is not None else valid_end, "test_end" if test_end is not None else "valid_end")
     batch = point_in_time_features(clean, None, last, score_config=cfg, with_labels=True, progress=progress)
     sl = training_slices(batch.requests, train_end, valid_end, test_end, gap_days=gap_days)
     y_all = batch.requests["is_abuse"].fillna(False).astype(bool).to_numpy()

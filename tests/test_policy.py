@@ -81,9 +81,9 @@ def test_default_timeline_dates():
     assert tl.version_at(pd.Timestamp("2024-08-09 00:00:00.000000001")).name == "2024-08-09"
     assert tl.version_at(date(2024, 8, 9)).name == "2024-08-09"
     assert tl.version_at(np.datetime64("2024-08-09T00:00")).name == "2024-08-09"
-    with pytest.raises(RequestError, match=re.escape("requested_at is missing")):
+    with pytest.raises(RequestError, match=re.escape("'requested_at' is required")):
         tl.version_at(pd.NaT)
-    with pytest.raises(RequestError, match=re.escape("requested_at must be a timestamp; got 'soon'")):
+    with pytest.raises(RequestError, match=re.escape("'requested_at' must be a timestamp")):
         tl.version_at("soon")
     with pytest.raises(RequestError, match=re.escape("before the first policy version (2020-01-01)")):
         tl.version_at("2019-12-31")

@@ -431,7 +431,7 @@ def test_profile_store_updates_and_errors() -> None:
         store.observe_resolution("r1", t0, "maybe")
     with pytest.raises(RequestError, match="paid_at"):
         store.observe_order({"order_id": "o9", "buyer_id": "b", "store_id": "s",
-                             "amount": 1.0, "paid_at": pd.Timestamp("2024-06-01")})
+                             "amount": 1.0, "paid_at": "01/06/2024"})
     with pytest.raises(RequestError, match="buyer_id"):
         store.profiles({"requested_at": t0, "store_id": "s"})
 

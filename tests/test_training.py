@@ -11,7 +11,7 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 import refundguard as rg
-from refundguard.errors import DataError
+from refundguard.errors import ConfigError, DataError
 from refundguard.guard import SCORED_COLUMNS, RefundGuard
 from refundguard.training import training_slices
 from tests.alt_marketplace import make_marketplace
@@ -49,8 +49,15 @@ def test_slices_respect_gap_label_maturity_and_order():
     assert abs(sl.early.sum() - 0.15 * fit.sum()) <= 1
     assert req.loc[sl.valid, "requested_at"].between("2024-09-01", "2024-09-30 23:59", inclusive="both").all()
     assert req.loc[sl.test, "requested_at"].min() >= pd.Timestamp("2024-10-01", tz="UTC")
-    with pytest.raises(DataError, match="ordered train_end < valid_end < test_end"):
+    with pytest.raises(ConfigError, match="'valid_end' parameter of train must be a date after train_end") as e:
         training_slices(req, "2024-10-01", "2024-09-01")
+    assert (e.value.owner, e.value.field) == ("train", "valid_end")
+    with pytest.raises(ConfigError, match="'test_end' parameter of train"):
+        training_slices(req, "2024-09-01", "2024-10-01", "2024-10-01")
+    with pytest.raises(ConfigError, match="'gap_days' parameter of train must be an int >= 0. Got -3"):
+        training_slices(req, "2024-09-01", "2024-10-01", gap_days=-3)
+    with pytest.raises(ConfigError, match="'train_end' parameter of train must be a date or timestamp"):
+        training_slices(req, "yesterday", "2024-10-01")
 
 
 def test_train_on_tables_the_simulator_did_not_make(alt_model, alt_tables, tmp_path: Path):
