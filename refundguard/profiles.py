@@ -959,10 +959,7 @@ class ProfileStore:
         sh = field_ns(order.get("shipped_at"), "shipped_at", required=False)
         de = field_ns(order.get("delivered_at"), "delivered_at", required=False)
         with self._lock:
-            known = self._orders.get(oid)  # type: ignore[arg-type]
-            if known is not None:
-                known.shipped = sh if sh is not None else known.shipped
-                known.delivered = de if de is not None else known.delivered
+            if self._update_known_order(oid, sh, de):  # type: ignore[arg-type]
                 return
         o = _Order(buyer=_req_str(order, "buyer_id"), store=_req_str(order, "store_id"),  # type: ignore[arg-type]
                    paid=field_ns(order.get("paid_at"), "paid_at", required=True),  # type: ignore[arg-type]
@@ -970,7 +967,9 @@ class ProfileStore:
                    device=_req_str(order, "device_id", True),
                    address=_req_str(order, "address_id", True), shipped=sh, delivered=de)
         cents = int(np.rint(o.amount * 100.0))
-        with self._lock:
+        with self._lock:  # check and insert in one section: a concurrent twin is counted once
+            if self._update_known_order(oid, sh, de):  # type: ignore[arg-type]
+                return
             self._orders[oid] = o  # type: ignore[index]
             insort(self._buyer_orders.setdefault(o.buyer, []), (o.paid, o.amount, cents))
             insort(self._store_orders.setdefault(o.store, []), o.paid)
@@ -979,6 +978,15 @@ class ProfileStore:
                     seen = self._link_seen.setdefault((kind, key), {})
                     if o.paid < seen.get(o.buyer, NEVER):
                         seen[o.buyer] = o.paid
+
+    def _update_known_order(self, oid: str, shipped: int | None, delivered: int | None) -> bool:
+        """Update the shipping times of an order already observed (caller holds the lock)."""
+        known = self._orders.get(oid)
+        if known is None:
+            return False
+        known.shipped = shipped if shipped is not None else known.shipped
+        known.delivered = delivered if delivered is not None else known.delivered
+        return True
 
     def observe_refund(self, refund: Mapping[str, Any]) -> None:
         """Record a refund request (``refund_id, order_id, requested_at, kind, reason,

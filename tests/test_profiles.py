@@ -454,3 +454,38 @@ def test_real_store_score_history_is_read_at_the_request_day() -> None:
     row = hist[(hist["store_id"] == req["store_id"][i]) & (hist["as_of"] == t[i].floor("D"))]
     assert computed.store_profile(i).score == (None if row["score"].isna().all()
                                                else float(row["score"].iloc[0]))
+
+
+def test_the_same_new_order_observed_by_threads_at_once_counts_once() -> None:
+    """observe_order checks and inserts in one lock section (two threads once counted it twice)."""
+    import sys
+    import threading
+
+    store = ProfileStore()
+    t0 = pd.Timestamp("2024-06-01", tz="UTC")
+    n_orders, n_threads = 300, 8
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    try:
+        for k in range(n_orders):
+            order = {"order_id": f"o{k}", "buyer_id": "b1", "store_id": "s1", "amount": 10.0,
+                     "paid_at": t0 + pd.Timedelta(minutes=k), "device_id": "d1"}
+            barrier = threading.Barrier(n_threads)
+
+            def observe(order=order, barrier=barrier) -> None:
+                barrier.wait()
+                store.observe_order(order)
+
+            threads = [threading.Thread(target=observe) for _ in range(n_threads)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+    finally:
+        sys.setswitchinterval(old)
+    b, s, lk = store.profiles({"requested_at": t0 + pd.Timedelta(days=1), "buyer_id": "b1",
+                               "store_id": "s1", "device_id": "d1"})
+    assert b.n_orders_30d == n_orders
+    assert b.spend_30d == 10.0 * n_orders
+    assert s.n_orders_30d == n_orders
+    assert lk.device_n_buyers == 1
