@@ -23,6 +23,7 @@ Days in a time zone are numbered from 1970-01-01 in that zone (:func:`day_index`
 from __future__ import annotations
 
 import math
+import re
 from datetime import date, datetime, timezone
 from typing import Any
 
@@ -65,6 +66,7 @@ NO_DAY = NEVER // 4
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EPOCH_DATE = date(1970, 1, 1)
 _US = 1_000
+_ISO_START = re.compile(r"\s*[0-9]{4}")
 
 
 class TimeValueError(ValueError):
@@ -94,6 +96,10 @@ def series_ns(s: pd.Series) -> np.ndarray:
         return np.empty(0, dtype=np.int64)
     if pd.api.types.is_numeric_dtype(dtype) or pd.api.types.is_bool_dtype(dtype):
         raise TimeValueError(f"numbers are not instants (dtype {dtype}); got e.g. {s.iloc[0]!r}")
+    text = s.astype("str")
+    words = text.notna().to_numpy() & ~text.str.match(_ISO_START.pattern).fillna(False).to_numpy(dtype=bool)
+    if words.any():
+        raise TimeValueError(f"not ISO 8601 instants, e.g. {text[words].iloc[0]!r}")
     try:
         parsed = pd.to_datetime(s, utc=True, format="ISO8601")
     except (ValueError, TypeError, OverflowError) as exc:
@@ -149,7 +155,13 @@ def instant_ns(value: Any) -> int | None:
 
 
 def _parse_iso(text: str) -> pd.Timestamp:
-    """ISO 8601 text as a Timestamp (aware when it carries an offset); nothing else is guessed."""
+    """ISO 8601 text as a Timestamp (aware when it carries an offset); nothing else is guessed.
+
+    pandas reads the words "now" and "today" even under ``format="ISO8601"``; an ISO 8601
+    date starts with its four-digit year, so anything else is refused first.
+    """
+    if not _ISO_START.match(text):
+        raise TimeValueError(f"not an ISO 8601 date or instant: {text!r}")
     try:
         ts = pd.to_datetime(text, format="ISO8601")
     except (ValueError, TypeError, OverflowError):
