@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from typing import Any
 
 __all__ = [
+    "SCHEMA_RULES",
     "RefundGuardError",
     "SchemaError",
     "ConfigError",
@@ -38,6 +39,42 @@ __all__ = [
     "ThresholdUnreachableWarning",
     "UnseenCategoryWarning",
 ]
+
+
+#: The stable rule codes of :class:`SchemaError` and of the rejects table's ``rule`` column:
+#: code -> what broke. Programs may switch on these codes; they only ever grow.
+SCHEMA_RULES: dict[str, str] = {
+    # the tables as a whole
+    "missing_folder": "the data folder does not exist",
+    "missing_table": "a required table is absent",
+    "unknown_table": "a table name outside orders, refunds, reviews, service",
+    "ambiguous_table": "a table is present in more than one file format",
+    "unreadable": "a file cannot be read",
+    "not_a_frame": "a table is not a pandas DataFrame",
+    "missing_column": "a required column is absent",
+    "duplicate_column": "a column name appears twice",
+    "format": "an output file name has an unsupported extension",
+    # one cell or one row (validate's rejects use these)
+    "type": "a cell cannot be read as its column's type",
+    "required": "a required value is null",
+    "unique": "an id that must be unique appears more than once",
+    "enum": "a value outside the column's levels",
+    "min": "a number below its minimum (or not finite)",
+    "range": "a number outside its allowed range",
+    "exists": "a reference to an order that is not in orders",
+    "parent_rejected": "the order this row references was rejected",
+    "after_paid_at": "an instant before the order's paid_at",
+    "after_shipped_at": "delivered_at before shipped_at",
+    "shipped_first": "delivered_at given while shipped_at is null",
+    "after_requested_at": "an instant before the refund's requested_at",
+    "outcome_iff_resolved": "outcome null while resolved_at is set, or the reverse",
+    "refund_sum": "an order's refunds sum to more than its amount (+0.01)",
+    # derived inputs (requests, profiles, feature matrices, score histories)
+    "aligned": "two inputs that must have one row each per request do not",
+    "before_first_policy": "a request before the first policy version",
+    "feature_name": "a feature name LightGBM cannot store",
+    "missing_file": "a file of a public data set is absent",
+}
 
 
 class RefundGuardError(Exception):
@@ -56,7 +93,8 @@ class SchemaError(RefundGuardError, ValueError):
     column
         The offending column or ``None`` when the problem is table-wide.
     rule
-        The rule that failed (``required``, ``unique``, ``type``, ``>=``, ...).
+        The rule that failed: one of the stable codes of :data:`SCHEMA_RULES`
+        (``missing_column``, ``required``, ``unique``, ``type``, ...).
     n_bad
         How many rows break the rule.
     values

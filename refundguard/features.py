@@ -37,7 +37,7 @@ from refundguard.profiles import (
     Profiles,
     StoreProfile,
 )
-from refundguard.tables import KINDS, REASONS
+from refundguard.tables import KINDS, REASONS, require_columns
 
 __all__ = [
     "Feature",
@@ -147,9 +147,9 @@ CATEGORICAL_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.dtyp
 _NAN = float("nan")
 
 
-def monotone_constraints() -> list[int]:
-    """Monotone constraint signs in :data:`FEATURE_NAMES` order (LightGBM's format)."""
-    return [f.monotone for f in FEATURES]
+def monotone_constraints() -> dict[str, int]:
+    """The known monotone signs, ``{feature: +1 or -1}`` (the classifier's ``monotone_constraints``)."""
+    return {f.name: f.monotone for f in FEATURES if f.monotone and f.dtype != "category"}
 
 
 # --------------------------------------------------------------------------- online
@@ -363,14 +363,11 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
         timestamp, ``paid_at`` after ``requested_at``, bad enum, bad amount), or
         the profiles do not have one row per request.
     """
-    missing = [c for c in _REQUIRED if c not in requests.columns]
-    if missing:
-        raise SchemaError(f"requests lacks the column(s) {missing}.", table="requests",
-                          column=missing[0], rule="required", n_bad=len(missing), values=missing)
+    require_columns(requests, _REQUIRED, "requests")
     n = len(requests)
     if len(profiles) != n:
         raise SchemaError(f"profiles has {len(profiles)} rows but requests has {n}.",
-                          table="requests", rule="aligned with profiles")
+                          table="requests", rule="aligned")
     nat = NAT
     t = column_ns(requests["requested_at"], "requested_at", "requests")
     paid = column_ns(requests["paid_at"], "paid_at", "requests")
@@ -379,7 +376,7 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
             raise _schema("It is required.", col, "required", arr == nat,
                           requests[col].to_numpy())
     if (paid > t).any():
-        raise _schema("", "paid_at", "<= requested_at", paid > t, requests["paid_at"].to_numpy())
+        raise _schema("paid_at must be <= requested_at.", "paid_at", "after_paid_at", paid > t, requests["paid_at"].to_numpy())
 
     def opt_ts(col: str) -> np.ndarray:
         if col not in requests.columns:
@@ -399,8 +396,8 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
                          ("order_amount", order_amount, lambda a: np.isfinite(a) & (a >= 0))):
         bad = ~ok(arr)
         if bad.any():
-            raise _schema("", col, "> 0, finite" if col == "amount" else ">= 0, finite", bad,
-                          requests[col].to_numpy())
+            raise _schema("It must be finite and " + ("> 0." if col == "amount" else ">= 0."), col, "min",
+                          bad, requests[col].to_numpy())
     if "category" in requests.columns:
         category = requests["category"].astype("str")
     else:

@@ -38,6 +38,7 @@ import pandas as pd
 from refundguard._time import NAT, column_ns, date_ns, field_ns
 from refundguard.config import REFUND_KINDS, PolicyConfig
 from refundguard.errors import ConfigError, DataError, RequestError, SchemaError
+from refundguard.tables import require_columns
 
 __all__ = [
     "ACTIONS",
@@ -242,7 +243,8 @@ class PolicyTimeline:
         try:
             return cls(PolicyConfig.from_dict(v) for v in d["versions"])
         except (KeyError, TypeError) as exc:
-            raise ConfigError(f"PolicyTimeline.from_dict needs {{'versions': [...]}}: {exc}.", owner="PolicyTimeline") from exc
+            raise ConfigError(f"PolicyTimeline.from_dict needs {{'versions': [...]}}: {exc}.", owner="PolicyTimeline",
+                              field="versions", value=d) from exc
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, PolicyTimeline) and self._versions == other._versions
@@ -449,9 +451,7 @@ def gate_batch(
     timeline = _as_timeline(policy)
     if not isinstance(requests, pd.DataFrame):
         raise SchemaError(f"requests must be a pandas DataFrame; got {type(requests).__name__}.")
-    absent = [c for c in _REQUIRED if c not in requests.columns]
-    if absent:
-        raise SchemaError(f"requests is missing column(s) {absent}.", column=absent[0], rule="required", values=absent)
+    require_columns(requests, _REQUIRED, "requests")
     n = len(requests)
     vidx = timeline.version_index(requests["requested_at"])
     early = vidx < 0
@@ -460,7 +460,7 @@ def gate_batch(
             f"{int(early.sum())} request(s) are before the first policy version "
             f"({timeline.versions[0].effective_from}).",
             column="requested_at",
-            rule=">= first policy version",
+            rule="before_first_policy",
             n_bad=int(early.sum()),
             values=requests["requested_at"][early].head(3).tolist(),
         )

@@ -57,6 +57,7 @@ from refundguard._time import (
 )
 from refundguard.config import ScoreConfig
 from refundguard.errors import DataError, RequestError, SchemaError
+from refundguard.tables import require_columns
 
 __all__ = [
     "BuyerProfile",
@@ -336,14 +337,6 @@ def _cents(amount: pd.Series | np.ndarray) -> np.ndarray:
     return np.rint(np.nan_to_num(a) * 100.0).astype(np.int64)
 
 
-def _require(df: pd.DataFrame, cols: Sequence[str], table: str) -> None:
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise SchemaError(f"Table {table!r} lacks the column(s) {missing}.", table=table,
-                          column=missing[0], rule="required", n_bad=len(missing),
-                          values=missing)
-
-
 def _codes(*series: pd.Series) -> list[np.ndarray]:
     """Factorize several id columns into one shared code space (null -> -1)."""
     lens = [len(s) for s in series]
@@ -380,7 +373,7 @@ def _order_positions(order_ids: pd.Series, refs: pd.Series) -> np.ndarray:
         vals = refs.to_numpy()[bad][:5].tolist()
         raise SchemaError(f"refunds.order_id: {int(bad.sum())} refund(s) reference an unknown "
                           f"order, e.g. {vals}.", table="refunds", column="order_id",
-                          rule="exists in orders", n_bad=int(bad.sum()), values=vals)
+                          rule="exists", n_bad=int(bad.sum()), values=vals)
     return r_codes
 
 
@@ -549,8 +542,8 @@ def requests_from_tables(tables: dict[str, pd.DataFrame], start: Any = None, end
         A column is missing or a refund references an unknown order.
     """
     orders, refunds = tables["orders"], tables["refunds"]
-    _require(orders, _ORDER_COLUMNS, "orders")
-    _require(refunds, _REFUND_COLUMNS if with_labels else _REFUND_COLUMNS[:6], "refunds")
+    require_columns(orders, _ORDER_COLUMNS, "orders")
+    require_columns(refunds, _REFUND_COLUMNS if with_labels else _REFUND_COLUMNS[:6], "refunds")
     lo = parameter_ns(start, "start", "requests_from_tables", optional=True)
     hi = parameter_ns(end, "end", "requests_from_tables", optional=True)
     req_ns = column_ns(refunds["requested_at"], "requested_at", "refunds")
@@ -647,7 +640,7 @@ def _store_score_rows(tables: dict[str, pd.DataFrame], requests: pd.DataFrame,
         return out
     tz = cfg.timezone
     day = floor_day_ns(t_ns, tz)
-    _require(store_scores, ("store_id", "as_of", "score", "product", "logistics", "service",
+    require_columns(store_scores, ("store_id", "as_of", "score", "product", "logistics", "service",
                             "provisional"), "store_scores")
     right = pd.DataFrame({
         "store_id": store_scores["store_id"].astype("str").to_numpy(),
@@ -712,9 +705,9 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
         references an unknown order, or a request has no ``requested_at``.
     """
     orders, refunds = tables["orders"], tables["refunds"]
-    _require(orders, _ORDER_COLUMNS, "orders")
-    _require(refunds, _REFUND_COLUMNS, "refunds")
-    _require(requests, _REQUEST_COLUMNS, "requests")
+    require_columns(orders, _ORDER_COLUMNS, "orders")
+    require_columns(refunds, _REFUND_COLUMNS, "refunds")
+    require_columns(requests, _REQUEST_COLUMNS, "requests")
     n = len(requests)
     t = column_ns(requests["requested_at"], "requested_at", "requests")
     if (t == NAT).any():
@@ -927,7 +920,7 @@ class ProfileStore:
     # -- events ---------------------------------------------------------------------
     def set_store_scores(self, history: pd.DataFrame) -> None:
         """Replace the store score history (a frame as :func:`profiles_as_of` takes)."""
-        _require(history, ("store_id", "as_of", "score", "product", "logistics", "service",
+        require_columns(history, ("store_id", "as_of", "score", "product", "logistics", "service",
                            "provisional"), "store_scores")
         tz = self._cfg.timezone
         day = _score_days(history["as_of"], tz)

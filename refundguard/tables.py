@@ -19,7 +19,7 @@ columns are always present after validation (``ship_by`` filled with
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -32,7 +32,7 @@ import pyarrow.compute as pc
 
 from refundguard._time import NAT, series_ns
 from refundguard.config import REFUND_KINDS
-from refundguard.errors import RejectedRowsWarning, SchemaError
+from refundguard.errors import ConfigError, RejectedRowsWarning, SchemaError
 
 __all__ = [
     "TABLES",
@@ -46,7 +46,7 @@ __all__ = [
     "validate",
     "summarize_rejects",
     "write_table",
-    "read_table",
+    "require_columns",
     "empty_tables",
 ]
 
@@ -186,24 +186,6 @@ def _find_table(folder: Path, table: str) -> Path | None:
     return found[0] if found else None
 
 
-def read_table(path: str | Path, table: str = "table") -> pd.DataFrame:
-    """Read one table from a ``.parquet``/``.csv`` file or a partitioned Parquet folder.
-
-    Parameters
-    ----------
-    path
-        File or folder.
-    table
-        Name used in error messages.
-
-    Returns
-    -------
-    pandas.DataFrame
-        The raw (unvalidated) table.
-    """
-    return _read_file(Path(path), table)
-
-
 def load_tables(source: str | Path | Mapping[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
     """Load the contract's tables from a folder or a mapping of DataFrames.
 
@@ -242,7 +224,7 @@ def load_tables(source: str | Path | Mapping[str, pd.DataFrame]) -> dict[str, pd
                     raise SchemaError(
                         f"Table {name!r} must be a pandas DataFrame. Got {type(df).__name__} instead.",
                         table=name,
-                        rule="type",
+                        rule="not_a_frame",
                     )
                 out[name] = df
     else:
@@ -534,17 +516,33 @@ _KIND_TEXT = {
 }
 
 
-def _check_missing_columns(name: str, df: pd.DataFrame) -> None:
-    missing = [c.name for c in SCHEMAS[name] if c.present and c.name not in df.columns]
+def require_columns(df: pd.DataFrame, columns: Sequence[str], table: str) -> None:
+    """Raise ``SchemaError`` (rule ``missing_column``) naming the columns of ``columns`` absent from ``df``.
+
+    Parameters
+    ----------
+    df
+        The table (or any frame an entry point takes: requests, profiles, histories).
+    columns
+        The columns it must have.
+    table
+        Its name in the message.
+    """
+    missing = [c for c in columns if c not in df.columns]
     if missing:
         raise SchemaError(
-            f"Table {name!r} is missing required column(s) {missing}. "
+            f"Table {table!r} is missing required column(s) {missing}. "
             f"Columns in table: {[str(c) for c in df.columns]}",
-            table=name,
+            table=table,
             column=missing[0],
             rule="missing_column",
+            n_bad=len(missing),
             values=missing,
         )
+
+
+def _check_missing_columns(name: str, df: pd.DataFrame) -> None:
+    require_columns(df, [c.name for c in SCHEMAS[name] if c.present], name)
     dup = df.columns[df.columns.duplicated()].tolist()
     if dup:
         raise SchemaError(
@@ -725,11 +723,7 @@ def validate(
     ``len(clean) + rejects.row_index.nunique() == len(input)``.
     """
     if mode not in ("strict", "quarantine"):
-        raise SchemaError(
-            f"The 'mode' parameter of validate must be 'strict' or 'quarantine'. Got {mode!r} instead.",
-            rule="mode",
-            values=[mode],
-        )
+        raise ConfigError.invalid("validate", "mode", "'strict' or 'quarantine'", mode)
     tables = load_tables(tables)  # checks names and presence of the required tables
     for name, df in tables.items():
         _check_missing_columns(name, df)

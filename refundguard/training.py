@@ -39,7 +39,7 @@ from refundguard.artifacts import (
 from refundguard.config import ScoreConfig
 from refundguard.errors import ConfigError, DataError
 from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, validation_curve
-from refundguard.features import CATEGORICAL_FEATURES, FEATURES
+from refundguard.features import CATEGORICAL_FEATURES, monotone_constraints
 from refundguard.model import Calibrator, RefundAbuseClassifier, choose_calibrator
 from refundguard.guard import RefundGuard
 from refundguard.pipeline import FeatureBatch, canonical_tables, point_in_time_features
@@ -366,7 +366,7 @@ def train(
     _check_slice("train", y_all[sl.train], _MIN_TRAIN_ROWS, _MIN_TRAIN_POSITIVES)
     _check_slice("valid", y_all[sl.valid], 20, 2)
     p_kw = {**DEFAULT_PARAMS, **(params or {})}
-    mono = {f.name: f.monotone for f in FEATURES if f.monotone and f.dtype != "category"}
+    mono = monotone_constraints()
     clf = RefundAbuseClassifier(
         **p_kw, monotone_constraints=mono, categorical_features=list(CATEGORICAL_FEATURES)
     )

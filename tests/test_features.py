@@ -67,7 +67,8 @@ def test_feature_list_is_consistent() -> None:
     by = {f.name: f for f in FEATURES}
     assert by["reason"].levels == REASONS and by["kind"].levels == KINDS
     assert by["category"].levels is None
-    mono = dict(zip(FEATURE_NAMES, monotone_constraints(), strict=True))
+    mono = monotone_constraints()
+    assert mono == {f.name: f.monotone for f in FEATURES if f.monotone}
     for name in ("buyer_n_abuse", "buyer_n_rejected", "buyer_n_not_received_on_delivered",
                  "device_n_bad_buyers", "address_n_bad_buyers", "not_received_on_delivered"):
         assert mono[name] == 1
@@ -209,21 +210,23 @@ def test_batch_errors_name_the_column() -> None:
     prof = Profiles.from_records([PROFILES[0]], [PROFILES[1]], [PROFILES[2]])
     good = frame([request()])
     cases = {
-        "reason": good.assign(reason="fraud"),
-        "kind": good.assign(kind=None),
-        "amount": good.assign(amount=np.nan),
-        "order_amount": good.assign(order_amount=-1.0),
-        "paid_at": good.assign(paid_at=T + pd.Timedelta(hours=1)),
-        "requested_at": good.assign(requested_at=pd.NaT),
+        "reason": (good.assign(reason="fraud"), "enum"),
+        "kind": (good.assign(kind=None), "enum"),
+        "amount": (good.assign(amount=np.nan), "min"),
+        "order_amount": (good.assign(order_amount=-1.0), "min"),
+        "paid_at": (good.assign(paid_at=T + pd.Timedelta(hours=1)), "after_paid_at"),
+        "requested_at": (good.assign(requested_at=pd.NaT), "required"),
     }
-    for col, df in cases.items():
+    for col, (df, rule) in cases.items():
         with pytest.raises(SchemaError) as exc:
             build_features(df, prof)
-        assert exc.value.column == col, col
-    with pytest.raises(SchemaError, match="order_amount"):
+        assert (exc.value.column, exc.value.rule) == (col, rule), col
+    with pytest.raises(SchemaError, match="order_amount") as exc:
         build_features(good.drop(columns=["order_amount"]), prof)
-    with pytest.raises(SchemaError, match="rows"):
+    assert exc.value.rule == "missing_column"
+    with pytest.raises(SchemaError, match="rows") as exc:
         build_features(frame([request(), request()]), prof)
+    assert exc.value.rule == "aligned"
 
 
 def test_profiles_with_wrong_value_types_raise_request_error() -> None:

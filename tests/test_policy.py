@@ -253,7 +253,7 @@ def test_decide_batch_probability_callable_sees_only_needed_rows():
 
 def test_decide_batch_schema_errors():
     req = _frame(10)
-    with pytest.raises(SchemaError, match=re.escape("requests is missing column(s) ['buyer_id']")):
+    with pytest.raises(SchemaError, match=re.escape("'requests' is missing required column(s) ['buyer_id']")):
         decide_batch(req.drop(columns="buyer_id"), TL, probability=np.zeros(10))
     bad = req.assign(kind=["swap"] + ["refund_only"] * 9)
     with pytest.raises(SchemaError, match=re.escape("Column 'kind' has 1 value(s) outside")):

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refundguard.errors import RejectedRowsWarning, SchemaError
+from refundguard.errors import ConfigError, RejectedRowsWarning, SchemaError
 from refundguard.tables import (
     REJECT_COLUMNS,
     TABLES,
@@ -239,7 +239,7 @@ def test_missing_column_and_table_raise_in_both_modes():
         validate(t)
     with pytest.raises(SchemaError, match=r"Unknown table name\(s\) \['order'\]"):
         validate({"order": make_tables()["orders"]})
-    with pytest.raises(SchemaError, match="'mode' parameter of validate"):
+    with pytest.raises(ConfigError, match="'mode' parameter of validate must be 'strict' or 'quarantine'"):
         validate(make_tables(), mode="lenient")
 
 
