@@ -179,6 +179,11 @@ class RefundGuard:
         """The store score configuration the model was trained with."""
         return self._state.score_config
 
+    @property
+    def category_levels(self) -> tuple[str, ...] | None:
+        """The ``category`` feature's levels stored in the model (``None`` when it has none)."""
+        return self._state.category_levels
+
     # ------------------------------------------------------------------ online
     def _predictor(self, st: _State) -> Any:
         cache = getattr(self._local, "predictor", None)

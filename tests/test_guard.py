@@ -55,7 +55,7 @@ def test_scored_output_contract(scored):
 
 def test_online_assess_equals_batch(guard, tables, scored):
     batch = rg.point_in_time_features(tables, "2024-08-05", "2024-08-14", score_config=guard.score_config,
-                                      category_levels=guard._state.category_levels)
+                                      category_levels=guard.category_levels)
     by_id = scored.set_index("refund_id")
     assert len(batch)
     for i in range(len(batch)):
@@ -98,7 +98,7 @@ def test_bad_request_gets_request_error(guard, tables):
         guard.assess(request, (profiles[0], profiles[1]))
 
 
-def test_reload_swaps_and_a_bad_model_leaves_the_old_one(guard, tmp_path: Path):
+def test_reload_swaps_and_a_bad_model_leaves_the_old_one(guard, tables, tmp_path: Path):
     g = RefundGuard.default()
     broken = tmp_path / "broken"
     shutil.copytree(rg.guard.default_model_path(), broken)
@@ -110,15 +110,25 @@ def test_reload_swaps_and_a_bad_model_leaves_the_old_one(guard, tmp_path: Path):
     assert g.model_version == guard.model_version
     with pytest.raises(ModelError):
         RefundGuard.load(broken)
-    good = tmp_path / "good"
-    shutil.copytree(rg.guard.default_model_path(), good)
-    g.reload(good)
-    assert g.model_version == guard.model_version
+    # a really different model: the default with an intercept threshold of 0 (every scored request intercepted)
+    default = rg.load_model(rg.guard.default_model_path())
+    meta = {**default.meta, "thresholds": {**default.meta["thresholds"], "intercept": 0.0, "review": 0.0}}
+    other = rg.save_model(tmp_path / "other", booster_text=default.booster.model_to_string(), meta=meta,
+                          model_card=default.model_card)
+    assert other.model_version != guard.model_version
+    batch = rg.point_in_time_features(tables, "2024-07-01", "2024-07-03", score_config=g.score_config)
+    request, profiles = request_record(batch.requests, 0), batch.profiles.profile(0)
+    before = g.assess(request, profiles)
+    g.reload(other.path)
+    assert g.model_version == other.model_version
+    after = g.assess(request, profiles)
+    assert after.model_version == other.model_version and after.action == "intercept"
+    assert after.abuse_probability == pytest.approx(before.abuse_probability, abs=1e-12)
 
 
 def test_gate_kinds_and_audit_rows_in_batch(guard, tables):
     timeline = rg.PolicyTimeline.default(audit_rate=0.5)
-    g = RefundGuard(guard._state.loaded, policy=timeline)
+    g = RefundGuard.default(policy=timeline)
     out = g.score_history(tables, "2024-08-09", "2024-09-01", validate_tables=False)
     gated = out["action"] == "merchant_handles"
     assert gated.sum() >= 20
