@@ -489,4 +489,4 @@ class PolicyConfig:
         return PolicyConfig.from_dict(d)
 
 
-__all__ += ["REFUND_KINDS", "DEFAULT_GATE", "PolicyConfig"]
+__all__ += ["DEFAULT_GATE", "REFUND_KINDS", "PolicyConfig"]
