@@ -1,21 +1,48 @@
 """The ``refundguard`` command line: argument parsing only, one function per command.
 
-Every command takes paths, prints a short summary, exits 0 on success, 1 on bad
-data, 2 on bad arguments, and prints one clear line on stderr without a
-traceback (``--debug`` shows it). Long work shows a progress bar unless
-``--quiet`` is given or stderr is not a terminal.
+Each command parses its arguments, calls the library, and prints. Every command
+takes paths, prints a short summary, exits 0 on success, 1 on bad data, 2 on bad
+arguments, and prints one clear line on stderr without a traceback (``--debug``
+shows it). Long work shows a progress bar unless ``--quiet`` is given or stderr is
+not a terminal. ``--debug`` and ``--quiet`` go before or after the command name.
+
+Numbers are printed at a precision a person reads: probabilities and metrics with
+4 decimals (thresholds with 4 significant digits), counts with thousands
+separators, shares as percentages, amounts with 2 decimals.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from refundguard.errors import ConfigError, RefundGuardError, RequestError
+import pandas as pd
+
+from refundguard.config import PolicyConfig, ScoreConfig
+from refundguard.demo import DEMO_BUYERS, DEMO_DAYS, DEMO_SEED, DEMO_STORES, run_demo
+from refundguard.errors import (
+    ConfigError,
+    RefundGuardError,
+    RejectedRowsWarning,
+    RequestError,
+)
+from refundguard.guard import SCORED_FORMATS, RefundGuard, write_scored
+from refundguard.policy import ACTIONS, PolicyTimeline
+from refundguard.scores import (
+    explain_store,
+    store_score_history,
+    store_scores,
+    summarize_store_scores,
+)
+from refundguard.simulate import SimulationConfig, simulate_to_parquet
+from refundguard.tables import load_tables, summarize_rejects, validate, write_table
+from refundguard.training import DEFAULT_GAP_DAYS, evaluate, promote_if_better, train
 
 EXIT_OK = 0
 EXIT_BAD_DATA = 1
@@ -33,14 +60,32 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_ARGS)
 
 
+def _add_global_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """``--debug`` and ``--quiet``, on the top-level parser and on every sub-command.
+
+    The sub-commands use ``default=argparse.SUPPRESS`` so that a flag given before
+    the command name is not reset by the sub-command's default.
+    """
+    parser.add_argument("--debug", action="store_true", default=default, help="show tracebacks")
+    parser.add_argument("--quiet", action="store_true", default=default, help="no progress bars")
+
+
 def _progress(args: argparse.Namespace) -> bool:
     """Whether to show progress bars: not with ``--quiet`` nor without a TTY."""
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
-def _date_arg(value: str) -> str:
-    import pandas as pd
+def _gated_policy() -> PolicyConfig:
+    """The default policy's last version: the one with the store gate (for help texts)."""
+    return PolicyTimeline.default().versions[-1]
 
+
+def _threshold(value: float | None) -> str:
+    """A decision threshold at 4 significant digits (``disabled`` when unset)."""
+    return "disabled" if value is None else f"{value:.4g}"
+
+
+def _date_arg(value: str) -> str:
     try:
         pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
@@ -57,8 +102,6 @@ def _existing_dir(value: str) -> Path:
 
 def _load_clean(folder: Path) -> dict[str, Any]:
     """Load a data folder and validate it strictly (bad data: SchemaError, exit 1)."""
-    from refundguard.tables import load_tables, validate
-
     clean, _ = validate(load_tables(folder), mode="strict")
     return clean
 
@@ -74,18 +117,18 @@ def _add_simulate(sub: Any) -> None:
             "claims. Writes one partitioned Parquet folder per table into --out, in chunks."
         ),
     )
+    d = SimulationConfig()
     p.add_argument("--out", required=True, type=Path, help="output folder (created; must be empty or absent)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0); same seed, same tables")
-    p.add_argument("--buyers", type=int, default=20_000, help="number of buyers (default 20000)")
-    p.add_argument("--stores", type=int, default=500, help="number of stores (default 500)")
-    p.add_argument("--days", type=int, default=180, help="days simulated (default 180)")
-    p.add_argument("--start", type=_date_arg, default="2024-06-01", help="first day, UTC (default 2024-06-01)")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed}); same seed, same tables")
+    p.add_argument("--buyers", type=int, default=d.n_buyers, help=f"number of buyers (default {d.n_buyers})")
+    p.add_argument("--stores", type=int, default=d.n_stores, help=f"number of stores (default {d.n_stores})")
+    p.add_argument("--days", type=int, default=d.days, help=f"days simulated (default {d.days})")
+    start = d.start_ts.date().isoformat()
+    p.add_argument("--start", type=_date_arg, default=start, help=f"first day, UTC (default {start})")
     p.set_defaults(func=_run_simulate)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from refundguard.simulate import SimulationConfig, simulate_to_parquet
-
     cfg = SimulationConfig(
         n_buyers=args.buyers, n_stores=args.stores, days=args.days, start=args.start, seed=args.seed
     )
@@ -116,8 +159,6 @@ def _add_validate(sub: Any) -> None:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    from refundguard.tables import load_tables, summarize_rejects, validate, write_table
-
     if args.rejects is not None and args.mode != "quarantine":
         raise _UsageError("--rejects needs --mode quarantine")
     tables = load_tables(args.data)
@@ -135,7 +176,8 @@ def _run_validate(args: argparse.Namespace) -> int:
         write_table(rejects, args.rejects)
         print(f"rejects written to {args.rejects}")
     if args.fail_on_rejects and len(rejects):
-        print(f"refundguard: {rejects['row_index'].groupby(rejects['table']).nunique().sum()} rows rejected", file=sys.stderr)
+        n_rejected = int(rejects["row_index"].groupby(rejects["table"]).nunique().sum())
+        print(f"refundguard: {n_rejected:,d} rows rejected", file=sys.stderr)
         return EXIT_BAD_DATA
     return EXIT_OK
 
@@ -156,7 +198,8 @@ def _add_store_scores(sub: Any) -> None:
     src.add_argument("--data", type=_existing_dir, help="folder with orders/refunds/reviews[/service] (validated strictly)")
     src.add_argument("--olist", type=_existing_dir, help="Olist folder (read with the Olist adapter; bad rows set aside)")
     p.add_argument("--as-of", type=_date_arg, help="end of the window (excluded); a date means 00:00 in the config time zone")
-    p.add_argument("--window-days", type=int, help="window length in days (default: the config's, 30)")
+    p.add_argument("--window-days", type=int,
+                   help=f"window length in days (default: the config's, {ScoreConfig().window_days})")
     p.add_argument("--config", type=Path, help="ScoreConfig as JSON (ScoreConfig.to_dict()); default the built-in bands")
     p.add_argument("--history", nargs=2, metavar=("START", "END"), type=_date_arg, help="daily rows for every day in [START, END]")
     p.add_argument("--explain", metavar="STORE_ID", help="print the merchant view of this store as of --as-of")
@@ -165,74 +208,57 @@ def _add_store_scores(sub: Any) -> None:
 
 
 def _run_store_scores(args: argparse.Namespace) -> int:
-    import json
-
-    from refundguard.config import INDICATORS, ScoreConfig
-    from refundguard.scores import explain_store, store_score_history, store_scores
-    from refundguard.tables import summarize_rejects, validate, write_table
-
     if args.history is None and args.as_of is None:
         raise _UsageError("--as-of is required (or give --history START END)")
     if args.explain is not None and args.as_of is None:
         raise _UsageError("--explain needs --as-of")
-    if args.config is not None:
-        if not args.config.is_file():
-            raise _UsageError(f"--config: no such file {str(args.config)!r}")
-        try:
-            cfg = ScoreConfig.from_dict(json.loads(args.config.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"--config {str(args.config)!r} is not valid JSON: {exc}", field="config") from exc
-    else:
-        cfg = ScoreConfig()
+    cfg = _score_config(args.config)
     if args.window_days is not None:
         cfg = cfg.replace(window_days=args.window_days)
-    if args.olist is not None:
-        from refundguard.datasets.olist import load_olist
-
-        raw, report = load_olist(args.olist, return_report=True)
-        import warnings
-
-        from refundguard.errors import RejectedRowsWarning
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RejectedRowsWarning)
-            tables, rejects = validate(raw, mode="quarantine")
-        print(
-            f"olist: {report['olist_orders']:,d} orders -> {report['contract_orders']:,d} store orders "
-            f"({report['multi_seller_orders']:,d} multi-seller split, {report['orders_without_items']:,d} without items skipped); "
-            f"{report['contract_reviews']:,d} reviews; no refunds, no chats"
-        )
-        if len(rejects):
-            for row in summarize_rejects(rejects).itertuples(index=False):
-                print(f"  set aside: {row.table:8s} {row.column:14s} {row.rule:18s} {row.rows:>6,d}")
-    else:
-        tables = _load_clean(args.data)
+    tables = _load_olist(args.olist) if args.olist is not None else _load_clean(args.data)
 
     if args.explain is not None:
         print(explain_store(tables, args.explain, args.as_of, cfg).to_text())
         return EXIT_OK
     if args.history is not None:
         df = store_score_history(tables, args.history[0], args.history[1], cfg)
-        print(f"{len(df):,d} store-days, {df['store_id'].nunique():,d} stores, {df['as_of'].nunique():,d} days")
-        last = df[df["as_of"] == df["as_of"].max()] if len(df) else df
     else:
         df = store_scores(tables, args.as_of, cfg)
-        last = df
-    scored = last["score"].notna()
-    n = len(last)
-    share = float((last.loc[scored, "score"] >= 4.80).mean()) if scored.any() else 0.0
-    when = "" if args.history is None else " (last day)"
-    print(
-        f"stores{when}: {n:,d}  scored: {int(scored.sum()):,d}  share >= 4.80: {share:.1%}  "
-        f"provisional: {int(last['provisional'].sum()):,d}  window: {cfg.window_days} days"
-    )
-    if n:
-        na = [f"{ind} {1 - float(last[f'{ind}_assessed'].mean()):.0%}" for ind in INDICATORS]
-        print("not assessed: " + ", ".join(na))
+    print(summarize_store_scores(df, cfg, history=args.history is not None).to_text())
     if args.out is not None:
         write_table(df, args.out)
         print(f"written to {args.out}")
     return EXIT_OK
+
+
+def _score_config(path: Path | None) -> ScoreConfig:
+    """The ScoreConfig in the JSON file ``path`` (``ScoreConfig.to_dict()``), or the default."""
+    if path is None:
+        return ScoreConfig()
+    if not path.is_file():
+        raise _UsageError(f"--config: no such file {str(path)!r}")
+    try:
+        return ScoreConfig.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--config {str(path)!r} is not valid JSON: {exc}", field="config") from exc
+
+
+def _load_olist(folder: Path) -> dict[str, Any]:
+    """Read an Olist folder into the contract's tables (bad rows set aside) and print what was read."""
+    from refundguard.datasets.olist import load_olist
+
+    raw, report = load_olist(folder, return_report=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RejectedRowsWarning)
+        tables, rejects = validate(raw, mode="quarantine")
+    print(
+        f"olist: {report['olist_orders']:,d} orders -> {report['contract_orders']:,d} store orders "
+        f"({report['multi_seller_orders']:,d} multi-seller split, {report['orders_without_items']:,d} without items skipped); "
+        f"{report['contract_reviews']:,d} reviews; no refunds, no chats"
+    )
+    for row in summarize_rejects(rejects).itertuples(index=False) if len(rejects) else ():
+        print(f"  set aside: {row.table:8s} {row.column:14s} {row.rule:18s} {row.rows:>6,d}")
+    return tables
 
 
 # --------------------------------------------------------------------------- train
@@ -252,7 +278,8 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--train-end", required=True, type=_date_arg, help="end of the training slice")
     p.add_argument("--valid-end", required=True, type=_date_arg, help="end of the validation slice")
     p.add_argument("--test-end", type=_date_arg, help="end of the test slice (needed for --champion)")
-    p.add_argument("--gap-days", type=int, default=14, help="label maturity gap before --train-end (default 14)")
+    p.add_argument("--gap-days", type=int, default=DEFAULT_GAP_DAYS,
+                   help=f"label maturity gap before --train-end (default {DEFAULT_GAP_DAYS})")
     p.add_argument("--out", required=True, type=Path, help="model folder to write (replaced atomically)")
     p.add_argument("--champion", type=Path, help="champion model folder, replaced only by a better model")
     p.add_argument("--gated-labels", choices=("all", "audit"), default="all",
@@ -262,8 +289,6 @@ def _add_train(sub: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from refundguard.training import promote_if_better, train
-
     if args.champion is not None and args.test_end is None:
         raise _UsageError("--champion needs --test-end (the comparison runs on the test slice)")
     tables = _load_clean(args.data)
@@ -280,7 +305,8 @@ def _run_train(args: argparse.Namespace) -> int:
         o = ev.overall
         print(f"{name:5s} PR-AUC {o['pr_auc']:.4f}  ROC-AUC {o['roc_auc']:.4f}  "
               f"recall@{model.thresholds.intercept_precision:.2f} {o['recall_at_precision']:.4f}  ECE {o['ece']:.4f}")
-    print(f"thresholds: intercept {model.thresholds.intercept}, review {model.thresholds.review}")
+    print(f"thresholds: intercept {_threshold(model.thresholds.intercept)}, "
+          f"review {_threshold(model.thresholds.review)}")
     print(f"model {saved.model_version} written to {args.out}")
     if args.champion is not None:
         result = promote_if_better(model, tables, args.champion, validate_tables=False)
@@ -305,23 +331,43 @@ def _add_evaluate(sub: Any) -> None:
     p.set_defaults(func=_run_evaluate)
 
 
+#: How ``evaluate`` prints each overall figure: probabilities and metrics with 4 decimals, money with 2.
+_EVALUATE_FIGURES: tuple[tuple[str, str], ...] = (
+    ("pr_auc", "{:.4f}"),
+    ("roc_auc", "{:.4f}"),
+    ("recall_at_precision", "{:.4f}"),
+    ("precision_at_k", "{:.4f}"),
+    ("ece", "{:.4f}"),
+    ("brier", "{:.4f}"),
+    ("intercepted_amount", "{:,.2f}"),
+)
+_SLICE_COLUMNS: dict[str, Callable[[Any], str]] = {
+    "n": "{:,}".format,
+    "n_positive": "{:,}".format,
+    "pr_auc": "{:.4f}".format,
+    "recall_at_precision": "{:.4f}".format,
+    "ece": "{:.4f}".format,
+}
+
+
+def _frame_text(frame: pd.DataFrame, formatters: dict[str, Callable[[Any], str]]) -> str:
+    """These columns of ``frame`` as text, each cell formatted, two spaces between columns."""
+    width = {c: max([len(c), *(len(f(v)) for v in frame[c])]) + 1 for c, f in formatters.items()}
+    return frame[list(formatters)].to_string(formatters=formatters, col_space=width)
+
+
 def _run_evaluate(args: argparse.Namespace) -> int:
-    import json
-
-    from refundguard.training import evaluate
-
     tables = _load_clean(args.data)
     result = evaluate(args.model, tables, args.start, args.end, validate_tables=False)
     o = result.overall
     print(f"{o['n']:,} labelled refunds, {o['n_positive']:,} abusive ({o['positive_rate']:.2%})")
-    for key in ("pr_auc", "roc_auc", "recall_at_precision", "precision_at_k", "ece", "brier", "intercepted_amount"):
-        print(f"  {key:22s} {o[key]:.4f}" if isinstance(o.get(key), float) else f"  {key:22s} {o.get(key)}")
-    if result.by_band is not None:
-        print("by store-score band:")
-        print(result.by_band[["n", "n_positive", "pr_auc", "recall_at_precision", "ece"]].to_string())
-    if result.by_category is not None:
-        print("by category:")
-        print(result.by_category[["n", "n_positive", "pr_auc", "recall_at_precision", "ece"]].to_string())
+    for key, fmt in _EVALUATE_FIGURES:
+        value = o.get(key)
+        print(f"  {key:22s} {fmt.format(value) if isinstance(value, float) else value}")
+    for title, frame in (("by store-score band:", result.by_band), ("by category:", result.by_category)):
+        if frame is not None:
+            print(title)
+            print(_frame_text(frame, _SLICE_COLUMNS))
     if args.out is not None:
         args.out.write_text(json.dumps(result.to_dict(), indent=2, default=str))
         print(f"metrics written to {args.out}")
@@ -349,120 +395,46 @@ def _add_score(sub: Any) -> None:
 
 
 def _run_score(args: argparse.Namespace) -> int:
-    from refundguard.guard import RefundGuard
-    from refundguard.tables import write_table
-
-    if args.out.suffix not in (".parquet", ".csv"):
-        raise _UsageError(f"--out must end in .parquet or .csv; got {args.out.name!r}")
+    if args.out.suffix not in SCORED_FORMATS:
+        raise _UsageError(f"--out must end in {' or '.join(SCORED_FORMATS)}; got {args.out.name!r}")
     tables = _load_clean(args.data)
     guard = RefundGuard.load(args.model)
     scored = guard.score_history(tables, args.start, args.end, always_score=args.always_score,
                                  validate_tables=False, progress=_progress(args))
-    if args.out.suffix == ".csv":
-        scored = scored.assign(reasons=scored["reasons"].map(lambda r: json_dumps(r)))
-    write_table(scored, args.out)
+    write_scored(scored, args.out)
     print(f"{len(scored):,} refunds decided with model {guard.model_version}")
-    for action, n in scored["action"].value_counts().reindex(
-            ["merchant_handles", "approve", "review", "intercept"], fill_value=0).items():
+    for action, n in scored["action"].value_counts().reindex(list(ACTIONS), fill_value=0).items():
         print(f"  {action:17s} {n:>10,d}")
     print(f"written to {args.out}")
     return EXIT_OK
 
 
-def json_dumps(value: Any) -> str:
-    """JSON text of a reasons list (CSV cells cannot hold structs)."""
-    import json
-
-    return json.dumps(list(value), default=str)
-
-
 # --------------------------------------------------------------------------- demo
 def _add_demo(sub: Any) -> None:
+    gated = _gated_policy()
+    start = SimulationConfig().start_ts.date()
     p = sub.add_parser(
         "demo",
         help="end to end on the bundled default model: simulate, validate, store scores, decide, evaluate",
         description=(
             "Simulate a small marketplace (a seed the default model never saw), validate it, compute store "
             "experience scores, decide every refund with the bundled default model and the dated policy "
-            "(the 4.80 store gate from 2024-08-09), compare with the simulated labels, and decide one request "
-            "online. Everything is written under --out."
+            f"(the {gated.gate:.2f} store gate from {gated.effective_from}), compare with the simulated labels, "
+            "and decide one request online. Everything is written under --out."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("refundguard-demo"), help="output folder (default ./refundguard-demo)")
-    p.add_argument("--buyers", type=int, default=6_000, help="buyers (default 6000)")
-    p.add_argument("--stores", type=int, default=200, help="stores (default 200)")
-    p.add_argument("--days", type=int, default=150, help="days from 2024-06-01 (default 150)")
-    p.add_argument("--seed", type=int, default=7, help="simulation seed (default 7)")
+    p.add_argument("--buyers", type=int, default=DEMO_BUYERS, help=f"buyers (default {DEMO_BUYERS})")
+    p.add_argument("--stores", type=int, default=DEMO_STORES, help=f"stores (default {DEMO_STORES})")
+    p.add_argument("--days", type=int, default=DEMO_DAYS, help=f"days from {start} (default {DEMO_DAYS})")
+    p.add_argument("--seed", type=int, default=DEMO_SEED, help=f"simulation seed (default {DEMO_SEED})")
     p.set_defaults(func=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    import shutil
-    import time
-
-    import pandas as pd
-
-    from refundguard.guard import RefundGuard
-    from refundguard.pipeline import point_in_time_features
-    from refundguard.profiles import request_record
-    from refundguard.scores import store_scores
-    from refundguard.simulate import SimulationConfig, simulate_to_parquet
-    from refundguard.tables import load_tables, validate, write_table
-
-    data = args.out / "data"
-    if data.exists():
-        shutil.rmtree(data)
-    args.out.mkdir(parents=True, exist_ok=True)
-    cfg = SimulationConfig(n_buyers=args.buyers, n_stores=args.stores, days=args.days, seed=args.seed)
-    rows = simulate_to_parquet(cfg, data, progress=_progress(args))
-    print(f"1. simulated {rows['orders']:,} orders, {rows['refunds']:,} refunds, {rows['reviews']:,} reviews, "
-          f"{rows['service']:,} chats from {cfg.start} for {cfg.days} days -> {data}")
-    tables, rejects = validate(load_tables(data), mode="strict")
-    print(f"2. validated against the data contract: {len(rejects)} rejects")
-    guard = RefundGuard.default()
-    end = pd.Timestamp(cfg.start, tz="UTC") + pd.Timedelta(days=cfg.days)
-    scores = store_scores(tables, end.date().isoformat(), guard.score_config)
-    gated = (scores["score"] >= 4.80).sum()
-    print(f"3. store experience scores on {end.date()}: {len(scores):,} stores, {gated:,} at 4.80 or more "
-          f"({gated / max(len(scores), 1):.1%}), {int(scores['provisional'].sum()):,} provisional, "
-          f"median {scores['score'].median():.2f}")
-    started = time.perf_counter()
-    scored = guard.score_history(tables, validate_tables=False)
-    took = time.perf_counter() - started
-    write_table(scored.assign(reasons=scored["reasons"].map(json_dumps)), args.out / "scored.csv")
-    print(f"4. decided {len(scored):,} refunds in {took:.1f} s with model {guard.model_version} -> {args.out / 'scored.csv'}")
-    cut = pd.Timestamp("2024-08-09", tz="UTC")
-    order = ["merchant_handles", "approve", "review", "intercept"]
-    table = pd.DataFrame(
-        {
-            "before 2024-08-09": scored.loc[scored["requested_at"] < cut, "action"].value_counts(),
-            "from 2024-08-09": scored.loc[scored["requested_at"] >= cut, "action"].value_counts(),
-        }
-    ).reindex(order).fillna(0).astype(int)
-    print("   " + table.to_string().replace("\n", "\n   "))
-    ev = guard.evaluate(tables, validate_tables=False)
-    o = ev.overall
-    print(f"5. against the simulated labels ({o['n']:,} labelled, {o['positive_rate']:.1%} abusive): PR-AUC {o['pr_auc']:.3f}, "
-          f"ROC-AUC {o['roc_auc']:.3f}, recall at 90% precision {o['recall_at_precision']:.3f}, ECE {o['ece']:.4f}")
-    hit = scored[scored["action"] == "intercept"]
-    if len(hit):
-        row = hit.iloc[0]
-        batch = point_in_time_features(tables, row["requested_at"], row["requested_at"] + pd.Timedelta(microseconds=1),
-                                       score_config=guard.score_config)
-        i = int((batch.requests["refund_id"] == row["refund_id"]).to_numpy().argmax())
-        request, profiles = request_record(batch.requests, i), batch.profiles.profile(i)
-        decision = guard.assess(request, profiles)
-        times = []
-        for _ in range(2_000):
-            t0 = time.perf_counter_ns()
-            guard.assess(request, profiles)
-            times.append(time.perf_counter_ns() - t0)
-        times.sort()
-        print(f"6. online: guard.assess(request, profiles) for {decision.refund_id} -> {decision.action} "
-              f"(p={decision.abuse_probability:.3f}, policy {decision.policy_version}); "
-              f"p50 {times[len(times) // 2] / 1e3:.0f} us, p99 {times[int(len(times) * 0.99)] / 1e3:.0f} us")
-        for r in decision.reasons:
-            print(f"   - {r['text']}")
+    result = run_demo(args.out, buyers=args.buyers, stores=args.stores, days=args.days, seed=args.seed,
+                      progress=_progress(args))
+    print(result.to_text())
     return EXIT_OK
 
 
@@ -486,12 +458,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="refundguard", description="Refund-only abuse detection: scores, model, decisions.")
     parser.add_argument("--version", action="version", version=f"refundguard {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_global_options(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for add in COMMANDS:
         add(sub)
+    for command in sub.choices.values():
+        _add_global_options(command, default=argparse.SUPPRESS)
     return parser
 
 

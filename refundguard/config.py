@@ -335,6 +335,11 @@ def _is_real(v: Any) -> bool:
 #: The two refund kinds of the data contract.
 REFUND_KINDS: tuple[str, ...] = ("refund_only", "return_and_refund")
 
+#: The default store gate: a request to a store whose published score is at or above
+#: it is left to the merchant (:attr:`PolicyConfig.gate`). Read it from here; never
+#: re-type the number.
+DEFAULT_GATE: float = 4.80
+
 
 def _as_date(owner: str, name: str, value: Any) -> Any:
     from datetime import date, datetime
@@ -370,7 +375,7 @@ class PolicyConfig:
     effective_from : date, default 2024-08-09
         The version applies to requests at or after 00:00 UTC of this date (until
         the next version's date).
-    gate : float or None, default 4.80
+    gate : float or None, default :data:`DEFAULT_GATE` (4.80)
         Store gate: a request to a store whose **published** score is >= ``gate`` is
         left to the merchant. ``None`` disables the gate.
     gate_kinds : frozenset of str, default both kinds
@@ -393,7 +398,7 @@ class PolicyConfig:
     """
 
     effective_from: Any = "2024-08-09"
-    gate: float | None = 4.80
+    gate: float | None = DEFAULT_GATE
     gate_kinds: frozenset[str] = frozenset(REFUND_KINDS)
     gate_provisional: bool = False
     gate_missing: bool = False
@@ -484,4 +489,4 @@ class PolicyConfig:
         return PolicyConfig.from_dict(d)
 
 
-__all__ += ["REFUND_KINDS", "PolicyConfig"]
+__all__ += ["DEFAULT_GATE", "REFUND_KINDS", "PolicyConfig"]

@@ -410,3 +410,51 @@ def _reasons_struct(items: Any) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+# --------------------------------------------------------------------------- scored output files
+#: File suffixes :func:`write_scored` writes (the format follows the suffix).
+SCORED_FORMATS: tuple[str, ...] = (".parquet", ".csv")
+
+
+def write_scored(scored: pd.DataFrame, path: str | Path) -> Path:
+    """Write a scored frame (:meth:`RefundGuard.score_history` output) to Parquet or CSV, atomically.
+
+    Parquet keeps ``reasons`` as a list of structs; a CSV cell cannot hold one, so
+    in CSV each row's ``reasons`` is written as JSON text (a list of
+    ``{text, feature, value, contribution}`` objects).
+
+    Parameters
+    ----------
+    scored
+        The scored rows.
+    path
+        Target file ending in one of :data:`SCORED_FORMATS`.
+
+    Returns
+    -------
+    pathlib.Path
+        The file written.
+
+    Raises
+    ------
+    SchemaError
+        ``path`` does not end in ``.parquet`` or ``.csv``.
+    """
+    import json
+
+    from refundguard.errors import SchemaError
+    from refundguard.tables import write_table
+
+    target = Path(path)
+    if target.suffix not in SCORED_FORMATS:
+        raise SchemaError(
+            f"Unsupported scored output {target.name!r}: use one of {list(SCORED_FORMATS)}.", rule="format"
+        )
+    if target.suffix == ".csv" and "reasons" in scored.columns:
+        scored = scored.assign(reasons=scored["reasons"].map(lambda r: json.dumps(list(r), default=str)))
+    write_table(scored, target)
+    return target
+
+
+__all__ += ["SCORED_FORMATS", "write_scored"]

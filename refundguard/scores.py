@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refundguard.config import (
+    DEFAULT_GATE,
     DIMENSIONS,
     HIGHER_IS_BETTER,
     INDICATOR_DIMENSION,
@@ -43,12 +44,14 @@ __all__ = [
     "CALIBRATION_QUANTILES",
     "OUTPUT_COLUMNS",
     "StoreExplanation",
+    "StoreScoreSummary",
     "calibrate_bands",
     "explain_store",
     "publish_score",
     "store_score_history",
     "store_scores",
     "store_scores_for_requests",
+    "summarize_store_scores",
 ]
 
 DAY_NS = 86_400 * 10**9
@@ -1286,4 +1289,112 @@ def explain_store(
         provisional=bool(r["provisional"]),
         window_days=cfg.window_days,
         indicators=pd.DataFrame(recs),
+    )
+
+
+# --------------------------------------------------------------------------- summary
+@dataclass(frozen=True)
+class StoreScoreSummary:
+    """Headline figures of a store-score frame, for one day (the last ``as_of`` of a history).
+
+    Attributes
+    ----------
+    rows, stores_total, days
+        Rows of the whole frame (store-days for a history), distinct stores and
+        distinct ``as_of`` days in it.
+    history
+        Whether the frame is a daily history (the other figures describe its last day).
+    stores, scored, gated, provisional
+        Stores on the summarised day; those with a published score; those scored at
+        or above ``gate``; those whose score is provisional.
+    gate
+        The store gate the ``gated`` count uses.
+    median_score
+        Median published score of the day (NaN when no store is scored).
+    window_days
+        Length of the score window in days.
+    not_assessed
+        Per indicator (in :data:`~refundguard.config.INDICATORS` order), the share of
+        the day's stores for which that indicator is not assessed.
+    """
+
+    rows: int
+    stores_total: int
+    days: int
+    history: bool
+    stores: int
+    scored: int
+    gated: int
+    provisional: int
+    gate: float
+    median_score: float
+    window_days: int
+    not_assessed: Mapping[str, float]
+
+    @property
+    def gated_share(self) -> float:
+        """Share of the scored stores at or above the gate (0.0 when none is scored)."""
+        return self.gated / self.scored if self.scored else 0.0
+
+    def to_text(self) -> str:
+        """The summary as printed by ``refundguard store-scores``."""
+        lines = []
+        if self.history:
+            lines.append(f"{self.rows:,d} store-days, {self.stores_total:,d} stores, {self.days:,d} days")
+        when = " (last day)" if self.history else ""
+        lines.append(
+            f"stores{when}: {self.stores:,d}  scored: {self.scored:,d}  "
+            f"share >= {self.gate:.2f}: {self.gated_share:.1%}  "
+            f"provisional: {self.provisional:,d}  window: {self.window_days} days"
+        )
+        if self.stores:
+            lines.append("not assessed: " + ", ".join(f"{ind} {share:.0%}" for ind, share in self.not_assessed.items()))
+        return "\n".join(lines)
+
+
+def summarize_store_scores(
+    scores: pd.DataFrame,
+    config: ScoreConfig | None = None,
+    *,
+    gate: float = DEFAULT_GATE,
+    history: bool = False,
+) -> StoreScoreSummary:
+    """Summarise the output of :func:`store_scores` or :func:`store_score_history`.
+
+    Parameters
+    ----------
+    scores
+        Rows with the :data:`OUTPUT_COLUMNS` (at least ``store_id``, ``as_of``,
+        ``score``, ``provisional`` and ``<indicator>_assessed``).
+    config
+        The configuration the scores were computed with (for the window length);
+        default :class:`~refundguard.config.ScoreConfig`.
+    gate
+        Store gate counted in :attr:`StoreScoreSummary.gated` (default
+        :data:`~refundguard.config.DEFAULT_GATE`).
+    history
+        ``scores`` is a daily history: the store figures describe its last day.
+
+    Returns
+    -------
+    StoreScoreSummary
+    """
+    cfg = config if config is not None else ScoreConfig()
+    day = scores[scores["as_of"] == scores["as_of"].max()] if history and len(scores) else scores
+    score = day["score"]
+    scored = score.notna()
+    n = len(day)
+    return StoreScoreSummary(
+        rows=len(scores),
+        stores_total=int(scores["store_id"].nunique()),
+        days=int(scores["as_of"].nunique()),
+        history=history,
+        stores=n,
+        scored=int(scored.sum()),
+        gated=int((score[scored] >= gate).sum()),
+        provisional=int(day["provisional"].sum()),
+        gate=float(gate),
+        median_score=float(score.median()) if scored.any() else float("nan"),
+        window_days=cfg.window_days,
+        not_assessed={ind: (1.0 - float(day[f"{ind}_assessed"].mean())) if n else 0.0 for ind in INDICATORS},
     )

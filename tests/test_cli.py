@@ -1,16 +1,33 @@
-"""The command line: exit codes, messages, and the validate / simulate commands."""
+"""The command line: every command end to end, global options, exit codes, messages, printed numbers."""
 
 from __future__ import annotations
 
+import argparse
+import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from refundguard.cli import main
+import refundguard.cli
+from refundguard.cli import build_parser, main
+from refundguard.config import DEFAULT_GATE, ScoreConfig
+from refundguard.guard import default_model_path
+from refundguard.policy import ACTIONS, PolicyTimeline
 from refundguard.tables import load_tables, validate
 from tests.test_tables import make_tables
+
+#: A float printed with more than 4 significant digits after the point: what a person should not have to read.
+RAW_FLOAT = re.compile(r"\d\.0*[1-9]\d{4,}")
+GATE_DATE = PolicyTimeline.default().versions[-1].effective_from
+
+
+def _commands() -> list[str]:
+    """The sub-commands registered on the parser."""
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices)
 
 
 def _write(tables: dict[str, pd.DataFrame], folder: Path, fmt: str = "parquet") -> Path:
@@ -23,18 +40,62 @@ def _write(tables: dict[str, pd.DataFrame], folder: Path, fmt: str = "parquet") 
     return folder
 
 
-def test_help_documents_every_command(capsys):
+def test_the_parser_registers_the_documented_commands():
+    assert set(_commands()) >= {"simulate", "validate", "store-scores", "train", "evaluate", "score", "demo"}
+
+
+def test_top_level_help_lists_every_command(capsys):
     with pytest.raises(SystemExit) as info:
         main(["--help"])
     assert info.value.code == 0
     out = capsys.readouterr().out
-    for cmd in ("simulate", "validate"):
+    for cmd in _commands():
         assert cmd in out
-    for cmd in ("simulate", "validate"):
-        with pytest.raises(SystemExit) as info:
-            main([cmd, "--help"])
-        assert info.value.code == 0
-        assert "usage: refundguard " + cmd in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", _commands())
+def test_help_documents_every_command(command, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "usage: refundguard " + command in out
+    assert "--debug" in out and "--quiet" in out
+
+
+def _minimal_args(folder: Path) -> dict[str, list[str]]:
+    """Arguments that parse for each command (parsing only: nothing runs)."""
+    d = str(folder)
+    return {
+        "simulate": ["--out", f"{d}/sim"],
+        "validate": ["--data", d],
+        "store-scores": ["--data", d, "--as-of", "2024-10-01"],
+        "train": ["--data", d, "--train-end", "2024-09-01", "--valid-end", "2024-10-01", "--out", f"{d}/m"],
+        "evaluate": ["--data", d, "--model", d],
+        "score": ["--data", d, "--model", d, "--out", f"{d}/s.csv"],
+        "demo": ["--out", f"{d}/demo"],
+    }
+
+
+@pytest.mark.parametrize("flag", ["--quiet", "--debug"])
+def test_global_options_go_before_or_after_every_command(tmp_path, flag):
+    parser = build_parser()
+    minimal = _minimal_args(tmp_path)
+    assert set(minimal) == set(_commands()), "add the new command to _minimal_args"
+    name = flag.removeprefix("--")
+    other = "--debug" if flag == "--quiet" else "--quiet"
+    for command, rest in minimal.items():
+        assert getattr(parser.parse_args([command, *rest]), name) is False, command
+        assert getattr(parser.parse_args([flag, command, *rest]), name) is True, command
+        assert getattr(parser.parse_args([command, *rest, flag]), name) is True, command
+        both = parser.parse_args([other, command, *rest, flag])
+        assert both.quiet is True and both.debug is True, command
+
+
+def test_cli_source_types_no_gate_and_no_policy_date():
+    source = Path(refundguard.cli.__file__).read_text()
+    for literal in ("4.8", "4.80", "2024-08-09"):
+        assert literal not in source, literal
 
 
 def test_bad_arguments_exit_2_with_one_line(tmp_path, capsys):
@@ -64,6 +125,8 @@ def test_validate_strict_bad_data_exits_1_without_traceback(tmp_path, capsys):
     assert len(err) == 1 and "buyer_id" in err[0] and "required" in err[0]
     assert main(["--debug", "validate", "--data", str(tmp_path / "d")]) == 1
     assert "Traceback" in capsys.readouterr().err
+    assert main(["validate", "--data", str(tmp_path / "d"), "--debug"]) == 1
+    assert "Traceback" in capsys.readouterr().err
 
 
 def test_injected_bad_rows_are_exactly_the_rejects(tmp_path, capsys):
@@ -92,6 +155,8 @@ def test_injected_bad_rows_are_exactly_the_rejects(tmp_path, capsys):
     assert "parent_rejected" in out and "rejects written" in out
     with pytest.warns(Warning):
         assert main(args + ["--fail-on-rejects"]) == 1
+    n_rejected = rejects.groupby("table")["row_index"].nunique().sum()
+    assert capsys.readouterr().err.strip() == f"refundguard: {n_rejected:,d} rows rejected"
 
 
 def test_tables_written_by_other_tools_validate(tmp_path):
@@ -113,6 +178,86 @@ def test_tables_written_by_other_tools_validate(tmp_path):
     assert clean["orders"].loc[0, "paid_at"] == pd.Timestamp("2024-07-01T02:00:00Z")
 
 
+# --------------------------------------------------------------------------- on a small simulated marketplace
+def _assert_readable(out: str) -> None:
+    """No float printed with more than 4 significant digits after the point."""
+    assert not RAW_FLOAT.search(out), RAW_FLOAT.findall(out)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """The folder ``refundguard simulate`` writes for a small marketplace (shared by this module)."""
+    folder = tmp_path_factory.mktemp("sim") / "data"
+    argv = ["simulate", "--out", str(folder), "--buyers", "400", "--stores", "20", "--days", "80", "--seed", "3"]
+    assert main([*argv, "--quiet"]) == 0
+    return folder
+
+
+def test_simulate_writes_every_table(simulated, tmp_path, capsys):
+    assert sorted(p.name for p in simulated.iterdir()) == ["orders", "refunds", "reviews", "service"]
+    assert main(["--quiet", "simulate", "--out", str(tmp_path / "d"), "--buyers", "50", "--stores", "5",
+                 "--days", "10"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^orders\s+[\d,]+ rows$", out, re.MULTILINE) and f"written to {tmp_path / 'd'}" in out
+    _assert_readable(out)
+
+
+def test_validate_a_simulated_folder(simulated, capsys):
+    assert main(["validate", "--data", str(simulated), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"^refunds\s+[\d,]+\s+[\d,]+\s+0$", out, re.MULTILINE)
+    _assert_readable(out)
+
+
+def test_store_scores_as_of_history_explain_and_out(simulated, tmp_path, capsys):
+    out_file = tmp_path / "scores.parquet"
+    assert main(["store-scores", "--data", str(simulated), "--as-of", "2024-08-01", "--out", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    scores = pd.read_parquet(out_file)
+    scored = scores["score"].dropna()
+    share = (scored >= DEFAULT_GATE).mean()
+    assert f"stores: {len(scores):,d}  scored: {len(scored):,d}  share >= {DEFAULT_GATE:.2f}: {share:.1%}" in out
+    assert "not assessed: " in out and f"written to {out_file}" in out
+    _assert_readable(out)
+
+    config = tmp_path / "score-config.json"
+    config.write_text(json.dumps(ScoreConfig().to_dict()))
+    assert main(["store-scores", "--data", str(simulated), "--history", "2024-07-01", "2024-07-03",
+                 "--config", str(config), "--window-days", "14", "--debug"]) == 0
+    out = capsys.readouterr().out
+    assert "3 days" in out and "stores (last day):" in out and "window: 14 days" in out
+    _assert_readable(out)
+
+    store = str(scores["store_id"].iloc[0])
+    assert main(["--quiet", "store-scores", "--data", str(simulated), "--as-of", "2024-08-01", "--explain", store]) == 0
+    assert f"store {store}" in capsys.readouterr().out
+
+    assert main(["store-scores", "--data", str(simulated)]) == 2
+    assert "--as-of is required" in capsys.readouterr().err
+    assert main(["store-scores", "--data", str(simulated), "--as-of", "2024-08-01",
+                 "--config", str(tmp_path / "missing.json")]) == 2
+
+
+def test_score_and_evaluate_a_simulated_folder_with_the_bundled_model(simulated, tmp_path, capsys):
+    target = tmp_path / "scored.csv"
+    assert main(["score", "--data", str(simulated), "--model", str(default_model_path()), "--out", str(target),
+                 "--quiet"]) == 0
+    out = capsys.readouterr().out
+    scored = pd.read_csv(target)
+    assert f"{len(scored):,} refunds decided" in out
+    for action in ACTIONS:
+        n = int((scored["action"] == action).sum())
+        assert re.search(rf"^  {action}\s+{n:,d}$", out, re.MULTILINE), action
+    explained = scored["reasons"].map(json.loads)
+    assert explained.map(lambda r: isinstance(r, list)).all() and explained.map(len).gt(0).any()
+    _assert_readable(out)
+
+    assert main(["evaluate", "--data", str(simulated), "--model", str(default_model_path()), "--debug"]) == 0
+    out = capsys.readouterr().out
+    assert "labelled refunds" in out and "by category:" in out
+    _assert_readable(out)
+
+
 # --------------------------------------------------------------------------- train / evaluate / score / demo
 @pytest.fixture(scope="module")
 def alt_folder(tmp_path_factory):
@@ -130,6 +275,11 @@ def test_train_evaluate_score_end_to_end_on_foreign_tables(alt_folder, tmp_path,
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "test  PR-AUC" in out and "promoted" in out and (champion / "MANIFEST").exists()
+    thresholds = re.search(r"^thresholds: intercept (\S+), review (\S+)$", out, re.MULTILINE)
+    assert thresholds, out
+    for value in thresholds.groups():  # 4 significant digits
+        assert value == "disabled" or value == f"{float(value):.4g}", value
+    _assert_readable(out)
     assert main(args) == 0  # the same model again does not beat itself
     assert "champion kept" in capsys.readouterr().out
 
@@ -137,17 +287,18 @@ def test_train_evaluate_score_end_to_end_on_foreign_tables(alt_folder, tmp_path,
                  "--to", "2024-11-17", "--out", str(tmp_path / "m.json")]) == 0
     out = capsys.readouterr().out
     assert "pr_auc" in out and "by store-score band" in out and (tmp_path / "m.json").exists()
+    _assert_readable(out)
 
     for suffix in ("parquet", "csv"):
         target = tmp_path / f"scored.{suffix}"
         assert main(["score", "--data", str(alt_folder), "--model", str(model), "--out", str(target),
-                     "--always-score", "--from", "2024-06-01"]) == 0
+                     "--always-score", "--from", "2024-06-01", "--quiet"]) == 0
         scored = pd.read_parquet(target) if suffix == "parquet" else pd.read_csv(target)
         from refundguard.guard import SCORED_COLUMNS
 
         assert list(scored.columns) == list(SCORED_COLUMNS)
         assert scored["abuse_probability"].notna().all()
-        before = pd.to_datetime(scored["requested_at"], utc=True) < pd.Timestamp("2024-08-09", tz="UTC")
+        before = pd.to_datetime(scored["requested_at"], utc=True) < pd.Timestamp(GATE_DATE, tz="UTC")
         assert before.any() and not (scored.loc[before, "action"] == "merchant_handles").any()
     assert "refunds decided" in capsys.readouterr().out
 
@@ -169,9 +320,11 @@ def test_train_and_score_argument_errors(alt_folder, tmp_path, capsys):
 
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
-    assert main(["--quiet", "demo", "--out", str(tmp_path / "demo"), "--buyers", "1500", "--stores", "60",
-                 "--days", "100"]) == 0
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--buyers", "400", "--stores", "20", "--days", "80",
+                 "--seed", "3", "--debug", "--quiet"]) == 0
     out = capsys.readouterr().out
     for step in ("1. simulated", "2. validated", "3. store experience scores", "4. decided", "5. against", "6. online"):
         assert step in out
+    assert f"at {DEFAULT_GATE:.2f} or more" in out and f"before {GATE_DATE}  from {GATE_DATE}" in out
     assert (tmp_path / "demo" / "scored.csv").exists()
+    _assert_readable(out)

@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"guard"},
     {"training"},
+    {"demo"},
     {"cli", "__init__", "datasets.__init__"},
 ]
 LEVEL = {name: i for i, layer in enumerate(LAYERS) for name in layer}
