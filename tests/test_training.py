@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from pathlib import Path
 
@@ -163,8 +164,23 @@ def test_gated_labels_audit_uses_only_audited_gated_rows_weighted():
     assert 0 < full.meta["gated_share"] < 1
     assert audit.meta["windows"]["gated_labels"] == "audit"
     rows, all_rows = audit.meta["windows"]["rows"], full.meta["windows"]["rows"]
-    assert rows["train"] <= all_rows["train"]  # the gate starts on 2024-08-09, a week before the train cut
-    assert rows["valid"] < all_rows["valid"] and rows["test"] < all_rows["test"]
+    # Independently of training.py: which labelled requests sit behind the gate and outside the audit sample?
+    req = rg.requests_from_tables(clean, None, "2024-10-29", with_labels=True)
+    score = rg.store_scores_for_requests(clean, req)
+    gate_on = req["requested_at"] >= pd.Timestamp("2024-08-09", tz="UTC")
+    gated = gate_on & (score["score"] >= 4.80 - 1e-9) & ~score["provisional"] & ~score["score_missing"]
+    audited = req["refund_id"].map(
+        lambda r: int.from_bytes(hashlib.sha256(("refundguard-audit-v1" + r).encode()).digest()[:8], "big") / 2**64 < 0.2)
+    dropped = gated & ~audited & req["is_abuse"].notna()
+    cut = pd.Timestamp("2024-08-18", tz="UTC")  # train_end - 14 days
+    fit = (req["requested_at"] < cut) & (req["resolved_at"] < cut)
+    valid = req["requested_at"].between(pd.Timestamp("2024-09-01", tz="UTC"), pd.Timestamp("2024-10-01", tz="UTC"),
+                                        inclusive="left")
+    test = req["requested_at"] >= pd.Timestamp("2024-10-01", tz="UTC")
+    assert int((dropped & fit).sum()) > 0  # the gate starts on 2024-08-09, nine days before the train cut
+    assert rows["train"] + rows["early_stopping"] == all_rows["train"] + all_rows["early_stopping"] - int((dropped & fit).sum())
+    assert rows["valid"] == all_rows["valid"] - int((dropped & valid).sum())
+    assert rows["test"] == all_rows["test"] - int((dropped & test).sum())
     assert audit.metrics["test"]["pr_auc"] > 0.7
     with pytest.raises(rg.ConfigError, match="gated_labels"):
         rg.train(clean, "2024-09-01", "2024-10-01", gated_labels="some", **kw)
