@@ -850,89 +850,77 @@ def store_score_history(
     d1 = _day_of(end, tz, "end")
     if d1 < d0:
         raise ConfigError(f"The 'end' parameter must be on or after start ({start!r}). Got {end!r} instead.", field="end", value=end)
+    h = _history_stats(tables, d0, d1, cfg)
+    day_start = _day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
+    keep = None
+    if pairs is not None:
+        keep = _pairs_mask(pairs, h.store_ids, h.st_idx, h.day_idx, d0, tz)
+    df = _score_frame(
+        h.store_ids[h.st_idx],
+        day_start[h.day_idx],
+        h.day_idx,
+        h.category,
+        h.stats,
+        h.refunds_known[h.day_idx],
+        cfg,
+        keep=keep,
+    )
+    return df.sort_values(["as_of", "store_id"], kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class _History:
+    """Daily statistics: one row per (store, day) whose window holds an activity event."""
+
+    store_ids: np.ndarray  # object array of str: store code -> store id
+    st_idx: np.ndarray  # store code of each row
+    day_idx: np.ndarray  # day of each row, counted from the first day
+    category: np.ndarray  # modal category of each row (object array of str or NaN)
+    stats: dict[str, np.ndarray]  # every statistic of _STATS, per row
+    refunds_known: np.ndarray  # per day: some refund was requested on an earlier day
+
+
+def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: ScoreConfig) -> _History:
+    """Integer statistics of the windows ending at the local days ``d0 .. d1``, from daily buckets.
+
+    An event anchored on local day ``a`` lies in the windows of days ``a + 1 .. a +
+    window_days``; with a known-from instant on day ``k`` it counts from day
+    ``max(a, k) + 1`` on. Rolling sums (:class:`_Rolling`) add each event once.
+    """
+    tz = cfg.timezone
     ndays = d1 - d0 + 1
     wd = cfg.window_days
-
-    orders, refunds, reviews, service = _event_tables(tables)
 
     # only events whose window can touch [d0, d1] matter: anchor day in [d0 - wd, d1 - 1]
     lo_ns = int(_day_start_ns(np.array([d0 - wd - 1]), tz)[0])
     hi_ns = int(_day_start_ns(np.array([d1 + 1]), tz)[0])
+    src = _event_sources(tables, lo_ns, hi_ns, wd, union_orders=True)
+    nst = len(src.store_ids)
 
-    def near(ns: np.ndarray) -> np.ndarray:
-        return (ns >= lo_ns) & (ns < hi_ns)
+    days_of: dict[tuple[str, str], np.ndarray] = {}
 
-    paid = _ns(orders, "paid_at", "orders")
-    ship_by = _ns(orders, "ship_by", "orders")
-    deliv = _ns(orders, "delivered_at", "orders")
-    m_o = near(paid) | near(ship_by) | near(deliv)
-    req = _ns(refunds, "requested_at", "refunds")
-    m_r = near(req)
-    created = _ns(reviews, "created_at", "reviews")
-    m_v = near(created)
-    started = _ns(service, "started_at", "service")
-    m_s = near(started)
-
-    rf = refunds.loc[m_r]
-    rv = reviews.loc[m_v]
-    keys = pa.concat_arrays([_arrow_str(rf["order_id"]).cast(pa.large_string()), _arrow_str(rv["order_id"]).cast(pa.large_string())])
-    rows = _order_rows(orders, paid, keys, [("refunds", len(rf)), ("reviews", len(rv))], lo_ns - max(wd, 30) * DAY_NS, hi_ns)
-    rf_rows, rv_rows = rows[: len(rf)], rows[len(rf):]
-    o_rows = np.flatnonzero(m_o)
-    need_rows = _mask_rows(len(orders), o_rows, rf_rows, rv_rows)
-    code_of_row, s_codes, uniques = _store_codes(orders, need_rows, service, m_s)
-    nst = len(uniques)
+    def day_of(source: str, col: str) -> np.ndarray:
+        """Local day numbers of a timestamp input of a source (computed once)."""
+        out = days_of.get((source, col))
+        if out is None:
+            out = days_of[(source, col)] = _day_index(src.events[source].ns(col), tz)
+        return out
 
     acc = _Rolling(nst, d0, ndays)
-
-    def add(name: str, c: np.ndarray, anchor_day: np.ndarray, value: np.ndarray | None = None, first: np.ndarray | None = None) -> None:
-        s = anchor_day + 1 if first is None else np.maximum(anchor_day, first) + 1
-        acc.add(name, c, s, anchor_day + wd, value)
-
-    o_c = code_of_row[o_rows]
-    p_day = _day_index(paid[o_rows], tz)
-    add("n_orders", o_c, p_day)
-    sb = ship_by[o_rows]
-    shp = _ns(orders, "shipped_at", "orders")[o_rows]
-    sb_day = _day_index(sb, tz)
-    add("pk_n", o_c, sb_day)
-    ok = (shp != _NAT) & (shp <= sb)
-    add("pk_ok", o_c[ok], sb_day[ok])
-    dl = deliv[o_rows]
-    dm = dl != _NAT
-    dl_day = _day_index(dl[dm], tz)
-    add("dl_n", o_c[dm], dl_day)
-    add("dl_sum_s", o_c[dm], dl_day, _sec(dl[dm]) - _sec(paid[o_rows][dm]))
-
-    r_c = code_of_row[rf_rows]
-    r_req = req[m_r]
-    q_day = _day_index(r_req, tz)
-    add("rf_n", r_c, q_day)
-    add("rf_req_sum_s", r_c, q_day, _sec(r_req))
-    res = _ns(refunds, "resolved_at", "refunds")[m_r]
-    rm = res != _NAT
-    res_day = _day_index(res, tz)
-    add("rf_closed_n", r_c[rm], q_day[rm], first=res_day[rm])
-    add("rf_closed_res_sum_s", r_c[rm], q_day[rm], _sec(res[rm]), first=res_day[rm])
-    qm = rf["reason"].isin(QUALITY_REASONS).to_numpy(dtype=bool)
-    add("qr_n", r_c[qm], q_day[qm])
-    known = _escalation_known_ns(_Columns(refunds, "refunds"))[m_r]
-    em = rf["escalated"].fillna(False).to_numpy(dtype=bool) & (known != _NAT)
-    add("dp_n", r_c[em], q_day[em], first=_day_index(known[em], tz))
-
-    v_c = code_of_row[rv_rows]
-    c_day = _day_index(created[m_v], tz)
-    add("rv_n", v_c, c_day)
-    gm = rv["rating"].to_numpy(dtype="float64", na_value=np.nan) >= 4
-    add("rv_good", v_c[gm], c_day[gm])
-
-    sv_day = _day_index(started[m_s], tz)
-    add("sv_n", s_codes, sv_day)
-    frs = service.loc[m_s, "first_response_s"].to_numpy(dtype="float64", na_value=np.nan)
-    fm = frs <= RESPONSE_LIMIT_S
-    add("sv_ok", s_codes[fm], sv_day[fm])
+    for d in _STAT_DEFS:
+        ev = src.events[d.source]
+        anchor_day = day_of(d.source, _SOURCES[d.source][1])
+        first = anchor_day if d.known_from is None else np.maximum(anchor_day, day_of(d.source, d.known_from))
+        value = None if d.value is None else d.value(ev)
+        c = ev.store
+        m = _counted(d, ev, known_before=None)
+        if m is not None:
+            c, first, anchor_day = c[m], first[m], anchor_day[m]
+            value = None if value is None else value[m]
+        acc.add(d.name, c, first + 1, anchor_day + wd, value)
 
     # refunds known before D: any refund requested on a day before D
+    req = src.refunds.ns("requested_at")
     req_all = req[req != _NAT]
     days = np.arange(d0, d1 + 1, dtype=np.int64)
     if len(req_all):
@@ -942,11 +930,13 @@ def store_score_history(
         known_by_day = np.zeros(ndays, dtype=bool)
 
     # modal category per (store, day): rolling counts per (store, category)
-    cat_codes, cat_uniques = _factorize(_arrow_str(orders["category"]).take(pa.array(o_rows)), sort=True)
+    paid = src.events["paid"]
+    p_day = day_of("paid", "paid_at")
+    cat_codes, cat_uniques = _factorize(_arrow_str(src.orders.frame["category"]).take(pa.array(paid.rows)), sort=True)
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = max(len(cat_uniques), 1)
-    pair_key = o_c * ncat + cat_codes
+    pair_key = paid.store * ncat + cat_codes
     upair, pair_idx = np.unique(pair_key, return_inverse=True)
     pacc = _Rolling(len(upair), d0, ndays)
     pacc.add("n", pair_idx.astype(np.int64), p_day + 1, p_day + wd, None)
@@ -986,21 +976,9 @@ def store_score_history(
         cu = np.asarray(cat_uniques, dtype=object)
         cat_of[found] = cu[pair_cat[b[found]]]
 
-    day_start = _day_start_ns(days, tz)
-    keep = None
-    if pairs is not None:
-        keep = _pairs_mask(pairs, np.asarray(uniques, dtype=object), st_idx, day_idx, d0, tz)
-    df = _score_frame(
-        np.asarray(uniques, dtype=object)[st_idx],
-        day_start[day_idx],
-        day_idx,
-        cat_of,
-        row_stats,
-        known_by_day[day_idx],
-        cfg,
-        keep=keep,
+    return _History(
+        store_ids=src.store_ids, st_idx=st_idx, day_idx=day_idx, category=cat_of, stats=row_stats, refunds_known=known_by_day
     )
-    return df.sort_values(["as_of", "store_id"], kind="stable").reset_index(drop=True)
 
 
 def _pairs_mask(pairs: pd.DataFrame, uniques: np.ndarray, st_idx: np.ndarray, day_idx: np.ndarray, d0: int, tz: str) -> np.ndarray:
