@@ -10,6 +10,7 @@ DESIGN.md section 3 is the definition. Everything here is computed in two steps:
 Because step 1 yields the same integers whether it is done with a direct window
 filter (:func:`store_scores`) or with daily buckets and rolling sums
 (:func:`store_score_history`), and step 2 is the same code, the two agree exactly.
+Both ways of step 1 aggregate one table of statistic definitions (``_STAT_DEFS``).
 
 Output columns (contract): ``store_id, as_of, category, score, product, logistics,
 service, n_orders, provisional, score_config_hash`` and per indicator
@@ -539,7 +540,12 @@ def _event_sources(
 
 
 def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_lookback_days: int = 30) -> _Window:
-    """Integer statistics of the window ``[lo, hi)`` (UTC ns) per store, filtering first."""
+    """Integer statistics of the window ``[lo, hi)`` (UTC ns) per store, filtering first.
+
+    Every :data:`_STAT_DEFS` entry counts (or sums over) the rows of its source anchored
+    in the window that pass its filter and, if it has one, whose known-from instant is
+    before ``hi``. Only stores with an activity event (:data:`_ACTIVITY`) are kept.
+    """
     src = _event_sources(tables, lo, hi, cfg_lookback_days, union_orders=False)
     n = len(src.store_ids)
     st: dict[str, np.ndarray] = {}
