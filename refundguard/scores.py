@@ -10,6 +10,7 @@ DESIGN.md section 3 is the definition. Everything here is computed in two steps:
 Because step 1 yields the same integers whether it is done with a direct window
 filter (:func:`store_scores`) or with daily buckets and rolling sums
 (:func:`store_score_history`), and step 2 is the same code, the two agree exactly.
+Both ways of step 1 aggregate one table of statistic definitions (``_STAT_DEFS``).
 
 Output columns (contract): ``store_id, as_of, category, score, product, logistics,
 service, n_orders, provisional, score_config_hash`` and per indicator
@@ -21,7 +22,7 @@ unrounded total ``score_raw``, not from the rounded dimensions.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,25 +78,7 @@ OUTPUT_COLUMNS: tuple[str, ...] = (
     "score_raw",
 )
 
-# Integer window statistics, per store (and day).
-_STATS = (
-    "n_orders",  # orders paid in window
-    "qr_n",  # quality-reason refunds requested in window
-    "rv_n",  # reviews created in window
-    "rv_good",  # ... with rating >= 4
-    "pk_n",  # orders with ship_by in window
-    "pk_ok",  # ... shipped at or before ship_by
-    "dl_n",  # orders delivered in window
-    "dl_sum_s",  # sum of seconds paid -> delivered
-    "rf_n",  # refunds requested in window
-    "rf_req_sum_s",  # sum of requested_at (epoch seconds)
-    "rf_closed_n",  # ... resolved before as_of
-    "rf_closed_res_sum_s",  # sum of resolved_at (epoch seconds) of those
-    "dp_n",  # escalated refunds requested in window, escalation known before as_of
-    "sv_n",  # chats started in window
-    "sv_ok",  # ... first response within 180 s
-)
-_SUM_STATS = frozenset({"dl_sum_s", "rf_req_sum_s", "rf_closed_res_sum_s"})
+# The integer window statistics (_STATS) are defined by _STAT_DEFS (section "window statistics").
 _ACTIVITY = ("n_orders", "rf_n", "rv_n", "pk_n", "dl_n", "sv_n")
 # indicator -> (scale dividing the numerator: 3600 for hours, 1 for rates, needs refund data)
 _SCALE = {
@@ -359,103 +342,245 @@ def _event_tables(tables: Mapping[str, pd.DataFrame]) -> tuple[pd.DataFrame, pd.
     return orders, refunds, reviews, service
 
 
-def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_lookback_days: int = 30) -> _Window:
-    """Integer statistics of the window ``[lo, hi)`` (UTC ns) per store, filtering first."""
-    orders, refunds, reviews, service = _event_tables(tables)
+#: Derived refunds instant: when an escalation becomes known (``escalated_at``, else ``resolved_at``).
+_ESCALATION_KNOWN = "escalation_known"
 
-    paid = _ns(orders, "paid_at", "orders")
-    ship_by = _ns(orders, "ship_by", "orders")
-    m_paid = (paid >= lo) & (paid < hi)
-    m_ship = (ship_by >= lo) & (ship_by < hi)
-    deliv = _ns(orders, "delivered_at", "orders")
-    m_deliv = (deliv >= lo) & (deliv < hi)  # NaT is int64 min: never in window
 
-    req = _ns(refunds, "requested_at", "refunds")
-    m_req = (req >= lo) & (req < hi)
-    created = _ns(reviews, "created_at", "reviews")
-    m_rev = (created >= lo) & (created < hi)
-    started = _ns(service, "started_at", "service")
-    m_srv = (started >= lo) & (started < hi)
-    refunds_known = bool(len(req)) and bool(((req != _NAT) & (req < hi)).any())
+class _Columns:
+    """One input table whose timestamp columns are converted to UTC ns at most once per call."""
 
-    rf = refunds.loc[m_req]
-    rv = reviews.loc[m_rev]
-    hint_lo = lo - max(cfg_lookback_days, 30) * DAY_NS
-    keys = pa.concat_arrays([_arrow_str(rf["order_id"]).cast(pa.large_string()), _arrow_str(rv["order_id"]).cast(pa.large_string())])
-    rows = _order_rows(orders, paid, keys, [("refunds", len(rf)), ("reviews", len(rv))], hint_lo, hi)
-    rf_rows, rv_rows = rows[: len(rf)], rows[len(rf):]
+    def __init__(self, frame: pd.DataFrame, table: str) -> None:
+        self.frame = frame
+        self.table = table
+        self._ns: dict[str, np.ndarray] = {}
 
-    # factorize only the store ids that are needed
-    o_rows = np.flatnonzero(m_paid | m_ship | m_deliv)
-    need_rows = _mask_rows(len(orders), o_rows, rf_rows, rv_rows)
-    code_of_row, s_codes, uniques = _store_codes(orders, need_rows, service, m_srv)
-    n = len(uniques)
-
-    def cnt(c: np.ndarray, w: np.ndarray | None = None) -> np.ndarray:
-        if w is None:
-            return np.bincount(c, minlength=n).astype(np.int64)
-        return np.bincount(c[w], minlength=n).astype(np.int64)
-
-    def sm(c: np.ndarray, v: np.ndarray) -> np.ndarray:
-        out = np.zeros(n, dtype=np.int64)
-        np.add.at(out, c, v.astype(np.int64))
+    def ns(self, col: str) -> np.ndarray:
+        """int64 UTC ns of a timestamp column or of :data:`_ESCALATION_KNOWN` (NaT -> int64 min)."""
+        out = self._ns.get(col)
+        if out is None:
+            out = _escalation_known_ns(self) if col == _ESCALATION_KNOWN else _ns(self.frame, col, self.table)
+            self._ns[col] = out
         return out
 
+
+def _escalation_known_ns(refunds: _Columns) -> np.ndarray:
+    """When an escalation becomes known: ``escalated_at`` if present (else ``resolved_at``)."""
+    res = refunds.ns("resolved_at")
+    if "escalated_at" in refunds.frame.columns:
+        esc_at = refunds.ns("escalated_at")
+        return np.where(esc_at != _NAT, esc_at, res)
+    return res
+
+
+class _Events:
+    """The rows of one event source that an aggregator reads.
+
+    Holds the rows' anchor instants (UTC ns) and store codes; the other inputs of the
+    statistic definitions (:meth:`ns`, :meth:`col`) are read for these rows on first
+    use and kept, so each is prepared at most once per call.
+    """
+
+    def __init__(self, table: _Columns, rows: np.ndarray, anchor: str, store: np.ndarray) -> None:
+        self.table = table
+        self.rows = rows
+        self.store = store
+        self.anchor = table.ns(anchor)[rows]
+        self._ns: dict[str, np.ndarray] = {anchor: self.anchor}
+        self._cols: dict[str, pd.Series] = {}
+
+    def ns(self, col: str) -> np.ndarray:
+        """UTC ns of a timestamp column (or :data:`_ESCALATION_KNOWN`) of these rows."""
+        out = self._ns.get(col)
+        if out is None:
+            out = self._ns[col] = self.table.ns(col)[self.rows]
+        return out
+
+    def col(self, col: str) -> pd.Series:
+        """A column of these rows, as stored."""
+        out = self._cols.get(col)
+        if out is None:
+            out = self._cols[col] = self.table.frame[col].iloc[self.rows]
+        return out
+
+
+#: Event sources: name -> (table, anchor column). An event belongs to the windows
+#: ``[lo, hi)`` that hold its anchor instant.
+_SOURCES: dict[str, tuple[str, str]] = {
+    "paid": ("orders", "paid_at"),
+    "ship_by": ("orders", "ship_by"),
+    "delivered": ("orders", "delivered_at"),
+    "refund": ("refunds", "requested_at"),
+    "review": ("reviews", "created_at"),
+    "chat": ("service", "started_at"),
+}
+_ORDER_SOURCES = ("paid", "ship_by", "delivered")
+
+
+@dataclass(frozen=True)
+class _StatDef:
+    """The definition of one integer window statistic, read by both aggregators.
+
+    Attributes
+    ----------
+    name : str
+        The statistic (a key of the ``stats`` that :func:`_indicator_num_den` reads).
+    source : str
+        Event source, a key of :data:`_SOURCES`.
+    where : callable, optional
+        Row filter: ``where(events)`` is a boolean array over the source's rows.
+    value : callable, optional
+        ``value(events)``: the integer summed per store; ``None`` counts the rows.
+    known_from : str, optional
+        A timestamp input of the source (UTC ns): the event counts only in windows
+        ending after it (``known_from < as_of``); a null instant never counts.
+    """
+
+    name: str
+    source: str
+    where: Callable[[_Events], np.ndarray] | None = None
+    value: Callable[[_Events], np.ndarray] | None = None
+    known_from: str | None = None
+
+
+#: Every integer window statistic, defined once. :func:`_window_stats` (one window) and
+#: :func:`_history_stats` (daily buckets) both aggregate exactly this table.
+_STAT_DEFS: tuple[_StatDef, ...] = (
+    _StatDef("n_orders", "paid"),
+    _StatDef("pk_n", "ship_by"),
+    _StatDef("pk_ok", "ship_by", where=lambda e: (e.ns("shipped_at") != _NAT) & (e.ns("shipped_at") <= e.anchor)),
+    _StatDef("dl_n", "delivered"),
+    _StatDef("dl_sum_s", "delivered", value=lambda e: _sec(e.anchor) - _sec(e.ns("paid_at"))),
+    _StatDef("rf_n", "refund"),
+    _StatDef("rf_req_sum_s", "refund", value=lambda e: _sec(e.anchor)),
+    _StatDef("rf_closed_n", "refund", known_from="resolved_at"),
+    _StatDef("rf_closed_res_sum_s", "refund", value=lambda e: _sec(e.ns("resolved_at")), known_from="resolved_at"),
+    _StatDef("qr_n", "refund", where=lambda e: e.col("reason").isin(QUALITY_REASONS).to_numpy(dtype=bool)),
+    _StatDef(
+        "dp_n", "refund", where=lambda e: e.col("escalated").fillna(False).to_numpy(dtype=bool), known_from=_ESCALATION_KNOWN
+    ),
+    _StatDef("rv_n", "review"),
+    _StatDef("rv_good", "review", where=lambda e: e.col("rating").to_numpy(dtype="float64", na_value=np.nan) >= 4),
+    _StatDef("sv_n", "chat"),
+    _StatDef(
+        "sv_ok", "chat", where=lambda e: e.col("first_response_s").to_numpy(dtype="float64", na_value=np.nan) <= RESPONSE_LIMIT_S
+    ),
+)
+_STATS: tuple[str, ...] = tuple(d.name for d in _STAT_DEFS)
+_SUM_STATS = frozenset(d.name for d in _STAT_DEFS if d.value is not None)
+
+
+def _counted(d: _StatDef, ev: _Events, known_before: int | None) -> np.ndarray | None:
+    """Rows of ``ev`` that ``d`` counts (``None``: all of them).
+
+    Applies ``d.where`` and, if ``d.known_from`` is set, drops rows whose instant is
+    null or (when ``known_before`` is given) not before ``known_before``.
+    """
+    m = None
+    if d.known_from is not None:
+        k = ev.ns(d.known_from)
+        m = k != _NAT
+        if known_before is not None:
+            m &= k < known_before
+    if d.where is not None:
+        w = d.where(ev)
+        m = w if m is None else w & m
+    return m
+
+
+@dataclass
+class _Sources:
+    """Every event source, restricted to the rows one aggregator needs, with store codes."""
+
+    events: dict[str, _Events]
+    store_ids: np.ndarray  # object array of str; store code -> store id
+    orders: _Columns
+    refunds: _Columns
+
+
+def _event_sources(
+    tables: Mapping[str, pd.DataFrame], lo: int, hi: int, lookback_days: int, union_orders: bool
+) -> _Sources:
+    """Prepare every event source for the events anchored in ``[lo, hi)`` (UTC ns).
+
+    Each source keeps the rows whose anchor lies in the range; with ``union_orders``
+    the three order sources all keep every order with any of their anchors in the
+    range (the daily aggregation drops out-of-range anchors itself). Refunds and
+    reviews are mapped to their order's store; only the needed store ids are factorized.
+    """
+    o_df, r_df, v_df, s_df = _event_tables(tables)
+    cols = {
+        "orders": _Columns(o_df, "orders"),
+        "refunds": _Columns(r_df, "refunds"),
+        "reviews": _Columns(v_df, "reviews"),
+        "service": _Columns(s_df, "service"),
+    }
+    inside: dict[str, np.ndarray] = {}
+    for src, (table, anchor) in _SOURCES.items():
+        ns = cols[table].ns(anchor)
+        inside[src] = (ns >= lo) & (ns < hi)  # NaT is int64 min: never inside
+    m_orders = inside["paid"] | inside["ship_by"] | inside["delivered"]
+    o_rows = np.flatnonzero(m_orders)
+    rows = {src: o_rows if union_orders else np.flatnonzero(inside[src]) for src in _ORDER_SOURCES}
+    rf_pos = np.flatnonzero(inside["refund"])
+    rv_pos = np.flatnonzero(inside["review"])
+
+    orders = cols["orders"]
+    rf_keys = _arrow_str(r_df["order_id"].iloc[rf_pos]).cast(pa.large_string())
+    rv_keys = _arrow_str(v_df["order_id"].iloc[rv_pos]).cast(pa.large_string())
+    hint_lo = lo - max(lookback_days, 30) * DAY_NS
+    found = _order_rows(
+        o_df, orders.ns("paid_at"), pa.concat_arrays([rf_keys, rv_keys]), [("refunds", len(rf_pos)), ("reviews", len(rv_pos))], hint_lo, hi
+    )
+    rf_rows, rv_rows = found[: len(rf_pos)], found[len(rf_pos):]
+    need_rows = _mask_rows(len(o_df), o_rows, rf_rows, rv_rows)
+    code_of_row, s_codes, uniques = _store_codes(o_df, need_rows, s_df, inside["chat"])
+
+    events = {src: _Events(orders, rows[src], _SOURCES[src][1], code_of_row[rows[src]]) for src in _ORDER_SOURCES}
+    events["refund"] = _Events(cols["refunds"], rf_pos, "requested_at", code_of_row[rf_rows])
+    events["review"] = _Events(cols["reviews"], rv_pos, "created_at", code_of_row[rv_rows])
+    events["chat"] = _Events(cols["service"], np.flatnonzero(inside["chat"]), "started_at", s_codes)
+    return _Sources(events=events, store_ids=np.asarray(uniques, dtype=object), orders=orders, refunds=cols["refunds"])
+
+
+def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_lookback_days: int = 30) -> _Window:
+    """Integer statistics of the window ``[lo, hi)`` (UTC ns) per store, filtering first.
+
+    Every :data:`_STAT_DEFS` entry counts (or sums over) the rows of its source anchored
+    in the window that pass its filter and, if it has one, whose known-from instant is
+    before ``hi``. Only stores with an activity event (:data:`_ACTIVITY`) are kept.
+    """
+    src = _event_sources(tables, lo, hi, cfg_lookback_days, union_orders=False)
+    n = len(src.store_ids)
     st: dict[str, np.ndarray] = {}
-    c_paid = code_of_row[m_paid]
-    st["n_orders"] = cnt(c_paid)
-    c_ship = code_of_row[m_ship]
-    shipped = _ns(orders, "shipped_at", "orders")[m_ship]
-    st["pk_n"] = cnt(c_ship)
-    st["pk_ok"] = cnt(c_ship, (shipped != _NAT) & (shipped <= ship_by[m_ship]))
-    c_del = code_of_row[m_deliv]
-    st["dl_n"] = cnt(c_del)
-    st["dl_sum_s"] = sm(c_del, _sec(deliv[m_deliv]) - _sec(paid[m_deliv]))
-
-    c_rf = code_of_row[rf_rows]
-    r_req = req[m_req]
-    res = _ns(refunds, "resolved_at", "refunds")[m_req]
-    closed = (res != _NAT) & (res < hi)
-    st["rf_n"] = cnt(c_rf)
-    st["rf_req_sum_s"] = sm(c_rf, _sec(r_req))
-    st["rf_closed_n"] = cnt(c_rf, closed)
-    st["rf_closed_res_sum_s"] = sm(c_rf[closed], _sec(res[closed]))
-    st["qr_n"] = cnt(c_rf, rf["reason"].isin(QUALITY_REASONS).to_numpy(dtype=bool))
-    known = _escalation_known_ns(refunds)[m_req]
-    esc = rf["escalated"].fillna(False).to_numpy(dtype=bool)
-    st["dp_n"] = cnt(c_rf, esc & (known != _NAT) & (known < hi))
-
-    c_rv = code_of_row[rv_rows]
-    st["rv_n"] = cnt(c_rv)
-    st["rv_good"] = cnt(c_rv, rv["rating"].to_numpy(dtype="float64", na_value=np.nan) >= 4)
-
-    st["sv_n"] = cnt(s_codes)
-    frs = service.loc[m_srv, "first_response_s"].to_numpy(dtype="float64", na_value=np.nan)
-    st["sv_ok"] = cnt(s_codes, frs <= RESPONSE_LIMIT_S)
+    for d in _STAT_DEFS:
+        ev = src.events[d.source]
+        m = _counted(d, ev, known_before=hi)
+        c = ev.store if m is None else ev.store[m]
+        if d.value is None:
+            st[d.name] = np.bincount(c, minlength=n).astype(np.int64)
+        else:
+            v = d.value(ev)
+            out = np.zeros(n, dtype=np.int64)
+            np.add.at(out, c, (v if m is None else v[m]).astype(np.int64))
+            st[d.name] = out
+    req = src.refunds.ns("requested_at")
+    refunds_known = bool(len(req)) and bool(((req != _NAT) & (req < hi)).any())
 
     # modal category over orders paid in the window (ties: alphabetical)
-    cats = _arrow_str(orders["category"]).filter(pa.array(m_paid))
-    category = _modal_category(c_paid, cats, n)
+    paid = src.events["paid"]
+    cats = _arrow_str(src.orders.frame["category"]).take(pa.array(paid.rows))
+    category = _modal_category(paid.store, cats, n)
 
     active = np.zeros(n, dtype=bool)
     for k in _ACTIVITY:
         active |= st[k] > 0
     keep = np.flatnonzero(active)
     return _Window(
-        store_ids=np.asarray(uniques, dtype=object)[keep],
+        store_ids=src.store_ids[keep],
         category=category[keep],
         stats={k: st[k][keep] for k in _STATS},
         refunds_known=refunds_known,
     )
-
-
-def _escalation_known_ns(refunds: pd.DataFrame) -> np.ndarray:
-    """When an escalation becomes known: ``escalated_at`` if present (else ``resolved_at``)."""
-    res = _ns(refunds, "resolved_at", "refunds")
-    if "escalated_at" in refunds.columns:
-        esc_at = _ns(refunds, "escalated_at", "refunds")
-        return np.where(esc_at != _NAT, esc_at, res)
-    return res
 
 
 def _modal_category(store_codes: np.ndarray, cats: pa.Array, n: int) -> np.ndarray:
@@ -734,89 +859,77 @@ def store_score_history(
     d1 = _day_of(end, tz, "end")
     if d1 < d0:
         raise ConfigError(f"The 'end' parameter must be on or after start ({start!r}). Got {end!r} instead.", field="end", value=end)
+    h = _history_stats(tables, d0, d1, cfg)
+    day_start = _day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
+    keep = None
+    if pairs is not None:
+        keep = _pairs_mask(pairs, h.store_ids, h.st_idx, h.day_idx, d0, tz)
+    df = _score_frame(
+        h.store_ids[h.st_idx],
+        day_start[h.day_idx],
+        h.day_idx,
+        h.category,
+        h.stats,
+        h.refunds_known[h.day_idx],
+        cfg,
+        keep=keep,
+    )
+    return df.sort_values(["as_of", "store_id"], kind="stable").reset_index(drop=True)
+
+
+@dataclass
+class _History:
+    """Daily statistics: one row per (store, day) whose window holds an activity event."""
+
+    store_ids: np.ndarray  # object array of str: store code -> store id
+    st_idx: np.ndarray  # store code of each row
+    day_idx: np.ndarray  # day of each row, counted from the first day
+    category: np.ndarray  # modal category of each row (object array of str or NaN)
+    stats: dict[str, np.ndarray]  # every statistic of _STATS, per row
+    refunds_known: np.ndarray  # per day: some refund was requested on an earlier day
+
+
+def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: ScoreConfig) -> _History:
+    """Integer statistics of the windows ending at the local days ``d0 .. d1``, from daily buckets.
+
+    An event anchored on local day ``a`` lies in the windows of days ``a + 1 .. a +
+    window_days``; with a known-from instant on day ``k`` it counts from day
+    ``max(a, k) + 1`` on. Rolling sums (:class:`_Rolling`) add each event once.
+    """
+    tz = cfg.timezone
     ndays = d1 - d0 + 1
     wd = cfg.window_days
-
-    orders, refunds, reviews, service = _event_tables(tables)
 
     # only events whose window can touch [d0, d1] matter: anchor day in [d0 - wd, d1 - 1]
     lo_ns = int(_day_start_ns(np.array([d0 - wd - 1]), tz)[0])
     hi_ns = int(_day_start_ns(np.array([d1 + 1]), tz)[0])
+    src = _event_sources(tables, lo_ns, hi_ns, wd, union_orders=True)
+    nst = len(src.store_ids)
 
-    def near(ns: np.ndarray) -> np.ndarray:
-        return (ns >= lo_ns) & (ns < hi_ns)
+    days_of: dict[tuple[str, str], np.ndarray] = {}
 
-    paid = _ns(orders, "paid_at", "orders")
-    ship_by = _ns(orders, "ship_by", "orders")
-    deliv = _ns(orders, "delivered_at", "orders")
-    m_o = near(paid) | near(ship_by) | near(deliv)
-    req = _ns(refunds, "requested_at", "refunds")
-    m_r = near(req)
-    created = _ns(reviews, "created_at", "reviews")
-    m_v = near(created)
-    started = _ns(service, "started_at", "service")
-    m_s = near(started)
-
-    rf = refunds.loc[m_r]
-    rv = reviews.loc[m_v]
-    keys = pa.concat_arrays([_arrow_str(rf["order_id"]).cast(pa.large_string()), _arrow_str(rv["order_id"]).cast(pa.large_string())])
-    rows = _order_rows(orders, paid, keys, [("refunds", len(rf)), ("reviews", len(rv))], lo_ns - max(wd, 30) * DAY_NS, hi_ns)
-    rf_rows, rv_rows = rows[: len(rf)], rows[len(rf):]
-    o_rows = np.flatnonzero(m_o)
-    need_rows = _mask_rows(len(orders), o_rows, rf_rows, rv_rows)
-    code_of_row, s_codes, uniques = _store_codes(orders, need_rows, service, m_s)
-    nst = len(uniques)
+    def day_of(source: str, col: str) -> np.ndarray:
+        """Local day numbers of a timestamp input of a source (computed once)."""
+        out = days_of.get((source, col))
+        if out is None:
+            out = days_of[(source, col)] = _day_index(src.events[source].ns(col), tz)
+        return out
 
     acc = _Rolling(nst, d0, ndays)
-
-    def add(name: str, c: np.ndarray, anchor_day: np.ndarray, value: np.ndarray | None = None, first: np.ndarray | None = None) -> None:
-        s = anchor_day + 1 if first is None else np.maximum(anchor_day, first) + 1
-        acc.add(name, c, s, anchor_day + wd, value)
-
-    o_c = code_of_row[o_rows]
-    p_day = _day_index(paid[o_rows], tz)
-    add("n_orders", o_c, p_day)
-    sb = ship_by[o_rows]
-    shp = _ns(orders, "shipped_at", "orders")[o_rows]
-    sb_day = _day_index(sb, tz)
-    add("pk_n", o_c, sb_day)
-    ok = (shp != _NAT) & (shp <= sb)
-    add("pk_ok", o_c[ok], sb_day[ok])
-    dl = deliv[o_rows]
-    dm = dl != _NAT
-    dl_day = _day_index(dl[dm], tz)
-    add("dl_n", o_c[dm], dl_day)
-    add("dl_sum_s", o_c[dm], dl_day, _sec(dl[dm]) - _sec(paid[o_rows][dm]))
-
-    r_c = code_of_row[rf_rows]
-    r_req = req[m_r]
-    q_day = _day_index(r_req, tz)
-    add("rf_n", r_c, q_day)
-    add("rf_req_sum_s", r_c, q_day, _sec(r_req))
-    res = _ns(refunds, "resolved_at", "refunds")[m_r]
-    rm = res != _NAT
-    res_day = _day_index(res, tz)
-    add("rf_closed_n", r_c[rm], q_day[rm], first=res_day[rm])
-    add("rf_closed_res_sum_s", r_c[rm], q_day[rm], _sec(res[rm]), first=res_day[rm])
-    qm = rf["reason"].isin(QUALITY_REASONS).to_numpy(dtype=bool)
-    add("qr_n", r_c[qm], q_day[qm])
-    known = _escalation_known_ns(refunds)[m_r]
-    em = rf["escalated"].fillna(False).to_numpy(dtype=bool) & (known != _NAT)
-    add("dp_n", r_c[em], q_day[em], first=_day_index(known[em], tz))
-
-    v_c = code_of_row[rv_rows]
-    c_day = _day_index(created[m_v], tz)
-    add("rv_n", v_c, c_day)
-    gm = rv["rating"].to_numpy(dtype="float64", na_value=np.nan) >= 4
-    add("rv_good", v_c[gm], c_day[gm])
-
-    sv_day = _day_index(started[m_s], tz)
-    add("sv_n", s_codes, sv_day)
-    frs = service.loc[m_s, "first_response_s"].to_numpy(dtype="float64", na_value=np.nan)
-    fm = frs <= RESPONSE_LIMIT_S
-    add("sv_ok", s_codes[fm], sv_day[fm])
+    for d in _STAT_DEFS:
+        ev = src.events[d.source]
+        anchor_day = day_of(d.source, _SOURCES[d.source][1])
+        first = anchor_day if d.known_from is None else np.maximum(anchor_day, day_of(d.source, d.known_from))
+        value = None if d.value is None else d.value(ev)
+        c = ev.store
+        m = _counted(d, ev, known_before=None)
+        if m is not None:
+            c, first, anchor_day = c[m], first[m], anchor_day[m]
+            value = None if value is None else value[m]
+        acc.add(d.name, c, first + 1, anchor_day + wd, value)
 
     # refunds known before D: any refund requested on a day before D
+    req = src.refunds.ns("requested_at")
     req_all = req[req != _NAT]
     days = np.arange(d0, d1 + 1, dtype=np.int64)
     if len(req_all):
@@ -826,11 +939,13 @@ def store_score_history(
         known_by_day = np.zeros(ndays, dtype=bool)
 
     # modal category per (store, day): rolling counts per (store, category)
-    cat_codes, cat_uniques = _factorize(_arrow_str(orders["category"]).take(pa.array(o_rows)), sort=True)
+    paid = src.events["paid"]
+    p_day = day_of("paid", "paid_at")
+    cat_codes, cat_uniques = _factorize(_arrow_str(src.orders.frame["category"]).take(pa.array(paid.rows)), sort=True)
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = max(len(cat_uniques), 1)
-    pair_key = o_c * ncat + cat_codes
+    pair_key = paid.store * ncat + cat_codes
     upair, pair_idx = np.unique(pair_key, return_inverse=True)
     pacc = _Rolling(len(upair), d0, ndays)
     pacc.add("n", pair_idx.astype(np.int64), p_day + 1, p_day + wd, None)
@@ -870,21 +985,9 @@ def store_score_history(
         cu = np.asarray(cat_uniques, dtype=object)
         cat_of[found] = cu[pair_cat[b[found]]]
 
-    day_start = _day_start_ns(days, tz)
-    keep = None
-    if pairs is not None:
-        keep = _pairs_mask(pairs, np.asarray(uniques, dtype=object), st_idx, day_idx, d0, tz)
-    df = _score_frame(
-        np.asarray(uniques, dtype=object)[st_idx],
-        day_start[day_idx],
-        day_idx,
-        cat_of,
-        row_stats,
-        known_by_day[day_idx],
-        cfg,
-        keep=keep,
+    return _History(
+        store_ids=src.store_ids, st_idx=st_idx, day_idx=day_idx, category=cat_of, stats=row_stats, refunds_known=known_by_day
     )
-    return df.sort_values(["as_of", "store_id"], kind="stable").reset_index(drop=True)
 
 
 def _pairs_mask(pairs: pd.DataFrame, uniques: np.ndarray, st_idx: np.ndarray, day_idx: np.ndarray, d0: int, tz: str) -> np.ndarray:

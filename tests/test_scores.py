@@ -656,6 +656,66 @@ def test_history_is_not_a_loop_over_store_scores(monkeypatch):
     assert len(sc.store_score_history(t, "2024-06-02", "2024-06-20", SMALL)) > 0
 
 
+# --------------------------------------------------------------------------- statistic definitions
+def test_every_statistic_has_exactly_one_definition():
+    import refundguard.scores as sc
+
+    names = [d.name for d in sc._STAT_DEFS]
+    assert sorted(names) == sorted(set(names)), "a statistic is defined twice"
+    assert {n: names.count(n) for n in sc._STATS} == dict.fromkeys(sc._STATS, 1)
+    assert set(sc._ACTIVITY) <= set(sc._STATS)
+    assert {d.source for d in sc._STAT_DEFS} <= set(sc._SOURCES)
+    assert sc._SUM_STATS == {d.name for d in sc._STAT_DEFS if d.value is not None}
+
+    read: set[str] = set()
+
+    class Recorder(dict):
+        def __getitem__(self, key):
+            read.add(key)
+            return np.zeros(1, dtype=np.int64)
+
+    sc._indicator_num_den(Recorder(), np.zeros(1, dtype=np.int64))
+    assert read == set(sc._STATS), "every statistic is read by an indicator, and only those"
+
+
+def _daily_and_direct_stats_agree(t, cfg, start, end):
+    import refundguard.scores as sc
+
+    tz = cfg.timezone
+    d0, d1 = sc._day_of(start, tz, "start"), sc._day_of(end, tz, "end")
+    h = sc._history_stats(t, d0, d1, cfg)
+    hist = pd.DataFrame({"store_id": h.store_ids[h.st_idx], "day": h.day_idx, "category": h.category, **h.stats})
+    n_days_with_rows = 0
+    for k, hi in enumerate(sc._day_start_ns(np.arange(d0, d1 + 1), tz)):
+        w = sc._window_stats(t, sc._window_start_ns(int(hi), cfg), int(hi), cfg.window_days)
+        direct = pd.DataFrame({"store_id": w.store_ids, "category": w.category, **w.stats}).sort_values("store_id")
+        daily = hist.loc[hist["day"] == k].drop(columns="day").sort_values("store_id")
+        assert set(daily.columns) == set(direct.columns)
+        assert list(daily["store_id"]) == list(direct["store_id"]), f"day {k}"
+        for d in sc._STAT_DEFS:
+            np.testing.assert_array_equal(daily[d.name].to_numpy(np.int64), direct[d.name].to_numpy(np.int64), err_msg=f"{d.name} day {k}")
+        assert daily["category"].fillna("-").tolist() == direct["category"].fillna("-").tolist()
+        assert bool(h.refunds_known[k]) == w.refunds_known
+        n_days_with_rows += len(direct) > 0
+    assert n_days_with_rows > 0
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=seeds, window=st.integers(1, 6), esc=st.booleans(), tz=st.sampled_from(["UTC", "America/New_York", "Asia/Kolkata"]))
+def test_window_and_daily_statistics_agree_for_every_definition(seed, window, esc, tz):
+    t = random_tables(seed, escalated_at=esc)
+    _daily_and_direct_stats_agree(t, SMALL.replace(window_days=window, timezone=tz), "2024-06-02", "2024-06-22")
+
+
+def test_window_and_daily_statistics_agree_across_dst_change():
+    t = random_tables(11, n_orders=150, escalated_at=True)
+    for df in t.values():
+        for c in df.columns:
+            if str(df[c].dtype) == UTC:
+                df[c] = df[c] + pd.Timedelta(days=150)
+    _daily_and_direct_stats_agree(t, SMALL.replace(timezone="America/New_York", window_days=3), "2024-10-30", "2024-11-08")
+
+
 def test_scores_for_requests_reads_the_request_day():
     t = hand_tables()
     cfg = one_store_config()
