@@ -31,6 +31,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refundguard._time import (
+    NAT,
+    NEVER,
+    NS_PER_DAY,
+    NS_PER_SECOND,
+    TimeValueError,
+    column_ns,
+    day_index,
+    day_start_ns,
+    label_days,
+    score_day_ns,
+    window_start_ns,
+)
 from refundguard.config import (
     DEFAULT_GATE,
     DIMENSIONS,
@@ -40,6 +53,7 @@ from refundguard.config import (
     ScoreConfig,
 )
 from refundguard.errors import ConfigError, DataError, SchemaError
+from refundguard.tables import require_columns
 
 __all__ = [
     "CALIBRATION_QUANTILES",
@@ -55,9 +69,6 @@ __all__ = [
     "summarize_store_scores",
 ]
 
-DAY_NS = 86_400 * 10**9
-SEC_NS = 10**9
-_NAT = np.iinfo(np.int64).min
 QUALITY_REASONS = ("quality", "not_as_described", "damaged", "wrong_item")
 RESPONSE_LIMIT_S = 180.0
 _SUFFIXES = ("raw", "shrunk", "points", "assessed")
@@ -125,82 +136,38 @@ def publish_score(raw: Any) -> Any:
 
 # --------------------------------------------------------------------------- input helpers
 def _require(tables: Mapping[str, pd.DataFrame], table: str, cols: Sequence[str]) -> pd.DataFrame:
+    """The table ``table`` of ``tables``, checked to be a DataFrame with the columns ``cols``."""
     if not isinstance(tables, Mapping) or table not in tables:
-        raise SchemaError(f"table {table!r} is missing", table=table, rule="required")
+        raise SchemaError(f"Table {table!r} is missing.", table=table, rule="missing_table")
     df = tables[table]
     if not isinstance(df, pd.DataFrame):
-        raise SchemaError(f"table {table!r} must be a pandas DataFrame, got {type(df).__name__}", table=table, rule="type")
-    missing = [c for c in cols if c not in df.columns]
-    if missing:
-        raise SchemaError(
-            f"table {table!r} lacks required column(s) {missing}", table=table, column=missing[0], rule="required"
-        )
+        raise SchemaError(f"Table {table!r} must be a pandas DataFrame. Got {type(df).__name__} instead.",
+                          table=table, rule="not_a_frame")
+    require_columns(df, cols, table)
     return df
 
 
 def _ns(df: pd.DataFrame, col: str, table: str) -> np.ndarray:
-    """int64 UTC nanoseconds (NaT -> int64 min) of a timestamp column."""
-    s = df[col]
-    if not isinstance(s.dtype, pd.DatetimeTZDtype):
-        try:
-            s = pd.to_datetime(s, utc=True)
-        except (ValueError, TypeError) as exc:
-            raise SchemaError(
-                f"column {table}.{col} must hold timestamps", table=table, column=col, rule="type"
-            ) from exc
-    if s.dtype.unit != "ns":
-        s = s.dt.as_unit("ns")
-    return np.asarray(s.array.asi8, dtype=np.int64)
+    """int64 UTC nanoseconds (NaT -> ``NAT``) of a timestamp column."""
+    return column_ns(df[col], col, table)
 
 
 def _sec(ns: np.ndarray) -> np.ndarray:
     """Whole epoch seconds (floor) of nanosecond stamps."""
-    return np.floor_divide(ns, SEC_NS)
+    return np.floor_divide(ns, NS_PER_SECOND)
 
 
-def _as_of_ns(as_of: Any, tz: str, name: str = "as_of") -> int:
-    """A date or timestamp as UTC ns; naive values are wall-clock in ``tz``."""
+def _as_of_ns(as_of: Any, tz: str, name: str = "as_of", owner: str = "store_scores") -> int:
+    """A score day: aware values are instants; dates and naive values are wall clock in ``tz``."""
     try:
-        ts = pd.Timestamp(as_of)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"The {name!r} parameter must be a date or timestamp. Got {as_of!r} instead.", field=name, value=as_of) from exc
-    if ts is pd.NaT:
-        raise ConfigError(f"The {name!r} parameter must be a date or timestamp. Got {as_of!r} instead.", field=name, value=as_of)
-    if ts.tzinfo is None:
-        ts = ts.tz_localize(tz, nonexistent="shift_forward", ambiguous=False)
-    return int(ts.tz_convert("UTC").as_unit("ns").value)
+        return score_day_ns(as_of, tz)
+    except TimeValueError:
+        raise ConfigError.invalid(owner, name, "a date or timestamp", as_of) from None
 
 
 def _window_start_ns(hi_ns: int, cfg: ScoreConfig) -> int:
     """``as_of - window_days`` in calendar days of the configured time zone."""
-    if cfg.timezone == "UTC":
-        return hi_ns - cfg.window_days * DAY_NS
-    local = pd.Timestamp(hi_ns, tz="UTC").tz_convert(cfg.timezone).tz_localize(None)
-    lo = (local - pd.Timedelta(days=cfg.window_days)).tz_localize(cfg.timezone, nonexistent="shift_forward", ambiguous=False)
-    return int(lo.tz_convert("UTC").as_unit("ns").value)
-
-
-def _day_index(ns: np.ndarray, tz: str) -> np.ndarray:
-    """Local calendar day number (days since 1970-01-01 in ``tz``); NaT -> int64 max."""
-    nat = ns == _NAT
-    if tz == "UTC":
-        local = ns
-    else:
-        local = pd.DatetimeIndex(np.where(nat, 0, ns).astype("datetime64[ns]"), tz="UTC")
-        local = np.asarray(local.tz_convert(tz).tz_localize(None).asi8, dtype=np.int64)
-    out = np.floor_divide(local, DAY_NS)
-    out[nat] = np.iinfo(np.int64).max // 4
-    return out
-
-
-def _day_start_ns(days: np.ndarray, tz: str) -> np.ndarray:
-    """UTC ns of 00:00 local time of each day number."""
-    days = np.asarray(days, dtype=np.int64)
-    if tz == "UTC":
-        return days * DAY_NS
-    naive = pd.DatetimeIndex((days * DAY_NS).astype("datetime64[ns]"))
-    loc = naive.tz_localize(tz, nonexistent="shift_forward", ambiguous=False)
-    return np.asarray(loc.tz_convert("UTC").asi8, dtype=np.int64)
+    return window_start_ns(hi_ns, cfg.window_days, cfg.timezone)
 
 
 def _str_values(s: pd.Series) -> pd.Series:
@@ -289,7 +256,7 @@ def _order_rows(
             f"(first: {vals}); validate the tables first",
             table=table,
             column="order_id",
-            rule="exists in orders",
+            rule="exists",
             n_bad=int(bad_t.sum()),
             values=vals,
         )
@@ -368,7 +335,7 @@ def _escalation_known_ns(refunds: _Columns) -> np.ndarray:
     res = refunds.ns("resolved_at")
     if "escalated_at" in refunds.frame.columns:
         esc_at = refunds.ns("escalated_at")
-        return np.where(esc_at != _NAT, esc_at, res)
+        return np.where(esc_at != NAT, esc_at, res)
     return res
 
 
@@ -447,7 +414,7 @@ class _StatDef:
 _STAT_DEFS: tuple[_StatDef, ...] = (
     _StatDef("n_orders", "paid"),
     _StatDef("pk_n", "ship_by"),
-    _StatDef("pk_ok", "ship_by", where=lambda e: (e.ns("shipped_at") != _NAT) & (e.ns("shipped_at") <= e.anchor)),
+    _StatDef("pk_ok", "ship_by", where=lambda e: (e.ns("shipped_at") != NAT) & (e.ns("shipped_at") <= e.anchor)),
     _StatDef("dl_n", "delivered"),
     _StatDef("dl_sum_s", "delivered", value=lambda e: _sec(e.anchor) - _sec(e.ns("paid_at"))),
     _StatDef("rf_n", "refund"),
@@ -478,7 +445,7 @@ def _counted(d: _StatDef, ev: _Events, known_before: int | None) -> np.ndarray |
     m = None
     if d.known_from is not None:
         k = ev.ns(d.known_from)
-        m = k != _NAT
+        m = k != NAT
         if known_before is not None:
             m &= k < known_before
     if d.where is not None:
@@ -527,7 +494,7 @@ def _event_sources(
     orders = cols["orders"]
     rf_keys = _arrow_str(r_df["order_id"].iloc[rf_pos]).cast(pa.large_string())
     rv_keys = _arrow_str(v_df["order_id"].iloc[rv_pos]).cast(pa.large_string())
-    hint_lo = lo - max(lookback_days, 30) * DAY_NS
+    hint_lo = lo - max(lookback_days, 30) * NS_PER_DAY
     found = _order_rows(
         o_df, orders.ns("paid_at"), pa.concat_arrays([rf_keys, rv_keys]), [("refunds", len(rf_pos)), ("reviews", len(rv_pos))], hint_lo, hi
     )
@@ -564,7 +531,7 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_look
             np.add.at(out, c, (v if m is None else v[m]).astype(np.int64))
             st[d.name] = out
     req = src.refunds.ns("requested_at")
-    refunds_known = bool(len(req)) and bool(((req != _NAT) & (req < hi)).any())
+    refunds_known = bool(len(req)) and bool(((req != NAT) & (req < hi)).any())
 
     # modal category over orders paid in the window (ties: alphabetical)
     paid = src.events["paid"]
@@ -655,7 +622,7 @@ def _score_frame(
     then selects the rows to return.
     """
     n = len(store_ids)
-    asof_s = np.floor_divide(as_of_ns, SEC_NS)
+    asof_s = np.floor_divide(as_of_ns, NS_PER_SECOND)
     nd = _indicator_num_den(stats, asof_s)
     cat_series = pd.Series(category, dtype="str")
     cat_codes, cat_uniques = pd.factorize(cat_series, sort=True)
@@ -782,7 +749,7 @@ def store_scores(tables: Mapping[str, pd.DataFrame], as_of: Any, config: ScoreCo
     all is known before ``as_of`` (e.g. a data set without refunds): a missing source
     is never read as "zero refunds".
     """
-    cfg = _check_config(config)
+    cfg = _check_config(config, "store_scores")
     hi = _as_of_ns(as_of, cfg.timezone)
     lo = _window_start_ns(hi, cfg)
     return _scores_for_window(tables, lo, hi, cfg)
@@ -804,22 +771,18 @@ def _scores_for_window(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg
     )
 
 
-def _check_config(config: ScoreConfig | None) -> ScoreConfig:
+def _check_config(config: ScoreConfig | None, owner: str) -> ScoreConfig:
     if config is None:
         return ScoreConfig()
     if not isinstance(config, ScoreConfig):
-        raise ConfigError(
-            f"The 'config' parameter must be a ScoreConfig. Got {type(config).__name__} instead.",
-            field="config",
-            value=config,
-        )
+        raise ConfigError.invalid(owner, "config", "None or a ScoreConfig", config)
     return config
 
 
 # --------------------------------------------------------------------------- public: daily history
 def _day_of(value: Any, tz: str, name: str) -> int:
-    ns = _as_of_ns(value, tz, name)
-    return int(_day_index(np.array([ns], dtype=np.int64), tz)[0])
+    ns = _as_of_ns(value, tz, name, "store_score_history")
+    return int(day_index(np.array([ns], dtype=np.int64), tz)[0])
 
 
 def store_score_history(
@@ -853,14 +816,14 @@ def store_score_history(
         :data:`OUTPUT_COLUMNS`, sorted by (``as_of``, ``store_id``); ``as_of`` is the
         UTC instant of D 00:00 local time.
     """
-    cfg = _check_config(config)
+    cfg = _check_config(config, "store_score_history")
     tz = cfg.timezone
     d0 = _day_of(start, tz, "start")
     d1 = _day_of(end, tz, "end")
     if d1 < d0:
-        raise ConfigError(f"The 'end' parameter must be on or after start ({start!r}). Got {end!r} instead.", field="end", value=end)
+        raise ConfigError.invalid("store_score_history", "end", f"a day on or after start ({start!r})", end)
     h = _history_stats(tables, d0, d1, cfg)
-    day_start = _day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
+    day_start = day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
     keep = None
     if pairs is not None:
         keep = _pairs_mask(pairs, h.store_ids, h.st_idx, h.day_idx, d0, tz)
@@ -901,8 +864,8 @@ def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: Sc
     wd = cfg.window_days
 
     # only events whose window can touch [d0, d1] matter: anchor day in [d0 - wd, d1 - 1]
-    lo_ns = int(_day_start_ns(np.array([d0 - wd - 1]), tz)[0])
-    hi_ns = int(_day_start_ns(np.array([d1 + 1]), tz)[0])
+    lo_ns = int(day_start_ns(np.array([d0 - wd - 1]), tz)[0])
+    hi_ns = int(day_start_ns(np.array([d1 + 1]), tz)[0])
     src = _event_sources(tables, lo_ns, hi_ns, wd, union_orders=True)
     nst = len(src.store_ids)
 
@@ -912,7 +875,7 @@ def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: Sc
         """Local day numbers of a timestamp input of a source (computed once)."""
         out = days_of.get((source, col))
         if out is None:
-            out = days_of[(source, col)] = _day_index(src.events[source].ns(col), tz)
+            out = days_of[(source, col)] = day_index(src.events[source].ns(col), tz)
         return out
 
     acc = _Rolling(nst, d0, ndays)
@@ -930,10 +893,10 @@ def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: Sc
 
     # refunds known before D: any refund requested on a day before D
     req = src.refunds.ns("requested_at")
-    req_all = req[req != _NAT]
+    req_all = req[req != NAT]
     days = np.arange(d0, d1 + 1, dtype=np.int64)
     if len(req_all):
-        first_req_day = int(_day_index(np.array([req_all.min()]), tz)[0])
+        first_req_day = int(day_index(np.array([req_all.min()]), tz)[0])
         known_by_day = days >= first_req_day + 1
     else:
         known_by_day = np.zeros(ndays, dtype=bool)
@@ -992,10 +955,9 @@ def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: Sc
 
 def _pairs_mask(pairs: pd.DataFrame, uniques: np.ndarray, st_idx: np.ndarray, day_idx: np.ndarray, d0: int, tz: str) -> np.ndarray:
     if not isinstance(pairs, pd.DataFrame) or not {"store_id", "day"} <= set(pairs.columns):
-        raise ConfigError(
-            "The 'pairs' parameter must be a DataFrame with columns 'store_id' and 'day'.", field="pairs", value=type(pairs).__name__
-        )
-    pday = _local_days(pairs["day"], tz)
+        raise ConfigError.invalid("store_score_history", "pairs", "None or a DataFrame with columns 'store_id' and 'day'",
+                                  type(pairs).__name__)
+    pday = _pair_days(pairs["day"], tz)
     scode = pd.Index(pd.Series(uniques, dtype="str")).get_indexer(_str_values(pairs["store_id"]))
     ok = scode >= 0
     wanted = np.unique(scode[ok].astype(np.int64) * (1 << 32) + (pday[ok] - d0 + (1 << 31)))
@@ -1003,18 +965,13 @@ def _pairs_mask(pairs: pd.DataFrame, uniques: np.ndarray, st_idx: np.ndarray, da
     return np.isin(have, wanted)
 
 
-def _local_days(values: pd.Series, tz: str) -> np.ndarray:
-    """Local day numbers of date-likes (naive = local wall clock, aware = converted)."""
-    s = pd.Series(values)
-    if isinstance(s.dtype, pd.DatetimeTZDtype):
-        return _day_index(np.asarray(s.dt.as_unit("ns").array.asi8, dtype=np.int64), tz)
+def _pair_days(values: pd.Series, tz: str) -> np.ndarray:
+    """Local day numbers of the ``pairs`` argument's ``day`` column."""
     try:
-        naive = pd.to_datetime(s)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError("The 'day' column must hold dates.", field="day") from exc
-    if isinstance(naive.dtype, pd.DatetimeTZDtype):
-        return _day_index(np.asarray(naive.dt.as_unit("ns").array.asi8, dtype=np.int64), tz)
-    return np.floor_divide(np.asarray(naive.dt.as_unit("ns").array.asi8, dtype=np.int64), DAY_NS)
+        return label_days(values, tz)
+    except TimeValueError:
+        raise ConfigError.invalid("store_score_history", "pairs", "a DataFrame whose 'day' column holds dates",
+                                  values.head(3).tolist()) from None
 
 
 class _Rolling:
@@ -1082,7 +1039,7 @@ def store_scores_for_requests(
         window or nothing assessed). A store without any event in the window has
         ``n_orders`` 0 and ``provisional`` true when ``min_orders`` > 0.
     """
-    cfg = _check_config(config)
+    cfg = _check_config(config, "store_scores_for_requests")
     if not isinstance(requests, pd.DataFrame) or "requested_at" not in requests.columns:
         raise SchemaError("requests need a 'requested_at' column", table="requests", column="requested_at", rule="required")
     if "store_id" in requests.columns:
@@ -1090,27 +1047,27 @@ def store_scores_for_requests(
     elif "order_id" in requests.columns:
         orders = _require(tables, "orders", ("order_id", "store_id"))
         paid = _ns(orders, "paid_at", "orders") if "paid_at" in orders.columns else np.zeros(len(orders), dtype=np.int64)
-        rows = _order_rows(orders, paid, _arrow_str(requests["order_id"]), [("requests", len(requests))], _NAT, np.iinfo(np.int64).max)
+        rows = _order_rows(orders, paid, _arrow_str(requests["order_id"]), [("requests", len(requests))], NAT, NEVER)
         store = pd.Series(_arrow_str(orders["store_id"]).take(pa.array(rows)).to_pylist(), index=requests.index, dtype="str")
     else:
         raise SchemaError("requests need 'store_id' or 'order_id'", table="requests", column="store_id", rule="required")
     t = _ns(requests, "requested_at", "requests")
-    if (t == _NAT).any():
-        raise SchemaError("requests.requested_at has nulls", table="requests", column="requested_at", rule="required", n_bad=int((t == _NAT).sum()))
+    if (t == NAT).any():
+        raise SchemaError("requests.requested_at has nulls", table="requests", column="requested_at", rule="required", n_bad=int((t == NAT).sum()))
     tz = cfg.timezone
-    day = _day_index(t, tz)
+    day = day_index(t, tz)
     cols = ["score", "product", "logistics", "service", "category", "n_orders", "provisional"]
     out = pd.DataFrame(index=requests.index)
-    out["score_day"] = pd.DatetimeIndex(_day_start_ns(day, tz).astype("datetime64[ns]"), tz="UTC")
+    out["score_day"] = pd.DatetimeIndex(day_start_ns(day, tz).astype("datetime64[ns]"), tz="UTC")
     if len(requests) == 0:
         for c in cols:
             out[c] = pd.Series([], dtype="float64")
         out["score_missing"] = pd.Series([], dtype=bool)
         return out
-    day_naive = pd.Series((day * DAY_NS).astype("datetime64[ns]"))
+    day_naive = pd.Series((day * NS_PER_DAY).astype("datetime64[ns]"))
     pairs = pd.DataFrame({"store_id": store.to_numpy(), "day": day_naive.to_numpy()})
     hist = store_score_history(tables, day_naive.min(), day_naive.max(), cfg, pairs=pairs.drop_duplicates())
-    hist_day = _day_index(np.asarray(hist["as_of"].dt.as_unit("ns").array.asi8, dtype=np.int64), tz)
+    hist_day = day_index(np.asarray(hist["as_of"].dt.as_unit("ns").array.asi8, dtype=np.int64), tz)
     key_h = pd.MultiIndex.from_arrays([hist["store_id"].to_numpy(), hist_day])
     key_r = pd.MultiIndex.from_arrays([store.to_numpy(), day])
     pos = key_h.get_indexer(key_r)
@@ -1166,27 +1123,20 @@ def calibrate_bands(
     -------
     ScoreConfig
     """
-    cfg = _check_config(config)
+    cfg = _check_config(config, "calibrate_bands")
     q = [float(x) for x in quantiles]
     if len(q) != 6 or any(not 0 <= x <= 1 for x in q) or any(q[i + 1] <= q[i] for i in range(5)):
-        raise ConfigError(
-            f"The 'quantiles' parameter of calibrate_bands must be six strictly increasing floats in [0, 1]. Got {quantiles!r} instead.",
-            field="quantiles",
-            value=quantiles,
-        )
+        raise ConfigError.invalid("calibrate_bands", "quantiles", "six strictly increasing floats in [0, 1]", quantiles)
     if isinstance(min_stores, bool) or not isinstance(min_stores, int) or min_stores < 1:
-        raise ConfigError(f"The 'min_stores' parameter of calibrate_bands must be an int >= 1. Got {min_stores!r} instead.", field="min_stores", value=min_stores)
-    s_ns = _as_of_ns(start, cfg.timezone, "start")
-    e_ns = _as_of_ns(end, cfg.timezone, "end")
-    first_end = s_ns + cfg.window_days * DAY_NS
+        raise ConfigError.invalid("calibrate_bands", "min_stores", "an int >= 1", min_stores)
+    s_ns = _as_of_ns(start, cfg.timezone, "start", "calibrate_bands")
+    e_ns = _as_of_ns(end, cfg.timezone, "end", "calibrate_bands")
+    first_end = s_ns + cfg.window_days * NS_PER_DAY
     if first_end > e_ns:
-        raise ConfigError(
-            f"The reference period of calibrate_bands must be at least window_days={cfg.window_days} days long. "
-            f"Got {pd.Timestamp(s_ns, tz='UTC')} to {pd.Timestamp(e_ns, tz='UTC')} instead.",
-            field="end",
-            value=end,
+        raise ConfigError.invalid(
+            "calibrate_bands", "end", f"at least window_days={cfg.window_days} days after start ({start!r})", end
         )
-    ends = np.arange(first_end, e_ns + 1, cfg.window_days * DAY_NS, dtype=np.int64)
+    ends = np.arange(first_end, e_ns + 1, cfg.window_days * NS_PER_DAY, dtype=np.int64)
     frames = [store_scores(tables, pd.Timestamp(int(h), tz="UTC"), cfg) for h in ends]
     snap = pd.concat(frames, ignore_index=True)
     new_bands: dict[str, dict[str, tuple[float, ...]]] = {}
@@ -1308,8 +1258,8 @@ def explain_store(
     DataError
         When the store has no event in the window.
     """
-    cfg = _check_config(config)
-    hi = _as_of_ns(as_of, cfg.timezone)
+    cfg = _check_config(config, "explain_store")
+    hi = _as_of_ns(as_of, cfg.timezone, "as_of", "explain_store")
     lo = _window_start_ns(hi, cfg)
     df = _scores_for_window(tables, lo, hi, cfg, details=True)
     row = df.loc[df["store_id"] == str(store_id)]

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from refundguard._time import day_start_ns
 from refundguard.config import INDICATORS, ScoreConfig
 from refundguard.errors import ConfigError, DataError, SchemaError
 from refundguard.scores import (
@@ -686,7 +687,7 @@ def _daily_and_direct_stats_agree(t, cfg, start, end):
     h = sc._history_stats(t, d0, d1, cfg)
     hist = pd.DataFrame({"store_id": h.store_ids[h.st_idx], "day": h.day_idx, "category": h.category, **h.stats})
     n_days_with_rows = 0
-    for k, hi in enumerate(sc._day_start_ns(np.arange(d0, d1 + 1), tz)):
+    for k, hi in enumerate(day_start_ns(np.arange(d0, d1 + 1), tz)):
         w = sc._window_stats(t, sc._window_start_ns(int(hi), cfg), int(hi), cfg.window_days)
         direct = pd.DataFrame({"store_id": w.store_ids, "category": w.category, **w.stats}).sort_values("store_id")
         daily = hist.loc[hist["day"] == k].drop(columns="day").sort_values("store_id")
