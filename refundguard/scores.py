@@ -934,7 +934,7 @@ def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: Sc
         gmax = np.maximum.reduceat(pcounts, starts, axis=0)
         grp_of_pair = np.repeat(np.arange(len(starts)), np.diff(np.r_[starts, len(upair)]))
         is_max = (pcounts == gmax[grp_of_pair]) & (pcounts > 0)
-        big = np.iinfo(np.int64).max
+        big = NEVER
         cand = np.where(is_max, np.arange(len(upair), dtype=np.int64)[:, None], big)
         best = np.minimum.reduceat(cand, starts, axis=0)  # (n_groups, ndays)
         del cand, is_max

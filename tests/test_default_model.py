@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
+
+import lightgbm as lgb
 
 import refundguard as rg
 from refundguard.guard import default_model_path
@@ -34,6 +37,12 @@ def test_train_default_script_reproduces_model_txt(tmp_path: Path):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     module.build(tmp_path / "default")
-    committed = (default_model_path() / "model.txt").read_bytes()
-    rebuilt = (tmp_path / "default" / "model.txt").read_bytes()
-    assert rebuilt == committed, "scripts/train_default.py no longer reproduces models/default/model.txt: rerun it"
+    meta = json.loads((default_model_path() / "meta.json").read_text())
+    if lgb.__version__ == meta["versions"]["lightgbm"]:
+        committed = (default_model_path() / "model.txt").read_bytes()
+        rebuilt = (tmp_path / "default" / "model.txt").read_bytes()
+        assert rebuilt == committed, "scripts/train_default.py no longer reproduces models/default/model.txt: rerun it"
+    else:  # another LightGBM (the dependency floors) grows other trees: the same model quality, not the same bytes
+        again = json.loads((tmp_path / "default" / "meta.json").read_text())
+        for metric in ("pr_auc", "roc_auc"):
+            assert abs(again["metrics"]["test"]["overall"][metric] - meta["metrics"]["test"]["overall"][metric]) < 0.01
