@@ -446,9 +446,9 @@ def test_fast_row_predictor_threads(fitted, data):
 
 
 def test_fast_row_predictor_falls_back(fitted, data, monkeypatch):
-    import refundguard.model as model_mod
+    import refundguard.model.fast as fast_mod
 
-    monkeypatch.setattr(model_mod, "_fast_api", lambda: None)
+    monkeypatch.setattr(fast_mod, "_fast_api", lambda: None)
     rows = _tricky_rows(fitted, data)
     slow = fitted.fast_row_predictor()
     assert not slow.fast
