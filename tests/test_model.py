@@ -282,7 +282,7 @@ def test_monotone_constraint_never_lowers_p(fitted, data, idx, feature, delta):
 
 def test_bad_params_raise_config_error(data):
     X, y = data
-    with pytest.raises(ConfigError, match=re.escape("The 'num_leaves' parameter of RefundAbuseClassifier must be an int in [2, 131072]. Got 1 instead.")):
+    with pytest.raises(ConfigError, match=re.escape("The 'num_leaves' parameter of RefundAbuseClassifier must be an int in the range [2, 131072]. Got 1 instead.")):
         RefundAbuseClassifier(num_leaves=1).fit(X, y)
     with pytest.raises(ConfigError, match=re.escape("names feature(s) not in X: ['nope']")):
         RefundAbuseClassifier(monotone_constraints={"nope": 1}).fit(X, y)
@@ -290,6 +290,50 @@ def test_bad_params_raise_config_error(data):
         RefundAbuseClassifier(monotone_constraints={"reason": 1}).fit(X, y)
     with pytest.raises(ConfigError, match=re.escape("cannot both be set")):
         RefundAbuseClassifier(class_weight="balanced", scale_pos_weight=3.0).fit(X, y)
+
+
+def test_parameter_table_covers_exactly_the_init_parameters():
+    import inspect
+
+    init = set(inspect.signature(RefundAbuseClassifier.__init__).parameters) - {"self"}
+    table = set(RefundAbuseClassifier._parameter_constraints)
+    assert init == table, {"without a rule": sorted(init - table), "rule without a parameter": sorted(table - init)}
+    assert set(RefundAbuseClassifier().get_params(deep=False)) == table
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"n_estimators": 0}, "'n_estimators' parameter of RefundAbuseClassifier must be an int in the range [1, inf). Got 0 instead."),
+        ({"n_estimators": 10.0}, "'n_estimators' parameter of RefundAbuseClassifier must be an int in the range [1, inf). Got 10.0 instead."),
+        ({"learning_rate": float("nan")}, "'learning_rate' parameter of RefundAbuseClassifier must be a float in the range (0.0, inf). Got nan instead."),
+        ({"learning_rate": float("inf")}, "must be a float in the range (0.0, inf). Got inf instead."),
+        ({"max_depth": 2.5}, "'max_depth' parameter of RefundAbuseClassifier must be an int. Got 2.5 instead."),
+        ({"subsample": 0.0}, "'subsample' parameter of RefundAbuseClassifier must be a float in the range (0.0, 1.0]. Got 0.0 instead."),
+        ({"reg_alpha": -1}, "'reg_alpha' parameter of RefundAbuseClassifier must be a float in the range [0.0, inf). Got -1 instead."),
+        ({"early_stopping_rounds": True}, "'early_stopping_rounds' parameter of RefundAbuseClassifier must be None or an int in the range [1, inf). Got True instead."),
+        ({"monotone_constraints": {"amount": 2}}, "must be None or a mapping of feature -> an int among {-1, 0, 1}. Got {'amount': 2} instead."),
+        ({"categorical_features": "reason"}, "must be 'auto' or a list of feature names or positions. Got 'reason' instead."),
+        ({"class_weight": {True: -1.0}}, "must be None, 'balanced' or a mapping of class -> a float in the range [0.0, inf). Got {True: -1.0} instead."),
+        ({"scale_pos_weight": 0}, "'scale_pos_weight' parameter of RefundAbuseClassifier must be None or a float in the range (0.0, inf). Got 0 instead."),
+        ({"n_jobs": "2"}, "'n_jobs' parameter of RefundAbuseClassifier must be None or an int. Got '2' instead."),
+    ],
+)
+def test_each_parameter_rule_is_checked_in_fit(data, params, message):
+    X, y = data
+    clf = RefundAbuseClassifier(**params)  # __init__ only stores
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        clf.fit(X.head(50), y[:50])
+    assert e.value.field == next(iter(params)) and e.value.owner == "RefundAbuseClassifier"
+
+
+def test_numpy_scalars_are_valid_parameters(data):
+    X, y = data
+    clf = RefundAbuseClassifier(
+        n_estimators=np.int64(3), learning_rate=np.float32(0.1), num_leaves=np.int32(7), n_jobs=np.int64(1),
+        monotone_constraints={"amount": np.int8(1)}, class_weight={True: np.float64(2.0)},
+    )
+    assert clf.fit(X, y).best_iteration_ == 3
 
 
 def test_missing_labels_raise_data_error(data):
@@ -472,3 +516,4 @@ def test_path_explainer_sums_to_raw_score_and_one_equals_batch(fitted, data):
     reasons = reasons_from_contributions(fitted.encoder_, encoded[0], contrib[0], k=3)
     assert [r["contribution"] for r in reasons] == sorted((r["contribution"] for r in reasons), reverse=True)
     assert all(r["contribution"] > 0 for r in reasons)
+

@@ -10,11 +10,10 @@ does that.
 
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from numbers import Integral, Real
+from typing import Any, ClassVar
 
 import lightgbm as lgb
 import numpy as np
@@ -24,6 +23,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_array, column_or_1d
 
+from refundguard._params import (
+    Interval,
+    ListOf,
+    MappingOf,
+    Options,
+    Unchecked,
+    check_params,
+    is_int,
+)
 from refundguard.errors import (
     ConfigError,
     DataError,
@@ -41,19 +49,6 @@ _OWNER = "RefundAbuseClassifier"
 
 # Characters LightGBM refuses in feature names, plus whitespace (which it rewrites).
 _BAD_NAME_CHARS = set('"\',:[]{}') | {" ", "\t", "\n", "\r"}
-
-
-def _check_param(name: str, value: Any, ok: bool, constraint: str) -> None:
-    if not ok:
-        raise ConfigError.invalid(_OWNER, name, constraint, value)
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _is_real(v: Any) -> bool:
-    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
 class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
@@ -129,7 +124,35 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
     columns are ignored, missing ones raise :class:`SchemaError`), levels not seen at
     fit become NaN with one :class:`UnseenCategoryWarning` per call. Training is
     deterministic (``deterministic=True``, ``force_row_wise=True``, fixed seed).
+    ``__init__`` only stores the parameters; ``fit`` checks them against the rules
+    of ``_parameter_constraints`` and raises :class:`~refundguard.errors.ConfigError`.
     """
+
+    #: The rules of every ``__init__`` parameter, checked at the start of ``fit``
+    #: (:func:`refundguard._params.check_params`); a parameter may follow any one
+    #: of its rules. Cross-parameter rules are checked after this table.
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "n_estimators": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "num_leaves": [Interval(Integral, 2, 131072, closed="both")],
+        "max_depth": [Interval(Integral, None, None, closed="neither")],  # <= 0: no limit
+        "min_child_samples": [Interval(Integral, 1, None, closed="left")],
+        "min_child_weight": [Interval(Real, 0, None, closed="left")],
+        "reg_alpha": [Interval(Real, 0, None, closed="left")],
+        "reg_lambda": [Interval(Real, 0, None, closed="left")],
+        "subsample": [Interval(Real, 0, 1, closed="right")],
+        "subsample_freq": [Interval(Integral, 0, None, closed="left")],
+        "colsample_bytree": [Interval(Real, 0, 1, closed="right")],
+        "max_bin": [Interval(Integral, 2, None, closed="left")],
+        "early_stopping_rounds": [None, Interval(Integral, 1, None, closed="left")],
+        "monotone_constraints": [None, MappingOf(Options(Integral, {-1, 0, 1}), key="feature")],
+        "categorical_features": [Options(str, {"auto"}), ListOf("feature names or positions")],
+        "class_weight": [None, Options(str, {"balanced"}), MappingOf(Interval(Real, 0, None, closed="left"), key="class")],
+        "scale_pos_weight": [None, Interval(Real, 0, None, closed="neither")],
+        "random_state": [Unchecked("scikit-learn's check_random_state in fit")],
+        "n_jobs": [None, Interval(Integral, None, None, closed="neither")],
+        "verbose": [Unchecked("passed to LightGBM as int(verbose)")],
+    }
 
     def __init__(
         self,
@@ -195,68 +218,15 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
             )
 
     def _validate_params(self) -> None:
-        p = self
-        _check_param("n_estimators", p.n_estimators, _is_int(p.n_estimators) and p.n_estimators >= 1, "an int >= 1")
-        _check_param(
-            "learning_rate", p.learning_rate, _is_real(p.learning_rate) and p.learning_rate > 0, "a float > 0"
-        )
-        _check_param("num_leaves", p.num_leaves, _is_int(p.num_leaves) and 2 <= p.num_leaves <= 131072, "an int in [2, 131072]")
-        _check_param("max_depth", p.max_depth, _is_int(p.max_depth), "an int (-1 for no limit)")
-        _check_param(
-            "min_child_samples", p.min_child_samples, _is_int(p.min_child_samples) and p.min_child_samples >= 1, "an int >= 1"
-        )
-        _check_param(
-            "min_child_weight", p.min_child_weight, _is_real(p.min_child_weight) and p.min_child_weight >= 0, "a float >= 0"
-        )
-        for name in ("reg_alpha", "reg_lambda"):
-            v = getattr(p, name)
-            _check_param(name, v, _is_real(v) and v >= 0, "a float >= 0")
-        for name in ("subsample", "colsample_bytree"):
-            v = getattr(p, name)
-            _check_param(name, v, _is_real(v) and 0 < v <= 1, "a float in (0.0, 1.0]")
-        _check_param("subsample_freq", p.subsample_freq, _is_int(p.subsample_freq) and p.subsample_freq >= 0, "an int >= 0")
-        _check_param("max_bin", p.max_bin, _is_int(p.max_bin) and p.max_bin >= 2, "an int >= 2")
-        _check_param(
-            "early_stopping_rounds",
-            p.early_stopping_rounds,
-            p.early_stopping_rounds is None or (_is_int(p.early_stopping_rounds) and p.early_stopping_rounds >= 1),
-            "None or an int >= 1",
-        )
-        _check_param(
-            "monotone_constraints",
-            p.monotone_constraints,
-            p.monotone_constraints is None
-            or (
-                isinstance(p.monotone_constraints, Mapping)
-                and all(_is_int(v) and v in (-1, 0, 1) for v in p.monotone_constraints.values())
-            ),
-            "None or a dict of feature -> -1, 0 or 1",
-        )
-        cf = p.categorical_features
-        _check_param(
-            "categorical_features",
-            cf,
-            cf == "auto" or (isinstance(cf, Sequence) and not isinstance(cf, str)),
-            '"auto" or a list of feature names or positions',
-        )
-        cw = p.class_weight
-        _check_param(
-            "class_weight",
-            cw,
-            cw is None or cw == "balanced" or (isinstance(cw, Mapping) and all(_is_real(v) and v >= 0 for v in cw.values())),
-            'None, "balanced" or a dict of class -> weight >= 0',
-        )
-        spw = p.scale_pos_weight
-        _check_param("scale_pos_weight", spw, spw is None or (_is_real(spw) and spw > 0), "None or a float > 0")
-        if cw is not None and spw is not None:
+        check_params(_OWNER, self._parameter_constraints, self.get_params(deep=False))
+        if self.class_weight is not None and self.scale_pos_weight is not None:
             raise ConfigError(
                 f"The 'class_weight' and 'scale_pos_weight' parameters of {_OWNER} cannot both be set. "
-                f"Got class_weight={cw!r} and scale_pos_weight={spw!r}.",
+                f"Got class_weight={self.class_weight!r} and scale_pos_weight={self.scale_pos_weight!r}.",
                 owner=_OWNER,
                 field="scale_pos_weight",
-                value=spw,
+                value=self.scale_pos_weight,
             )
-        _check_param("n_jobs", p.n_jobs, p.n_jobs is None or _is_int(p.n_jobs), "None or an int")
 
     # -- input handling ----------------------------------------------------------------
 
@@ -363,7 +333,7 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
             ]
         chosen: list[str] = []
         for item in cf:
-            if _is_int(item) and not named:
+            if is_int(item) and not named:
                 if not 0 <= item < len(names):
                     raise ConfigError(
                         f"The 'categorical_features' parameter of {_OWNER} has position {item}, "
@@ -518,7 +488,7 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
         monotone = [int(mono_in.get(n, 0)) for n in names]
 
         rs = self.random_state
-        seed = int(rs) if _is_int(rs) else int(check_random_state(rs).randint(np.iinfo(np.int32).max))
+        seed = int(rs) if is_int(rs) else int(check_random_state(rs).randint(np.iinfo(np.int32).max))
         params = self._lgb_params(monotone, seed)
         cat_idx = [names.index(c) for c in cat_features]
         train_set = lgb.Dataset(
