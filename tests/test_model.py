@@ -253,14 +253,41 @@ def test_top_contributions(fitted, data):
     by_feature = {r["feature"]: r for r in reasons}
     if "reason" in by_feature:
         assert by_feature["reason"]["value"] == "not_received"
-    # SHAP values plus the bias add up to the raw score.
-    enc = fitted.encode_row(row)
-    full = fitted.booster_.predict(enc.reshape(1, -1), pred_contrib=True)[0]
-    raw = fitted.booster_.predict(enc.reshape(1, -1), raw_score=True)[0]
-    assert full.sum() == pytest.approx(raw, abs=1e-9)
     # The three entry points agree.
+    enc = fitted.encode_row(row)
     assert fitted.top_contributions(enc, k=3) == reasons
     assert fitted.top_contributions(pd.DataFrame([row]).astype({"reason": "str", "kind": "str"}), k=3) == reasons
+
+
+def test_top_contributions_are_the_served_path_attributions(data):
+    """Analysts (top_contributions) and production (RefundGuard.assess: PathExplainer) see the same reasons."""
+    from sklearn.base import clone
+
+    from refundguard.model import PathExplainer
+
+    X, y = data
+    clf = RefundAbuseClassifier(n_estimators=30, num_leaves=15, n_jobs=1).fit(X, y)
+    params = clf.get_params()
+    explainer = PathExplainer(clf.booster_)
+    head = X.head(40)
+    raw = clf.decision_function(head)
+    for i, row_dict in enumerate(_row_dicts(head)):
+        row = clf.encode_row(row_dict)
+        contrib = explainer.contributions_one(row)
+        assert clf.top_contributions(row_dict) == reasons_from_contributions(clf.encoder_, row, contrib)
+        assert clf.top_contributions(row, k=5) == reasons_from_contributions(clf.encoder_, row, contrib, k=5)
+        assert abs(contrib.sum() + explainer.bias - raw[i]) <= 1e-9
+    # Built once per fitted booster; private state that get_params and clone do not see.
+    cached = clf._path_explainer()
+    assert clf._path_explainer() is cached
+    assert clf.get_params() == params and "_explainer" not in clone(clf).__dict__
+    # A re-fit explains with the new booster.
+    clf.set_params(n_estimators=5).fit(X, y)
+    assert "_explainer" not in clf.__dict__
+    row = clf.encode_row(_row_dicts(head)[0])
+    again = PathExplainer(clf.booster_).contributions_one(row)
+    assert clf.top_contributions(row) == reasons_from_contributions(clf.encoder_, row, again)
+    assert clf._path_explainer() is not cached
 
 
 @settings(max_examples=40)

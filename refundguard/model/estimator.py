@@ -40,7 +40,7 @@ from refundguard.errors import (
 )
 from refundguard.model._not_fitted import NotFitted
 from refundguard.model.encoder import FeatureEncoder, _python_scalar
-from refundguard.model.explain import reasons_from_contributions
+from refundguard.model.explain import PathExplainer, reasons_from_contributions
 from refundguard.model.fast import FastRowPredictor
 
 __all__ = ["RefundAbuseClassifier"]
@@ -446,6 +446,7 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
         self._validate_params()
         frame, named = self._as_frame(X)
         self.__dict__.pop("feature_names_in_", None)
+        self.__dict__.pop("_explainer", None)
         classes, y_idx = self._check_y(y)
         if len(y_idx) != len(frame):
             raise ValueError(f"X has {len(frame)} rows but y has {len(y_idx)}.")
@@ -589,7 +590,11 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
     def top_contributions(self, X_row: Mapping[str, Any] | pd.DataFrame | np.ndarray, k: int = 3) -> list[dict[str, Any]]:
         """The ``k`` features that pushed this request's score up the most.
 
-        Uses LightGBM's SHAP values (``pred_contrib=True``) in log-odds units.
+        The contributions are the :class:`~refundguard.model.explain.PathExplainer`
+        path attributions (log-odds) that ``RefundGuard.assess`` serves with every
+        decision, so an analyst calling this method sees the reasons production
+        gives. With :attr:`PathExplainer.bias` they sum to :meth:`decision_function`.
+        The explainer is built on the first call and kept until the next ``fit``.
 
         Parameters
         ----------
@@ -614,8 +619,21 @@ class RefundAbuseClassifier(ClassifierMixin, BaseEstimator):
             row = np.asarray(X_row, dtype=np.float64).reshape(-1)
             if row.shape[0] != self.n_features_in_:
                 raise SchemaError(f"X_row has {row.shape[0]} values, but {_OWNER} is expecting {self.n_features_in_}.")
-        contrib = self.booster_.predict(row.reshape(1, -1), pred_contrib=True, num_threads=1)[0][:-1]
+        contrib = self._path_explainer().contributions_one(row)
         return reasons_from_contributions(self.encoder_, row, contrib, k=k)
+
+    def _path_explainer(self) -> PathExplainer:
+        """The :class:`PathExplainer` of ``booster_``, built once per fitted booster.
+
+        Private fitted state (not a parameter: ``get_params`` and ``clone`` never see
+        it). It is keyed by the booster object, so a re-``fit`` or a replaced
+        ``booster_`` gets a new explainer.
+        """
+        cached: tuple[lgb.Booster, PathExplainer] | None = self.__dict__.get("_explainer")
+        if cached is None or cached[0] is not self.booster_:
+            cached = (self.booster_, PathExplainer(self.booster_))
+            self._explainer = cached
+        return cached[1]
 
     @classmethod
     def from_booster(
