@@ -22,8 +22,6 @@ from refundguard.model._not_fitted import NotFitted
 
 __all__ = ["Calibrator", "choose_calibrator"]
 
-_EPS = 1e-12
-
 
 def _logit(p: np.ndarray) -> np.ndarray:
     q = np.clip(p, 1e-9, 1 - 1e-9)
@@ -31,20 +29,21 @@ def _logit(p: np.ndarray) -> np.ndarray:
 
 
 def _check_py(p: Any, y: Any | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    pa = np.asarray(p, dtype=np.float64).reshape(-1)
-    if pa.size == 0:
+    """``p`` as a float64 vector of probabilities and ``y`` (if given) as 0.0/1.0 labels of the same length."""
+    probs = np.asarray(p, dtype=np.float64).reshape(-1)
+    if probs.size == 0:
         raise DataError("Calibration needs at least one probability; got none.")
-    if np.isnan(pa).any() or (pa < 0).any() or (pa > 1).any():
-        bad = pa[np.isnan(pa) | (pa < 0) | (pa > 1)]
+    if np.isnan(probs).any() or (probs < 0).any() or (probs > 1).any():
+        bad = probs[np.isnan(probs) | (probs < 0) | (probs > 1)]
         raise DataError(f"Probabilities must be in [0, 1] with no NaN; {bad.size} are not, e.g. {bad[:3].tolist()}.")
     if y is None:
-        return pa, None
-    ya = np.asarray(pd.Series(y).to_numpy(dtype=np.float64, na_value=np.nan)).reshape(-1)
-    if ya.shape != pa.shape:
-        raise DataError(f"p has {pa.size} values but y has {ya.size}.")
-    if np.isnan(ya).any() or not np.isin(ya, (0.0, 1.0)).all():
+        return probs, None
+    labels = np.asarray(pd.Series(y).to_numpy(dtype=np.float64, na_value=np.nan)).reshape(-1)
+    if labels.shape != probs.shape:
+        raise DataError(f"p has {probs.size} values but y has {labels.size}.")
+    if np.isnan(labels).any() or not np.isin(labels, (0.0, 1.0)).all():
         raise DataError("Calibration labels must be 0/1 (or bool) with no missing values.")
-    return pa, ya
+    return probs, labels
 
 
 class Calibrator:
@@ -78,20 +77,20 @@ class Calibrator:
 
     def fit(self, p: Any, y: Any, sample_weight: Any = None) -> Calibrator:
         """Fit on raw probabilities ``p`` and 0/1 labels ``y``."""
-        pa, ya = _check_py(p, y)
-        assert ya is not None
+        probs, labels = _check_py(p, y)
+        assert labels is not None
         w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64).reshape(-1)
         if self.method == "isotonic":
             from sklearn.isotonic import IsotonicRegression
 
             iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-            iso.fit(pa, ya, sample_weight=w)
+            iso.fit(probs, labels, sample_weight=w)
             self.params_ = {
                 "x": [float(v) for v in iso.X_thresholds_],
                 "y": [float(v) for v in iso.y_thresholds_],
             }
         else:
-            a, b = _fit_platt(_logit(pa), ya, w)
+            a, b = _fit_platt(_logit(probs), labels, w)
             self.params_ = {"a": a, "b": b}
         return self
 
@@ -99,10 +98,10 @@ class Calibrator:
         """Calibrated probabilities for raw probabilities ``p``."""
         if not hasattr(self, "params_"):
             raise NotFitted("This Calibrator instance is not fitted yet. Call 'fit' first.")
-        pa, _ = _check_py(p)
+        probs, _ = _check_py(p)
         if self.method == "isotonic":
-            return np.interp(pa, self.params_["x"], self.params_["y"])
-        return expit(self.params_["a"] * _logit(pa) + self.params_["b"])
+            return np.interp(probs, self.params_["x"], self.params_["y"])
+        return expit(self.params_["a"] * _logit(probs) + self.params_["b"])
 
     def transform_one(self, p: float) -> float:
         """Calibrate one probability in plain Python (online path); equals :meth:`transform`."""
@@ -217,29 +216,29 @@ def choose_calibrator(
     """
     from sklearn.model_selection import StratifiedKFold
 
-    pa, ya = _check_py(p, y)
-    assert ya is not None
-    n_pos = int(ya.sum())
+    probs, labels = _check_py(p, y)
+    assert labels is not None
+    n_pos = int(labels.sum())
     report: dict[str, Any] = {
-        "n": int(pa.size),
+        "n": int(probs.size),
         "n_positive": n_pos,
         "rule": f"isotonic if >= {min_positives} positives and its out-of-fold log-loss beats Platt's by > {min_gain:.1%}, else platt",
-        "oof_log_loss": {"uncalibrated": _log_loss(ya, pa)},
+        "oof_log_loss": {"uncalibrated": _log_loss(labels, probs)},
     }
-    n_neg = int(pa.size - n_pos)
+    n_neg = int(probs.size - n_pos)
     folds = min(n_splits, n_pos, n_neg)
     if folds < 2:
         raise DataError(
             f"Calibration needs at least 2 positive and 2 negative validation rows; got {n_pos} positive, {n_neg} negative.",
             detail={"n_positive": n_pos, "n_negative": n_neg},
         )
-    oof = {m: np.empty_like(pa) for m in Calibrator.METHODS}
-    for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=random_state).split(pa, ya):
+    oof = {m: np.empty_like(probs) for m in Calibrator.METHODS}
+    for train_idx, test_idx in StratifiedKFold(folds, shuffle=True, random_state=random_state).split(probs, labels):
         for m in Calibrator.METHODS:
-            oof[m][test_idx] = Calibrator(m).fit(pa[train_idx], ya[train_idx]).transform(pa[test_idx])
-    losses = {m: _log_loss(ya, oof[m]) for m in Calibrator.METHODS}
+            oof[m][test_idx] = Calibrator(m).fit(probs[train_idx], labels[train_idx]).transform(probs[test_idx])
+    losses = {m: _log_loss(labels, oof[m]) for m in Calibrator.METHODS}
     report["oof_log_loss"].update(losses)
     use_iso = n_pos >= min_positives and losses["isotonic"] < losses["platt"] * (1 - min_gain)
     chosen = "isotonic" if use_iso else "platt"
     report["chosen"] = chosen
-    return Calibrator(chosen).fit(pa, ya), report
+    return Calibrator(chosen).fit(probs, labels), report
