@@ -454,13 +454,13 @@ def test_choose_calibrator_rule():
     z = rng.normal(-2, 1.5, 6000)
     p = 1 / (1 + np.exp(-z))
     y = rng.random(z.size) < 1 / (1 + np.exp(-(0.7 * z - 0.3)))
-    cal, report = choose_calibrator(p, y)
+    cal, report = choose_calibrator(y, p)
     assert report["chosen"] == "platt" == cal.method
     assert set(report["oof_log_loss"]) == {"uncalibrated", "isotonic", "platt"}
     # A step-shaped truth that no sigmoid fits, with many positives -> isotonic.
     p2 = rng.random(6000)
     y2 = rng.random(6000) < np.where(p2 < 0.5, 0.05, np.where(p2 < 0.6, 0.9, 0.3))
-    cal2, report2 = choose_calibrator(p2, y2)
+    cal2, report2 = choose_calibrator(y2, p2)
     assert report2["chosen"] == "isotonic" == cal2.method
 
 
@@ -474,7 +474,7 @@ def test_calibrator_bad_input():
     with pytest.raises(ConfigError, match=re.escape("The calibration numbers are malformed")):
         Calibrator.from_dict({"method": "isotonic", "x": [0.0, 1.0], "y": [0.5]})
     with pytest.raises(DataError, match=re.escape("needs at least 2 positive and 2 negative")):
-        choose_calibrator([0.1, 0.2, 0.3], [0, 0, 1])
+        choose_calibrator([0, 0, 1], [0.1, 0.2, 0.3])
 
 
 # ---------------------------------------------------------------------- fast single-row C API
@@ -544,3 +544,15 @@ def test_path_explainer_sums_to_raw_score_and_one_equals_batch(fitted, data):
     assert [r["contribution"] for r in reasons] == sorted((r["contribution"] for r in reasons), reverse=True)
     assert all(r["contribution"] > 0 for r in reasons)
 
+
+def test_choose_calibrator_takes_y_true_then_y_score():
+    rng = np.random.default_rng(6)
+    p = rng.random(400)
+    y = rng.random(400) < p
+    cal, report = choose_calibrator(y_true=y, y_score=p)
+    cal2, report2 = choose_calibrator(y, p)
+    assert report == report2 and cal.to_dict() == cal2.to_dict()
+    assert report["n"] == 400 and report["n_positive"] == int(y.sum())
+    np.testing.assert_array_equal(cal.transform(p), Calibrator(report["chosen"]).fit(p, y).transform(p))
+    with pytest.raises(DataError, match=re.escape("Calibration labels must be 0/1")):
+        choose_calibrator(p, y)  # the old (p, y) order: probabilities are not labels

@@ -192,7 +192,13 @@ def _log_loss(y: np.ndarray, q: np.ndarray) -> float:
 
 
 def choose_calibrator(
-    p: Any, y: Any, *, n_splits: int = 5, min_gain: float = 0.005, min_positives: int = 50, random_state: int = 0
+    y_true: Any,
+    y_score: Any,
+    *,
+    n_splits: int = 5,
+    min_gain: float = 0.005,
+    min_positives: int = 50,
+    random_state: int = 0,
 ) -> tuple[Calibrator, dict[str, Any]]:
     """Pick isotonic or Platt calibration on validation data and fit it on all of it.
 
@@ -204,19 +210,30 @@ def choose_calibrator(
 
     Parameters
     ----------
-    p, y
-        Raw validation probabilities and 0/1 labels.
+    y_true : array-like of shape (n_samples,)
+        Validation labels, bool or 0/1 (labels first, like scikit-learn's metrics).
+    y_score : array-like of shape (n_samples,)
+        Raw (uncalibrated) validation probabilities.
+    n_splits : int, default=5
+        Stratified folds for the out-of-fold log-loss (fewer when a class is rarer).
+    min_gain : float, default=0.005
+        Relative log-loss gain isotonic needs over Platt.
+    min_positives : int, default=50
+        Positives isotonic needs at least.
+    random_state : int, default=0
+        Seed of the fold shuffle.
 
     Returns
     -------
     calibrator : Calibrator
-        Fitted on all of ``p, y``.
+        Fitted on all of ``y_score, y_true`` (``Calibrator.fit(p, y)`` keeps the
+        ``fit(X, y)`` order).
     report : dict
         ``{"chosen", "oof_log_loss": {"isotonic", "platt", "uncalibrated"}, "n", "n_positive", "rule"}``.
     """
     from sklearn.model_selection import StratifiedKFold
 
-    probs, labels = _check_py(p, y)
+    probs, labels = _check_py(y_score, y_true)
     assert labels is not None
     n_pos = int(labels.sum())
     report: dict[str, Any] = {
