@@ -6,7 +6,8 @@ One module per job:
 * :mod:`.estimator`: :class:`RefundAbuseClassifier`, the scikit-learn estimator over LightGBM;
 * :mod:`.calibration`: :class:`Calibrator` and :func:`choose_calibrator`;
 * :mod:`.explain`: :class:`PathExplainer` and :func:`reasons_from_contributions`;
-* :mod:`.fast`: :class:`FastRowPredictor`, LightGBM's fast single-row C API.
+* :mod:`.fast`: :class:`FastRowPredictor`, LightGBM's fast single-row C API;
+* :mod:`._not_fitted` (private): the not-fitted error the estimators raise.
 """
 
 from __future__ import annotations
