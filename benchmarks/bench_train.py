@@ -86,10 +86,10 @@ def main() -> None:
     def ours_full() -> None:
         clf.fit(X.iloc[n_valid:], y[n_valid:])
         raw = clf.predict_proba(X.iloc[:n_valid])[:, 1]
-        cal, _ = choose_calibrator(raw, y[:n_valid])
+        cal, _ = choose_calibrator(y[:n_valid], raw)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            choose_thresholds(cal.transform(raw), y[:n_valid])
+            choose_thresholds(y[:n_valid], cal.transform(raw))
 
     def plain_full() -> None:
         ds = lgb.Dataset(encoded[n_valid:], label=y[n_valid:].astype(np.float64), categorical_feature=cat_idx)

@@ -6,8 +6,9 @@ constraint and the value received, in scikit-learn's style. Each class has
 ``to_dict()`` / ``from_dict()`` (JSON-serialisable, used by model artifacts) and
 a stable ``config_hash()`` (sha256 of the canonical JSON).
 
-Sections: ``ScoreConfig`` (store experience score). Other configurations are
-appended below it.
+Sections: ``ScoreConfig`` (store experience score) and ``PolicyConfig`` (one dated
+version of the decision policy; the rules that use its values live in
+:mod:`refundguard.policy`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
 
+from refundguard._params import is_python_real
 from refundguard.errors import ConfigError
 
 __all__ = [
@@ -28,6 +30,9 @@ __all__ = [
     "INDICATOR_DIMENSION",
     "HIGHER_IS_BETTER",
     "ScoreConfig",
+    "REFUND_KINDS",
+    "DEFAULT_GATE",
+    "PolicyConfig",
 ]
 
 
@@ -212,13 +217,13 @@ class ScoreConfig:
         # weights
         dw = self._check_mapping("dimension_weights", self.dimension_weights, DIMENSIONS)
         for k, v in dw.items():
-            if not _is_real(v) or not 0.0 <= v <= 1.0:
+            if not is_python_real(v) or not 0.0 <= v <= 1.0:
                 raise _fail(own, "dimension_weights", f"a mapping of floats in [0, 1] (bad {k!r})", v)
         if not math.isclose(sum(dw.values()), 1.0, abs_tol=1e-9):
             raise _fail(own, "dimension_weights", "a mapping whose weights sum to 1", dict(dw))
         iw = self._check_mapping("indicator_weights", self.indicator_weights, INDICATORS)
         for k, v in iw.items():
-            if not _is_real(v) or not 0.0 <= v <= 1.0:
+            if not is_python_real(v) or not 0.0 <= v <= 1.0:
                 raise _fail(own, "indicator_weights", f"a mapping of floats in [0, 1] (bad {k!r})", v)
         for dim in DIMENSIONS:
             tot = sum(iw[i] for i in INDICATORS if INDICATOR_DIMENSION[i] == dim)
@@ -238,7 +243,7 @@ class ScoreConfig:
                     raise _fail(own, "bands", f"keyed by non-empty category strings (indicator {ind!r})", cat)
                 if isinstance(anchors, (str, bytes)) or not hasattr(anchors, "__len__") or len(anchors) != 6:
                     raise _fail(own, "bands", f"six anchors (0..5 points) for {ind!r}/{cat!r}", anchors)
-                if not all(_is_real(a) and math.isfinite(a) for a in anchors):
+                if not all(is_python_real(a) and math.isfinite(a) for a in anchors):
                     raise _fail(own, "bands", f"finite numbers for {ind!r}/{cat!r}", anchors)
                 a = [float(x) for x in anchors]
                 up = HIGHER_IS_BETTER[ind]
@@ -251,7 +256,7 @@ class ScoreConfig:
 
         pc = self._check_mapping("pseudo_counts", self.pseudo_counts, INDICATORS)
         for k, v in pc.items():
-            if not _is_real(v) or not (math.isfinite(v) and v > 0):
+            if not is_python_real(v) or not (math.isfinite(v) and v > 0):
                 raise _fail(own, "pseudo_counts", f"a mapping of finite floats > 0 (bad {k!r})", v)
         mc = self._check_mapping("min_counts", self.min_counts, INDICATORS)
         for k, v in mc.items():
@@ -325,12 +330,7 @@ class ScoreConfig:
         return hash(self.config_hash())
 
 
-def _is_real(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and not (isinstance(v, float) and math.isnan(v))
-
-
 # --------------------------------------------------------------------------- PolicyConfig
-# (appended by the model/policy helper; the rules that use these values live in policy.py)
 
 #: The two refund kinds of the data contract.
 REFUND_KINDS: tuple[str, ...] = ("refund_only", "return_and_refund")
@@ -416,7 +416,7 @@ class PolicyConfig:
         set_(self, "effective_from", _as_date(own, "effective_from", self.effective_from))
         g = self.gate
         if g is not None:
-            if not _is_real(g) or not 0.0 <= float(g) <= 5.0:
+            if not is_python_real(g) or not 0.0 <= float(g) <= 5.0:
                 raise _fail(own, "gate", "None or a float in [0.0, 5.0]", g)
             set_(self, "gate", float(g))
         kinds = self.gate_kinds
@@ -432,7 +432,7 @@ class PolicyConfig:
         for name in ("intercept_threshold", "review_threshold"):
             v = getattr(self, name)
             if v is not None:
-                if not _is_real(v) or not 0.0 <= float(v) <= 1.0:
+                if not is_python_real(v) or not 0.0 <= float(v) <= 1.0:
                     raise _fail(own, name, "None or a float in [0.0, 1.0]", v)
                 set_(self, name, float(v))
         if (
@@ -444,7 +444,7 @@ class PolicyConfig:
         set_(self, "block_list", _as_id_set(own, "block_list", self.block_list))
         set_(self, "allow_list", _as_id_set(own, "allow_list", self.allow_list))
         ar = self.audit_rate
-        if not _is_real(ar) or not 0.0 <= float(ar) <= 1.0:
+        if not is_python_real(ar) or not 0.0 <= float(ar) <= 1.0:
             raise _fail(own, "audit_rate", "a float in [0.0, 1.0]", ar)
         set_(self, "audit_rate", float(ar))
         if not isinstance(self.audit_salt, str):
@@ -487,6 +487,3 @@ class PolicyConfig:
         if "effective_from" in changes and "name" not in changes and d["name"] == self.effective_from.isoformat():
             d["name"] = None
         return PolicyConfig.from_dict(d)
-
-
-__all__ += ["DEFAULT_GATE", "REFUND_KINDS", "PolicyConfig"]

@@ -10,6 +10,9 @@
   every distinct threshold (``flag if p >= threshold``).
 * :func:`choose_thresholds`: the intercept and review thresholds of DESIGN.md
   section 5 (lowest threshold whose validation precision reaches the target).
+
+Every function takes the labels first, like scikit-learn's metrics:
+``(y_true, y_score, ...)``.
 """
 
 from __future__ import annotations
@@ -78,8 +81,15 @@ def _probs(p: Any, n: int | None = None, name: str = "p") -> np.ndarray:
 # ----------------------------------------------------------------------------- curves and thresholds
 
 
-def precision_recall_table(p: Any, y: Any) -> pd.DataFrame:
-    """Precision and recall of ``flag if p >= threshold`` for every distinct threshold.
+def precision_recall_table(y_true: Any, y_score: Any) -> pd.DataFrame:
+    """Precision and recall of ``flag if y_score >= threshold`` for every distinct threshold.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        Labels, bool or 0/1, no missing values.
+    y_score : array-like of shape (n_samples,)
+        Probabilities in [0, 1].
 
     Returns
     -------
@@ -87,8 +97,8 @@ def precision_recall_table(p: Any, y: Any) -> pd.DataFrame:
         Columns ``threshold`` (descending), ``n_flagged``, ``tp``, ``precision``,
         ``recall`` (NaN when there are no positives).
     """
-    ya = _labels(y)
-    pa = _probs(p, ya.size)
+    ya = _labels(y_true, "y_true")
+    pa = _probs(y_score, ya.size, "y_score")
     order = np.argsort(-pa, kind="stable")
     ps, ys = pa[order], ya[order]
     # The last index of each run of equal p: everything up to it is flagged at that threshold.
@@ -107,13 +117,28 @@ def precision_recall_table(p: Any, y: Any) -> pd.DataFrame:
     )
 
 
-def validation_curve(p: Any, y: Any, max_points: int = 200) -> dict[str, list[float]]:
+def validation_curve(y_true: Any, y_score: Any, max_points: int = 200) -> dict[str, list[float]]:
     """The precision/recall/threshold curve, thinned to at most ``max_points`` (for meta.json).
 
     Points are taken evenly along the table of :func:`precision_recall_table`; the
     first and last points are always kept.
+
+    Parameters
+    ----------
+    y_true : array-like of shape (n_samples,)
+        Validation labels, bool or 0/1.
+    y_score : array-like of shape (n_samples,)
+        Validation probabilities in [0, 1].
+    max_points : int, default=200
+        Most points kept.
+
+    Returns
+    -------
+    dict
+        ``{"threshold": [...], "precision": [...], "recall": [...]}`` (recall ``None``
+        when there are no positives).
     """
-    t = precision_recall_table(p, y)
+    t = precision_recall_table(y_true, y_score)
     if len(t) > max_points:
         idx = np.unique(np.linspace(0, len(t) - 1, max_points).round().astype(np.int64))
         t = t.iloc[idx]
@@ -163,7 +188,7 @@ def _lowest_threshold(table: pd.DataFrame, target: float) -> int | None:
 
 
 def choose_thresholds(
-    p_valid: Any, y_valid: Any, intercept_precision: float = 0.90, review_precision: float = 0.50
+    y_true: Any, y_score: Any, intercept_precision: float = 0.90, review_precision: float = 0.50
 ) -> Thresholds:
     """Intercept and review thresholds from validation data (DESIGN.md section 5).
 
@@ -175,10 +200,12 @@ def choose_thresholds(
 
     Parameters
     ----------
-    p_valid
-        Calibrated validation probabilities.
-    y_valid
+    y_true : array-like of shape (n_samples,)
         Validation labels (bool or 0/1).
+    y_score : array-like of shape (n_samples,)
+        Calibrated validation probabilities.
+    intercept_precision, review_precision : float in (0, 1]
+        The target precisions.
 
     Returns
     -------
@@ -187,7 +214,7 @@ def choose_thresholds(
     for name, v in (("intercept_precision", intercept_precision), ("review_precision", review_precision)):
         if not 0.0 < float(v) <= 1.0:
             raise DataError(f"{name} must be in (0, 1]; got {v!r}.")
-    table = precision_recall_table(p_valid, y_valid)
+    table = precision_recall_table(y_true, y_score)
     chosen: dict[str, float | None] = {}
     achieved: dict[str, Any] = {}
     for action, target in (("intercept", intercept_precision), ("review", review_precision)):
@@ -195,7 +222,7 @@ def choose_thresholds(
         if i is None:
             warnings.warn(
                 f"No threshold reaches the {action} precision {target:.2f} on validation data "
-                f"({int(table['tp'].iloc[-1]) if len(table) else 0} positives in {len(_labels(y_valid))} rows); "
+                f"({int(table['tp'].iloc[-1]) if len(table) else 0} positives in {len(_labels(y_true))} rows); "
                 f"the {action} action is disabled.",
                 ThresholdUnreachableWarning,
                 stacklevel=2,
@@ -273,7 +300,7 @@ def slice_metrics(
     n_pos = float(y.sum())
     out: dict[str, float] = {"n": n, "n_positive": int(n_pos), "positive_rate": n_pos / n if n else math.nan}
     if n:
-        table = precision_recall_table(p, y)
+        table = precision_recall_table(y, p)
         out["pr_auc"] = _average_precision(y, table)
         out["roc_auc"] = _roc_auc(y, p)
         ok = table["precision"].to_numpy() >= intercept_precision - 1e-12

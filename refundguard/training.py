@@ -379,9 +379,9 @@ def train(
     clf.fit(batch.X.loc[sl.train], y_all[sl.train], sample_weight=weight[sl.train], eval_set=eval_set)
 
     raw_valid = clf.predict_proba(batch.X.loc[sl.valid])[:, 1]
-    calibrator, cal_report = choose_calibrator(raw_valid, y_all[sl.valid])
+    calibrator, cal_report = choose_calibrator(y_all[sl.valid], raw_valid)
     p_valid = calibrator.transform(raw_valid)
-    thresholds = choose_thresholds(p_valid, y_all[sl.valid], intercept_precision, review_precision)
+    thresholds = choose_thresholds(y_all[sl.valid], p_valid, intercept_precision, review_precision)
     evaluations = {"valid": batch.evaluate(sl.valid, p_valid, thresholds.intercept)}
     if sl.test is not None and sl.test.any():
         p_test = calibrator.transform(clf.predict_proba(batch.X.loc[sl.test])[:, 1])
@@ -392,7 +392,7 @@ def train(
         trained_at=when,
         calibration={**calibrator.to_dict(), "choice": cal_report},
         thresholds=thresholds.to_dict(),
-        validation_curve=validation_curve(p_valid, y_all[sl.valid]),
+        validation_curve=validation_curve(y_all[sl.valid], p_valid),
         drift={
             "feature_bins": feature_bins(batch.X.loc[sl.train], categories=clf.categories_),
             "score_histogram": score_histogram(p_valid),

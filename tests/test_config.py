@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from refundguard.config import DIMENSIONS, HIGHER_IS_BETTER, INDICATOR_DIMENSION, INDICATORS, ScoreConfig
+from refundguard.config import DIMENSIONS, HIGHER_IS_BETTER, INDICATOR_DIMENSION, INDICATORS, PolicyConfig, ScoreConfig
 from refundguard.errors import ConfigError
 
 
@@ -133,3 +135,47 @@ def test_dimension_weights_sum_property(w):
     ScoreConfig(dimension_weights={"product": w, "logistics": rest / 2, "service": rest / 2})
     with pytest.raises(ConfigError):
         ScoreConfig(dimension_weights={"product": w, "logistics": rest, "service": 0.1})
+
+
+# ---------------------------------------------------------------------- which numbers a config accepts
+# Configs take Python numbers only (they go to JSON as they are); NaN and infinities never
+# pass a range. These pin refundguard._params.is_python_real at every call site.
+
+
+@pytest.mark.parametrize("value", [0, 1, 0.25, np.float64(0.25)])
+def test_config_numbers_accepted(value):
+    cfg = ScoreConfig(dimension_weights={"product": value, "logistics": 0.0, "service": 1 - value})
+    assert cfg.dimension_weights["product"] == float(value)
+    for field in ("gate", "intercept_threshold", "audit_rate"):
+        assert getattr(PolicyConfig(**{field: value}), field) == float(value)
+
+
+@pytest.mark.parametrize("value", [np.int64(1), np.float32(0.5), True, float("nan"), float("inf"), "0.5"])
+def test_config_numbers_rejected(value):
+    with pytest.raises(ConfigError) as e:
+        ScoreConfig(dimension_weights={"product": value, "logistics": 0.0, "service": 0.0})
+    assert e.value.field == "dimension_weights"
+    with pytest.raises(ConfigError) as e:
+        ScoreConfig(pseudo_counts={**ScoreConfig().pseudo_counts, "dispute_rate": value})
+    assert e.value.field == "pseudo_counts"
+    for field in ("gate", "intercept_threshold", "audit_rate"):
+        with pytest.raises(ConfigError) as e:
+            PolicyConfig(**{field: value})
+        assert e.value.field == field and e.value.owner == "PolicyConfig"
+
+
+def test_band_anchors_must_be_finite_python_numbers():
+    good = [0.6, 0.7, 0.8, 0.86, 0.9, 0.99]
+    ScoreConfig(bands=_bands(good_review_rate={"*": [np.float64(v) for v in good]}))
+    for bad in (np.float32(0.99), float("inf"), np.int64(1)):
+        with pytest.raises(ConfigError, match=re.escape("finite numbers for 'good_review_rate'/'*'")):
+            ScoreConfig(bands=_bands(good_review_rate={"*": [*good[:5], bad]}))
+
+
+def test_module_all_is_one_list():
+    import refundguard.config as config
+
+    assert config.__all__ == [
+        "DIMENSIONS", "INDICATORS", "INDICATOR_DIMENSION", "HIGHER_IS_BETTER", "ScoreConfig", "REFUND_KINDS", "PolicyConfig",
+    ]
+    assert all(hasattr(config, name) for name in config.__all__)

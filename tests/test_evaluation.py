@@ -111,13 +111,13 @@ def test_pr_auc_and_roc_auc_match_sklearn(data):
 
 
 def test_precision_recall_table_matches_sklearn():
-    t = precision_recall_table(P, Y)
+    t = precision_recall_table(Y, P)
     prec, rec, thr = skm.precision_recall_curve(Y, P)
     ref = pd.DataFrame({"threshold": thr, "precision": prec[:-1], "recall": rec[:-1]}).sort_values("threshold", ascending=False)
     np.testing.assert_allclose(t["threshold"], ref["threshold"])
     np.testing.assert_allclose(t["precision"], ref["precision"])
     np.testing.assert_allclose(t["recall"], ref["recall"])
-    curve = validation_curve(P, Y, max_points=4)
+    curve = validation_curve(Y, P, max_points=4)
     assert len(curve["threshold"]) == 4 and curve["threshold"][0] == 0.95 and curve["threshold"][-1] == 0.05
 
 
@@ -128,13 +128,13 @@ def test_choose_thresholds_lowest_reaching_target():
     # Precision by threshold (desc): .95->1, .9->.5, .7->.75, .6->.6, .4->.5, .3->4/7, .2->.5, .1->4/9, .05->.4
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        th = choose_thresholds(P, Y, intercept_precision=0.9, review_precision=0.5)
+        th = choose_thresholds(Y, P, intercept_precision=0.9, review_precision=0.5)
     assert th.intercept == 0.95
     assert th.review == 0.2  # the LOWEST threshold with precision >= 0.5
     assert th.review <= th.intercept
     assert th.achieved["intercept"] == {"precision": 1.0, "recall": 0.25, "n_flagged": 1}
     assert th.achieved["review"]["precision"] == 0.5
-    th2 = choose_thresholds(P, Y, intercept_precision=0.7, review_precision=0.55)
+    th2 = choose_thresholds(Y, P, intercept_precision=0.7, review_precision=0.55)
     assert th2.intercept == 0.7 and th2.review == 0.3
     assert th.to_dict()["intercept"] == 0.95
 
@@ -143,10 +143,10 @@ def test_unreachable_target_disables_action_with_warning():
     y = np.array([0, 1, 0, 1, 0, 0])
     p = np.array([0.9, 0.8, 0.7, 0.6, 0.5, 0.4])  # best precision 0.5
     with pytest.warns(ThresholdUnreachableWarning, match="intercept precision 0.90"):
-        th = choose_thresholds(p, y)
+        th = choose_thresholds(y, p)
     assert th.intercept is None and th.review == 0.6
     with pytest.warns(ThresholdUnreachableWarning) as rec:
-        th0 = choose_thresholds([0.2, 0.3], [0, 0])
+        th0 = choose_thresholds([0, 0], [0.2, 0.3])
     assert th0.intercept is None and th0.review is None and len(rec) == 2
 
 
@@ -161,7 +161,7 @@ def test_thresholds_properties(data, ti, tr):
     p = np.array([r[1] / 50 for r in data])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ThresholdUnreachableWarning)
-        th = choose_thresholds(p, y, intercept_precision=ti, review_precision=tr)
+        th = choose_thresholds(y, p, intercept_precision=ti, review_precision=tr)
     for thr, target in ((th.intercept, ti), (th.review, tr)):
         if thr is None:
             continue
@@ -172,3 +172,33 @@ def test_thresholds_properties(data, ti, tr):
             assert y[p >= t].mean() < target - 1e-12
     if th.intercept is not None and th.review is not None:
         assert th.review <= th.intercept
+
+
+# ---------------------------------------------------------------------- argument order (y_true, y_score)
+# Labels first, like scikit-learn's metrics. The keyword calls fail on the old (p, y)
+# signatures; a swapped positional call raises, since a probability such as 0.95 is no label.
+
+
+def test_precision_recall_table_takes_y_true_then_y_score():
+    by_name = precision_recall_table(y_true=Y, y_score=P)
+    pd.testing.assert_frame_equal(precision_recall_table(Y, P), by_name)
+    assert by_name["threshold"].iloc[0] == 0.95 and by_name["tp"].iloc[-1] == 4
+    with pytest.raises(DataError, match=re.escape("y_true must be bool or 0/1")):
+        precision_recall_table(P, Y)
+
+
+def test_validation_curve_takes_y_true_then_y_score():
+    curve = validation_curve(y_true=Y, y_score=P, max_points=4)
+    assert curve == validation_curve(Y, P, max_points=4)
+    assert curve["threshold"][0] == 0.95 and curve["recall"][-1] == 1.0
+    with pytest.raises(DataError, match=re.escape("y_true must be bool or 0/1")):
+        validation_curve(P, Y)
+
+
+def test_choose_thresholds_takes_y_true_then_y_score():
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        th = choose_thresholds(y_true=Y, y_score=P, intercept_precision=0.9, review_precision=0.5)
+    assert (th.intercept, th.review) == (0.95, 0.2)
+    with pytest.raises(DataError, match=re.escape("y_true must be bool or 0/1")):
+        choose_thresholds(P, Y)

@@ -253,14 +253,41 @@ def test_top_contributions(fitted, data):
     by_feature = {r["feature"]: r for r in reasons}
     if "reason" in by_feature:
         assert by_feature["reason"]["value"] == "not_received"
-    # SHAP values plus the bias add up to the raw score.
-    enc = fitted.encode_row(row)
-    full = fitted.booster_.predict(enc.reshape(1, -1), pred_contrib=True)[0]
-    raw = fitted.booster_.predict(enc.reshape(1, -1), raw_score=True)[0]
-    assert full.sum() == pytest.approx(raw, abs=1e-9)
     # The three entry points agree.
+    enc = fitted.encode_row(row)
     assert fitted.top_contributions(enc, k=3) == reasons
     assert fitted.top_contributions(pd.DataFrame([row]).astype({"reason": "str", "kind": "str"}), k=3) == reasons
+
+
+def test_top_contributions_are_the_served_path_attributions(data):
+    """Analysts (top_contributions) and production (RefundGuard.assess: PathExplainer) see the same reasons."""
+    from sklearn.base import clone
+
+    from refundguard.model import PathExplainer
+
+    X, y = data
+    clf = RefundAbuseClassifier(n_estimators=30, num_leaves=15, n_jobs=1).fit(X, y)
+    params = clf.get_params()
+    explainer = PathExplainer(clf.booster_)
+    head = X.head(40)
+    raw = clf.decision_function(head)
+    for i, row_dict in enumerate(_row_dicts(head)):
+        row = clf.encode_row(row_dict)
+        contrib = explainer.contributions_one(row)
+        assert clf.top_contributions(row_dict) == reasons_from_contributions(clf.encoder_, row, contrib)
+        assert clf.top_contributions(row, k=5) == reasons_from_contributions(clf.encoder_, row, contrib, k=5)
+        assert abs(contrib.sum() + explainer.bias - raw[i]) <= 1e-9
+    # Built once per fitted booster; private state that get_params and clone do not see.
+    cached = clf._path_explainer()
+    assert clf._path_explainer() is cached
+    assert clf.get_params() == params and "_explainer" not in clone(clf).__dict__
+    # A re-fit explains with the new booster.
+    clf.set_params(n_estimators=5).fit(X, y)
+    assert "_explainer" not in clf.__dict__
+    row = clf.encode_row(_row_dicts(head)[0])
+    again = PathExplainer(clf.booster_).contributions_one(row)
+    assert clf.top_contributions(row) == reasons_from_contributions(clf.encoder_, row, again)
+    assert clf._path_explainer() is not cached
 
 
 @settings(max_examples=40)
@@ -282,7 +309,7 @@ def test_monotone_constraint_never_lowers_p(fitted, data, idx, feature, delta):
 
 def test_bad_params_raise_config_error(data):
     X, y = data
-    with pytest.raises(ConfigError, match=re.escape("The 'num_leaves' parameter of RefundAbuseClassifier must be an int in [2, 131072]. Got 1 instead.")):
+    with pytest.raises(ConfigError, match=re.escape("The 'num_leaves' parameter of RefundAbuseClassifier must be an int in the range [2, 131072]. Got 1 instead.")):
         RefundAbuseClassifier(num_leaves=1).fit(X, y)
     with pytest.raises(ConfigError, match=re.escape("names feature(s) not in X: ['nope']")):
         RefundAbuseClassifier(monotone_constraints={"nope": 1}).fit(X, y)
@@ -290,6 +317,50 @@ def test_bad_params_raise_config_error(data):
         RefundAbuseClassifier(monotone_constraints={"reason": 1}).fit(X, y)
     with pytest.raises(ConfigError, match=re.escape("cannot both be set")):
         RefundAbuseClassifier(class_weight="balanced", scale_pos_weight=3.0).fit(X, y)
+
+
+def test_parameter_table_covers_exactly_the_init_parameters():
+    import inspect
+
+    init = set(inspect.signature(RefundAbuseClassifier.__init__).parameters) - {"self"}
+    table = set(RefundAbuseClassifier._parameter_constraints)
+    assert init == table, {"without a rule": sorted(init - table), "rule without a parameter": sorted(table - init)}
+    assert set(RefundAbuseClassifier().get_params(deep=False)) == table
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"n_estimators": 0}, "'n_estimators' parameter of RefundAbuseClassifier must be an int in the range [1, inf). Got 0 instead."),
+        ({"n_estimators": 10.0}, "'n_estimators' parameter of RefundAbuseClassifier must be an int in the range [1, inf). Got 10.0 instead."),
+        ({"learning_rate": float("nan")}, "'learning_rate' parameter of RefundAbuseClassifier must be a float in the range (0.0, inf). Got nan instead."),
+        ({"learning_rate": float("inf")}, "must be a float in the range (0.0, inf). Got inf instead."),
+        ({"max_depth": 2.5}, "'max_depth' parameter of RefundAbuseClassifier must be an int. Got 2.5 instead."),
+        ({"subsample": 0.0}, "'subsample' parameter of RefundAbuseClassifier must be a float in the range (0.0, 1.0]. Got 0.0 instead."),
+        ({"reg_alpha": -1}, "'reg_alpha' parameter of RefundAbuseClassifier must be a float in the range [0.0, inf). Got -1 instead."),
+        ({"early_stopping_rounds": True}, "'early_stopping_rounds' parameter of RefundAbuseClassifier must be None or an int in the range [1, inf). Got True instead."),
+        ({"monotone_constraints": {"amount": 2}}, "must be None or a mapping of feature -> an int among {-1, 0, 1}. Got {'amount': 2} instead."),
+        ({"categorical_features": "reason"}, "must be 'auto' or a list of feature names or positions. Got 'reason' instead."),
+        ({"class_weight": {True: -1.0}}, "must be None, 'balanced' or a mapping of class -> a float in the range [0.0, inf). Got {True: -1.0} instead."),
+        ({"scale_pos_weight": 0}, "'scale_pos_weight' parameter of RefundAbuseClassifier must be None or a float in the range (0.0, inf). Got 0 instead."),
+        ({"n_jobs": "2"}, "'n_jobs' parameter of RefundAbuseClassifier must be None or an int. Got '2' instead."),
+    ],
+)
+def test_each_parameter_rule_is_checked_in_fit(data, params, message):
+    X, y = data
+    clf = RefundAbuseClassifier(**params)  # __init__ only stores
+    with pytest.raises(ConfigError, match=re.escape(message)) as e:
+        clf.fit(X.head(50), y[:50])
+    assert e.value.field == next(iter(params)) and e.value.owner == "RefundAbuseClassifier"
+
+
+def test_numpy_scalars_are_valid_parameters(data):
+    X, y = data
+    clf = RefundAbuseClassifier(
+        n_estimators=np.int64(3), learning_rate=np.float32(0.1), num_leaves=np.int32(7), n_jobs=np.int64(1),
+        monotone_constraints={"amount": np.int8(1)}, class_weight={True: np.float64(2.0)},
+    )
+    assert clf.fit(X, y).best_iteration_ == 3
 
 
 def test_missing_labels_raise_data_error(data):
@@ -383,13 +454,13 @@ def test_choose_calibrator_rule():
     z = rng.normal(-2, 1.5, 6000)
     p = 1 / (1 + np.exp(-z))
     y = rng.random(z.size) < 1 / (1 + np.exp(-(0.7 * z - 0.3)))
-    cal, report = choose_calibrator(p, y)
+    cal, report = choose_calibrator(y, p)
     assert report["chosen"] == "platt" == cal.method
     assert set(report["oof_log_loss"]) == {"uncalibrated", "isotonic", "platt"}
     # A step-shaped truth that no sigmoid fits, with many positives -> isotonic.
     p2 = rng.random(6000)
     y2 = rng.random(6000) < np.where(p2 < 0.5, 0.05, np.where(p2 < 0.6, 0.9, 0.3))
-    cal2, report2 = choose_calibrator(p2, y2)
+    cal2, report2 = choose_calibrator(y2, p2)
     assert report2["chosen"] == "isotonic" == cal2.method
 
 
@@ -403,7 +474,7 @@ def test_calibrator_bad_input():
     with pytest.raises(ConfigError, match=re.escape("The calibration numbers are malformed")):
         Calibrator.from_dict({"method": "isotonic", "x": [0.0, 1.0], "y": [0.5]})
     with pytest.raises(DataError, match=re.escape("needs at least 2 positive and 2 negative")):
-        choose_calibrator([0.1, 0.2, 0.3], [0, 0, 1])
+        choose_calibrator([0, 0, 1], [0.1, 0.2, 0.3])
 
 
 # ---------------------------------------------------------------------- fast single-row C API
@@ -446,9 +517,9 @@ def test_fast_row_predictor_threads(fitted, data):
 
 
 def test_fast_row_predictor_falls_back(fitted, data, monkeypatch):
-    import refundguard.model as model_mod
+    import refundguard.model.fast as fast_mod
 
-    monkeypatch.setattr(model_mod, "_fast_api", lambda: None)
+    monkeypatch.setattr(fast_mod, "_fast_api", lambda: None)
     rows = _tricky_rows(fitted, data)
     slow = fitted.fast_row_predictor()
     assert not slow.fast
@@ -472,3 +543,16 @@ def test_path_explainer_sums_to_raw_score_and_one_equals_batch(fitted, data):
     reasons = reasons_from_contributions(fitted.encoder_, encoded[0], contrib[0], k=3)
     assert [r["contribution"] for r in reasons] == sorted((r["contribution"] for r in reasons), reverse=True)
     assert all(r["contribution"] > 0 for r in reasons)
+
+
+def test_choose_calibrator_takes_y_true_then_y_score():
+    rng = np.random.default_rng(6)
+    p = rng.random(400)
+    y = rng.random(400) < p
+    cal, report = choose_calibrator(y_true=y, y_score=p)
+    cal2, report2 = choose_calibrator(y, p)
+    assert report == report2 and cal.to_dict() == cal2.to_dict()
+    assert report["n"] == 400 and report["n_positive"] == int(y.sum())
+    np.testing.assert_array_equal(cal.transform(p), Calibrator(report["chosen"]).fit(p, y).transform(p))
+    with pytest.raises(DataError, match=re.escape("Calibration labels must be 0/1")):
+        choose_calibrator(p, y)  # the old (p, y) order: probabilities are not labels
