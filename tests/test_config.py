@@ -176,6 +176,7 @@ def test_module_all_is_one_list():
     import refundguard.config as config
 
     assert config.__all__ == [
-        "DIMENSIONS", "INDICATORS", "INDICATOR_DIMENSION", "HIGHER_IS_BETTER", "ScoreConfig", "REFUND_KINDS", "PolicyConfig",
+        "DIMENSIONS", "INDICATORS", "INDICATOR_DIMENSION", "HIGHER_IS_BETTER", "ScoreConfig", "REFUND_KINDS", "DEFAULT_GATE",
+        "PolicyConfig",
     ]
     assert all(hasattr(config, name) for name in config.__all__)
