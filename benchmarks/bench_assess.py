@@ -26,6 +26,9 @@ import time
 import numpy as np
 
 import refundguard as rg
+from refundguard.features import build_features_one
+from refundguard.pipeline import point_in_time_features
+from refundguard.profiles import request_record
 
 
 def _percentiles(ns: list[int]) -> tuple[float, float]:
@@ -40,10 +43,10 @@ def main() -> None:
 
     guard = rg.RefundGuard.default()
     tables, _ = rg.validate(rg.simulate(n_buyers=6_000, n_stores=200, days=120, seed=99))
-    batch = rg.point_in_time_features(tables, "2024-08-15", "2024-09-15", score_config=guard.score_config)
+    batch = point_in_time_features(tables, "2024-08-15", "2024-09-15", score_config=guard.score_config)
     n = len(batch)
-    items = [(rg.request_record(batch.requests, i), batch.profiles.profile(i)) for i in range(n)]
-    encoded = [guard._state.encoder.encode_row(rg.build_features_one(r, p)) for r, p in items]
+    items = [(request_record(batch.requests, i), batch.profiles.profile(i)) for i in range(n)]
+    encoded = [guard._state.encoder.encode_row(build_features_one(r, p)) for r, p in items]
     booster = guard._state.loaded.booster
     print(f"model {guard.model_version}: {booster.num_trees()} trees; {n} distinct requests; {args.calls} calls each")
 

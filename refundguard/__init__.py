@@ -1,6 +1,10 @@
 """refundguard: stop abuse of refund-only requests on a marketplace.
 
-Public API re-exports only; no logic lives here.
+Public API re-exports only; no logic lives here. ``__all__`` holds the task-level
+names; the building blocks stay importable from their modules
+(``refundguard.tables``, ``.scores``, ``.profiles``, ``.features``, ``.model``,
+``.evaluation``, ``.artifacts``, ``.policy``, ``.pipeline``, ``.guard``,
+``.training``, ``.simulate``, ``.datasets``, ``.demo``).
 
 >>> import refundguard as rg
 >>> tables = rg.load_tables("data/")                       # doctest: +SKIP
@@ -11,7 +15,6 @@ Public API re-exports only; no logic lives here.
 """
 
 from refundguard._version import __version__
-from refundguard.artifacts import LoadedModel, SavedModel, load_model, save_model, verify_model
 from refundguard.config import PolicyConfig, ScoreConfig
 from refundguard.errors import (
     ConfigError,
@@ -20,125 +23,49 @@ from refundguard.errors import (
     NotFittedError,
     RefundGuardError,
     RefundGuardWarning,
-    RejectedRowsWarning,
     RequestError,
     SchemaError,
-    ThresholdUnreachableWarning,
-    UnseenCategoryWarning,
 )
-from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, evaluate_predictions
-from refundguard.features import (
-    CATEGORICAL_FEATURES,
-    FEATURE_NAMES,
-    FEATURES,
-    Feature,
-    build_features,
-    build_features_one,
-)
-from refundguard.guard import SCORED_COLUMNS, RefundGuard
-from refundguard.model import Calibrator, RefundAbuseClassifier, choose_calibrator
-from refundguard.pipeline import FeatureBatch, point_in_time_features
-from refundguard.policy import ACTIONS, Decision, PolicyTimeline, decide_batch, decide_one
-from refundguard.profiles import (
-    BuyerProfile,
-    LinkProfile,
-    ProfileStore,
-    Profiles,
-    StoreProfile,
-    request_record,
-    profiles_as_of,
-    requests_from_tables,
-)
-from refundguard.datasets import load_olist
-from refundguard.scores import (
-    OUTPUT_COLUMNS as STORE_SCORE_COLUMNS,
-    StoreExplanation,
-    calibrate_bands,
-    explain_store,
-    publish_score,
-    store_score_history,
-    store_scores,
-    store_scores_for_requests,
-)
-from refundguard.simulate import SimulationConfig, simulate, simulate_to_parquet
-from refundguard.tables import REJECT_COLUMNS, load_tables, validate
-from refundguard.training import Promotion, TrainedModel, evaluate, promote_if_better, train
+from refundguard.guard import RefundGuard
+from refundguard.model import RefundAbuseClassifier
+from refundguard.policy import Decision, PolicyTimeline
+from refundguard.profiles import ProfileStore
+from refundguard.scores import calibrate_bands, explain_store, publish_score, store_score_history, store_scores
+from refundguard.simulate import SimulationConfig, simulate
+from refundguard.tables import load_tables, validate
+from refundguard.training import evaluate, train
 
 __all__ = [
     "__version__",
-    # data contract
+    # data: the contract's tables, a simulated marketplace
     "load_tables",
     "validate",
-    "REJECT_COLUMNS",
-    # simulator
-    "SimulationConfig",
     "simulate",
-    "simulate_to_parquet",
+    "SimulationConfig",
     # store experience score
     "ScoreConfig",
     "store_scores",
     "store_score_history",
-    "publish_score",
     "explain_store",
-    "StoreExplanation",
     "calibrate_bands",
-    "store_scores_for_requests",
-    "STORE_SCORE_COLUMNS",
-    "load_olist",
-    # profiles and features
-    "BuyerProfile",
-    "StoreProfile",
-    "LinkProfile",
-    "Profiles",
+    "publish_score",
+    # online state, the model, training
     "ProfileStore",
-    "profiles_as_of",
-    "requests_from_tables",
-    "request_record",
-    "Feature",
-    "FEATURES",
-    "CATEGORICAL_FEATURES",
-    "FEATURE_NAMES",
-    "build_features",
-    "build_features_one",
-    "FeatureBatch",
-    "point_in_time_features",
-    # model, training, evaluation, artifacts
     "RefundAbuseClassifier",
-    "Calibrator",
-    "choose_calibrator",
     "train",
-    "TrainedModel",
     "evaluate",
-    "promote_if_better",
-    "Promotion",
-    "evaluate_predictions",
-    "Evaluation",
-    "choose_thresholds",
-    "Thresholds",
-    "save_model",
-    "load_model",
-    "verify_model",
-    "LoadedModel",
-    "SavedModel",
-    # policy and decisions
+    # decisions
+    "RefundGuard",
+    "Decision",
     "PolicyConfig",
     "PolicyTimeline",
-    "Decision",
-    "ACTIONS",
-    "decide_one",
-    "decide_batch",
-    "RefundGuard",
-    "SCORED_COLUMNS",
-    # errors and warnings
+    # errors
     "RefundGuardError",
     "SchemaError",
     "ConfigError",
     "RequestError",
     "ModelError",
-    "NotFittedError",
     "DataError",
+    "NotFittedError",
     "RefundGuardWarning",
-    "RejectedRowsWarning",
-    "ThresholdUnreachableWarning",
-    "UnseenCategoryWarning",
 ]

@@ -9,6 +9,8 @@ from pathlib import Path
 import lightgbm as lgb
 
 import refundguard as rg
+from refundguard.artifacts import load_model
+from refundguard.features import FEATURE_NAMES
 from refundguard.guard import default_model_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,8 +22,8 @@ def test_default_model_is_small_verified_and_current():
     files = sorted(p.name for p in path.iterdir())
     assert files == ["MANIFEST", "README.md", "meta.json", "model.txt"]
     assert sum(p.stat().st_size for p in path.iterdir()) < 5 * 1024 * 1024
-    loaded = rg.load_model(path)
-    assert loaded.features == list(rg.FEATURE_NAMES)
+    loaded = load_model(path)
+    assert loaded.features == list(FEATURE_NAMES)
     windows = loaded.meta["windows"]
     assert windows["train"][0] < "2024-08-09" < windows["test"][1]  # the data spans the gate date
     card = (path / "README.md").read_text()

@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 
 import refundguard as rg
+from refundguard.artifacts import load_model, save_model
 from refundguard.errors import ModelError, RequestError
 from refundguard.guard import SCORED_COLUMNS, RefundGuard
+from refundguard.pipeline import point_in_time_features
+from refundguard.policy import ACTIONS
 from refundguard.profiles import request_record
 
 GATE_DAY = pd.Timestamp("2024-08-09", tz="UTC")
@@ -38,7 +41,7 @@ def test_scored_output_contract(scored):
     assert list(scored.columns) == list(SCORED_COLUMNS)
     keys = list(zip(scored["requested_at"], scored["refund_id"]))
     assert keys == sorted(keys)
-    assert set(scored["action"]) <= set(rg.ACTIONS)
+    assert set(scored["action"]) <= set(ACTIONS)
     before = scored[scored["requested_at"] < GATE_DAY]
     assert len(before) and not (before["action"] == "merchant_handles").any()
     assert set(before["policy_version"]) == {"2020-01-01"}
@@ -54,7 +57,7 @@ def test_scored_output_contract(scored):
 
 
 def test_online_assess_equals_batch(guard, tables, scored):
-    batch = rg.point_in_time_features(tables, "2024-08-05", "2024-08-14", score_config=guard.score_config,
+    batch = point_in_time_features(tables, "2024-08-05", "2024-08-14", score_config=guard.score_config,
                                       category_levels=guard.category_levels)
     by_id = scored.set_index("refund_id")
     assert len(batch)
@@ -71,7 +74,7 @@ def test_online_assess_equals_batch(guard, tables, scored):
 
 
 def test_assess_is_thread_safe(guard, tables):
-    batch = rg.point_in_time_features(tables, "2024-08-20", "2024-08-23", score_config=guard.score_config)
+    batch = point_in_time_features(tables, "2024-08-20", "2024-08-23", score_config=guard.score_config)
     items = [(request_record(batch.requests, i), batch.profiles.profile(i)) for i in range(len(batch))]
     expected = [guard.assess(r, p, always_score=True).abuse_probability for r, p in items]
     results: dict[int, list[float]] = {}
@@ -88,7 +91,7 @@ def test_assess_is_thread_safe(guard, tables):
 
 
 def test_bad_request_gets_request_error(guard, tables):
-    batch = rg.point_in_time_features(tables, "2024-08-20", "2024-08-21", score_config=guard.score_config)
+    batch = point_in_time_features(tables, "2024-08-20", "2024-08-21", score_config=guard.score_config)
     request, profiles = request_record(batch.requests, 0), batch.profiles.profile(0)
     for field, value in (("refund_id", None), ("amount", "lots"), ("kind", "refund"), ("requested_at", "soon")):
         bad = dict(request, **{field: value})
@@ -111,12 +114,12 @@ def test_reload_swaps_and_a_bad_model_leaves_the_old_one(guard, tables, tmp_path
     with pytest.raises(ModelError):
         RefundGuard.load(broken)
     # a really different model: the default with an intercept threshold of 0 (every scored request intercepted)
-    default = rg.load_model(rg.guard.default_model_path())
+    default = load_model(rg.guard.default_model_path())
     meta = {**default.meta, "thresholds": {**default.meta["thresholds"], "intercept": 0.0, "review": 0.0}}
-    other = rg.save_model(tmp_path / "other", booster_text=default.booster.model_to_string(), meta=meta,
+    other = save_model(tmp_path / "other", booster_text=default.booster.model_to_string(), meta=meta,
                           model_card=default.model_card)
     assert other.model_version != guard.model_version
-    batch = rg.point_in_time_features(tables, "2024-07-01", "2024-07-03", score_config=g.score_config)
+    batch = point_in_time_features(tables, "2024-07-01", "2024-07-03", score_config=g.score_config)
     request, profiles = request_record(batch.requests, 0), batch.profiles.profile(0)
     before = g.assess(request, profiles)
     g.reload(other.path)

@@ -79,3 +79,19 @@ def test_errors_imports_nothing_from_the_package_and_no_pickle_is_used():
             assert not any(n.split(".")[0] in {"pickle", "cloudpickle", "dill"} for n in names), path
             if isinstance(node, ast.Attribute) and node.attr in {"dump", "load"}:
                 assert not (isinstance(node.value, ast.Name) and node.value.id == "joblib"), path
+
+
+def test_public_api_is_task_level_and_documented():
+    """``refundguard.__all__`` holds the task-level names (about 25); building blocks live in their modules."""
+    import refundguard as rg
+
+    assert 20 <= len(rg.__all__) <= 30, len(rg.__all__)
+    assert len(set(rg.__all__)) == len(rg.__all__)
+    for name in rg.__all__:
+        obj = getattr(rg, name)
+        if name != "__version__":
+            assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
+    init = (PKG / "__init__.py").read_text()
+    tree = ast.parse(init)
+    logic = [n for n in tree.body if not isinstance(n, (ast.Import, ast.ImportFrom, ast.Assign, ast.Expr))]
+    assert not logic, "refundguard/__init__.py re-exports only"

@@ -12,9 +12,12 @@ import pytest
 from sklearn.metrics import average_precision_score
 
 import refundguard as rg
+from refundguard.artifacts import load_model
 from refundguard.errors import ConfigError, DataError
 from refundguard.guard import SCORED_COLUMNS, RefundGuard
-from refundguard.training import training_slices
+from refundguard.profiles import requests_from_tables
+from refundguard.scores import store_scores_for_requests
+from refundguard.training import promote_if_better, training_slices
 from tests.alt_marketplace import make_marketplace
 
 TRAIN_END, VALID_END, TEST_END = "2024-09-01", "2024-10-01", "2024-11-17"
@@ -68,7 +71,7 @@ def test_train_on_tables_the_simulator_did_not_make(alt_model, alt_tables, tmp_p
     assert m.thresholds.review is None or m.thresholds.intercept is None or m.thresholds.review <= m.thresholds.intercept
     saved = m.save(tmp_path / "model")
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["MANIFEST", "README.md", "meta.json", "model.txt"]
-    meta = rg.load_model(tmp_path / "model").meta
+    meta = load_model(tmp_path / "model").meta
     for key in ("format_version", "model_version", "features", "monotone_constraints", "calibration", "thresholds",
                 "validation_curve", "drift", "gated_share", "windows", "score_config", "metrics", "versions",
                 "data_fingerprint"):
@@ -133,7 +136,7 @@ def test_model_beats_plain_lightgbm_baseline_on_the_same_split(alt_model, alt_ta
 
 def test_champion_replaced_only_by_a_better_model(alt_model, alt_tables, tmp_path: Path):
     champ = tmp_path / "champion"
-    first = rg.promote_if_better(alt_model, alt_tables, champ, validate_tables=False)
+    first = promote_if_better(alt_model, alt_tables, champ, validate_tables=False)
     assert first.promoted and first.champion is None
     before = (champ / "MANIFEST").read_bytes()
     # a deliberately weak challenger (3 trees, no monotone help) must not replace it
@@ -141,12 +144,12 @@ def test_champion_replaced_only_by_a_better_model(alt_model, alt_tables, tmp_pat
         warnings.simplefilter("ignore")
         weak = rg.train(alt_tables, TRAIN_END, VALID_END, TEST_END, validate_tables=False,
                         params={"n_estimators": 2, "num_leaves": 2, "early_stopping_rounds": None})
-    result = rg.promote_if_better(weak, alt_tables, champ, validate_tables=False)
+    result = promote_if_better(weak, alt_tables, champ, validate_tables=False)
     assert not result.promoted and result.champion == pytest.approx(first.challenger)
     assert (champ / "MANIFEST").read_bytes() == before
     no_test = rg.train(alt_tables, TRAIN_END, VALID_END, validate_tables=False)
     with pytest.raises(DataError, match="needs a test slice"):
-        rg.promote_if_better(no_test, alt_tables, champ, validate_tables=False)
+        promote_if_better(no_test, alt_tables, champ, validate_tables=False)
 
 
 def test_too_little_data_is_a_clear_error(alt_tables):
@@ -165,8 +168,8 @@ def test_gated_labels_audit_uses_only_audited_gated_rows_weighted():
     assert audit.meta["windows"]["gated_labels"] == "audit"
     rows, all_rows = audit.meta["windows"]["rows"], full.meta["windows"]["rows"]
     # Independently of training.py: which labelled requests sit behind the gate and outside the audit sample?
-    req = rg.requests_from_tables(clean, None, "2024-10-29", with_labels=True)
-    score = rg.store_scores_for_requests(clean, req)
+    req = requests_from_tables(clean, None, "2024-10-29", with_labels=True)
+    score = store_scores_for_requests(clean, req)
     gate_on = req["requested_at"] >= pd.Timestamp("2024-08-09", tz="UTC")
     gated = gate_on & (score["score"] >= 4.80 - 1e-9) & ~score["provisional"] & ~score["score_missing"]
     audited = req["refund_id"].map(
