@@ -232,15 +232,8 @@ def _run_store_scores(args: argparse.Namespace) -> int:
 
 
 def _score_config(path: Path | None) -> ScoreConfig:
-    """The ScoreConfig in the JSON file ``path`` (``ScoreConfig.to_dict()``), or the default."""
-    if path is None:
-        return ScoreConfig()
-    if not path.is_file():
-        raise _UsageError(f"--config: no such file {str(path)!r}")
-    try:
-        return ScoreConfig.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"--config {str(path)!r} is not valid JSON: {exc}", field="config") from exc
+    """The ScoreConfig in the JSON file ``path`` (``ScoreConfig.to_json``), or the default."""
+    return ScoreConfig() if path is None else ScoreConfig.from_json(path)
 
 
 def _load_olist(folder: Path) -> dict[str, Any]:

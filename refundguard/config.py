@@ -16,8 +16,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -42,8 +44,7 @@ _fail = ConfigError.invalid
 def _checked_fields(cls: type, d: Any) -> dict[str, Any]:
     """``d`` as keyword arguments of the dataclass ``cls``; unknown keys are a ConfigError."""
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{cls.__name__}.from_dict needs a mapping. Got {type(d).__name__} instead.",
-                          owner=cls.__name__)
+        raise _fail(cls.__name__, "d", "a mapping (the output of to_dict)", d)
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
@@ -310,6 +311,35 @@ class ScoreConfig:
                 for ind, pc in kw["bands"].items()
             }
         return cls(**kw)
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_dict` as JSON to ``path`` (atomically: a temporary file, then a rename)."""
+        target = Path(path)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike[str]) -> ScoreConfig:
+        """Read a config written by :meth:`to_json` (validated).
+
+        Raises
+        ------
+        ConfigError
+            The file is missing, unreadable, not JSON, or not a valid configuration.
+        """
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _fail("ScoreConfig", "path", f"a readable JSON file ({type(exc).__name__}: {exc})", str(path)) from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _fail("ScoreConfig", "path", f"a JSON file ({exc})", str(path)) from None
+        return cls.from_dict(data)
 
     def config_hash(self) -> str:
         """sha256 (hex) of the canonical JSON of :meth:`to_dict`; stable across runs."""

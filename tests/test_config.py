@@ -180,3 +180,17 @@ def test_module_all_is_one_list():
         "PolicyConfig",
     ]
     assert all(hasattr(config, name) for name in config.__all__)
+
+
+def test_json_file_round_trip(tmp_path):
+    c = ScoreConfig(window_days=14, timezone="Asia/Shanghai")
+    c.to_json(tmp_path / "score_config.json")
+    assert ScoreConfig.from_json(tmp_path / "score_config.json") == c
+    assert [p.name for p in tmp_path.iterdir()] == ["score_config.json"]
+    (tmp_path / "bad.json").write_text("{not json")
+    for path in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(ConfigError) as e:
+            ScoreConfig.from_json(path)
+        assert (e.value.owner, e.value.field, e.value.value) == ("ScoreConfig", "path", str(path))
+    with pytest.raises(ConfigError, match="'d' parameter of ScoreConfig must be a mapping"):
+        ScoreConfig.from_dict([1, 2])  # type: ignore[arg-type]
