@@ -14,7 +14,6 @@ separators, shares as percentages, amounts with 2 decimals.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import traceback
 import warnings
@@ -100,6 +99,24 @@ def _existing_dir(value: str) -> Path:
     return p
 
 
+def _data_option(p: argparse.ArgumentParser, **kw: Any) -> None:
+    """``--data DIR``: a folder with the contract's tables."""
+    kw.setdefault("required", True)
+    kw.setdefault("help", "folder with orders/refunds/reviews[/service]")
+    p.add_argument("--data", type=_existing_dir, **kw)
+
+
+def _model_option(p: argparse.ArgumentParser) -> None:
+    """``--model DIR``: a model folder."""
+    p.add_argument("--model", required=True, type=_existing_dir, help="model folder")
+
+
+def _period_options(p: argparse.ArgumentParser) -> None:
+    """``--from D --to D``: the half-open period on ``requested_at``."""
+    p.add_argument("--from", dest="start", type=_date_arg, help="first requested_at (inclusive)")
+    p.add_argument("--to", dest="end", type=_date_arg, help="last requested_at (exclusive)")
+
+
 def _load_clean(folder: Path) -> dict[str, Any]:
     """Load a data folder and validate it strictly (bad data: SchemaError, exit 1)."""
     clean, _ = validate(load_tables(folder), mode="strict")
@@ -151,7 +168,7 @@ def _add_validate(sub: Any) -> None:
             "--fail-on-rejects is given."
         ),
     )
-    p.add_argument("--data", required=True, type=_existing_dir, help="folder with orders/refunds/reviews[/service]")
+    _data_option(p)
     p.add_argument("--mode", choices=("strict", "quarantine"), default="strict", help="default strict")
     p.add_argument("--rejects", type=Path, help="write the rejects table here (.parquet or .csv; quarantine)")
     p.add_argument("--fail-on-rejects", action="store_true", help="exit 1 when any row is rejected")
@@ -195,7 +212,7 @@ def _add_store_scores(sub: Any) -> None:
         ),
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--data", type=_existing_dir, help="folder with orders/refunds/reviews[/service] (validated strictly)")
+    _data_option(src, required=False, help="folder with orders/refunds/reviews[/service] (validated strictly)")
     src.add_argument("--olist", type=_existing_dir, help="Olist folder (read with the Olist adapter; bad rows set aside)")
     p.add_argument("--as-of", type=_date_arg, help="end of the window (excluded); a date means 00:00 in the config time zone")
     p.add_argument("--window-days", type=int,
@@ -267,7 +284,7 @@ def _add_train(sub: Any) -> None:
             "PR-AUC on the test slice; both figures are printed."
         ),
     )
-    p.add_argument("--data", required=True, type=_existing_dir, help="folder with the contract's tables")
+    _data_option(p)
     p.add_argument("--train-end", required=True, type=_date_arg, help="end of the training slice")
     p.add_argument("--valid-end", required=True, type=_date_arg, help="end of the validation slice")
     p.add_argument("--test-end", type=_date_arg, help="end of the test slice (needed for --champion)")
@@ -316,10 +333,9 @@ def _add_evaluate(sub: Any) -> None:
         help="measure a model on labelled refunds (PR-AUC, recall at precision, ECE, by band and category)",
         description="Score the labelled refunds requested in [--from, --to) point in time and compare with the labels.",
     )
-    p.add_argument("--data", required=True, type=_existing_dir, help="folder with the contract's tables")
-    p.add_argument("--model", required=True, type=_existing_dir, help="model folder")
-    p.add_argument("--from", dest="start", type=_date_arg, help="first requested_at (inclusive)")
-    p.add_argument("--to", dest="end", type=_date_arg, help="last requested_at (exclusive)")
+    _data_option(p)
+    _model_option(p)
+    _period_options(p)
     p.add_argument("--out", type=Path, help="write the metrics as JSON here")
     p.set_defaults(func=_run_evaluate)
 
@@ -362,7 +378,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
             print(title)
             print(_frame_text(frame, _SLICE_COLUMNS))
     if args.out is not None:
-        args.out.write_text(json.dumps(result.to_dict(), indent=2, default=str))
+        result.to_json(args.out)
         print(f"metrics written to {args.out}")
     return EXIT_OK
 
@@ -378,11 +394,10 @@ def _add_score(sub: Any) -> None:
             "refund_id. Writes Parquet or CSV by the extension of --out."
         ),
     )
-    p.add_argument("--data", required=True, type=_existing_dir, help="folder with the contract's tables")
-    p.add_argument("--model", required=True, type=_existing_dir, help="model folder")
+    _data_option(p)
+    _model_option(p)
     p.add_argument("--out", required=True, type=Path, help="output file (.parquet or .csv)")
-    p.add_argument("--from", dest="start", type=_date_arg, help="first requested_at (inclusive)")
-    p.add_argument("--to", dest="end", type=_date_arg, help="last requested_at (exclusive)")
+    _period_options(p)
     p.add_argument("--always-score", action="store_true", help="score gated requests too (monitoring)")
     p.set_defaults(func=_run_score)
 
@@ -432,8 +447,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- registry
-# Each entry adds one sub-command. Later commands (store-scores, train, evaluate,
-# score, report, drift, whatif, demo) register here the same way.
+# Each entry adds one sub-command.
 COMMANDS: list[Callable[[Any], None]] = [
     _add_simulate,
     _add_validate,

@@ -17,7 +17,9 @@ Every function takes the labels first, like scikit-learn's metrics:
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from refundguard._io import atomic_write_text
 from refundguard.errors import DataError, ThresholdUnreachableWarning
 
 __all__ = [
@@ -395,6 +398,10 @@ class Evaluation:
             frame = getattr(self, name)
             out[name] = None if frame is None else {str(i): clean(r) for i, r in frame.to_dict("index").items()}
         return out
+
+    def to_json(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`to_dict` as JSON to ``path`` (atomically: a temporary file, then a rename)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2, default=str) + "\n")
 
 
 def _group_frame(

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refundguard._io import atomic_target
 from refundguard._time import NAT, series_ns
 from refundguard.config import REFUND_KINDS
 from refundguard.errors import ConfigError, RejectedRowsWarning, SchemaError
@@ -269,12 +270,11 @@ def write_table(df: pd.DataFrame, path: str | Path) -> None:
     if path.suffix not in (".parquet", ".csv") and suffixes != ".csv.gz":
         raise SchemaError(f"Unsupported output format {path.name!r}: use .parquet or .csv.", rule="format")
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_csv(tmp, index=False, compression="gzip" if suffixes == ".csv.gz" else None)
-    tmp.replace(path)
+    with atomic_target(path) as tmp:
+        if path.suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_csv(tmp, index=False, compression="gzip" if suffixes == ".csv.gz" else None)
 
 
 # --------------------------------------------------------------------------- validation
