@@ -682,11 +682,11 @@ def score_histogram(p: Any, bins: int = 20) -> dict[str, Any]:
     dict
         ``{"edges": [bins + 1 values], "counts": [...], "shares": [...], "n": int}``.
     """
-    pa = np.asarray(p, dtype=np.float64).reshape(-1)
-    pa = pa[~np.isnan(pa)]
+    probs = np.asarray(p, dtype=np.float64).reshape(-1)
+    probs = probs[~np.isnan(probs)]
     edges = np.linspace(0.0, 1.0, int(bins) + 1)
-    counts, _ = np.histogram(np.clip(pa, 0.0, 1.0), bins=edges)
-    n = int(pa.size)
+    counts, _ = np.histogram(np.clip(probs, 0.0, 1.0), bins=edges)
+    n = int(probs.size)
     return {
         "edges": edges.tolist(),
         "counts": counts.astype(int).tolist(),

@@ -101,9 +101,9 @@ def precision_recall_table(y_true: Any, y_score: Any) -> pd.DataFrame:
         ``recall`` (NaN when there are no positives).
     """
     ya = _labels(y_true, "y_true")
-    pa = _probs(y_score, ya.size, "y_score")
-    order = np.argsort(-pa, kind="stable")
-    ps, ys = pa[order], ya[order]
+    probs = _probs(y_score, ya.size, "y_score")
+    order = np.argsort(-probs, kind="stable")
+    ps, ys = probs[order], ya[order]
     # The last index of each run of equal p: everything up to it is flagged at that threshold.
     last = np.r_[np.flatnonzero(np.diff(ps) != 0), ps.size - 1] if ps.size else np.array([], dtype=np.int64)
     tp = np.cumsum(ys)[last] if ps.size else np.array([])
@@ -261,12 +261,12 @@ def expected_calibration_error(y: Any, p: Any, n_bins: int = 10) -> float:
     the last one closed. NaN for no rows.
     """
     ya = _labels(y)
-    pa = _probs(p, ya.size)
+    probs = _probs(p, ya.size)
     if not ya.size:
         return math.nan
-    b = np.minimum((pa * n_bins).astype(np.int64), n_bins - 1)
+    b = np.minimum((probs * n_bins).astype(np.int64), n_bins - 1)
     sum_y = np.bincount(b, weights=ya, minlength=n_bins)
-    sum_p = np.bincount(b, weights=pa, minlength=n_bins)
+    sum_p = np.bincount(b, weights=probs, minlength=n_bins)
     return float(np.abs(sum_y - sum_p).sum() / ya.size)
 
 
@@ -472,25 +472,25 @@ def evaluate_predictions(
         classes are NaN on a one-class slice.
     """
     ya = _labels(y)
-    pa = _probs(p, ya.size)
+    probs = _probs(p, ya.size)
     am = np.asarray(pd.Series(amount).to_numpy(dtype=np.float64, na_value=np.nan)).reshape(-1)
     if am.shape[0] != ya.size:
         raise DataError(f"amount has {am.shape[0]} values for {ya.size} labels.")
     if (~np.isfinite(am) | (am < 0)).any():
         raise DataError("amount must be finite and >= 0 for every row.")
     kw = dict(intercept_threshold=intercept_threshold, k=k, intercept_precision=intercept_precision, n_bins=n_bins)
-    overall = slice_metrics(ya, pa, am, **kw)
+    overall = slice_metrics(ya, probs, am, **kw)
     by_category = None
     if category is not None:
         cat = pd.Series(category).reset_index(drop=True)
         if len(cat) != ya.size:
             raise DataError(f"category has {len(cat)} values for {ya.size} labels.")
         cat = cat.astype(object).where(cat.notna(), None).rename("category")
-        by_category = _group_frame(cat, ya, pa, am, None, **kw)
+        by_category = _group_frame(cat, ya, probs, am, None, **kw)
     by_band = None
     if store_score is not None:
         band = store_score_band(pd.Series(store_score).reset_index(drop=True)).rename("store_score_band")
         if len(band) != ya.size:
             raise DataError(f"store_score has {len(band)} values for {ya.size} labels.")
-        by_band = _group_frame(band.astype(str), ya, pa, am, list(STORE_SCORE_BANDS), **kw)
+        by_band = _group_frame(band.astype(str), ya, probs, am, list(STORE_SCORE_BANDS), **kw)
     return Evaluation(overall=overall, by_category=by_category, by_band=by_band)
