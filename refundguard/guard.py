@@ -21,7 +21,7 @@ import pandas as pd
 
 from refundguard.artifacts import LoadedModel, load_model
 from refundguard.config import ScoreConfig
-from refundguard.errors import DataError, ModelError, RequestError
+from refundguard.errors import ConfigError, DataError, ModelError, RequestError
 from refundguard.evaluation import Evaluation
 from refundguard.features import FEATURE_NAMES, build_features_one
 from refundguard.model import (
@@ -183,6 +183,28 @@ class RefundGuard:
     def category_levels(self) -> tuple[str, ...] | None:
         """The ``category`` feature's levels stored in the model (``None`` when it has none)."""
         return self._state.category_levels
+
+    def feature_importance(self, importance_type: str = "gain") -> pd.Series:
+        """The serving model's feature importance, read from its LightGBM booster.
+
+        Parameters
+        ----------
+        importance_type : {"gain", "split"}, default "gain"
+            ``"gain"``: total loss reduction of the splits on each feature;
+            ``"split"``: how many splits use it.
+
+        Returns
+        -------
+        pandas.Series
+            One value per feature (index: feature names in model order), as float.
+        """
+        if importance_type not in ("gain", "split"):
+            raise ConfigError.invalid("RefundGuard.feature_importance", "importance_type", "'gain' or 'split'",
+                                      importance_type)
+        booster = self._state.loaded.booster
+        values = booster.feature_importance(importance_type=importance_type)
+        return pd.Series(np.asarray(values, dtype=np.float64), index=list(booster.feature_name()),
+                         name=f"importance_{importance_type}")
 
     # ------------------------------------------------------------------ online
     def _predictor(self, st: _State) -> Any:
