@@ -32,6 +32,8 @@ from refundguard.errors import (
     RequestError,
 )
 from refundguard.guard import SCORED_FORMATS, RefundGuard, write_scored
+from refundguard.monitoring import FIGURES, drift, whatif, write_report
+from refundguard.monitoring.drift import PSI_MODERATE, PSI_SIGNIFICANT
 from refundguard.policy import ACTIONS, PolicyTimeline
 from refundguard.scores import (
     explain_store,
@@ -417,18 +419,127 @@ def _run_score(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --------------------------------------------------------------------------- report / drift / whatif
+def _add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report",
+        help="write the analyst report of a period: one HTML page and its PNG figures (needs the report extra)",
+        description=(
+            "Score every refund requested in [--from, --to) (gated ones too), measure the model against the labels "
+            "and the policy's decisions, and write --out/index.html with its figures: "
+            + "; ".join(f"{name} ({what.lower()})" for name, what in FIGURES.items())
+            + ". The page opens with a summary and loads nothing from the network. --out is created, or replaced "
+            "when it holds an earlier report."
+        ),
+    )
+    _data_option(p)
+    _model_option(p)
+    p.add_argument("--out", required=True, type=Path, help="report folder (index.html and PNG files)")
+    _period_options(p)
+    p.set_defaults(func=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    report = write_report(args.model, _load_clean(args.data), args.out, args.start, args.end,
+                          validate_tables=False, progress=_progress(args))
+    print(report.to_text())
+    return EXIT_OK
+
+
+def _add_drift(sub: Any) -> None:
+    p = sub.add_parser(
+        "drift",
+        help="PSI of each feature, the score and the gated share of a period against the model's training bins",
+        description=(
+            "Compare the refunds requested in [--from, --to) with the training bins stored in the model's "
+            "meta.json: the population stability index per feature, for the calibrated score and for the share "
+            f"of requests behind the store gate; flagged moderate from {PSI_MODERATE:g} and significant from "
+            f"{PSI_SIGNIFICANT:g}. With --out, writes drift.csv and drift.png (the plot needs the report extra)."
+        ),
+    )
+    _model_option(p)
+    _data_option(p)
+    _period_options(p)
+    p.add_argument("--out", type=Path, help="folder for drift.csv and drift.png (created)")
+    p.set_defaults(func=_run_drift)
+
+
+def _run_drift(args: argparse.Namespace) -> int:
+    report = drift(args.model, _load_clean(args.data), args.start, args.end, validate_tables=False,
+                   progress=_progress(args))
+    print(report.to_text())
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = [report.to_csv(args.out / "drift.csv"), report.plot(args.out / "drift.png")]
+        print("written: " + ", ".join(str(w) for w in written))
+    return EXIT_OK
+
+
+def _gate_arg(value: str) -> float | None:
+    if value.lower() == "none":
+        return None
+    try:
+        return float(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a store gate (a number, or 'none'): {value!r}") from exc
+
+
+def _add_whatif(sub: Any) -> None:
+    gate = _gated_policy().gate
+    p = sub.add_parser(
+        "whatif",
+        help="replay a period under other store gates, intercept precisions and review capacity",
+        description=(
+            "Score every refund requested in [--from, --to) once, then decide it again under each combination of "
+            "--gate and --intercept-precision with the dated policy (the gate replaces the gate of every gated "
+            "policy version; versions without a gate keep none). Per variant: share left to merchants, intercepts "
+            "and reviews per day (beyond --review-capacity the lowest-risk reviews of the day are approved), "
+            "abusive amount left to merchants (labels behind the gate come from the audit sample; with its "
+            "interval), abusive amount stopped, honest requests intercepted and their amount. With --out, writes "
+            "whatif.csv and whatif.png (the plot needs the report extra)."
+        ),
+    )
+    _data_option(p)
+    _model_option(p)
+    _period_options(p)
+    p.add_argument("--gate", nargs="+", type=_gate_arg, metavar="G",
+                   help=f"store gates to try, or 'none' (default: the policy's, {gate:.2f})")
+    p.add_argument("--intercept-precision", nargs="+", type=float, metavar="P",
+                   help="target intercept precisions to try, turned into thresholds with the model's validation "
+                        "curve (default: the model's threshold)")
+    p.add_argument("--review-capacity", type=int, metavar="N_PER_DAY", help="reviews per day (default unlimited)")
+    p.add_argument("--censor", choices=("policy", "none"), default="policy",
+                   help="'policy' (default): labels behind the gate only from the audit sample, as in production; "
+                        "'none': every label in the data")
+    p.add_argument("--out", type=Path, help="folder for whatif.csv and whatif.png (created)")
+    p.set_defaults(func=_run_whatif)
+
+
+def _run_whatif(args: argparse.Namespace) -> int:
+    result = whatif(args.model, _load_clean(args.data), args.start, args.end, gates=args.gate,
+                    intercept_precisions=args.intercept_precision, review_capacity=args.review_capacity,
+                    censor=args.censor, validate_tables=False, progress=_progress(args))
+    print(result.to_text())
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        written = [result.to_csv(args.out / "whatif.csv"), result.plot(args.out / "whatif.png")]
+        print("written: " + ", ".join(str(w) for w in written))
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- demo
 def _add_demo(sub: Any) -> None:
     gated = _gated_policy()
     start = SimulationConfig().start_ts.date()
     p = sub.add_parser(
         "demo",
-        help="end to end on the bundled default model: simulate, validate, store scores, decide, evaluate",
+        help="end to end on the bundled default model: simulate, validate, store scores, decide, evaluate, report",
         description=(
             "Simulate a small marketplace (a seed the default model never saw), validate it, compute store "
             "experience scores, decide every refund with the bundled default model and the dated policy "
             f"(the {gated.gate:.2f} store gate from {gated.effective_from}), compare with the simulated labels, "
-            "and decide one request online. Everything is written under --out."
+            "decide one request online, and write the analyst report (with the report extra) to --out/report. "
+            "Everything is written under --out."
         ),
     )
     p.add_argument("--out", type=Path, default=Path("refundguard-demo"), help="output folder (default ./refundguard-demo)")
@@ -455,6 +566,9 @@ COMMANDS: list[Callable[[Any], None]] = [
     _add_train,
     _add_evaluate,
     _add_score,
+    _add_report,
+    _add_drift,
+    _add_whatif,
     _add_demo,
 ]
 
@@ -490,6 +604,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"refundguard: error: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS
     except RefundGuardError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"refundguard: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_DATA
+    except ImportError as exc:  # an optional extra (matplotlib for plots) is not installed
         if args.debug:
             traceback.print_exc()
         print(f"refundguard: error: {exc}", file=sys.stderr)

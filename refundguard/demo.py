@@ -3,7 +3,8 @@
 One function, :func:`run_demo`: simulate a small marketplace (a seed the default
 model never saw), validate it, compute the store experience scores, decide every
 refund with :meth:`RefundGuard.default` and the dated policy, compare with the
-simulated labels, and decide one request online while timing it. It returns a
+simulated labels, decide one request online while timing it, and write the
+analyst report (when matplotlib, the ``report`` extra, is installed). It returns a
 :class:`DemoResult` holding every figure; :meth:`DemoResult.to_text` renders the
 lines ``refundguard demo`` prints.
 
@@ -25,6 +26,7 @@ import pandas as pd
 from refundguard.config import DEFAULT_GATE
 from refundguard.evaluation import Evaluation
 from refundguard.guard import RefundGuard, write_scored
+from refundguard.monitoring import plots, write_report
 from refundguard.pipeline import point_in_time_features
 from refundguard.policy import ACTIONS, Decision
 from refundguard.profiles import request_record
@@ -102,6 +104,9 @@ class DemoResult:
     online
         One intercepted request decided online, with its latency; ``None`` when no
         request was intercepted.
+    report
+        The analyst report's ``index.html`` (in ``out/report``); ``None`` when it
+        was not written (matplotlib missing, or ``report=False``).
     """
 
     out: Path
@@ -119,6 +124,7 @@ class DemoResult:
     actions: pd.DataFrame
     evaluation: Evaluation
     online: OnlineTiming | None
+    report: Path | None = None
 
     def lines(self) -> list[str]:
         """The demo's printed lines, one per list item."""
@@ -158,6 +164,10 @@ class DemoResult:
                 f"({p}, policy {d.policy_version}); p50 {self.online.p50_us:.0f} us, p99 {self.online.p99_us:.0f} us"
             )
             out.extend(f"   - {r['text']}" for r in d.reasons)
+        if self.report is not None:
+            out.append(f"7. analyst report (plots, metrics by category and store band, the gate) -> {self.report}")
+        elif not plots.available():
+            out.append(f"7. analyst report skipped: it needs matplotlib ({plots.INSTALL_HINT})")
         return out
 
     def to_text(self) -> str:
@@ -221,12 +231,14 @@ def run_demo(
     stores: int = DEMO_STORES,
     days: int = DEMO_DAYS,
     seed: int = DEMO_SEED,
+    report: bool = True,
     progress: bool = False,
 ) -> DemoResult:
     """Run the demo end to end on the bundled default model, writing under ``out``.
 
-    Writes ``out/data`` (the simulated marketplace, replaced if present) and
-    ``out/scored.csv`` (every refund decided).
+    Writes ``out/data`` (the simulated marketplace, replaced if present),
+    ``out/scored.csv`` (every refund decided) and ``out/report`` (the analyst
+    report, :func:`refundguard.monitoring.write_report`, when matplotlib is installed).
 
     Parameters
     ----------
@@ -235,6 +247,8 @@ def run_demo(
     buyers, stores, days, seed
         Size and seed of the simulated marketplace; it starts on the simulator's
         default first day.
+    report
+        Write the analyst report (skipped without matplotlib).
     progress
         Show a progress bar while simulating.
 
@@ -266,6 +280,9 @@ def run_demo(
     evaluation = guard.evaluate(tables, validate_tables=False)
     hit = scored[scored["action"] == "intercept"]
     online = _time_online(guard, tables, hit.iloc[0]) if len(hit) else None
+    written = None
+    if report and plots.available():
+        written = write_report(guard, tables, out / "report", validate_tables=False).index
     return DemoResult(
         out=out,
         data=data,
@@ -282,4 +299,5 @@ def run_demo(
         actions=action_table(scored, gated_version.effective_from),
         evaluation=evaluation,
         online=online,
+        report=written,
     )
