@@ -41,7 +41,8 @@ def _write(tables: dict[str, pd.DataFrame], folder: Path, fmt: str = "parquet") 
 
 
 def test_the_parser_registers_the_documented_commands():
-    assert set(_commands()) >= {"simulate", "validate", "store-scores", "train", "evaluate", "score", "demo"}
+    assert set(_commands()) >= {"simulate", "validate", "store-scores", "train", "evaluate", "score", "report",
+                                "drift", "whatif", "demo"}
 
 
 def test_top_level_help_lists_every_command(capsys):
@@ -73,6 +74,9 @@ def _minimal_args(folder: Path) -> dict[str, list[str]]:
         "train": ["--data", d, "--train-end", "2024-09-01", "--valid-end", "2024-10-01", "--out", f"{d}/m"],
         "evaluate": ["--data", d, "--model", d],
         "score": ["--data", d, "--model", d, "--out", f"{d}/s.csv"],
+        "report": ["--data", d, "--model", d, "--out", f"{d}/report"],
+        "drift": ["--model", d, "--data", d],
+        "whatif": ["--data", d, "--model", d, "--gate", "4.6", "none"],
         "demo": ["--out", f"{d}/demo"],
     }
 
@@ -258,6 +262,63 @@ def test_score_and_evaluate_a_simulated_folder_with_the_bundled_model(simulated,
     _assert_readable(out)
 
 
+# --------------------------------------------------------------------------- analyst tools
+def test_drift_prints_the_psi_table_and_writes_csv_and_plot(simulated, tmp_path, capsys):
+    model = str(default_model_path())
+    assert main(["drift", "--model", model, "--data", str(simulated), "--from", "2024-07-01", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "against the training bins of model" in out
+    assert re.search(r"^score\s+score\s+\d+\.\d{3}\s+(stable|moderate|significant)\s", out, re.MULTILINE)
+    assert re.search(r"^gated_share\s+gated_share\s", out, re.MULTILINE)
+    assert re.search(r"^\d+ significant, \d+ moderate, \d+ stable$", out, re.MULTILINE)
+    _assert_readable(out)
+    pytest.importorskip("matplotlib")
+    assert main(["drift", "--model", model, "--data", str(simulated), "--out", str(tmp_path / "d")]) == 0
+    assert {p.name for p in (tmp_path / "d").iterdir()} == {"drift.csv", "drift.png"}
+
+
+def test_whatif_prints_one_line_per_variant(simulated, tmp_path, capsys):
+    args = ["whatif", "--data", str(simulated), "--model", str(default_model_path()), "--gate", "4.6", "4.7", "none",
+            "--intercept-precision", "0.9", "0.95", "--review-capacity", "3", "--from", "2024-07-15"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    variants = re.findall(r"^(gate \d\.\d\d|no gate)(, precision 0\.\d\d)? ", out, re.MULTILINE)
+    assert [v[0] + v[1] for v in variants] == [
+        "gate 4.60, precision 0.90", "gate 4.60, precision 0.95", "gate 4.70, precision 0.90",
+        "gate 4.70, precision 0.95", "no gate, precision 0.90", "no gate, precision 0.95"]
+    assert "review capacity 3 per day" in out and "abuse to merchants [interval]" in out
+    _assert_readable(out)
+    assert main(["whatif", "--data", str(simulated), "--model", str(default_model_path())]) == 0
+    assert re.search(rf"^gate {DEFAULT_GATE:.2f} ", capsys.readouterr().out, re.MULTILINE)  # the policy's own gate
+    assert main(["whatif", "--data", str(simulated), "--model", str(default_model_path()), "--review-capacity",
+                 "-1"]) == 2
+    assert "review_capacity" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["whatif", "--data", str(simulated), "--model", str(default_model_path()), "--gate", "high"])
+    assert info.value.code == 2
+    pytest.importorskip("matplotlib")
+    assert main([*args, "--quiet", "--out", str(tmp_path / "w")]) == 0
+    assert {p.name for p in (tmp_path / "w").iterdir()} == {"whatif.csv", "whatif.png"}
+
+
+@pytest.mark.extras
+def test_report_writes_the_page_and_its_figures(simulated, tmp_path, capsys):
+    from refundguard.monitoring import FIGURES
+
+    out_dir = tmp_path / "report"
+    assert main(["report", "--data", str(simulated), "--model", str(default_model_path()), "--out", str(out_dir),
+                 "--from", "2024-07-01", "--to", "2024-08-20", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "PR-AUC" in out and "abusive amount stopped" in out and f"written to {out_dir}" in out
+    assert {p.name for p in out_dir.iterdir()} == {"index.html", *FIGURES}
+    _assert_readable(out)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "x.txt").write_text("x")
+    assert main(["report", "--data", str(simulated), "--model", str(default_model_path()), "--out",
+                 str(tmp_path / "other")]) == 2
+    assert "index.html" in capsys.readouterr().err
+
+
 # --------------------------------------------------------------------------- train / evaluate / score / demo
 @pytest.fixture(scope="module")
 def alt_folder(tmp_path_factory):
@@ -327,4 +388,5 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
         assert step in out
     assert f"at {DEFAULT_GATE:.2f} or more" in out and f"before {GATE_DATE}  from {GATE_DATE}" in out
     assert (tmp_path / "demo" / "scored.csv").exists()
+    assert "7. analyst report" in out
     _assert_readable(out)

@@ -76,8 +76,30 @@ def test_the_text_is_what_the_demo_prints(demo):
     assert not re.search(r"\d\.0*[1-9]\d{4,}", text)  # no raw floats
 
 
+@pytest.mark.extras
+def test_the_demo_writes_the_analyst_report(demo):
+    from refundguard.monitoring import FIGURES
+
+    assert demo.report == demo.out / "report" / "index.html" and demo.report.is_file()
+    assert {p.name for p in demo.report.parent.iterdir()} == {"index.html", *FIGURES}
+    page = demo.report.read_text(encoding="utf-8")
+    assert all(f'src="{name}"' in page for name in FIGURES)
+    assert demo.lines()[-1] == f"7. analyst report (plots, metrics by category and store band, the gate) -> {demo.report}"
+
+
+def test_the_demo_says_where_the_report_is_or_how_to_get_it(demo):
+    from refundguard.monitoring.plots import INSTALL_HINT, available
+
+    last = demo.lines()[-1]
+    if available():
+        assert demo.report is not None and last.endswith(str(demo.report))
+    else:
+        assert demo.report is None and last.startswith("7. analyst report skipped") and INSTALL_HINT in last
+
+
 def test_a_run_replaces_a_data_folder_left_by_an_earlier_one(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "stale.txt").write_text("left over")
-    result = run_demo(tmp_path, buyers=60, stores=5, days=30, seed=1)
+    result = run_demo(tmp_path, buyers=60, stores=5, days=30, seed=1, report=False)
     assert sorted(p.name for p in result.data.iterdir()) == ["orders", "refunds", "reviews", "service"]
+    assert result.report is None and not (tmp_path / "report").exists()

@@ -287,7 +287,8 @@ def gate_figure(
     right.invert_yaxis()
     _percent(right.xaxis)
     right.set_xlim(0, min(1.0, max(0.05, float(np.nanmax(np.r_[high, 0])) * 1.35)))
-    _style(right, f"Abuse rate with {confidence:.0%} interval", "share of labelled requests that are abusive", "")
+    _style(right, f"Abuse rate with {confidence:.0%} interval", "share of labelled requests that are abusive",
+           "requests")
     return _save(fig, path)
 
 
@@ -316,7 +317,7 @@ def drift_figure(
     left.axvline(significant, color=_RED, linestyle="--", linewidth=1, label=f"significant ({significant:g})")
     left.set_xlim(0, max(significant * 1.3, float(shown["psi"].max()) * 1.1 if len(shown) else 1))
     _style(left, f"PSI against the training bins (score, gated share, top {top} features)",
-           "population stability index", "")
+           "population stability index", "feature")
     left.legend(loc="lower right", fontsize=8)
     centres = (edges[:-1] + edges[1:]) / 2
     width = float(edges[1] - edges[0]) if edges.size > 1 else 0.05
