@@ -157,7 +157,8 @@ def test_a_period_against_its_own_bins_is_stable_and_against_a_shifted_copy_is_n
     shifted = X.copy()
     shifted["amount"] = X["amount"] * 10
     shifted["buyer_tenure_days"] = X["buyer_tenure_days"] + 1_000
-    other = drift_table(reference, shifted, np.clip(p + 0.3, 0, 1), np.ones_like(gated), gated_share=float(gated.mean()))
+    other = drift_table(reference, shifted, np.clip(p + 0.3, 0, 1), np.ones_like(gated),
+                        gated_share=float(gated.mean()))
     by_name = other.set_index("name")
     for name in ("amount", "buyer_tenure_days", "score", "gated_share"):
         assert by_name.loc[name, "psi"] > PSI_SIGNIFICANT and by_name.loc[name, "flag"] == "significant", name
@@ -317,6 +318,10 @@ def test_review_capacity_and_intercept_precision_variants(period, audited_guard)
     assert np.allclose(capped["gated_share"], free["gated_share"])
     with pytest.raises(ModelError, match="validation curve"):
         replay(period, audited_guard.policy, variants)
+    own = audited_guard.meta["thresholds"]  # the model's own target: its exact threshold, not the thinned curve's
+    exact = replay(period, audited_guard.policy, [PolicyVariant(4.8, own["intercept_precision"])],
+                   thresholds=own).table.iloc[0]
+    assert exact["intercept_threshold"] == own["intercept"]
 
 
 def test_whatif_end_to_end_and_its_parameters(audited_guard, tables):
@@ -397,7 +402,7 @@ def test_the_report_references_every_png_and_opens_without_network(report):
 def test_the_report_opens_with_its_summary(report):
     page = report.index.read_text(encoding="utf-8")
     s = report.summary
-    summary = re.search(r'<p class="summary">(.*?)</p>', page, re.S)
+    summary = re.search(r'<p class="summary">(.*?)</p>', page, re.DOTALL)
     assert summary and page.index('class="summary"') < page.index("<img")
     text = summary.group(1)
     for figure in (f"PR-AUC of {s['pr_auc']:.3f}", f"recall of {s['recall_at_precision']:.1%}",

@@ -136,9 +136,11 @@ def calibration_figure(
     ax.plot(mean_p, observed, color=_BLUE, linewidth=1)
     ax.scatter(mean_p, observed, s=sizes, color=_BLUE, alpha=0.7, label=f"model (ECE {ece:.4f}); area ~ requests")
     for x, y, n in zip(mean_p, observed, counts):
-        right = x > 0.85
-        ax.annotate(f"{int(n):,}", (x, y), textcoords="offset points", xytext=(-8 if right else 6, -12), fontsize=7,
-                    color=_GREY, ha="right" if right else "left")
+        right = x > 0.93  # the last bin: its label goes to the left, inside the axes
+        ax.annotate(f"{int(n):,} requests" if right else f"{int(n):,}", (x, y), textcoords="offset points",
+                    xytext=(-14, 0) if right else (6, -12), fontsize=7, color="#444444",
+                    ha="right" if right else "left", va="center" if right else "baseline",
+                    bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     _style(ax, "Calibration: predicted against observed abuse rate (10 bins)", "mean predicted probability in the bin",

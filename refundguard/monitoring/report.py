@@ -68,7 +68,13 @@ from refundguard.monitoring.plots import (
     pr_curve_figure,
     score_histogram_figure,
 )
-from refundguard.monitoring.whatif import PolicyVariant, WhatIf, clopper_pearson, replay
+from refundguard.monitoring.whatif import (
+    SMALL_AUDIT_EXPECTED,
+    PolicyVariant,
+    WhatIf,
+    clopper_pearson,
+    replay,
+)
 
 __all__ = ["FIGURES", "Report", "write_report"]
 
@@ -100,7 +106,8 @@ class Report:
         The summary figures: ``requests, labelled, abuse_rate, pr_auc,
         recall_at_precision, intercept_precision, intercepted,
         abuse_amount_stopped, honest_amount_held, honest_intercepted,
-        gated_share, audit_sample, abuse_to_merchants`` (with ``_low``/``_high``).
+        gated_share, audit_sample, audit_expected, audit_small,
+        abuse_to_merchants`` (with ``_low``/``_high``).
     evaluation
         The model measured on the labelled requests.
     whatif
@@ -125,7 +132,8 @@ class Report:
              f"honest amount held {s['honest_amount_held']:,.2f}"),
             (f"left to merchants {s['gated_share']:.1%}; estimated abuse there {s['abuse_to_merchants']:,.2f} "
              f"[{s['abuse_to_merchants_low']:,.2f}, {s['abuse_to_merchants_high']:,.2f}] "
-             f"from an audit sample of {s['audit_sample']:,}"),
+             f"from an audit sample of {s['audit_sample']:,}"
+             + (" (small: read the interval)" if s["audit_small"] else "")),
             f"{len(self.figures)} figures and {self.index.name} written to {self.folder}",
         ]
 
@@ -289,6 +297,8 @@ def _page(s: Mapping[str, Any], ev: Evaluation, bands: pd.DataFrame, rates: pd.D
         f"({s['audit_sample']:,} labelled) puts the abusive amount behind the gate at "
         f"{s['abuse_to_merchants']:,.2f} ({s['confidence']:.0%} interval {s['abuse_to_merchants_low']:,.2f} to "
         f"{s['abuse_to_merchants_high']:,.2f})."
+        + (f" The audit sample is small (the model expected {s['audit_expected']:.1f} abusive requests in it): "
+           "read the interval rather than the estimate." if s["audit_small"] else "")
     )
     cat_cols = {"n": ("labelled", "{:,.0f}"), "n_positive": ("abusive", "{:,.0f}"),
                 "positive_rate": ("abuse rate", "{:.1%}"), "pr_auc": ("PR-AUC", "{:.3f}"),
@@ -451,6 +461,8 @@ def write_report(
         "honest_intercepted": int((hit & (y_all == 0)).sum()),
         "gated_share": float(np.mean(action == "merchant_handles")),
         "audit_sample": int(w["audit_sample"]),
+        "audit_expected": float(w["audit_expected"]),
+        "audit_small": bool(w["censored"]) and float(w["audit_expected"]) < SMALL_AUDIT_EXPECTED,
         "abuse_to_merchants": float(w["abuse_to_merchants"]),
         "abuse_to_merchants_low": float(w["abuse_to_merchants_low"]),
         "abuse_to_merchants_high": float(w["abuse_to_merchants_high"]),

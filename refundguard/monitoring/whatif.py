@@ -320,6 +320,7 @@ def replay(
     variants: Sequence[PolicyVariant],
     *,
     validation_curve: Mapping[str, Sequence[float]] | None = None,
+    thresholds: Mapping[str, Any] | None = None,
     review_capacity: int | None = None,
     confidence: float = 0.95,
     censor: str = "policy",
@@ -337,6 +338,10 @@ def replay(
         The variants to replay.
     validation_curve
         The model's validation curve; needed by variants with an intercept precision.
+    thresholds
+        The model's ``meta.json`` ``thresholds``: a variant whose intercept precision
+        is the model's own target gets the model's exact threshold (chosen on the
+        full validation table, where the stored curve is thinned).
     review_capacity
         Reviews per day; ``None``: unlimited.
     confidence
@@ -359,10 +364,15 @@ def replay(
     for variant in variants:
         intercept, review = last.intercept_threshold, last.review_threshold
         if variant.intercept_precision is not None:
-            if not validation_curve:
+            own = thresholds or {}
+            if own.get("intercept_precision") is not None \
+                    and math.isclose(variant.intercept_precision, float(own["intercept_precision"])):
+                intercept = own.get("intercept")
+            elif not validation_curve:
                 raise ModelError("The model's meta.json holds no validation curve: an intercept precision cannot "
                                  "be turned into a threshold.", problem="meta_field")
-            intercept = threshold_at_precision(validation_curve, variant.intercept_precision)
+            else:
+                intercept = threshold_at_precision(validation_curve, variant.intercept_precision)
             if intercept is not None and review is not None:
                 review = min(review, intercept)
         timeline = variant_timeline(policy, variant.gate, intercept, review)
@@ -388,7 +398,8 @@ class WhatIf:
         ``_low``/``_high``), ``abuse_in_review, abuse_approved,
         honest_intercepted, honest_amount_held, censored, audit_sample,
         audit_expected`` (the abusive count the model expected in the audit
-        sample), ``audit_ratio`` (observed over expected), ``unlabelled``. Amounts are sums of refund amounts; ``honest_intercepted``
+        sample), ``audit_ratio`` (observed over expected), ``unlabelled``.
+        Amounts are sums of refund amounts; ``honest_intercepted``
         counts requests (estimated where labels are censored).
     period
         The scored period.
@@ -523,4 +534,5 @@ def whatif(
                 for g in gates for q in precisions]
     period = score_period(guard, tables, start, end, validate_tables=validate_tables, progress=progress)
     return replay(period, guard.policy, variants, validation_curve=guard.meta.get("validation_curve"),
+                  thresholds=guard.meta.get("thresholds"),
                   review_capacity=review_capacity, confidence=confidence, censor=censor)
