@@ -302,6 +302,14 @@ def test_behind_the_gate_the_audit_sample_estimate_brackets_the_truth(period, au
     assert row["abuse_to_merchants_low"] <= truth <= row["abuse_to_merchants_high"]
 
 
+def test_the_estimates_behind_the_gate_add_up_to_one_total_under_every_variant(period, audited_guard):
+    variants = [PolicyVariant(g) for g in (4.0, 4.8, 4.95, None)]
+    table = replay(period, audited_guard.policy, variants).table
+    parts = table[["abuse_to_merchants", "abuse_stopped", "abuse_in_review", "abuse_approved"]].sum(axis=1)
+    assert np.allclose(parts, parts.iloc[0])
+    assert (table["censored"] == table["censored"].iloc[0]).all()  # the censoring is the period's, not the variant's
+
+
 def test_review_capacity_and_intercept_precision_variants(period, audited_guard):
     curve = audited_guard.meta["validation_curve"]
     variants = [PolicyVariant(4.8, q) for q in (0.5, 0.9, 0.99)]
