@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from refundguard.config import PolicyConfig, ScoreConfig
+from refundguard.config import DEFAULT_GATE, PolicyConfig, ScoreConfig
 from refundguard.demo import DEMO_BUYERS, DEMO_DAYS, DEMO_SEED, DEMO_STORES, run_demo
 from refundguard.errors import (
     ConfigError,
@@ -35,7 +35,10 @@ from refundguard.guard import SCORED_FORMATS, RefundGuard, write_scored
 from refundguard.monitoring import FIGURES, drift, whatif, write_report
 from refundguard.monitoring.drift import PSI_MODERATE, PSI_SIGNIFICANT
 from refundguard.policy import ACTIONS, PolicyTimeline
+from refundguard.registry import ModelRegistry
 from refundguard.scores import (
+    calibrate_bands,
+    excellent_share,
     explain_store,
     store_score_history,
     store_scores,
@@ -273,6 +276,45 @@ def _load_olist(folder: Path) -> dict[str, Any]:
     return tables
 
 
+# --------------------------------------------------------------------------- calibrate-bands
+def _add_calibrate_bands(sub: Any) -> None:
+    p = sub.add_parser(
+        "calibrate-bands",
+        help="fit the store-score bands to this marketplace (per-category percentiles of a reference period)",
+        description=(
+            "Derive the 0..5-point band anchors of every indicator from the stores of the reference period "
+            "[--from, --to] (per category with enough stores), optionally tuned so that a target share of "
+            "established store-days reaches the store gate. Writes a ScoreConfig as JSON for "
+            "'store-scores --config' and 'train --score-config'."
+        ),
+    )
+    _data_option(p)
+    p.add_argument("--from", dest="start", required=True, type=_date_arg, help="first day of the reference period")
+    p.add_argument("--to", dest="end", required=True, type=_date_arg, help="last day of the reference period")
+    p.add_argument("--out", required=True, type=Path, help="ScoreConfig JSON file to write")
+    p.add_argument("--config", type=Path, help="start from this ScoreConfig JSON (default the built-in one)")
+    p.add_argument("--target-excellent", type=float, metavar="SHARE",
+                   help=f"share of established store-days at or above {DEFAULT_GATE:.2f} to aim for (e.g. 0.05)")
+    p.set_defaults(func=_run_calibrate_bands)
+
+
+def _run_calibrate_bands(args: argparse.Namespace) -> int:
+    tables = _load_clean(args.data)
+    base = _score_config(args.config)
+    before = excellent_share(tables, args.start, args.end, base)
+    cfg = calibrate_bands(tables, args.start, args.end, base, target_excellent=args.target_excellent)
+    after = excellent_share(tables, args.start, args.end, cfg)
+    cfg.to_json(args.out)
+    per_category = sorted({c for ind in cfg.bands.values() for c in ind if c != "*"})
+    print(f"bands from {args.start} to {args.end}: {len(per_category):,d} categories with their own bands"
+          + (f" ({', '.join(per_category)})" if per_category else ""))
+    print(f"established store-days at {after.gate:.2f} or more: {before.share:.1%} with the starting bands -> "
+          f"{after.share:.1%} calibrated ({after.excellent:,d} of {after.established:,d})"
+          + ("" if args.target_excellent is None else f"; target {args.target_excellent:.1%}"))
+    print(f"config {cfg.config_hash()[:12]} written to {args.out}")
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- train
 def _add_train(sub: Any) -> None:
     p = sub.add_parser(
@@ -282,18 +324,24 @@ def _add_train(sub: Any) -> None:
             "Train on refunds requested before --train-end minus the label-maturity gap (labels known by then), "
             "calibrate and set thresholds on [--train-end, --valid-end), report metrics on [--valid-end, "
             "--test-end). Writes the model folder --out (model.txt, meta.json, README.md, MANIFEST). With "
-            "--champion, the champion folder is replaced atomically only when the new model has a higher "
-            "PR-AUC on the test slice; both figures are printed."
+            "--registry, the model is also registered there and becomes the current version only when it has a "
+            "higher PR-AUC on the test slice than the current one; both figures are printed and logged, and "
+            "'refundguard rollback' serves the replaced version again."
         ),
     )
     _data_option(p)
     p.add_argument("--train-end", required=True, type=_date_arg, help="end of the training slice")
     p.add_argument("--valid-end", required=True, type=_date_arg, help="end of the validation slice")
-    p.add_argument("--test-end", type=_date_arg, help="end of the test slice (needed for --champion)")
+    p.add_argument("--test-end", type=_date_arg, help="end of the test slice (needed for --registry)")
     p.add_argument("--gap-days", type=int, default=DEFAULT_GAP_DAYS,
                    help=f"label maturity gap before --train-end (default {DEFAULT_GAP_DAYS})")
     p.add_argument("--out", required=True, type=Path, help="model folder to write (replaced atomically)")
-    p.add_argument("--champion", type=Path, help="champion model folder, replaced only by a better model")
+    p.add_argument("--registry", "--champion", dest="registry", type=Path,
+                   help="model registry folder (created when absent): the model becomes current only if better")
+    p.add_argument("--score-config", type=Path,
+                   help="ScoreConfig JSON (from calibrate-bands) for the store scores; stored in the model")
+    p.add_argument("--tune", type=int, default=0, metavar="N",
+                   help="try N parameter sets, chosen on the validation slice (default 0: train once)")
     p.add_argument("--gated-labels", choices=("all", "audit"), default="all",
                    help="'audit': requests behind the store gate are labelled only through the audit sample; "
                         "use those, weighted 1/audit_rate (default 'all': every labelled request)")
@@ -301,13 +349,15 @@ def _add_train(sub: Any) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    if args.champion is not None and args.test_end is None:
-        raise _UsageError("--champion needs --test-end (the comparison runs on the test slice)")
+    if args.registry is not None and args.test_end is None:
+        raise _UsageError("--registry needs --test-end (the comparison runs on the test slice)")
+    score_config = _score_config(args.score_config)
     tables = _load_clean(args.data)
     command = "refundguard " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0].endswith("refundguard") else None
     model = train(
         tables, args.train_end, args.valid_end, args.test_end, gap_days=args.gap_days,
         gated_labels=args.gated_labels, validate_tables=False, command=command, progress=_progress(args),
+        score_config=score_config, tune=args.tune,
     )
     saved = model.save(args.out)
     w = model.meta["windows"]["rows"]
@@ -320,11 +370,40 @@ def _run_train(args: argparse.Namespace) -> int:
     print(f"thresholds: intercept {_threshold(model.thresholds.intercept)}, "
           f"review {_threshold(model.thresholds.review)}")
     print(f"model {saved.model_version} written to {args.out}")
-    if args.champion is not None:
-        result = promote_if_better(model, tables, args.champion, validate_tables=False)
+    tuning = model.meta.get("tuning")
+    if tuning:
+        chosen = tuning["tried"][tuning["chosen"]]
+        print(f"tuning: {tuning['candidates']} parameter sets, chosen #{tuning['chosen']} "
+              f"(validation PR-AUC {chosen['valid_pr_auc']:.4f})")
+    if args.registry is not None:
+        result = promote_if_better(model, tables, args.registry, validate_tables=False)
         champ = "none" if result.champion is None else f"{result.champion:.4f}"
-        print(f"test {result.metric}: challenger {result.challenger:.4f}, champion {champ} -> "
-              + ("promoted" if result.promoted else "champion kept"))
+        print(f"test {result.metric}: challenger {result.challenger:.4f}, current {champ} -> "
+              + (f"promoted: {result.version} is current" if result.promoted
+                 else f"current {result.previous} kept ({result.version} registered)")
+              + f" in {args.registry}")
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------- rollback
+def _add_rollback(sub: Any) -> None:
+    p = sub.add_parser(
+        "rollback",
+        help="serve again the model version that the current one replaced in a registry",
+        description="Move a model registry's current pointer back to the version the current one replaced "
+                    "when it was promoted (atomically), log it, and print the registry's versions.",
+    )
+    p.add_argument("--registry", required=True, type=_existing_dir, help="model registry folder")
+    p.set_defaults(func=_run_rollback)
+
+
+def _run_rollback(args: argparse.Namespace) -> int:
+    registry = ModelRegistry(args.registry)
+    replaced = registry.current()
+    version = registry.rollback()
+    print(f"rolled back: {version} is current again (was {replaced})")
+    for v in registry.versions():
+        print(f"  {'*' if v == version else ' '} {v}")
     return EXIT_OK
 
 
@@ -563,7 +642,9 @@ COMMANDS: list[Callable[[Any], None]] = [
     _add_simulate,
     _add_validate,
     _add_store_scores,
+    _add_calibrate_bands,
     _add_train,
+    _add_rollback,
     _add_evaluate,
     _add_score,
     _add_report,

@@ -32,7 +32,14 @@ from refundguard.model import (
     reasons_from_contributions,
 )
 from refundguard.pipeline import canonical_tables, point_in_time_features
-from refundguard.policy import DECISION_COLUMNS, Decision, PolicyTimeline, decide_batch, decide_one
+from refundguard.policy import (
+    DECISION_COLUMNS,
+    Decision,
+    PolicyTimeline,
+    decide_batch,
+    decide_one,
+)
+from refundguard.registry import resolve_model_path
 
 __all__ = ["RefundGuard", "SCORED_COLUMNS", "default_model_path"]
 
@@ -124,8 +131,12 @@ class RefundGuard:
     @classmethod
     def load(cls, path: str | Path, *, expected_sha256: str | None = None,
              policy: PolicyTimeline | None = None) -> RefundGuard:
-        """Load and verify a model folder (see :func:`refundguard.artifacts.load_model`)."""
-        return cls(load_model(path, expected_sha256=expected_sha256), policy=policy)
+        """Load and verify a model folder (see :func:`refundguard.artifacts.load_model`).
+
+        ``path`` may also be a model registry (:class:`refundguard.registry.ModelRegistry`):
+        its ``current`` version is served.
+        """
+        return cls(load_model(resolve_model_path(path), expected_sha256=expected_sha256), policy=policy)
 
     @classmethod
     def default(cls, policy: PolicyTimeline | None = None) -> RefundGuard:
@@ -143,12 +154,14 @@ class RefundGuard:
     def reload(self, path: str | Path, *, expected_sha256: str | None = None) -> None:
         """Swap in another model atomically; on any error the current model keeps serving.
 
+        ``path`` may be a model folder or a registry (its ``current`` version).
+
         Raises
         ------
         ModelError
             The new folder fails verification (the old model is still in use).
         """
-        new_state = _state(load_model(path, expected_sha256=expected_sha256), self._policy_arg)
+        new_state = _state(load_model(resolve_model_path(path), expected_sha256=expected_sha256), self._policy_arg)
         self._state = new_state  # one reference assignment: readers see old or new, never a mix
         self._local = threading.local()
         self._warm_up()

@@ -22,6 +22,7 @@ unrounded total ``score_raw``, not from the rounded dimensions.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from refundguard._params import is_finite_real
 from refundguard._time import (
     NAT,
     NEVER,
@@ -61,6 +63,8 @@ __all__ = [
     "StoreExplanation",
     "StoreScoreSummary",
     "calibrate_bands",
+    "excellent_share",
+    "ExcellentShare",
     "explain_store",
     "publish_score",
     "store_score_history",
@@ -823,10 +827,16 @@ def store_score_history(
     if d1 < d0:
         raise ConfigError.invalid("store_score_history", "end", f"a day on or after start ({start!r})", end)
     h = _history_stats(tables, d0, d1, cfg)
-    day_start = day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
     keep = None
     if pairs is not None:
         keep = _pairs_mask(pairs, h.store_ids, h.st_idx, h.day_idx, d0, tz)
+    return _history_frame(h, cfg, d0, keep)
+
+
+def _history_frame(h: _History, cfg: ScoreConfig, d0: int, keep: np.ndarray | None = None) -> pd.DataFrame:
+    """The output rows of daily statistics ``h`` (first day ``d0``) scored with ``cfg``, sorted."""
+    n_days = int(h.day_idx.max()) + 1 if len(h.day_idx) else 0
+    day_start = day_start_ns(np.arange(d0, d0 + n_days, dtype=np.int64), cfg.timezone)
     df = _score_frame(
         h.store_ids[h.st_idx],
         day_start[h.day_idx],
@@ -1098,6 +1108,8 @@ def calibrate_bands(
     *,
     quantiles: Sequence[float] = CALIBRATION_QUANTILES,
     min_stores: int = 30,
+    target_excellent: float | None = None,
+    gate: float = DEFAULT_GATE,
 ) -> ScoreConfig:
     """Derive band anchors from a reference period's percentiles.
 
@@ -1107,6 +1119,12 @@ def calibrate_bands(
     ``quantiles[N]`` of them (per category with at least ``min_stores`` values, and
     over all stores for ``"*"``). Anchors are then made strictly monotone from the
     best end down. An indicator with no assessed value keeps its current bands.
+
+    With ``target_excellent``, the quantiles are tightened or loosened together
+    (``q -> 1 - (1 - q) ** alpha``, one strictness ``alpha`` found by bisection) so
+    that the share of established stores scoring at or above ``gate`` over the
+    reference period (:func:`excellent_share`) comes as close to the target as the
+    data allows; read the share reached with :func:`excellent_share`.
 
     Parameters
     ----------
@@ -1118,42 +1136,147 @@ def calibrate_bands(
     quantiles : six increasing floats in [0, 1]
     min_stores : int
         Minimum number of values for a category to get its own bands.
+    target_excellent : float in (0, 1), optional
+        Share of established store-days that should score at or above ``gate``.
+    gate : float
+        The excellent score (default :data:`~refundguard.config.DEFAULT_GATE`).
 
     Returns
     -------
     ScoreConfig
     """
-    cfg = _check_config(config, "calibrate_bands")
+    owner = "calibrate_bands"
+    cfg = _check_config(config, owner)
     q = [float(x) for x in quantiles]
     if len(q) != 6 or any(not 0 <= x <= 1 for x in q) or any(q[i + 1] <= q[i] for i in range(5)):
-        raise ConfigError.invalid("calibrate_bands", "quantiles", "six strictly increasing floats in [0, 1]", quantiles)
+        raise ConfigError.invalid(owner, "quantiles", "six strictly increasing floats in [0, 1]", quantiles)
     if isinstance(min_stores, bool) or not isinstance(min_stores, int) or min_stores < 1:
-        raise ConfigError.invalid("calibrate_bands", "min_stores", "an int >= 1", min_stores)
-    s_ns = _as_of_ns(start, cfg.timezone, "start", "calibrate_bands")
-    e_ns = _as_of_ns(end, cfg.timezone, "end", "calibrate_bands")
-    first_end = s_ns + cfg.window_days * NS_PER_DAY
-    if first_end > e_ns:
-        raise ConfigError.invalid(
-            "calibrate_bands", "end", f"at least window_days={cfg.window_days} days after start ({start!r})", end
-        )
-    ends = np.arange(first_end, e_ns + 1, cfg.window_days * NS_PER_DAY, dtype=np.int64)
-    frames = [store_scores(tables, pd.Timestamp(int(h), tz="UTC"), cfg) for h in ends]
-    snap = pd.concat(frames, ignore_index=True)
-    new_bands: dict[str, dict[str, tuple[float, ...]]] = {}
+        raise ConfigError.invalid(owner, "min_stores", "an int >= 1", min_stores)
+    if target_excellent is not None and not (is_finite_real(target_excellent) and 0 < target_excellent < 1):
+        raise ConfigError.invalid(owner, "target_excellent", "None or a float in (0, 1)", target_excellent)
+    period = _ReferencePeriod.of(start, end, cfg, owner)
+    snap = pd.concat([store_scores(tables, pd.Timestamp(int(h), tz="UTC"), cfg) for h in period.window_ends],
+                     ignore_index=True)
+
+    def config_for(qs: Sequence[float]) -> ScoreConfig:
+        return cfg.replace(bands=_bands_from(snap, qs, min_stores, cfg))
+
+    if target_excellent is None:
+        return config_for(q)
+    history = _history_stats(tables, period.first_day, period.last_day, cfg)
+
+    def reached(log_alpha: float) -> tuple[float, ScoreConfig]:
+        alpha = math.exp(log_alpha)
+        c = config_for([1.0 - (1.0 - x) ** alpha for x in q])
+        return _established_share(_history_frame(history, c, period.first_day), gate).share, c
+
+    lo, hi = math.log(1 / 256), math.log(256)  # loosest (nearly everyone excellent) .. strictest
+    best: tuple[float, ScoreConfig] | None = None
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        share, c = reached(mid)
+        if best is None or abs(share - target_excellent) < abs(best[0] - target_excellent):
+            best = (share, c)
+        if share > target_excellent:
+            lo = mid  # too many excellent stores: stricter
+        else:
+            hi = mid
+    assert best is not None
+    return best[1]
+
+
+@dataclass(frozen=True)
+class _ReferencePeriod:
+    """The window ends and the full-window days of a reference period ``[start, end]``."""
+
+    window_ends: np.ndarray
+    first_day: int
+    last_day: int
+
+    @classmethod
+    def of(cls, start: Any, end: Any, cfg: ScoreConfig, owner: str) -> _ReferencePeriod:
+        s_ns = _as_of_ns(start, cfg.timezone, "start", owner)
+        e_ns = _as_of_ns(end, cfg.timezone, "end", owner)
+        first_end = s_ns + cfg.window_days * NS_PER_DAY
+        if first_end > e_ns:
+            raise ConfigError.invalid(owner, "end", f"at least window_days={cfg.window_days} days after start ({start!r})",
+                                      end)
+        ends = np.arange(first_end, e_ns + 1, cfg.window_days * NS_PER_DAY, dtype=np.int64)
+        days = day_index(np.array([s_ns, e_ns], dtype=np.int64), cfg.timezone)
+        return cls(ends, int(days[0]) + cfg.window_days, int(days[1]))
+
+
+def _bands_from(snap: pd.DataFrame, q: Sequence[float], min_stores: int, cfg: ScoreConfig) -> dict[str, Any]:
+    """Band anchors from pooled shrunk values (``snap``: score rows) at the goodness quantiles ``q``."""
+    new_bands: dict[str, dict[str, list[float]]] = {}
     for ind in INDICATORS:
         m = snap[f"{ind}_assessed"].to_numpy(dtype=bool)
         vals = snap.loc[m, f"{ind}_shrunk"].to_numpy(dtype="float64")
         cats = snap.loc[m, "category"]
         if len(vals) == 0:
-            new_bands[ind] = dict(cfg.bands[ind])
+            new_bands[ind] = {c: list(a) for c, a in cfg.bands[ind].items()}
             continue
         up = HIGHER_IS_BETTER[ind]
-        per = {"*": _anchors_from(vals, q, up, ind)}
+        per = {"*": list(_anchors_from(vals, q, up, ind))}
         for c, grp in pd.Series(vals).groupby(cats.to_numpy(), sort=True):
             if isinstance(c, str) and c != "*" and len(grp) >= min_stores:
-                per[c] = _anchors_from(grp.to_numpy(), q, up, ind)
+                per[c] = list(_anchors_from(grp.to_numpy(), q, up, ind))
         new_bands[ind] = per
-    return cfg.replace(bands={k: {c: list(a) for c, a in v.items()} for k, v in new_bands.items()})
+    return new_bands
+
+
+@dataclass(frozen=True)
+class ExcellentShare:
+    """How many established store-days score at or above the gate.
+
+    Attributes
+    ----------
+    share
+        ``excellent / established`` (0.0 when no store-day is established).
+    excellent, established
+        Store-days scoring at or above the gate; store-days with a published,
+        non-provisional score (the stores the store gate can apply to).
+    gate
+        The gate counted.
+    """
+
+    share: float
+    excellent: int
+    established: int
+    gate: float
+
+
+def _established_share(scores: pd.DataFrame, gate: float) -> ExcellentShare:
+    established = scores["score"].notna().to_numpy() & ~scores["provisional"].to_numpy(dtype=bool)
+    excellent = established & (scores["score"].to_numpy(dtype="float64", na_value=np.nan) >= gate)
+    n_est, n_exc = int(established.sum()), int(excellent.sum())
+    return ExcellentShare(n_exc / n_est if n_est else 0.0, n_exc, n_est, float(gate))
+
+
+def excellent_share(
+    tables: Mapping[str, pd.DataFrame],
+    start: Any,
+    end: Any,
+    config: ScoreConfig | None = None,
+    *,
+    gate: float = DEFAULT_GATE,
+) -> ExcellentShare:
+    """Share of established store-days scoring at or above ``gate`` over a reference period.
+
+    The store-days are the daily history rows (:func:`store_score_history`) of every
+    day whose whole window lies in ``[start, end]``: days ``start + window_days`` to
+    ``end``. Established means a published, non-provisional score (what the store
+    gate applies to). This is the share :func:`calibrate_bands` aims at with
+    ``target_excellent``.
+
+    Returns
+    -------
+    ExcellentShare
+    """
+    cfg = _check_config(config, "excellent_share")
+    period = _ReferencePeriod.of(start, end, cfg, "excellent_share")
+    history = _history_stats(tables, period.first_day, period.last_day, cfg)
+    return _established_share(_history_frame(history, cfg, period.first_day), gate)
 
 
 def _anchors_from(vals: np.ndarray, q: Sequence[float], higher: bool, ind: str) -> tuple[float, ...]:
@@ -1369,6 +1492,10 @@ class StoreScoreSummary:
     not_assessed
         Per indicator (in :data:`~refundguard.config.INDICATORS` order), the share of
         the day's stores for which that indicator is not assessed.
+    excellent
+        For a history: established store-days (published, non-provisional score) at or
+        above the gate over every day of the frame (:class:`ExcellentShare`); ``None``
+        for one day.
     """
 
     rows: int
@@ -1383,6 +1510,7 @@ class StoreScoreSummary:
     median_score: float
     window_days: int
     not_assessed: Mapping[str, float]
+    excellent: ExcellentShare | None = None
 
     @property
     def gated_share(self) -> float:
@@ -1394,6 +1522,10 @@ class StoreScoreSummary:
         lines = []
         if self.history:
             lines.append(f"{self.rows:,d} store-days, {self.stores_total:,d} stores, {self.days:,d} days")
+            if self.excellent is not None:
+                e = self.excellent
+                lines.append(f"established store-days at {e.gate:.2f} or more over the period: {e.share:.1%} "
+                             f"({e.excellent:,d} of {e.established:,d})")
         when = " (last day)" if self.history else ""
         lines.append(
             f"stores{when}: {self.stores:,d}  scored: {self.scored:,d}  "
@@ -1450,4 +1582,5 @@ def summarize_store_scores(
         median_score=float(score.median()) if scored.any() else float("nan"),
         window_days=cfg.window_days,
         not_assessed={ind: (1.0 - float(day[f"{ind}_assessed"].mean())) if n else 0.0 for ind in INDICATORS},
+        excellent=_established_share(scores, gate) if history else None,
     )

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import stats
 
 from refundguard._time import parameter_ns
 from refundguard._version import __version__
@@ -38,17 +39,19 @@ from refundguard.artifacts import (
 )
 from refundguard.config import ScoreConfig
 from refundguard.errors import ConfigError, DataError
-from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, validation_curve
+from refundguard.evaluation import Evaluation, Thresholds, choose_thresholds, evaluate_predictions, validation_curve
 from refundguard.features import CATEGORICAL_FEATURES, monotone_constraints
 from refundguard.model import Calibrator, RefundAbuseClassifier, choose_calibrator
 from refundguard.guard import RefundGuard
 from refundguard.pipeline import FeatureBatch, canonical_tables, point_in_time_features
 from refundguard.policy import PolicyTimeline, gate_batch
+from refundguard.registry import ModelRegistry
 
 __all__ = [
     "DEFAULT_GAP_DAYS",
     "EARLY_STOPPING_SHARE",
     "DEFAULT_PARAMS",
+    "TUNING_SPACE",
     "TrainedModel",
     "train",
     "Promotion",
@@ -268,6 +271,17 @@ def _model_card(meta: Mapping[str, Any], command: str | None) -> str:
             keys = ("n", "n_positive", "pr_auc", "roc_auc", "recall_at_precision", "precision_at_k", "ece", "brier", "intercepted_amount")
             shown = ", ".join(f"{k}={overall[k]:.4g}" if isinstance(overall.get(k), float) else f"{k}={overall.get(k)}" for k in keys if k in overall)
             lines.append(f"- {slice_name}: {shown}")
+    tuning = meta.get("tuning")
+    if tuning:
+        chosen = tuning["tried"][tuning["chosen"]]
+        best = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in chosen["params"].items())
+        lines += [
+            "",
+            "## Tuning",
+            f"- {tuning['candidates']} parameter sets tried (seed {tuning['seed']}), compared by {tuning['metric']}",
+            f"- chosen: candidate {tuning['chosen']} (validation PR-AUC {chosen['valid_pr_auc']:.4f}, "
+            f"{chosen['trees']} trees): {best}",
+        ]
     lines += [
         "",
         "## Reproduce",
@@ -277,6 +291,53 @@ def _model_card(meta: Mapping[str, Any], command: str | None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+#: The parameter space :func:`train` searches with ``tune`` (scipy.stats distributions or lists).
+TUNING_SPACE: dict[str, Any] = {
+    "num_leaves": [15, 31, 63, 127],
+    "min_child_samples": [10, 20, 40, 80, 160],
+    "learning_rate": stats.loguniform(0.02, 0.2),
+    "colsample_bytree": stats.uniform(0.5, 0.5),
+    "reg_lambda": stats.loguniform(1e-3, 10.0),
+    "reg_alpha": [0.0, 0.01, 0.1, 1.0],
+}
+_TUNING_SEED = 0
+
+
+def _tune(
+    fit: Any, base: Mapping[str, Any], n: int, X_valid: pd.DataFrame, y_valid: np.ndarray, *, progress: bool
+) -> tuple[RefundAbuseClassifier, dict[str, Any]]:
+    """Fit ``n`` candidates (the base parameters first), keep the best by validation PR-AUC."""
+    from sklearn.model_selection import ParameterSampler
+    from tqdm.auto import tqdm
+
+    draws = list(ParameterSampler(TUNING_SPACE, n_iter=n - 1, random_state=_TUNING_SEED)) if n > 1 else []
+    candidates = [dict(base)] + [
+        {**base, **{k: (float(v) if isinstance(v, float | np.floating) else v) for k, v in d.items()},
+         "n_estimators": max(int(base.get("n_estimators", 400)), 1000)}
+        for d in draws
+    ]
+    tried = []
+    best: tuple[float, int, RefundAbuseClassifier] | None = None
+    for i, cand in enumerate(tqdm(candidates, desc="tuning", unit="model", disable=not progress, leave=False)):
+        clf = fit(cand)
+        score = float(evaluate_predictions(y_valid, clf.predict_proba(X_valid)[:, 1],
+                                           np.zeros(len(y_valid))).overall["pr_auc"])
+        tried.append({"params": {k: clf.get_params()[k] for k in sorted(TUNING_SPACE)}, "valid_pr_auc": score,
+                      "trees": int(clf.best_iteration_)})
+        if best is None or score > best[0]:
+            best = (score, i, clf)
+    assert best is not None
+    record = {
+        "candidates": len(candidates),
+        "metric": "PR-AUC of the raw score on the validation slice (the test slice is never read)",
+        "space": {k: (v if isinstance(v, list) else repr(v.dist.name) + str(v.args)) for k, v in TUNING_SPACE.items()},
+        "seed": _TUNING_SEED,
+        "chosen": best[1],
+        "tried": tried,
+    }
+    return best[2], record
 
 
 def train(
@@ -292,6 +353,7 @@ def train(
     review_precision: float = 0.50,
     policy: PolicyTimeline | None = None,
     gated_labels: str = "all",
+    tune: int = 0,
     validate_tables: bool = True,
     trained_at: Any = None,
     command: str | None = None,
@@ -323,6 +385,13 @@ def train(
         does not adjudicate the rest), so gated rows are used only when audited, with
         weight ``1 / audit_rate``; validation and test keep the audited gated rows
         (unweighted) and drop the others.
+    tune
+        Try this many parameter sets (0, the default: train once with ``params``).
+        The candidates are :data:`DEFAULT_PARAMS` (merged with ``params``) and
+        ``tune - 1`` draws from :data:`TUNING_SPACE`, each fitted on the train slice
+        with early stopping on its last 15%, and compared by PR-AUC on the
+        validation slice only (the test slice is never read); the search is
+        recorded in ``meta.json`` (``tuning``) and the model card.
     validate_tables
         Validate the input tables first.
     trained_at
@@ -365,18 +434,28 @@ def train(
 
     _check_slice("train", y_all[sl.train], _MIN_TRAIN_ROWS, _MIN_TRAIN_POSITIVES)
     _check_slice("valid", y_all[sl.valid], 20, 2)
+    if isinstance(tune, bool) or not isinstance(tune, int) or tune < 0:
+        raise ConfigError.invalid("train", "tune", "an int >= 0 (candidate parameter sets to try)", tune)
     p_kw = {**DEFAULT_PARAMS, **(params or {})}
-    mono = monotone_constraints()
-    clf = RefundAbuseClassifier(
-        **p_kw, monotone_constraints=mono, categorical_features=list(CATEGORICAL_FEATURES)
-    )
-    eval_set = None
-    if sl.early.any() and len(np.unique(y_all[sl.early])) == 2:
-        eval_set = (batch.X.loc[sl.early], y_all[sl.early])
-    elif p_kw.get("early_stopping_rounds"):
-        warnings.warn("The early-stopping slice has a single class; training without early stopping.", stacklevel=2)
-        clf.set_params(early_stopping_rounds=None)
-    clf.fit(batch.X.loc[sl.train], y_all[sl.train], sample_weight=weight[sl.train], eval_set=eval_set)
+
+    def fit(candidate: Mapping[str, Any]) -> RefundAbuseClassifier:
+        clf = RefundAbuseClassifier(
+            **candidate, monotone_constraints=monotone_constraints(), categorical_features=list(CATEGORICAL_FEATURES)
+        )
+        eval_set = None
+        if sl.early.any() and len(np.unique(y_all[sl.early])) == 2:
+            eval_set = (batch.X.loc[sl.early], y_all[sl.early])
+        elif candidate.get("early_stopping_rounds"):
+            warnings.warn("The early-stopping slice has a single class; training without early stopping.",
+                          stacklevel=3)
+            clf.set_params(early_stopping_rounds=None)
+        return clf.fit(batch.X.loc[sl.train], y_all[sl.train], sample_weight=weight[sl.train], eval_set=eval_set)
+
+    tuning = None
+    if tune:
+        clf, tuning = _tune(fit, p_kw, tune, batch.X.loc[sl.valid], y_all[sl.valid], progress=progress)
+    else:
+        clf = fit(p_kw)
 
     raw_valid = clf.predict_proba(batch.X.loc[sl.valid])[:, 1]
     calibrator, cal_report = choose_calibrator(y_all[sl.valid], raw_valid)
@@ -402,6 +481,7 @@ def train(
         score_config=cfg.to_dict(),
         metrics={k: v.to_dict() for k, v in evaluations.items()},
         data_fingerprint=data_fingerprint(clean),
+        extra=None if tuning is None else {"tuning": tuning},
     )
     card = _model_card(meta, command)
     return TrainedModel(clf, calibrator, thresholds, meta, evaluations, card)
@@ -414,56 +494,75 @@ class Promotion:
     Attributes
     ----------
     promoted
-        Whether the challenger replaced the champion.
+        Whether the challenger became the registry's ``current`` version.
     metric
         The metric compared (``pr_auc``).
     challenger, champion
         Their values on the same test slice (``champion`` is None when there was none).
+    version
+        The challenger's version in the registry.
+    previous
+        The version that was ``current`` before (``None`` when there was none).
     """
 
     promoted: bool
     metric: str
     challenger: float
     champion: float | None
+    version: str = ""
+    previous: str | None = None
 
 
 def promote_if_better(
     trained: TrainedModel,
     tables: Mapping[str, pd.DataFrame],
-    champion_dir: str | Path,
+    registry: str | Path | ModelRegistry,
     *,
     metric: str = "pr_auc",
     validate_tables: bool = True,
 ) -> Promotion:
-    """Replace the champion model folder with ``trained`` only if it beats it on the test slice.
+    """Register ``trained`` and make it the current model only if it beats the current one on the test slice.
 
-    Both models score the same test requests (``trained``'s test window), each
-    with its own category levels and calibration; the champion folder is
-    replaced atomically when the challenger's ``metric`` is strictly higher. A
-    missing champion folder is simply created.
+    The challenger is written to the registry (:class:`~refundguard.registry.ModelRegistry`)
+    as a new version either way. Both models score the same test requests
+    (``trained``'s test window), each with its own category levels and calibration;
+    the ``current`` pointer moves to the challenger when its ``metric`` is strictly
+    higher (or when there is no current model). The decision is logged with both
+    figures; the replaced version stays, and ``ModelRegistry.rollback`` serves it again.
 
     Raises
     ------
     DataError
         ``trained`` has no test slice.
     ModelError
-        The champion folder exists but fails verification, or uses another feature list.
+        The registry folder is not a registry, or the current model fails verification
+        or uses another feature list.
     """
     test = trained.meta["windows"].get("test")
     if not test or "test" not in trained.evaluations:
         raise DataError("Champion/challenger needs a test slice: train with test_end (--test-end).")
+    reg = registry if isinstance(registry, ModelRegistry) else ModelRegistry(registry)
     new_value = float(trained.evaluations["test"].overall[metric])
-    champion_path = Path(champion_dir)
-    if not champion_path.exists():
-        trained.save(champion_path)
-        return Promotion(True, metric, new_value, None)
-    champion = RefundGuard.load(champion_path)  # verifies it and its feature list (ModelError)
-    old = champion.evaluate(tables, test[0], test[1], validate_tables=validate_tables)
-    old_value = float(old.overall[metric])
+    version = reg.register(trained)
+    previous = reg.current()
+    detail: dict[str, Any] = {"metric": metric, "test_window": list(test), "challenger": new_value, "champion": None}
+    if previous is None:
+        reg.promote(version, detail)
+        return Promotion(True, metric, new_value, None, version, previous)
+    if previous == version:  # the very artifact that serves already: nothing to beat
+        detail["champion"] = new_value
+        reg.keep(version, detail)
+        return Promotion(False, metric, new_value, new_value, version, previous)
+    champion = RefundGuard.load(reg.current_path())  # verifies it and its feature list (ModelError)
+    old_value = float(champion.evaluate(tables, test[0], test[1], validate_tables=validate_tables).overall[metric])
+    detail["champion"] = old_value
+    detail["champion_version"] = previous
     better = bool(new_value > old_value or (math.isnan(old_value) and not math.isnan(new_value)))
     if better:
-        trained.save(champion_path)
-    return Promotion(better, metric, new_value, old_value)
+        reg.promote(version, detail)
+    else:
+        reg.keep(version, detail)
+    return Promotion(better, metric, new_value, old_value, version, previous)
 
 
 def evaluate(

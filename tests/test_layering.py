@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
     {"model.estimator"},
     {"model", "model.__init__", "evaluation"},
     {"artifacts"},
+    {"registry"},
     {"policy"},
     {"pipeline"},
     {"guard"},

@@ -17,6 +17,7 @@ from refundguard.errors import ConfigError, DataError
 from refundguard.guard import SCORED_COLUMNS, RefundGuard
 from refundguard.profiles import requests_from_tables
 from refundguard.scores import store_scores_for_requests
+from refundguard.registry import ModelRegistry
 from refundguard.training import promote_if_better, training_slices
 from tests.alt_marketplace import make_marketplace
 
@@ -135,10 +136,12 @@ def test_model_beats_plain_lightgbm_baseline_on_the_same_split(alt_model, alt_ta
 
 
 def test_champion_replaced_only_by_a_better_model(alt_model, alt_tables, tmp_path: Path):
-    champ = tmp_path / "champion"
+    champ = tmp_path / "registry"
     first = promote_if_better(alt_model, alt_tables, champ, validate_tables=False)
-    assert first.promoted and first.champion is None
-    before = (champ / "MANIFEST").read_bytes()
+    assert first.promoted and first.champion is None and first.previous is None
+    registry = ModelRegistry(champ)
+    assert registry.current() == first.version
+    before = (registry.current_path() / "MANIFEST").read_bytes()
     # a deliberately weak challenger (3 trees, no monotone help) must not replace it
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -146,7 +149,11 @@ def test_champion_replaced_only_by_a_better_model(alt_model, alt_tables, tmp_pat
                         params={"n_estimators": 2, "num_leaves": 2, "early_stopping_rounds": None})
     result = promote_if_better(weak, alt_tables, champ, validate_tables=False)
     assert not result.promoted and result.champion == pytest.approx(first.challenger)
-    assert (champ / "MANIFEST").read_bytes() == before
+    assert (registry.current_path() / "MANIFEST").read_bytes() == before
+    assert registry.versions() == [first.version, result.version]  # the weak one is kept aside, not served
+    last = registry.history()[-1]
+    assert (last.event, last.version, last.detail["champion_version"]) == ("keep", result.version, first.version)
+    assert last.detail["challenger"] == pytest.approx(result.challenger)
     no_test = rg.train(alt_tables, TRAIN_END, VALID_END, validate_tables=False)
     with pytest.raises(DataError, match="needs a test slice"):
         promote_if_better(no_test, alt_tables, champ, validate_tables=False)
