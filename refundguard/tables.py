@@ -49,6 +49,8 @@ __all__ = [
     "write_table",
     "require_columns",
     "empty_tables",
+    "canonical_tables",
+    "non_canonical_column",
 ]
 
 TABLES: tuple[str, ...] = ("orders", "refunds", "reviews", "service")
@@ -763,6 +765,147 @@ def validate(
             stacklevel=2,
         )
     return clean, rejects
+
+
+# --------------------------------------------------------------------------- canonical tables
+def _canonical_dtype(kind: ColumnKind, dtype: Any) -> bool:
+    """Whether ``dtype`` is the dtype :func:`validate` gives a column of this kind."""
+    if kind in ("id", "str", "enum"):
+        # pandas' default "str" dtype (NaN for null), whatever its storage; not the pd.NA "string" dtype
+        return isinstance(dtype, pd.StringDtype) and dtype.na_value is not pd.NA
+    if kind == "ts":
+        return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype) == TS_DTYPE
+    if kind == "float":
+        return dtype == np.float64
+    if kind == "int":
+        return dtype == np.int64
+    if kind == "bool":
+        return dtype == np.bool_
+    return isinstance(dtype, pd.BooleanDtype)  # nullable_bool
+
+
+_CANONICAL_TEXT = {
+    "id": "str",
+    "str": "str",
+    "enum": "str",
+    "ts": TS_DTYPE,
+    "float": "float64",
+    "int": "int64",
+    "bool": "bool",
+    "nullable_bool": "boolean",
+}
+
+
+def non_canonical_column(name: str, df: pd.DataFrame) -> tuple[str, str, str] | None:
+    """The first contract column of ``df`` that is not as :func:`validate` leaves it, or ``None``.
+
+    Looks at column names and dtypes only (no values), so it costs nothing next to the
+    work that follows it. Every column :func:`validate` produces must be present
+    (``escalated_at`` only when given) with its canonical dtype; extra columns are ignored.
+
+    Parameters
+    ----------
+    name
+        The table (``orders``, ``refunds``, ``reviews`` or ``service``).
+    df
+        The table.
+
+    Returns
+    -------
+    tuple of (column, dtype found, dtype expected) or None
+        ``dtype found`` is ``"<missing>"`` for an absent column and
+        ``"<duplicated>"`` for a column name that appears twice.
+    """
+    columns = df.columns
+    if not columns.is_unique:
+        return str(columns[columns.duplicated()][0]), "<duplicated>", "one column"
+    dtypes = df.dtypes
+    for spec in SCHEMAS[name]:
+        if spec.name not in columns:
+            if spec.name == "escalated_at":
+                continue
+            return spec.name, "<missing>", _CANONICAL_TEXT[spec.kind]
+        dtype = dtypes[spec.name]
+        if not _canonical_dtype(spec.kind, dtype):
+            return spec.name, str(dtype), _CANONICAL_TEXT[spec.kind]
+    return None
+
+
+def _empty_service() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "store_id": pd.Series(dtype="str"),
+            "started_at": pd.Series(dtype=TS_DTYPE),
+            "first_response_s": pd.Series(dtype="float64"),
+        }
+    )
+
+
+def canonical_tables(tables: Mapping[str, pd.DataFrame], validate_tables: bool = True) -> dict[str, pd.DataFrame]:
+    """The contract's tables with canonical dtypes: the one coercion path of every entry point.
+
+    Tables that already have the columns and dtypes :func:`validate` produces (its
+    output, slices or concatenations of it, or a Parquet round trip of it) pass
+    through at the cost of a look at their dtypes. Any other table set is validated
+    strictly, so that no computation ever runs on uncoerced values (a CSV's text
+    ``"False"`` counted as true, numbers read as text).
+
+    Parameters
+    ----------
+    tables
+        The contract's tables (``service`` optional).
+    validate_tables
+        ``True`` (default): coerce tables that are not canonical through
+        :func:`validate` (``mode="strict"``). ``False`` means "I validated already":
+        the dtypes are still checked, and a table that is not canonical raises.
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        The four tables (an absent ``service`` table becomes an empty one). Canonical
+        input tables are returned as they are, not copied.
+
+    Raises
+    ------
+    SchemaError
+        ``validate_tables=True``: any rule of the contract is broken (as in
+        :func:`validate`). ``validate_tables=False``: a table misses a column
+        :func:`validate` produces (rule ``missing_column``) or a column does not
+        have its canonical dtype (rule ``dtype``; the error names the table, the
+        column, the dtype found and the dtype expected).
+
+    Notes
+    -----
+    The check reads dtypes, not values: a table built by hand with exactly the
+    canonical columns and dtypes is taken as validated. Values are checked by
+    :func:`validate`; call it yourself on such tables.
+    """
+    tables = load_tables(tables)  # names, DataFrames, the required tables present
+    problems = {name: non_canonical_column(name, df) for name, df in tables.items()}
+    if all(p is None for p in problems.values()):
+        out = dict(tables)
+        out.setdefault("service", _empty_service())
+        return out
+    if validate_tables:
+        clean, _ = validate(tables, mode="strict")
+        return clean
+    name, (column, found, expected) = next((n, p) for n, p in problems.items() if p is not None)
+    if found == "<missing>":
+        rule, what = "missing_column", "is missing"
+    elif found == "<duplicated>":
+        rule, what = "duplicate_column", "appears more than once"
+    else:
+        rule, what = "dtype", f"has dtype {found}, not the canonical {expected}"
+    raise SchemaError(
+        f"Table {name!r}, column {column!r} {what}: these tables were given as validated "
+        f"(validate_tables=False) but are not refundguard.validate output. Validate them "
+        f"(validate_tables=True, the default) or pass validate's output.",
+        table=name,
+        column=column,
+        rule=rule,
+        n_bad=1,
+        values=[found],
+    )
 
 
 def _rejects_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:

@@ -449,6 +449,7 @@ def promote_if_better(
     ModelError
         The champion folder exists but fails verification, or uses another feature list.
     """
+    tables = canonical_tables(tables, validate_tables)
     test = trained.meta["windows"].get("test")
     if not test or "test" not in trained.evaluations:
         raise DataError("Champion/challenger needs a test slice: train with test_end (--test-end).")
@@ -486,6 +487,9 @@ def evaluate(
         The contract's tables.
     start, end
         Half-open bounds on ``requested_at``.
+    validate_tables
+        Tables that are not :func:`refundguard.validate` output are validated (strict)
+        first; ``False`` means "validated already" (dtypes still checked).
 
     Returns
     -------
@@ -494,7 +498,7 @@ def evaluate(
         expected calibration error, intercepted amount; by category and by
         store-score band (< 4.6, 4.6-4.8, >= 4.8, missing).
     """
-
+    tables = canonical_tables(tables, validate_tables)  # once, before a TrainedModel is saved and loaded
     if isinstance(model, TrainedModel):
         import tempfile
 
