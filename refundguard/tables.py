@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refundguard._io import atomic_target
-from refundguard._time import NAT, series_ns
+from refundguard._time import _ISO_START, NAT, series_ns
 from refundguard.config import REFUND_KINDS
 from refundguard.errors import ConfigError, RejectedRowsWarning, SchemaError
 
@@ -43,6 +43,7 @@ __all__ = [
     "OUTCOMES",
     "REJECT_COLUMNS",
     "SCHEMAS",
+    "MAX_AMOUNT",
     "load_tables",
     "validate",
     "summarize_rejects",
@@ -75,6 +76,10 @@ KEY_COLUMN: dict[str, str] = {
 }
 DEFAULT_SHIP_BY = pd.Timedelta(hours=48)
 REFUND_SUM_TOLERANCE = 0.01
+#: The largest amount (order or refund, in the currency unit) the contract accepts: larger is a
+#: ``range`` reject. 1e12 units are 1e14 cents: every amount is an exact number of cents in float64
+#: (< 2**53), and more than 92,000 maximal amounts still sum within int64 cents (9.2e18).
+MAX_AMOUNT = 1e12
 TS_DTYPE = "datetime64[ns, UTC]"
 _FIRST_VALUES = 5
 
@@ -400,14 +405,14 @@ def _coerce_ts(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
                 null = null.copy()
         else:
             odd_mask = np.zeros(len(s), dtype=bool)
+        # ISO 8601 only (the library's one rule for text instants, refundguard._time): other
+        # formats ("01/06/2024 00:11", "now", "today") are type rejects, never guessed
+        # (datetime objects print as ISO 8601, so they pass this look at the text)
+        iso = text.isna().to_numpy() | text.astype("str").str.match(_ISO_START.pattern).fillna(False).to_numpy(dtype=bool)
+        if not iso.all():
+            text = text.where(iso, None)
+            odd_mask = odd_mask | ~iso
         out = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
-        retry = out.isna().to_numpy() & ~null
-        if retry.any():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                again = pd.to_datetime(text[retry], utc=True, format="mixed", errors="coerce")
-            out = out.astype(again.dtype) if out.dtype != again.dtype else out
-            out.loc[retry] = again
     # out of the nanosecond range -> not representable: a type reject
     out = out.astype("datetime64[us, UTC]") if out.dtype != TS_DTYPE else out
     lo, hi = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
@@ -501,6 +506,10 @@ def _coerce_column(t: _Table, spec: ColumnSpec) -> None:
         t.reject(bad, spec.name, "type", f"{spec.name} must be a string", raw)
     else:
         t.reject(bad, spec.name, "type", f"{spec.name} cannot be read as {_KIND_TEXT[spec.kind]}", raw)
+    if spec.kind == "id":
+        # "o1 " and "o1" would be two different ids: refuse rather than guess which is meant
+        padded = (out.notna() & (out.str.strip() != out)).to_numpy(dtype=bool)
+        t.reject(padded, spec.name, "id_whitespace", f"{spec.name} must not start or end with whitespace", raw)
     if spec.required:
         t.reject(null, spec.name, "required", f"{spec.name} is required", raw)
     t.data[spec.name] = out.reset_index(drop=True)
@@ -568,6 +577,7 @@ def _order_rules(t: _Table) -> None:
     amount = d["amount"]
     neg = (amount.notna() & ~(np.isfinite(amount) & (amount >= 0))).to_numpy()
     t.reject(neg, "amount", "min", "amount must be finite and >= 0")
+    _amount_bound(t, amount)
     given_ship_by = d["ship_by"].notna().to_numpy()
     d["ship_by"] = d["ship_by"].fillna(d["paid_at"] + DEFAULT_SHIP_BY)
     t.reject(given_ship_by & (d["ship_by"] < d["paid_at"]).to_numpy(), "ship_by", "after_paid_at",
@@ -578,6 +588,12 @@ def _order_rules(t: _Table) -> None:
              "delivered_at must be >= shipped_at")
     t.reject((d["delivered_at"].notna() & d["shipped_at"].isna()).to_numpy() & ~_bad_in(t, "shipped_at"),
              "delivered_at", "shipped_first", "delivered_at must be null when shipped_at is null")
+
+
+def _amount_bound(t: _Table, amount: pd.Series) -> None:
+    """Finite amounts above :data:`MAX_AMOUNT` are ``range`` rejects (infinite ones are ``min`` rejects)."""
+    huge = (np.isfinite(amount) & (amount > MAX_AMOUNT)).to_numpy(dtype=bool)
+    t.reject(huge, "amount", "range", f"amount must be <= {MAX_AMOUNT:.0e} (MAX_AMOUNT)")
 
 
 def _bad_in(t: _Table, column: str) -> np.ndarray:
@@ -624,6 +640,7 @@ def _refund_rules(t: _Table, orders: _Table, order_clean: np.ndarray) -> None:
     amount = d["amount"]
     t.reject((amount.notna() & ~(np.isfinite(amount) & (amount > 0))).to_numpy(), "amount", "min",
              "amount must be finite and > 0")
+    _amount_bound(t, amount)
     pos = _parent_rules(t, orders, order_clean, "requested_at")
     t.reject((d["resolved_at"] < d["requested_at"]).to_numpy(), "resolved_at", "after_requested_at",
              "resolved_at must be >= requested_at")
