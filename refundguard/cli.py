@@ -27,11 +27,11 @@ import pandas as pd
 
 from refundguard._time import TimeValueError, instant_ns
 from refundguard.config import PolicyConfig, ScoreConfig
+from refundguard.datasets import DATASET_SOURCES, convert_dataset
 from refundguard.demo import DEMO_BUYERS, DEMO_DAYS, DEMO_SEED, DEMO_STORES, run_demo
 from refundguard.errors import (
     ConfigError,
     RefundGuardError,
-    RejectedRowsWarning,
     RequestError,
 )
 from refundguard.guard import SCORED_FORMATS, RefundGuard, write_scored
@@ -352,12 +352,10 @@ def _score_config(path: Path | None) -> ScoreConfig:
 
 def _load_olist(folder: Path) -> dict[str, Any]:
     """Read an Olist folder into the contract's tables (bad rows set aside) and print what was read."""
-    from refundguard.datasets.olist import load_olist
+    from refundguard.datasets.olist import convert_olist
 
-    raw, report = load_olist(folder, return_report=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RejectedRowsWarning)
-        tables, rejects = validate(raw, mode="quarantine")
+    result = convert_olist(folder)
+    report, rejects = result.report, result.rejects
     print(
         f"olist: {report['olist_orders']:,d} orders -> {report['contract_orders']:,d} store orders "
         f"({report['multi_seller_orders']:,d} multi-seller split, {report['orders_without_items']:,d} without items skipped); "
@@ -365,7 +363,41 @@ def _load_olist(folder: Path) -> dict[str, Any]:
     )
     for row in summarize_rejects(rejects).itertuples(index=False) if len(rejects) else ():
         print(f"  set aside: {row.table:8s} {row.column:14s} {row.rule:18s} {row.rows:>6,d}")
-    return tables
+    return result.tables
+
+
+# --------------------------------------------------------------------------- convert
+def _existing_path(value: str) -> Path:
+    p = Path(value)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {value!r}")
+    return p
+
+
+def _add_convert(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a public data set (Olist, UCI Online Retail) to contract tables, rows set aside with a reason",
+        description=(
+            "Map a public data set to the data contract and validate it (quarantine): the clean tables are "
+            "written to --out as orders/refunds/reviews/service.parquet, and every row that could not be mapped "
+            "or broke a rule, with its reason, to --rejects. The mapping of each source is documented in "
+            "refundguard.datasets (olist.py, uci.py)."
+        ),
+    )
+    p.add_argument("--source", required=True, choices=sorted(DATASET_SOURCES), help="the data set")
+    p.add_argument("--in", dest="source_path", required=True, type=_existing_path,
+                   help="the data set: the Olist folder, or UCI's online_retail.parquet (or its folder)")
+    _output_option(p, "--out", kind="folder", required=True, help="new folder for the contract tables (absent or empty)")
+    _output_option(p, "--rejects", help="write every row set aside, with its reason, here (.parquet or .csv)")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    result = convert_dataset(args.source, args.source_path, args.out, rejects=args.rejects)
+    print(result.to_text())
+    print(f"written to {args.out}" + (f"; rows set aside written to {args.rejects}" if args.rejects else ""))
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- train
@@ -548,6 +580,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 # Each entry adds one sub-command.
 COMMANDS: list[Callable[[Any], None]] = [
     _add_simulate,
+    _add_convert,
     _add_validate,
     _add_store_scores,
     _add_train,

@@ -68,6 +68,7 @@ def _minimal_args(folder: Path) -> dict[str, list[str]]:
     d = str(folder)
     return {
         "simulate": ["--out", f"{d}/sim"],
+        "convert": ["--source", "olist", "--in", d, "--out", f"{d}/c"],
         "validate": ["--data", d],
         "store-scores": ["--data", d, "--as-of", "2024-10-01"],
         "train": ["--data", d, "--train-end", "2024-09-01", "--valid-end", "2024-10-01", "--out", f"{d}/m"],
