@@ -6,6 +6,13 @@ arguments, and prints one clear line on stderr without a traceback (``--debug``
 shows it). Long work shows a progress bar unless ``--quiet`` is given or stderr is
 not a terminal. ``--debug`` and ``--quiet`` go before or after the command name.
 
+Arguments are checked before any work: dates are ISO 8601 (:func:`_date_arg`),
+periods and slice ends increase (:func:`_ordered_dates`), counts have their minimum
+(:func:`_int_at_least`), and every output path is writable, its folders created
+(:func:`_output_option`). A command adds such checks with :func:`_add_check`;
+:func:`main` runs them before the command. Warnings print as one line,
+``refundguard: warning: <message>``.
+
 Numbers are printed at a precision a person reads: probabilities and metrics with
 4 decimals (thresholds with 4 significant digits), counts with thousands
 separators, shares as percentages, amounts with 2 decimals.

@@ -173,6 +173,8 @@ _FULL_DISK = textwrap.dedent(
     ["score", "--model", MODEL, "--out", "{dest}/scored.csv"],
     ["store-scores", "--as-of", "2024-08-01", "--out", "{dest}/scores.csv"],
     ["validate", "--mode", "quarantine", "--rejects", "{dest}/rejects.csv"],
+    ["evaluate", "--model", MODEL, "--out", "{dest}/m.json"],
+    ["simulate", "--out", "{dest}/sim", "--buyers", "200", "--stores", "10", "--days", "30"],
 ])
 def test_case9_a_full_disk_fails_with_one_line_and_leaves_no_temporary_file(argv, simulated, tmp_path):
     data = simulated
@@ -184,7 +186,7 @@ def test_case9_a_full_disk_fails_with_one_line_and_leaves_no_temporary_file(argv
         for name, df in t.items():
             df.to_parquet(data / f"{name}.parquet")
     dest = tmp_path / "dest"
-    args = [a.format(dest=dest) for a in argv] + ["--data", str(data), "--quiet"]
+    args = [a.format(dest=dest) for a in argv] + ([] if argv[0] == "simulate" else ["--data", str(data)]) + ["--quiet"]
     proc = subprocess.run([sys.executable, "-c", _FULL_DISK, *args], cwd=ROOT, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 1, proc.stderr

@@ -263,3 +263,28 @@ def test_new_rule_codes_are_documented():
     # 1e12 units in cents is exact in float64 and far from the int64 limit
     assert MAX_AMOUNT * 100 < 2**53 and np.iinfo(np.int64).max / (MAX_AMOUNT * 100) > 90_000
     assert rg.__name__ == "refundguard"
+
+
+# --------------------------------------------------------------------------- the README's promises
+def test_every_guarantee_in_the_readme_names_tests_that_exist():
+    """Each row of README "Guarantees" names tests (``tests/f.py::name``, then ``::name`` in the same file;
+    ``*`` matches any suffix) that exist."""
+    import fnmatch
+    import re
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "README.md").read_text()
+    section = text.split("\n## Guarantees\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and not line.startswith("| promise")
+            and not line.startswith("| ---")]
+    assert len(rows) >= 10
+    for row in rows:
+        refs = re.findall(r"`((?:tests/[\w/]+\.py)?::[\w*]+)`", row)
+        assert refs, row
+        current = None
+        for ref in refs:
+            file, name = ref.split("::")
+            current = file or current
+            source = (root / current).read_text()
+            defined = re.findall(r"^def (test_\w+)", source, re.MULTILINE)
+            assert fnmatch.filter(defined, name), f"{current}::{name} (README Guarantees) does not exist"
