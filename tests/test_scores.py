@@ -824,7 +824,9 @@ def test_cli_store_scores(tmp_path, capsys):
     assert main(["store-scores", "--data", str(data), "--as-of", "2024-06-15", "--explain", "s1"]) == 0
     assert "value needed" in capsys.readouterr().out
     assert main(["store-scores", "--data", str(data)]) == 2
-    assert main(["store-scores", "--data", str(data), "--as-of", "2024-06-15", "--window-days", "0"]) == 2
+    with pytest.raises(SystemExit) as info:  # refused while parsing, like any bad argument
+        main(["store-scores", "--data", str(data), "--as-of", "2024-06-15", "--window-days", "0"])
+    assert info.value.code == 2
     assert main(["store-scores", "--data", str(data), "--as-of", "2024-06-15", "--explain", "nobody"]) == 1
     import json
 
