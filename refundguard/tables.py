@@ -14,6 +14,10 @@ columns are always present after validation (``ship_by`` filled with
 ``paid_at + 48h``; ``device_id``/``address_id`` all-null when absent;
 ``escalated`` False and ``is_abuse`` null when absent), and an absent
 ``service`` table becomes an empty one. Extra columns are kept untouched.
+
+:func:`canonical_tables` is the one coercion path of every public function that takes
+tables: validated tables pass at the cost of a look at their dtypes, others are
+validated strictly, so no computation ever runs on uncoerced values.
 """
 
 from __future__ import annotations
