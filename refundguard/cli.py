@@ -6,6 +6,13 @@ arguments, and prints one clear line on stderr without a traceback (``--debug``
 shows it). Long work shows a progress bar unless ``--quiet`` is given or stderr is
 not a terminal. ``--debug`` and ``--quiet`` go before or after the command name.
 
+Arguments are checked before any work: dates are ISO 8601 (:func:`_date_arg`),
+periods and slice ends increase (:func:`_ordered_dates`), counts have their minimum
+(:func:`_int_at_least`), and every output path is writable, its folders created
+(:func:`_output_option`). A command adds such checks with :func:`_add_check`;
+:func:`main` runs them before the command. Warnings print as one line,
+``refundguard: warning: <message>``.
+
 Numbers are printed at a precision a person reads: probabilities and metrics with
 4 decimals (thresholds with 4 significant digits), counts with thousands
 separators, shares as percentages, amounts with 2 decimals.
@@ -14,7 +21,9 @@ separators, shares as percentages, amounts with 2 decimals.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
@@ -23,12 +32,13 @@ from typing import Any
 
 import pandas as pd
 
+from refundguard._time import TimeValueError, instant_ns
 from refundguard.config import DEFAULT_GATE, PolicyConfig, ScoreConfig
+from refundguard.datasets import DATASET_SOURCES, convert_dataset
 from refundguard.demo import DEMO_BUYERS, DEMO_DAYS, DEMO_SEED, DEMO_STORES, run_demo
 from refundguard.errors import (
     ConfigError,
     RefundGuardError,
-    RejectedRowsWarning,
     RequestError,
 )
 from refundguard.guard import SCORED_FORMATS, RefundGuard, write_scored
@@ -90,11 +100,96 @@ def _threshold(value: float | None) -> str:
 
 
 def _date_arg(value: str) -> str:
+    """A date or instant in ISO 8601, the library's one rule (``now``, ``today``, ``01/06/2024``: refused)."""
     try:
-        pd.Timestamp(value)
-    except (ValueError, TypeError) as exc:
-        raise argparse.ArgumentTypeError(f"not a date: {value!r}") from exc
+        ns = instant_ns(value)
+    except TimeValueError:
+        ns = None
+    if ns is None:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 date or timestamp: {value!r} (e.g. 2024-07-01)")
     return value
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+        if n < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}; got {n}")
+        return n
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+# --------------------------------------------------------------------------- checks before any work
+Check = Callable[[argparse.Namespace], None]
+
+
+def _add_check(p: argparse.ArgumentParser, check: Check) -> None:
+    """Run ``check(args)`` after parsing and before the command's work (it raises ``_UsageError``: exit 2)."""
+    p.set_defaults(_checks=(*(p.get_default("_checks") or ()), check))
+
+
+def _run_checks(args: argparse.Namespace) -> None:
+    for check in getattr(args, "_checks", ()):
+        check(args)
+
+
+def _ordered_dates(*options: tuple[str, str]) -> Check:
+    """A check: the given date options (``(dest, flag)`` pairs, those present) strictly increase."""
+
+    def check(args: argparse.Namespace) -> None:
+        given = [(flag, getattr(args, dest)) for dest, flag in options if getattr(args, dest, None) is not None]
+        for (flag1, v1), (flag2, v2) in zip(given, given[1:]):
+            if instant_ns(v2) <= instant_ns(v1):
+                raise _UsageError(f"{flag2} {v2} must be after {flag1} {v1}: the period [{v1}, {v2}) is empty")
+
+    return check
+
+
+def _check_output(path: Path, option: str, kind: str) -> None:
+    """Before any work: ``path`` can be written (its folders are created).
+
+    ``kind`` is ``"file"`` (replaced by a rename: it must not be a folder) or ``"folder"``
+    (must not be a file). A probe file is created and removed in the folder that will
+    receive the output, so a read-only or full destination fails here, not after the work.
+    """
+    if kind == "file" and path.is_dir():
+        raise _UsageError(f"{option} {path} is a folder; give a file name")
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise _UsageError(f"{option} {path} is a file; give a folder")
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _UsageError(f"{option}: cannot create the folder {parent}: {exc.strerror or exc}") from None
+    places = [parent] + ([path] if kind == "folder" and path.is_dir() else [])
+    for place in places:
+        try:
+            fd, probe = tempfile.mkstemp(prefix=f".{path.name}.probe-", dir=place)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            raise _UsageError(f"{option}: cannot write in {place}: {exc.strerror or exc}") from None
+
+
+def _output_option(p: argparse.ArgumentParser, *flags: str, kind: str = "file", **kw: Any) -> None:
+    """An output path option, checked writable (folders created) before the command's work."""
+    if kind not in ("file", "folder"):
+        raise ValueError(f"kind must be 'file' or 'folder', got {kind!r}")
+    action = p.add_argument(*flags, type=Path, **kw)
+
+    def check(args: argparse.Namespace) -> None:
+        value = getattr(args, action.dest, None)
+        if value is not None:
+            _check_output(value, flags[0], kind)
+
+    _add_check(p, check)
 
 
 def _existing_dir(value: str) -> Path:
@@ -117,9 +212,10 @@ def _model_option(p: argparse.ArgumentParser) -> None:
 
 
 def _period_options(p: argparse.ArgumentParser) -> None:
-    """``--from D --to D``: the half-open period on ``requested_at``."""
+    """``--from D --to D``: the half-open period on ``requested_at`` (``--to`` after ``--from``: exit 2 otherwise)."""
     p.add_argument("--from", dest="start", type=_date_arg, help="first requested_at (inclusive)")
-    p.add_argument("--to", dest="end", type=_date_arg, help="last requested_at (exclusive)")
+    p.add_argument("--to", dest="end", type=_date_arg, help="last requested_at (exclusive); after --from")
+    _add_check(p, _ordered_dates(("start", "--from"), ("end", "--to")))
 
 
 def _load_clean(folder: Path) -> dict[str, Any]:
@@ -140,7 +236,7 @@ def _add_simulate(sub: Any) -> None:
         ),
     )
     d = SimulationConfig()
-    p.add_argument("--out", required=True, type=Path, help="output folder (created; must be empty or absent)")
+    _output_option(p, "--out", kind="folder", required=True, help="output folder (created; must be empty or absent)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"random seed (default {d.seed}); same seed, same tables")
     p.add_argument("--buyers", type=int, default=d.n_buyers, help=f"number of buyers (default {d.n_buyers})")
     p.add_argument("--stores", type=int, default=d.n_stores, help=f"number of stores (default {d.n_stores})")
@@ -175,7 +271,7 @@ def _add_validate(sub: Any) -> None:
     )
     _data_option(p)
     p.add_argument("--mode", choices=("strict", "quarantine"), default="strict", help="default strict")
-    p.add_argument("--rejects", type=Path, help="write the rejects table here (.parquet or .csv; quarantine)")
+    _output_option(p, "--rejects", help="write the rejects table here (.parquet or .csv; quarantine)")
     p.add_argument("--fail-on-rejects", action="store_true", help="exit 1 when any row is rejected")
     p.set_defaults(func=_run_validate)
 
@@ -220,13 +316,21 @@ def _add_store_scores(sub: Any) -> None:
     _data_option(src, required=False, help="folder with orders/refunds/reviews[/service] (validated strictly)")
     src.add_argument("--olist", type=_existing_dir, help="Olist folder (read with the Olist adapter; bad rows set aside)")
     p.add_argument("--as-of", type=_date_arg, help="end of the window (excluded); a date means 00:00 in the config time zone")
-    p.add_argument("--window-days", type=int,
+    p.add_argument("--window-days", type=_int_at_least(1),
                    help=f"window length in days (default: the config's, {ScoreConfig().window_days})")
     p.add_argument("--config", type=Path, help="ScoreConfig as JSON (ScoreConfig.to_dict()); default the built-in bands")
-    p.add_argument("--history", nargs=2, metavar=("START", "END"), type=_date_arg, help="daily rows for every day in [START, END]")
+    p.add_argument("--history", nargs=2, metavar=("START", "END"), type=_date_arg,
+                   help="daily rows for every day in [START, END] (END on or after START)")
+    _add_check(p, _history_days)
     p.add_argument("--explain", metavar="STORE_ID", help="print the merchant view of this store as of --as-of")
-    p.add_argument("--out", type=Path, help="write the rows here (.parquet or .csv)")
+    _output_option(p, "--out", help="write the rows here (.parquet or .csv)")
     p.set_defaults(func=_run_store_scores)
+
+
+def _history_days(args: argparse.Namespace) -> None:
+    """``--history START END``: END on or after START (both days are included)."""
+    if args.history is not None and instant_ns(args.history[1]) < instant_ns(args.history[0]):
+        raise _UsageError(f"--history END {args.history[1]} must be on or after START {args.history[0]}")
 
 
 def _run_store_scores(args: argparse.Namespace) -> int:
@@ -260,12 +364,10 @@ def _score_config(path: Path | None) -> ScoreConfig:
 
 def _load_olist(folder: Path) -> dict[str, Any]:
     """Read an Olist folder into the contract's tables (bad rows set aside) and print what was read."""
-    from refundguard.datasets.olist import load_olist
+    from refundguard.datasets.olist import convert_olist
 
-    raw, report = load_olist(folder, return_report=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RejectedRowsWarning)
-        tables, rejects = validate(raw, mode="quarantine")
+    result = convert_olist(folder)
+    report, rejects = result.report, result.rejects
     print(
         f"olist: {report['olist_orders']:,d} orders -> {report['contract_orders']:,d} store orders "
         f"({report['multi_seller_orders']:,d} multi-seller split, {report['orders_without_items']:,d} without items skipped); "
@@ -273,7 +375,41 @@ def _load_olist(folder: Path) -> dict[str, Any]:
     )
     for row in summarize_rejects(rejects).itertuples(index=False) if len(rejects) else ():
         print(f"  set aside: {row.table:8s} {row.column:14s} {row.rule:18s} {row.rows:>6,d}")
-    return tables
+    return result.tables
+
+
+# --------------------------------------------------------------------------- convert
+def _existing_path(value: str) -> Path:
+    p = Path(value)
+    if not p.exists():
+        raise argparse.ArgumentTypeError(f"no such file or folder: {value!r}")
+    return p
+
+
+def _add_convert(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert a public data set (Olist, UCI Online Retail) to contract tables, rows set aside with a reason",
+        description=(
+            "Map a public data set to the data contract and validate it (quarantine): the clean tables are "
+            "written to --out as orders/refunds/reviews/service.parquet, and every row that could not be mapped "
+            "or broke a rule, with its reason, to --rejects. The mapping of each source is documented in "
+            "refundguard.datasets (olist.py, uci.py)."
+        ),
+    )
+    p.add_argument("--source", required=True, choices=sorted(DATASET_SOURCES), help="the data set")
+    p.add_argument("--in", dest="source_path", required=True, type=_existing_path,
+                   help="the data set: the Olist folder, or UCI's online_retail.parquet (or its folder)")
+    _output_option(p, "--out", kind="folder", required=True, help="new folder for the contract tables (absent or empty)")
+    _output_option(p, "--rejects", help="write every row set aside, with its reason, here (.parquet or .csv)")
+    p.set_defaults(func=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    result = convert_dataset(args.source, args.source_path, args.out, rejects=args.rejects)
+    print(result.to_text())
+    print(f"written to {args.out}" + (f"; rows set aside written to {args.rejects}" if args.rejects else ""))
+    return EXIT_OK
 
 
 # --------------------------------------------------------------------------- calibrate-bands
@@ -291,7 +427,8 @@ def _add_calibrate_bands(sub: Any) -> None:
     _data_option(p)
     p.add_argument("--from", dest="start", required=True, type=_date_arg, help="first day of the reference period")
     p.add_argument("--to", dest="end", required=True, type=_date_arg, help="last day of the reference period")
-    p.add_argument("--out", required=True, type=Path, help="ScoreConfig JSON file to write")
+    _add_check(p, _ordered_dates(("start", "--from"), ("end", "--to")))
+    _output_option(p, "--out", required=True, help="ScoreConfig JSON file to write")
     p.add_argument("--config", type=Path, help="start from this ScoreConfig JSON (default the built-in one)")
     p.add_argument("--target-excellent", type=float, metavar="SHARE",
                    help=f"share of established store-days at or above {DEFAULT_GATE:.2f} to aim for (e.g. 0.05)")
@@ -333,14 +470,15 @@ def _add_train(sub: Any) -> None:
     p.add_argument("--train-end", required=True, type=_date_arg, help="end of the training slice")
     p.add_argument("--valid-end", required=True, type=_date_arg, help="end of the validation slice")
     p.add_argument("--test-end", type=_date_arg, help="end of the test slice (needed for --registry)")
-    p.add_argument("--gap-days", type=int, default=DEFAULT_GAP_DAYS,
+    p.add_argument("--gap-days", type=_int_at_least(0), default=DEFAULT_GAP_DAYS,
                    help=f"label maturity gap before --train-end (default {DEFAULT_GAP_DAYS})")
-    p.add_argument("--out", required=True, type=Path, help="model folder to write (replaced atomically)")
-    p.add_argument("--registry", "--champion", dest="registry", type=Path,
+    _add_check(p, _ordered_dates(("train_end", "--train-end"), ("valid_end", "--valid-end"), ("test_end", "--test-end")))
+    _output_option(p, "--out", kind="folder", required=True, help="model folder to write (replaced atomically)")
+    _output_option(p, "--registry", "--champion", kind="folder",
                    help="model registry folder (created when absent): the model becomes current only if better")
     p.add_argument("--score-config", type=Path,
                    help="ScoreConfig JSON (from calibrate-bands) for the store scores; stored in the model")
-    p.add_argument("--tune", type=int, default=0, metavar="N",
+    p.add_argument("--tune", type=_int_at_least(0), default=0, metavar="N",
                    help="try N parameter sets, chosen on the validation slice (default 0: train once)")
     p.add_argument("--gated-labels", choices=("all", "audit"), default="all",
                    help="'audit': requests behind the store gate are labelled only through the audit sample; "
@@ -417,7 +555,7 @@ def _add_evaluate(sub: Any) -> None:
     _data_option(p)
     _model_option(p)
     _period_options(p)
-    p.add_argument("--out", type=Path, help="write the metrics as JSON here")
+    _output_option(p, "--out", help="write the metrics as JSON here (folders created)")
     p.set_defaults(func=_run_evaluate)
 
 
@@ -477,7 +615,7 @@ def _add_score(sub: Any) -> None:
     )
     _data_option(p)
     _model_option(p)
-    p.add_argument("--out", required=True, type=Path, help="output file (.parquet or .csv)")
+    _output_option(p, "--out", required=True, help="output file (.parquet or .csv)")
     _period_options(p)
     p.add_argument("--always-score", action="store_true", help="score gated requests too (monitoring)")
     p.set_defaults(func=_run_score)
@@ -621,7 +759,7 @@ def _add_demo(sub: Any) -> None:
             "Everything is written under --out."
         ),
     )
-    p.add_argument("--out", type=Path, default=Path("refundguard-demo"), help="output folder (default ./refundguard-demo)")
+    _output_option(p, "--out", kind="folder", default=Path("refundguard-demo"), help="output folder (default ./refundguard-demo)")
     p.add_argument("--buyers", type=int, default=DEMO_BUYERS, help=f"buyers (default {DEMO_BUYERS})")
     p.add_argument("--stores", type=int, default=DEMO_STORES, help=f"stores (default {DEMO_STORES})")
     p.add_argument("--days", type=int, default=DEMO_DAYS, help=f"days from {start} (default {DEMO_DAYS})")
@@ -640,6 +778,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 # Each entry adds one sub-command.
 COMMANDS: list[Callable[[Any], None]] = [
     _add_simulate,
+    _add_convert,
     _add_validate,
     _add_store_scores,
     _add_calibrate_bands,
@@ -670,11 +809,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _warning_line(debug: bool) -> Callable[..., None]:
+    """A ``warnings.showwarning`` printing one clean line, ``refundguard: warning: <message>``.
+
+    With ``--debug`` the line also names the warning's class and where it was raised.
+    """
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        where = f" [{category.__name__} at {filename}:{lineno}]" if debug else ""
+        text = " ".join(str(message).split())
+        print(f"refundguard: warning: {text}{where}", file=sys.stderr if file is None else file)
+
+    return show
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():  # restores the caller's warning display on return
+        warnings.showwarning = _warning_line(bool(args.debug))
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Checks, then the command; map errors to exit codes and one line on stderr."""
     try:
+        _run_checks(args)
         return int(args.func(args))
     except _UsageError as exc:
         print(f"refundguard: error: {exc}", file=sys.stderr)

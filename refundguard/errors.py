@@ -53,6 +53,7 @@ SCHEMA_RULES: dict[str, str] = {
     "not_a_frame": "a table is not a pandas DataFrame",
     "missing_column": "a required column is absent",
     "duplicate_column": "a column name appears twice",
+    "dtype": "a column of tables given as validated (validate_tables=False) lacks its canonical dtype",
     "format": "an output file name has an unsupported extension",
     # one cell or one row (validate's rejects use these)
     "type": "a cell cannot be read as its column's type",
@@ -60,7 +61,8 @@ SCHEMA_RULES: dict[str, str] = {
     "unique": "an id that must be unique appears more than once",
     "enum": "a value outside the column's levels",
     "min": "a number below its minimum (or not finite)",
-    "range": "a number outside its allowed range",
+    "range": "a number outside its allowed range (amounts: at most MAX_AMOUNT = 1e12)",
+    "id_whitespace": "an id with leading or trailing whitespace",
     "exists": "a reference to an order that is not in orders",
     "parent_rejected": "the order this row references was rejected",
     "after_paid_at": "an instant before the order's paid_at",

@@ -51,14 +51,20 @@ _REASONS = 3
 
 
 def default_model_path() -> Path:
-    """Folder of the bundled default model (``models/default`` beside the package).
+    """Folder of the bundled default model.
 
-    ``REFUNDGUARD_DEFAULT_MODEL`` overrides it.
+    Installed from the wheel, the model is package data (``refundguard/_default_model``);
+    in a source checkout (editable install included) it is ``models/default`` beside the
+    package. ``REFUNDGUARD_DEFAULT_MODEL`` overrides both.
     """
     env = os.environ.get("REFUNDGUARD_DEFAULT_MODEL")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[1] / "models" / "default"
+    here = Path(__file__).resolve().parent
+    installed = here / "_default_model"
+    if (installed / "MANIFEST").is_file():
+        return installed
+    return here.parent / "models" / "default"
 
 
 @dataclass(frozen=True)

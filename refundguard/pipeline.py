@@ -19,6 +19,8 @@ from refundguard.config import ScoreConfig
 from refundguard.evaluation import Evaluation, evaluate_predictions
 from refundguard.features import build_features
 from refundguard.profiles import Profiles, profiles_as_of, requests_from_tables
+# the one coercion path lives in tables; re-exported here, where callers have imported it from
+from refundguard.tables import canonical_tables
 
 __all__ = ["FeatureBatch", "point_in_time_features", "canonical_tables"]
 
@@ -71,25 +73,6 @@ class FeatureBatch:
             store_score=self.profiles.store["score"].to_numpy(dtype=np.float64)[mask],
             intercept_threshold=intercept_threshold,
         )
-
-
-def canonical_tables(tables: Mapping[str, pd.DataFrame], validate_tables: bool = True) -> dict[str, pd.DataFrame]:
-    """Validate raw tables (strict) or pass already validated ones through.
-
-    Parameters
-    ----------
-    tables
-        The contract's tables.
-    validate_tables
-        Run :func:`refundguard.tables.validate` in strict mode (default). Pass
-        ``False`` only for tables that are ``validate`` output already.
-    """
-    if not validate_tables:
-        return dict(tables)
-    from refundguard.tables import validate
-
-    clean, _ = validate(tables, mode="strict")
-    return clean
 
 
 def point_in_time_features(

@@ -55,7 +55,7 @@ from refundguard.config import (
     ScoreConfig,
 )
 from refundguard.errors import ConfigError, DataError, SchemaError
-from refundguard.tables import require_columns
+from refundguard.tables import canonical_tables, require_columns
 
 __all__ = [
     "CALIBRATION_QUANTILES",
@@ -728,7 +728,8 @@ def _score_frame(
 
 
 # --------------------------------------------------------------------------- public: one as_of
-def store_scores(tables: Mapping[str, pd.DataFrame], as_of: Any, config: ScoreConfig | None = None) -> pd.DataFrame:
+def store_scores(tables: Mapping[str, pd.DataFrame], as_of: Any, config: ScoreConfig | None = None, *,
+                 validate_tables: bool = True) -> pd.DataFrame:
     """Store experience scores of every store with an event in the window.
 
     Parameters
@@ -740,6 +741,10 @@ def store_scores(tables: Mapping[str, pd.DataFrame], as_of: Any, config: ScoreCo
         ``config.timezone``.
     config : ScoreConfig, optional
         Defaults to ``ScoreConfig()``.
+    validate_tables : bool, default True
+        Tables that are not :func:`refundguard.validate` output are validated (strict)
+        first; ``False`` means "validated already" (dtypes still checked:
+        :func:`refundguard.tables.canonical_tables`).
 
     Returns
     -------
@@ -753,6 +758,7 @@ def store_scores(tables: Mapping[str, pd.DataFrame], as_of: Any, config: ScoreCo
     all is known before ``as_of`` (e.g. a data set without refunds): a missing source
     is never read as "zero refunds".
     """
+    tables = canonical_tables(tables, validate_tables)
     cfg = _check_config(config, "store_scores")
     hi = _as_of_ns(as_of, cfg.timezone)
     lo = _window_start_ns(hi, cfg)
@@ -795,6 +801,8 @@ def store_score_history(
     end: Any,
     config: ScoreConfig | None = None,
     pairs: pd.DataFrame | None = None,
+    *,
+    validate_tables: bool = True,
 ) -> pd.DataFrame:
     """Daily store scores for every day D in ``[start, end]`` (both included).
 
@@ -813,6 +821,10 @@ def store_score_history(
     pairs : DataFrame, optional
         Columns ``store_id`` and ``day`` (date-like, local): return only those rows
         (pairs without any event in their window are absent from the result).
+    validate_tables : bool, default True
+        Tables that are not :func:`refundguard.validate` output are validated (strict)
+        first; ``False`` means "validated already" (dtypes still checked:
+        :func:`refundguard.tables.canonical_tables`).
 
     Returns
     -------
@@ -820,6 +832,7 @@ def store_score_history(
         :data:`OUTPUT_COLUMNS`, sorted by (``as_of``, ``store_id``); ``as_of`` is the
         UTC instant of D 00:00 local time.
     """
+    tables = canonical_tables(tables, validate_tables)
     cfg = _check_config(config, "store_score_history")
     tz = cfg.timezone
     d0 = _day_of(start, tz, "start")
@@ -1026,6 +1039,8 @@ def store_scores_for_requests(
     tables: Mapping[str, pd.DataFrame],
     requests: pd.DataFrame,
     config: ScoreConfig | None = None,
+    *,
+    validate_tables: bool = True,
 ) -> pd.DataFrame:
     """The published store score of each request's store on the request day.
 
@@ -1039,6 +1054,10 @@ def store_scores_for_requests(
     requests : DataFrame
         ``requested_at`` and either ``store_id`` or ``order_id`` (mapped through orders).
     config : ScoreConfig, optional
+    validate_tables : bool, default True
+        Tables that are not :func:`refundguard.validate` output are validated (strict)
+        first; ``False`` means "validated already" (dtypes still checked:
+        :func:`refundguard.tables.canonical_tables`).
 
     Returns
     -------
@@ -1049,6 +1068,7 @@ def store_scores_for_requests(
         window or nothing assessed). A store without any event in the window has
         ``n_orders`` 0 and ``provisional`` true when ``min_orders`` > 0.
     """
+    tables = canonical_tables(tables, validate_tables)
     cfg = _check_config(config, "store_scores_for_requests")
     if not isinstance(requests, pd.DataFrame) or "requested_at" not in requests.columns:
         raise SchemaError("requests need a 'requested_at' column", table="requests", column="requested_at", rule="required")
@@ -1110,6 +1130,7 @@ def calibrate_bands(
     min_stores: int = 30,
     target_excellent: float | None = None,
     gate: float = DEFAULT_GATE,
+    validate_tables: bool = True,
 ) -> ScoreConfig:
     """Derive band anchors from a reference period's percentiles.
 
@@ -1140,11 +1161,16 @@ def calibrate_bands(
         Share of established store-days that should score at or above ``gate``.
     gate : float
         The excellent score (default :data:`~refundguard.config.DEFAULT_GATE`).
+    validate_tables : bool, default True
+        Tables that are not :func:`refundguard.validate` output are validated (strict)
+        first; ``False`` means "validated already" (dtypes still checked:
+        :func:`refundguard.tables.canonical_tables`).
 
     Returns
     -------
     ScoreConfig
     """
+    tables = canonical_tables(tables, validate_tables)
     owner = "calibrate_bands"
     cfg = _check_config(config, owner)
     q = [float(x) for x in quantiles]
@@ -1360,7 +1386,8 @@ def _fmt(v: float) -> str:
 
 
 def explain_store(
-    tables: Mapping[str, pd.DataFrame], store_id: str, as_of: Any, config: ScoreConfig | None = None
+    tables: Mapping[str, pd.DataFrame], store_id: str, as_of: Any, config: ScoreConfig | None = None, *,
+    validate_tables: bool = True,
 ) -> StoreExplanation:
     """Explain one store's score: values, points, weights, values needed, what is not assessed.
 
@@ -1370,6 +1397,10 @@ def explain_store(
     store_id : str
     as_of : date-like
     config : ScoreConfig, optional
+    validate_tables : bool, default True
+        Tables that are not :func:`refundguard.validate` output are validated (strict)
+        first; ``False`` means "validated already" (dtypes still checked:
+        :func:`refundguard.tables.canonical_tables`).
 
     Returns
     -------
@@ -1381,6 +1412,7 @@ def explain_store(
     DataError
         When the store has no event in the window.
     """
+    tables = canonical_tables(tables, validate_tables)
     cfg = _check_config(config, "explain_store")
     hi = _as_of_ns(as_of, cfg.timezone, "as_of", "explain_store")
     lo = _window_start_ns(hi, cfg)

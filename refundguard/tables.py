@@ -14,6 +14,10 @@ columns are always present after validation (``ship_by`` filled with
 ``paid_at + 48h``; ``device_id``/``address_id`` all-null when absent;
 ``escalated`` False and ``is_abuse`` null when absent), and an absent
 ``service`` table becomes an empty one. Extra columns are kept untouched.
+
+:func:`canonical_tables` is the one coercion path of every public function that takes
+tables: validated tables pass at the cost of a look at their dtypes, others are
+validated strictly, so no computation ever runs on uncoerced values.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refundguard._io import atomic_target
-from refundguard._time import NAT, series_ns
+from refundguard._time import _ISO_START, NAT, series_ns
 from refundguard.config import REFUND_KINDS
 from refundguard.errors import ConfigError, RejectedRowsWarning, SchemaError
 
@@ -43,12 +47,15 @@ __all__ = [
     "OUTCOMES",
     "REJECT_COLUMNS",
     "SCHEMAS",
+    "MAX_AMOUNT",
     "load_tables",
     "validate",
     "summarize_rejects",
     "write_table",
     "require_columns",
     "empty_tables",
+    "canonical_tables",
+    "non_canonical_column",
 ]
 
 TABLES: tuple[str, ...] = ("orders", "refunds", "reviews", "service")
@@ -73,6 +80,10 @@ KEY_COLUMN: dict[str, str] = {
 }
 DEFAULT_SHIP_BY = pd.Timedelta(hours=48)
 REFUND_SUM_TOLERANCE = 0.01
+#: The largest amount (order or refund, in the currency unit) the contract accepts: larger is a
+#: ``range`` reject. 1e12 units are 1e14 cents: every amount is an exact number of cents in float64
+#: (< 2**53), and more than 92,000 maximal amounts still sum within int64 cents (9.2e18).
+MAX_AMOUNT = 1e12
 TS_DTYPE = "datetime64[ns, UTC]"
 _FIRST_VALUES = 5
 
@@ -398,14 +409,14 @@ def _coerce_ts(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
                 null = null.copy()
         else:
             odd_mask = np.zeros(len(s), dtype=bool)
+        # ISO 8601 only (the library's one rule for text instants, refundguard._time): other
+        # formats ("01/06/2024 00:11", "now", "today") are type rejects, never guessed
+        # (datetime objects print as ISO 8601, so they pass this look at the text)
+        iso = text.isna().to_numpy() | text.astype("str").str.match(_ISO_START.pattern).fillna(False).to_numpy(dtype=bool)
+        if not iso.all():
+            text = text.where(iso, None)
+            odd_mask = odd_mask | ~iso
         out = pd.to_datetime(text, utc=True, format="ISO8601", errors="coerce")
-        retry = out.isna().to_numpy() & ~null
-        if retry.any():
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                again = pd.to_datetime(text[retry], utc=True, format="mixed", errors="coerce")
-            out = out.astype(again.dtype) if out.dtype != again.dtype else out
-            out.loc[retry] = again
     # out of the nanosecond range -> not representable: a type reject
     out = out.astype("datetime64[us, UTC]") if out.dtype != TS_DTYPE else out
     lo, hi = pd.Timestamp.min.tz_localize("UTC"), pd.Timestamp.max.tz_localize("UTC")
@@ -499,6 +510,10 @@ def _coerce_column(t: _Table, spec: ColumnSpec) -> None:
         t.reject(bad, spec.name, "type", f"{spec.name} must be a string", raw)
     else:
         t.reject(bad, spec.name, "type", f"{spec.name} cannot be read as {_KIND_TEXT[spec.kind]}", raw)
+    if spec.kind == "id":
+        # "o1 " and "o1" would be two different ids: refuse rather than guess which is meant
+        padded = (out.notna() & (out.str.strip() != out)).to_numpy(dtype=bool)
+        t.reject(padded, spec.name, "id_whitespace", f"{spec.name} must not start or end with whitespace", raw)
     if spec.required:
         t.reject(null, spec.name, "required", f"{spec.name} is required", raw)
     t.data[spec.name] = out.reset_index(drop=True)
@@ -566,6 +581,7 @@ def _order_rules(t: _Table) -> None:
     amount = d["amount"]
     neg = (amount.notna() & ~(np.isfinite(amount) & (amount >= 0))).to_numpy()
     t.reject(neg, "amount", "min", "amount must be finite and >= 0")
+    _amount_bound(t, amount)
     given_ship_by = d["ship_by"].notna().to_numpy()
     d["ship_by"] = d["ship_by"].fillna(d["paid_at"] + DEFAULT_SHIP_BY)
     t.reject(given_ship_by & (d["ship_by"] < d["paid_at"]).to_numpy(), "ship_by", "after_paid_at",
@@ -576,6 +592,12 @@ def _order_rules(t: _Table) -> None:
              "delivered_at must be >= shipped_at")
     t.reject((d["delivered_at"].notna() & d["shipped_at"].isna()).to_numpy() & ~_bad_in(t, "shipped_at"),
              "delivered_at", "shipped_first", "delivered_at must be null when shipped_at is null")
+
+
+def _amount_bound(t: _Table, amount: pd.Series) -> None:
+    """Finite amounts above :data:`MAX_AMOUNT` are ``range`` rejects (infinite ones are ``min`` rejects)."""
+    huge = (np.isfinite(amount) & (amount > MAX_AMOUNT)).to_numpy(dtype=bool)
+    t.reject(huge, "amount", "range", f"amount must be <= {MAX_AMOUNT:.0e} (MAX_AMOUNT)")
 
 
 def _bad_in(t: _Table, column: str) -> np.ndarray:
@@ -622,6 +644,7 @@ def _refund_rules(t: _Table, orders: _Table, order_clean: np.ndarray) -> None:
     amount = d["amount"]
     t.reject((amount.notna() & ~(np.isfinite(amount) & (amount > 0))).to_numpy(), "amount", "min",
              "amount must be finite and > 0")
+    _amount_bound(t, amount)
     pos = _parent_rules(t, orders, order_clean, "requested_at")
     t.reject((d["resolved_at"] < d["requested_at"]).to_numpy(), "resolved_at", "after_requested_at",
              "resolved_at must be >= requested_at")
@@ -763,6 +786,147 @@ def validate(
             stacklevel=2,
         )
     return clean, rejects
+
+
+# --------------------------------------------------------------------------- canonical tables
+def _canonical_dtype(kind: ColumnKind, dtype: Any) -> bool:
+    """Whether ``dtype`` is the dtype :func:`validate` gives a column of this kind."""
+    if kind in ("id", "str", "enum"):
+        # pandas' default "str" dtype (NaN for null), whatever its storage; not the pd.NA "string" dtype
+        return isinstance(dtype, pd.StringDtype) and dtype.na_value is not pd.NA
+    if kind == "ts":
+        return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype) == TS_DTYPE
+    if kind == "float":
+        return dtype == np.float64
+    if kind == "int":
+        return dtype == np.int64
+    if kind == "bool":
+        return dtype == np.bool_
+    return isinstance(dtype, pd.BooleanDtype)  # nullable_bool
+
+
+_CANONICAL_TEXT = {
+    "id": "str",
+    "str": "str",
+    "enum": "str",
+    "ts": TS_DTYPE,
+    "float": "float64",
+    "int": "int64",
+    "bool": "bool",
+    "nullable_bool": "boolean",
+}
+
+
+def non_canonical_column(name: str, df: pd.DataFrame) -> tuple[str, str, str] | None:
+    """The first contract column of ``df`` that is not as :func:`validate` leaves it, or ``None``.
+
+    Looks at column names and dtypes only (no values), so it costs nothing next to the
+    work that follows it. Every column :func:`validate` produces must be present
+    (``escalated_at`` only when given) with its canonical dtype; extra columns are ignored.
+
+    Parameters
+    ----------
+    name
+        The table (``orders``, ``refunds``, ``reviews`` or ``service``).
+    df
+        The table.
+
+    Returns
+    -------
+    tuple of (column, dtype found, dtype expected) or None
+        ``dtype found`` is ``"<missing>"`` for an absent column and
+        ``"<duplicated>"`` for a column name that appears twice.
+    """
+    columns = df.columns
+    if not columns.is_unique:
+        return str(columns[columns.duplicated()][0]), "<duplicated>", "one column"
+    dtypes = df.dtypes
+    for spec in SCHEMAS[name]:
+        if spec.name not in columns:
+            if spec.name == "escalated_at":
+                continue
+            return spec.name, "<missing>", _CANONICAL_TEXT[spec.kind]
+        dtype = dtypes[spec.name]
+        if not _canonical_dtype(spec.kind, dtype):
+            return spec.name, str(dtype), _CANONICAL_TEXT[spec.kind]
+    return None
+
+
+def _empty_service() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "store_id": pd.Series(dtype="str"),
+            "started_at": pd.Series(dtype=TS_DTYPE),
+            "first_response_s": pd.Series(dtype="float64"),
+        }
+    )
+
+
+def canonical_tables(tables: Mapping[str, pd.DataFrame], validate_tables: bool = True) -> dict[str, pd.DataFrame]:
+    """The contract's tables with canonical dtypes: the one coercion path of every entry point.
+
+    Tables that already have the columns and dtypes :func:`validate` produces (its
+    output, slices or concatenations of it, or a Parquet round trip of it) pass
+    through at the cost of a look at their dtypes. Any other table set is validated
+    strictly, so that no computation ever runs on uncoerced values (a CSV's text
+    ``"False"`` counted as true, numbers read as text).
+
+    Parameters
+    ----------
+    tables
+        The contract's tables (``service`` optional).
+    validate_tables
+        ``True`` (default): coerce tables that are not canonical through
+        :func:`validate` (``mode="strict"``). ``False`` means "I validated already":
+        the dtypes are still checked, and a table that is not canonical raises.
+
+    Returns
+    -------
+    dict of str to pandas.DataFrame
+        The four tables (an absent ``service`` table becomes an empty one). Canonical
+        input tables are returned as they are, not copied.
+
+    Raises
+    ------
+    SchemaError
+        ``validate_tables=True``: any rule of the contract is broken (as in
+        :func:`validate`). ``validate_tables=False``: a table misses a column
+        :func:`validate` produces (rule ``missing_column``) or a column does not
+        have its canonical dtype (rule ``dtype``; the error names the table, the
+        column, the dtype found and the dtype expected).
+
+    Notes
+    -----
+    The check reads dtypes, not values: a table built by hand with exactly the
+    canonical columns and dtypes is taken as validated. Values are checked by
+    :func:`validate`; call it yourself on such tables.
+    """
+    tables = load_tables(tables)  # names, DataFrames, the required tables present
+    problems = {name: non_canonical_column(name, df) for name, df in tables.items()}
+    if all(p is None for p in problems.values()):
+        out = dict(tables)
+        out.setdefault("service", _empty_service())
+        return out
+    if validate_tables:
+        clean, _ = validate(tables, mode="strict")
+        return clean
+    name, (column, found, expected) = next((n, p) for n, p in problems.items() if p is not None)
+    if found == "<missing>":
+        rule, what = "missing_column", "is missing"
+    elif found == "<duplicated>":
+        rule, what = "duplicate_column", "appears more than once"
+    else:
+        rule, what = "dtype", f"has dtype {found}, not the canonical {expected}"
+    raise SchemaError(
+        f"Table {name!r}, column {column!r} {what}: these tables were given as validated "
+        f"(validate_tables=False) but are not refundguard.validate output. Validate them "
+        f"(validate_tables=True, the default) or pass validate's output.",
+        table=name,
+        column=column,
+        rule=rule,
+        n_bad=1,
+        values=[found],
+    )
 
 
 def _rejects_frame(parts: list[pd.DataFrame]) -> pd.DataFrame:

@@ -538,6 +538,7 @@ def promote_if_better(
         The registry folder is not a registry, or the current model fails verification
         or uses another feature list.
     """
+    tables = canonical_tables(tables, validate_tables)
     test = trained.meta["windows"].get("test")
     if not test or "test" not in trained.evaluations:
         raise DataError("Champion/challenger needs a test slice: train with test_end (--test-end).")
@@ -585,6 +586,9 @@ def evaluate(
         The contract's tables.
     start, end
         Half-open bounds on ``requested_at``.
+    validate_tables
+        Tables that are not :func:`refundguard.validate` output are validated (strict)
+        first; ``False`` means "validated already" (dtypes still checked).
 
     Returns
     -------
@@ -593,7 +597,7 @@ def evaluate(
         expected calibration error, intercepted amount; by category and by
         store-score band (< 4.6, 4.6-4.8, >= 4.8, missing).
     """
-
+    tables = canonical_tables(tables, validate_tables)  # once, before a TrainedModel is saved and loaded
     if isinstance(model, TrainedModel):
         import tempfile
 

@@ -13,7 +13,7 @@ LAYERS: list[set[str]] = [
     {"_time", "_params", "_io"},
     {"config"},
     {"tables"},
-    {"simulate", "datasets", "datasets.olist"},
+    {"simulate", "datasets", "datasets.conversion", "datasets.olist", "datasets.uci"},
     {"scores"},
     {"profiles"},
     {"features"},

@@ -423,9 +423,11 @@ def test_provisional_and_bad_input():
         store_scores(t, AS_OF, config={"window_days": 3})  # type: ignore[arg-type]
     bad = dict(t)
     bad["orders"] = t["orders"].drop(columns=["ship_by"])
-    with pytest.raises(SchemaError) as e:
-        store_scores(bad, AS_OF)
-    assert e.value.column == "ship_by"
+    with pytest.raises(SchemaError) as e:  # "validated already", yet ship_by is missing
+        store_scores(bad, AS_OF, validate_tables=False)
+    assert e.value.column == "ship_by" and e.value.rule == "missing_column"
+    # by default the tables are validated: ship_by is optional there (paid_at + 48 h)
+    assert store_scores(bad, AS_OF)["store_id"].tolist() == ["s1"]
     orphan = dict(t)
     orphan["reviews"] = pd.concat([t["reviews"], build([{"order_id": "z", "store_id": "z", "paid_at": "2024-06-01"}], reviews=[{"order_id": "nope", "rating": 5, "created_at": "2024-06-20"}])["reviews"]])
     with pytest.raises(SchemaError) as e:
@@ -822,7 +824,9 @@ def test_cli_store_scores(tmp_path, capsys):
     assert main(["store-scores", "--data", str(data), "--as-of", "2024-06-15", "--explain", "s1"]) == 0
     assert "value needed" in capsys.readouterr().out
     assert main(["store-scores", "--data", str(data)]) == 2
-    assert main(["store-scores", "--data", str(data), "--as-of", "2024-06-15", "--window-days", "0"]) == 2
+    with pytest.raises(SystemExit) as info:  # refused while parsing, like any bad argument
+        main(["store-scores", "--data", str(data), "--as-of", "2024-06-15", "--window-days", "0"])
+    assert info.value.code == 2
     assert main(["store-scores", "--data", str(data), "--as-of", "2024-06-15", "--explain", "nobody"]) == 1
     import json
 

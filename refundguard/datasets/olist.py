@@ -31,6 +31,18 @@ the purchase and 3 delivered before the carrier pick-up, with their 33 reviews a
 ``parent_rejected``). Orders without any item have no seller, so they
 cannot become contract orders: they are counted in the report
 (``return_report=True``), as are their reviews.
+
+:func:`convert_olist` does both steps (``refundguard convert --source olist``) and
+returns a :class:`~refundguard.datasets.conversion.Conversion`: the clean tables and
+every row set aside, the Olist rows the mapping cannot use included, with these
+reasons (``table`` is the Olist file's role):
+
+* ``olist_orders`` / ``no_items``: an order without any item (no seller, no amount);
+* ``olist_orders`` / ``duplicate_order``: a second row of an ``order_id`` (the first is used);
+* ``olist_order_items`` / ``order_missing``: an item of an order absent from the orders file;
+* ``olist_order_reviews`` / ``duplicate_row``: an exact copy of an earlier review row;
+* ``olist_order_reviews`` / ``order_without_items``: a review of an order that has no item
+  (or is absent from the orders file).
 """
 
 from __future__ import annotations
@@ -41,9 +53,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from refundguard.datasets.conversion import Conversion, finish_conversion, map_rejects
 from refundguard.errors import SchemaError
 
-__all__ = ["OLIST_FILES", "load_olist"]
+__all__ = ["OLIST_FILES", "load_olist", "convert_olist"]
 
 #: The Olist files the adapter reads, by role.
 OLIST_FILES: dict[str, str] = {
@@ -118,6 +131,32 @@ def load_olist(path: str | Path, *, return_report: bool = False) -> Any:
     SchemaError
         A file or column is missing or unreadable.
     """
+    tables, report, _, _ = _map_olist(path)
+    return (tables, report) if return_report else tables
+
+
+def convert_olist(path: str | Path) -> Conversion:
+    """Olist as clean contract tables plus every row set aside, with a reason each.
+
+    :func:`load_olist`, then :func:`refundguard.tables.validate` in quarantine mode;
+    the Olist rows the mapping cannot use are rejects too (module docstring).
+
+    Parameters
+    ----------
+    path : str or Path
+        The Olist folder (as for :func:`load_olist`).
+
+    Returns
+    -------
+    refundguard.datasets.conversion.Conversion
+        ``report`` holds :func:`load_olist`'s counts.
+    """
+    tables, report, rejected, source_rows = _map_olist(path)
+    return finish_conversion("olist", tables, rejected, source_rows, report)
+
+
+def _map_olist(path: str | Path) -> tuple[dict[str, pd.DataFrame], dict[str, int], list[pd.DataFrame], dict[str, int]]:
+    """The mapping: raw contract tables, the report, the Olist rows set aside, rows read per file."""
     root = Path(path)
     if not root.is_dir():
         raise SchemaError(f"Olist folder {str(root)!r} does not exist", rule="missing_folder")
@@ -204,8 +243,31 @@ def load_olist(path: str | Path, *, return_report: bool = False) -> Any:
         "reviews": out_reviews.sort_values(["created_at", "order_id"], kind="stable").reset_index(drop=True),
         "service": empty["service"],
     }
-    if not return_report:
-        return tables
+    # the Olist rows the mapping cannot use, each with its reason
+    dup_order = orders["order_id"].duplicated(keep="first").to_numpy()
+    no_items = ~dup_order & ~orders["order_id"].isin(agg["order_id"]).to_numpy()
+    item_orphan = ~items["order_id"].isin(orders["order_id"]).to_numpy()
+    rv_dup = reviews.duplicated(keep="first").to_numpy()
+    rv_orphan = ~rv_dup & ~reviews["order_id"].isin(link["order_id"]).to_numpy()
+
+    def rows_of(frame: pd.DataFrame, mask: np.ndarray, table: str, key: str, column: str, rule: str,
+                detail: str) -> pd.DataFrame:
+        idx = np.flatnonzero(mask)
+        return map_rejects(table, idx, frame[key].to_numpy()[idx], column, rule, frame[column].to_numpy()[idx], detail)
+
+    rejected = [
+        rows_of(orders, dup_order, "olist_orders", "order_id", "order_id", "duplicate_order",
+                "a second row of this order_id; the first is used"),
+        rows_of(orders, no_items, "olist_orders", "order_id", "order_id", "no_items",
+                "the order has no item: no seller (store) and no amount"),
+        rows_of(items, item_orphan, "olist_order_items", "order_id", "order_id", "order_missing",
+                "the item's order is not in the orders file"),
+        rows_of(reviews, rv_dup, "olist_order_reviews", "order_id", "review_id", "duplicate_row",
+                "an exact copy of an earlier review row"),
+        rows_of(reviews, rv_orphan, "olist_order_reviews", "order_id", "order_id", "order_without_items",
+                "the reviewed order has no item (or is not in the orders file)"),
+    ]
+    source_rows = {"olist_orders": len(orders), "olist_order_items": len(items), "olist_order_reviews": len(reviews)}
     olist_ids = set(orders["order_id"])
     with_items = set(agg["order_id"])
     report = {
@@ -220,4 +282,4 @@ def load_olist(path: str | Path, *, return_report: bool = False) -> Any:
         "contract_reviews": len(out_reviews),
         "items_without_category": int(item_pt.isna().sum()),
     }
-    return tables, report
+    return tables, report, rejected, source_rows
