@@ -444,7 +444,8 @@ def _coerce_float(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray
 
 def _coerce_int(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
     f, bad = _coerce_float(s, null)
-    frac = f.notna().to_numpy() & (np.mod(f.fillna(0).to_numpy(), 1) != 0)
+    v = f.fillna(0).to_numpy()
+    frac = f.notna().to_numpy() & ~(np.isfinite(v) & (np.floor(v) == v))  # inf and fractions are not ints
     bad = bad | frac
     return f.where(~frac), bad
 

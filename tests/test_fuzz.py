@@ -1,0 +1,166 @@
+"""Fuzzing the entry points: hostile values never escape as anything but the library's own errors,
+and whatever is accepted gives the same result as its clean equivalent.
+
+Run longer with ``HYPOTHESIS_PROFILE=fuzz`` (10x the ``ci`` examples).
+"""
+
+from __future__ import annotations
+
+import warnings
+from datetime import datetime, timedelta, timezone
+
+import pandas as pd
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+import refundguard as rg
+from refundguard.errors import RefundGuardError, RejectedRowsWarning
+from refundguard.tables import TABLES
+from tests.test_tables import make_tables
+
+# --------------------------------------------------------------------------- hostile values
+HOSTILE = st.one_of(
+    st.none(),
+    st.just(float("nan")),
+    st.just(float("inf")),
+    st.just(float("-inf")),
+    st.just(1e307),
+    st.just(-1e307),
+    st.just(5e-324),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.booleans(),
+    st.text(max_size=6),
+    st.just(""),
+    st.just("   "),
+    st.just("x" * 10_000),
+    st.just(" o0 "),
+    st.just("o0 "),
+    st.sampled_from(["refund_only", "REFUND-ONLY", "fraud", "quality", "rejected", "True", "False", "yes", "0"]),
+    st.sampled_from(["2024-06-01T10:00:00", "2024-06-01T10:00:00Z", "2024-06-01T18:00:00+08:00",
+                     "01/06/2024 00:11", "now", "today", "2024-13-45", "9999-12-31T23:59:59",
+                     "1600-01-01T00:00:00", "1969-12-31T23:59:59Z"]),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31)),
+    st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2200, 1, 1),
+                 timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=8)),
+                                            timezone(timedelta(hours=-5, minutes=-30))])),
+    st.dates(),
+    st.binary(max_size=4),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.integers(), max_size=1),
+)
+
+COLUMNS = [(t, c) for t, cols in {
+    "orders": ["order_id", "buyer_id", "store_id", "category", "amount", "paid_at", "shipped_at", "delivered_at",
+               "device_id", "address_id"],
+    "refunds": ["refund_id", "order_id", "requested_at", "kind", "reason", "amount", "resolved_at", "outcome",
+                "escalated", "is_abuse"],
+    "reviews": ["order_id", "rating", "created_at"],
+    "service": ["store_id", "started_at", "first_response_s"],
+}.items() for c in cols]
+
+FUZZ = settings(suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                       HealthCheck.function_scoped_fixture])
+
+
+def _quiet(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RejectedRowsWarning)
+        return fn(*args, **kwargs)
+
+
+def _corrupt(tables: dict[str, pd.DataFrame], cells: list[tuple[tuple[str, str], int, object]]) -> dict:
+    out = {k: v.copy() for k, v in tables.items()}
+    for (table, col), row, value in cells:
+        df = out[table]
+        i = row % len(df)
+        s = df[col].astype(object)
+        s.iloc[i] = value
+        df[col] = s
+    return out
+
+
+CELLS = st.lists(st.tuples(st.sampled_from(COLUMNS), st.integers(0, 50), HOSTILE), min_size=1, max_size=6)
+
+
+@FUZZ
+@given(CELLS)
+def test_validate_takes_anything_and_accounts_for_every_row(cells):
+    tables = _corrupt(make_tables(8), cells)
+    try:
+        clean, rejects = _quiet(rg.validate, tables, mode="quarantine")
+    except RefundGuardError as exc:  # only a table-wide problem may stop quarantine mode
+        assert exc.rule in ("missing_column", "duplicate_column"), exc
+        return
+    for name in TABLES:
+        n_in = len(tables[name]) if name in tables else 0
+        assert len(clean[name]) + rejects.loc[rejects["table"] == name, "row_index"].nunique() == n_in
+    # what was accepted is canonical and validates again unchanged (strict mode accepts it)
+    again, none = rg.validate(clean, mode="strict")
+    assert len(none) == 0
+    for name in TABLES:
+        pd.testing.assert_frame_equal(again[name], clean[name])
+    with pytest.raises(RefundGuardError) if len(rejects) else _nothing():
+        rg.validate(tables, mode="strict")
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _equivalent_text(tables: dict[str, pd.DataFrame], zone: str, data) -> dict[str, pd.DataFrame]:
+    """The same rows re-encoded as a foreign tool would write them: text cells, offsets, ints as text."""
+    out = {}
+    for name, df in tables.items():
+        df = df.copy()
+        for col in df.columns:
+            s = df[col]
+            if isinstance(s.dtype, pd.DatetimeTZDtype):
+                style = data.draw(st.sampled_from(["offset", "naive", "z"]))
+                local = s.dt.tz_convert(zone)
+                if style == "offset":
+                    text = local.map(lambda v: None if pd.isna(v) else v.isoformat())
+                elif style == "naive":
+                    text = s.dt.tz_localize(None).map(lambda v: None if pd.isna(v) else v.isoformat())
+                else:
+                    text = s.map(lambda v: None if pd.isna(v) else v.strftime("%Y-%m-%dT%H:%M:%S.%fZ"))
+                df[col] = text.astype(object)
+            elif pd.api.types.is_bool_dtype(s.dtype) or str(s.dtype) == "boolean":
+                df[col] = s.map(lambda v: None if pd.isna(v) else ("true" if v else "false")).astype(object)
+            elif pd.api.types.is_float_dtype(s.dtype):
+                df[col] = s.map(lambda v: None if pd.isna(v) else repr(float(v))).astype(object)
+            elif pd.api.types.is_integer_dtype(s.dtype):
+                df[col] = s.map(str).astype(object)
+        out[name] = df
+    return out
+
+
+@FUZZ
+@given(st.sampled_from(["UTC", "Asia/Shanghai", "America/New_York", "Pacific/Chatham"]), st.data())
+def test_the_same_rows_written_as_text_give_the_same_tables_and_scores(zone, data):
+    tables = make_tables(8)
+    clean, _ = rg.validate(tables)
+    text = _equivalent_text(tables, zone, data)
+    clean_text, rejects = rg.validate(text)
+    assert len(rejects) == 0
+    for name in TABLES:
+        pd.testing.assert_frame_equal(clean_text[name], clean[name], check_like=False)
+    as_of = "2024-06-05"
+    pd.testing.assert_frame_equal(rg.store_scores(text, as_of), rg.store_scores(clean, as_of))
+
+
+@FUZZ
+@given(CELLS)
+def test_store_scores_never_raise_anything_but_library_errors_and_match_the_clean_rows(cells):
+    tables = _corrupt(make_tables(8), cells)
+    try:
+        got = rg.store_scores(tables, "2024-06-05")
+    except RefundGuardError:
+        return  # bad rows are refused (strict coercion), never computed on
+    clean, rejects = _quiet(rg.validate, tables, mode="quarantine")
+    assert len(rejects) == 0  # accepted only when every row is fine ...
+    pd.testing.assert_frame_equal(got, rg.store_scores(clean, "2024-06-05"))  # ... and then equal to the clean run
