@@ -25,6 +25,12 @@ LAYERS: list[set[str]] = [
     {"artifacts"},
     {"policy"},
     {"pipeline"},
+    # online/: ProfileStore backends; private modules first, the stores on top, __init__ only re-exports.
+    {"online._events", "online._ids", "online._blocks", "online._scores"},
+    {"online._tables", "online._warm", "online.snapshot"},
+    {"online.memory"},
+    {"online.redis_store"},
+    {"online", "online.__init__"},
     {"guard"},
     {"training"},
     {"demo"},

@@ -1,0 +1,3 @@
+"""placeholder"""
+class RedisProfileStore:  # replaced below
+    pass
