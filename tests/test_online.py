@@ -324,3 +324,137 @@ def test_lookups_and_events_from_threads_agree_with_one_thread() -> None:
     assert not errors
     assert all_profiles(shared, requests) == all_profiles(one, requests)
     assert not math.isnan(len(requests))
+
+
+# --------------------------------------------------------------------------- warm start, snapshots, expiry
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=20)
+def test_from_tables_equals_the_same_events_fed_one_by_one(seed: int) -> None:
+    tables = random_tables(seed)
+    hist = fake_history(tables, seed)
+    requests = requests_from_tables(tables)
+    fed = ProfileStore(store_scores=hist)
+    feed(fed, events(tables))
+    warm = ProfileStore.from_tables(tables, store_scores=hist, validate_tables=False)
+    assert all_profiles(warm, requests) == all_profiles(fed, requests)
+    a, b = fed.stats(), warm.stats()
+    a.pop("bytes"), b.pop("bytes")
+    assert a == b
+
+
+def _rest_after(tables: dict[str, pd.DataFrame], cut: pd.Timestamp) -> list[tuple[str, dict]]:
+    """The events a service started at ``cut`` still receives: each at its own known-at time."""
+    out = []
+    for rec in tables["orders"].to_dict("records"):
+        rec = {k: v for k, v in rec.items() if not _null(v)}
+        if rec["paid_at"] >= cut:
+            out.append((rec["paid_at"], "order", rec))
+            continue
+        for name in ("shipped_at", "delivered_at"):
+            if name in rec and rec[name] >= cut:
+                out.append((rec[name], "order", {"order_id": rec["order_id"], name: rec[name],
+                                                  **({"shipped_at": rec["shipped_at"]} if name == "delivered_at"
+                                                     else {})}))
+    for rec in tables["refunds"].to_dict("records"):
+        r = {k: rec[k] for k in ("refund_id", "order_id", "requested_at", "kind", "reason", "amount")}
+        if rec["requested_at"] >= cut:
+            out.append((rec["requested_at"], "refund", r))
+        if not _null(rec["resolved_at"]) and rec["resolved_at"] >= cut:
+            out.append((rec["resolved_at"], "resolution", (rec["refund_id"], rec["resolved_at"], rec["outcome"],
+                                                           None if _null(rec["is_abuse"]) else bool(rec["is_abuse"]))))
+    out.sort(key=lambda e: (e[0], ("order", "refund", "resolution").index(e[1])))
+    return [(k, ev) for _, k, ev in out]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_from_tables_as_of_then_the_later_events_equals_everything(seed: int) -> None:
+    tables = random_tables(seed, n_orders=80, n_refunds=50)
+    requests = requests_from_tables(tables)
+    cut = requests["requested_at"].iloc[len(requests) // 2]
+    full = ProfileStore.from_tables(tables, validate_tables=False)
+    started = ProfileStore.from_tables(tables, as_of=cut, validate_tables=False)
+    assert started.stats()["orders"] < full.stats()["orders"]
+    feed(started, _rest_after(tables, cut))
+    assert all_profiles(started, requests) == all_profiles(full, requests)
+
+
+def test_from_tables_validates_raw_tables() -> None:
+    tables = random_tables(4)
+    raw = {k: v.astype({c: object for c in v.columns if str(v[c].dtype) == "str"}) for k, v in tables.items()}
+    raw["refunds"] = raw["refunds"].astype({"is_abuse": object})
+    raw["refunds"].loc[0, "is_abuse"] = "False"
+    store = ProfileStore.from_tables(raw)
+    requests = requests_from_tables(tables)
+    assert all_profiles(store, requests) == all_profiles(ProfileStore.from_tables(tables), requests)
+    bad = dict(tables)
+    bad["refunds"] = tables["refunds"].assign(kind="REFUND-ONLY")
+    with pytest.raises(Exception, match="kind"):
+        ProfileStore.from_tables(bad)
+
+
+def test_snapshot_round_trip_is_exact_verified_and_atomic(tmp_path) -> None:
+    from refundguard.errors import DataError
+    from refundguard.online.snapshot import snapshot_sha256
+
+    tables = random_tables(8)
+    hist = fake_history(tables, 8)
+    requests = requests_from_tables(tables)
+    store = ProfileStore.from_tables(tables, store_scores=hist, validate_tables=False)
+    store.observe_resolution("r-later", T0 + 5000 * H, "rejected", True)     # a held resolution
+    path = store.save(tmp_path / "snap")
+    store.save(tmp_path / "snap")                                           # replaced in one rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap"]
+    again = ProfileStore.load(path, expected_sha256=snapshot_sha256(path))
+    assert all_profiles(again, requests) == all_profiles(store, requests)
+    assert again.stats()["pending_resolutions"] == 1
+    # the restored store goes on taking events like the original
+    for s in (store, again):
+        s.observe_order(order("o-new", buyer_id="b0", paid_at=T0 + 3000 * H))
+    assert all_profiles(again, requests) == all_profiles(store, requests)
+    with pytest.raises(DataError, match="expected sha256"):
+        ProfileStore.load(path, expected_sha256="0" * 64)
+    data = (path / "buyers.parquet").read_bytes()
+    (path / "buyers.parquet").write_bytes(data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
+    with pytest.raises(DataError, match="buyers.parquet"):
+        ProfileStore.load(path)
+    (path / "extra.txt").write_text("x")
+    with pytest.raises(DataError, match="files"):
+        ProfileStore.load(path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a ProfileStore snapshot"):
+        store.save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "a.txt").read_text() == "keep me"
+
+
+def test_expire_keeps_every_later_request_exact_and_refuses_earlier_ones() -> None:
+    tables = random_tables(9, n_orders=120, n_refunds=60)
+    requests = requests_from_tables(tables)
+    full = ProfileStore.from_tables(tables, validate_tables=False)
+    before = requests["requested_at"].iloc[len(requests) // 2]
+    store = ProfileStore.from_tables(tables, validate_tables=False)
+    dropped = store.expire(before)
+    assert dropped > 0 and store.stats()["block_values"] < full.stats()["block_values"]
+    later = requests[requests["requested_at"] >= before].reset_index(drop=True)
+    assert all_profiles(store, later) == all_profiles(full, later)
+    with pytest.raises(RequestError, match="requested_at"):
+        store.profiles(request_record(requests, 0))
+    assert store.expire(before - pd.Timedelta(days=30)) == 0            # the floor never goes back
+
+
+def test_horizon_expires_on_ingest() -> None:
+    tables = random_tables(10, n_orders=150, n_refunds=60)
+    stream = events(tables)
+    stream.sort(key=lambda e: e[1]["paid_at"] if e[0] == "order" else
+                (e[1]["requested_at"] if e[0] == "refund" else e[1][1]))
+    plain, bounded = ProfileStore(), ProfileStore(horizon_days=120)
+    requests = requests_from_tables(tables)
+    for kind, ev in stream:
+        feed(plain, [(kind, ev)])
+        feed(bounded, [(kind, ev)])
+    assert bounded.stats()["floor"] is not None
+    floor = pd.Timestamp(bounded.stats()["floor"], tz="UTC")
+    assert bounded.stats()["block_values"] < plain.stats()["block_values"]
+    later = requests[requests["requested_at"] >= floor].reset_index(drop=True)
+    assert len(later) >= 3
+    assert all_profiles(bounded, later) == all_profiles(plain, later)

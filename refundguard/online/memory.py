@@ -229,7 +229,7 @@ class ProfileStore:
         """
         from refundguard.online.snapshot import load_snapshot
 
-        return load_snapshot(path, expected_sha256=expected_sha256)
+        return load_snapshot(cls, path, expected_sha256=expected_sha256)
 
     # ------------------------------------------------------------------ store scores
     def set_store_scores(self, history: pd.DataFrame) -> None:
