@@ -8,7 +8,9 @@ model, policy, on the bundled default model, for requests of a simulated
 marketplace (a seed the model never saw). Rows:
 
 - baseline, measured in the same run: ``booster.predict`` on the already encoded
-  1-row numpy array (default threads), i.e. the model alone;
+  1-row numpy array (default threads, as in ``bench_assess.py``), i.e. the model
+  alone; and the same with ``num_threads=1`` (on a loaded machine the default
+  threads spin on every core and their p99 explodes, which flatters any ratio);
 - memory store (``ProfileStore.from_tables``) and Redis store (``RedisProfileStore``
   on a private ``redis-server`` on loopback, fed by events), each on one thread
   and on four threads sharing the store and the guard, without reasons
@@ -184,6 +186,8 @@ def main() -> None:
     n = args.requests
     base = _pct(_timed_calls(lambda e: booster.predict(e.reshape(1, -1)), encoded, n, 1))
     rows.append(("baseline: Booster.predict, 1-row numpy, default threads", base))
+    rows.append(("Booster.predict, 1-row numpy, num_threads=1", _pct(_timed_calls(
+        lambda e: booster.predict(e.reshape(1, -1), num_threads=1), encoded, n, 1))))
     for threads in (1, 4):
         rows.append((f"memory store, no reasons, {threads} thread(s)",
                      _pct(_timed_calls(lambda r: guard.assess(r, store=store), plain, n, threads))))
