@@ -28,8 +28,8 @@ import pandas as pd
 
 from refundguard import scores
 from refundguard.features import FEATURES, build_features, build_features_one
+from refundguard.online import ProfileStore
 from refundguard.profiles import (
-    ProfileStore,
     profiles_as_of,
     request_record,
     requests_from_tables,

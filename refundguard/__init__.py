@@ -2,7 +2,7 @@
 
 Public API re-exports only; no logic lives here. ``__all__`` holds the task-level
 names; the building blocks stay importable from their modules
-(``refundguard.tables``, ``.scores``, ``.profiles``, ``.features``, ``.model``,
+(``refundguard.tables``, ``.scores``, ``.profiles``, ``.online``, ``.features``, ``.model``,
 ``.evaluation``, ``.artifacts``, ``.policy``, ``.pipeline``, ``.guard``,
 ``.training``, ``.simulate``, ``.datasets``, ``.demo``).
 
@@ -28,8 +28,8 @@ from refundguard.errors import (
 )
 from refundguard.guard import RefundGuard
 from refundguard.model import RefundAbuseClassifier
+from refundguard.online import ProfileStore
 from refundguard.policy import Decision, PolicyTimeline
-from refundguard.profiles import ProfileStore
 from refundguard.scores import calibrate_bands, explain_store, publish_score, store_score_history, store_scores
 from refundguard.simulate import SimulationConfig, simulate
 from refundguard.tables import load_tables, validate

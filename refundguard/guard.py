@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,10 @@ import pandas as pd
 
 from refundguard.artifacts import LoadedModel, load_model
 from refundguard.config import ScoreConfig
-from refundguard.errors import ConfigError, DataError, ModelError, RequestError
+from refundguard._time import NAT, field_ns, utc_series
+from refundguard.errors import ConfigError, DataError, ModelError, RequestError, UnseenCategoryWarning
 from refundguard.evaluation import Evaluation
-from refundguard.features import FEATURE_NAMES, build_features_one
+from refundguard.features import FEATURE_NAMES, build_features, build_features_one
 from refundguard.model import (
     Calibrator,
     FeatureEncoder,
@@ -32,13 +34,8 @@ from refundguard.model import (
     reasons_from_contributions,
 )
 from refundguard.pipeline import canonical_tables, point_in_time_features
-from refundguard.policy import (
-    DECISION_COLUMNS,
-    Decision,
-    PolicyTimeline,
-    decide_batch,
-    decide_one,
-)
+from refundguard.policy import DECISION_COLUMNS, Decision, PolicyTimeline, decide_batch, decide_one
+from refundguard.profiles import Profiles
 from refundguard.registry import resolve_model_path
 
 __all__ = ["RefundGuard", "SCORED_COLUMNS", "default_model_path"]
@@ -239,22 +236,26 @@ class RefundGuard:
     def assess(
         self,
         request: Mapping[str, Any],
-        profiles: tuple[Any, Any, Any],
+        profiles: tuple[Any, Any, Any] | None = None,
         *,
+        store: Any = None,
         explain: bool = False,
         always_score: bool = False,
     ) -> Decision:
-        """Decide one refund request (online path: plain Python, one thread, no I/O).
+        """Decide one refund request (online path: plain Python, one thread, no I/O of its own).
 
         Parameters
         ----------
         request
             The refund request with its order's fields: ``refund_id, requested_at,
             buyer_id, kind, reason, amount, paid_at, order_amount`` and optionally
-            ``shipped_at, delivered_at, category, store_id``.
+            ``shipped_at, delivered_at, category, store_id, device_id, address_id``.
         profiles
             ``(BuyerProfile, StoreProfile, LinkProfile)`` as of ``requested_at``
-            (from :func:`refundguard.profiles.profiles_as_of` or a ``ProfileStore``).
+            (from :func:`refundguard.profiles.profiles_as_of`), or ``None`` with ``store``.
+        store
+            A :class:`refundguard.online.ProfileStore` (or ``RedisProfileStore``): the
+            profiles are looked up there (``store.profiles(request)``), in the same call.
         explain
             Compute reasons for every scored request, not only review/intercept.
         always_score
@@ -267,14 +268,13 @@ class RefundGuard:
         Raises
         ------
         RequestError
-            A field is missing or has a bad value.
+            A field is missing or has a bad value (``request`` not a mapping, an
+            amount above the order's, ...), or neither/both of ``profiles`` and
+            ``store`` are given.
         """
         st = self._state
-        for name in ("refund_id", "buyer_id"):
-            value = request.get(name)
-            if not isinstance(value, str) or not value:
-                raise RequestError(f"The request field {name!r} must be a non-empty string; got {value!r}.",
-                                   field=name, value=value)
+        _check_request(request)
+        profiles = _profiles_of(request, profiles, store)
         features = build_features_one(request, profiles)
         row: list[np.ndarray] = []
 
@@ -288,22 +288,108 @@ class RefundGuard:
             contrib = st.explainer.contributions_one(encoded)
             return reasons_from_contributions(st.encoder, encoded, contrib, k=_REASONS)
 
-        store = profiles[1]
+        store_profile = profiles[1]
         return decide_one(
             st.policy,
             refund_id=request["refund_id"],
             requested_at=request["requested_at"],
             kind=request["kind"],
             buyer_id=request["buyer_id"],
-            store_score=store.score,
-            provisional=bool(store.provisional),
-            store_score_missing=bool(store.score_missing),
+            store_score=store_profile.score,
+            provisional=bool(store_profile.provisional),
+            store_score_missing=bool(store_profile.score_missing),
             probability=probability,
             explain=reasons,
             explain_all=explain,
             always_score=always_score,
             model_version=st.loaded.model_version,
         )
+
+    def assess_many(
+        self,
+        requests: Sequence[Mapping[str, Any]],
+        profiles: Sequence[tuple[Any, Any, Any]] | None = None,
+        *,
+        store: Any = None,
+        explain: bool = False,
+        always_score: bool = False,
+    ) -> list[Decision]:
+        """Decide a micro-batch of requests through the vectorised path; equal to :meth:`assess` row by row.
+
+        Profiles are looked up one by one (``store``) or given; the features are built
+        with :func:`refundguard.features.build_features`, the model scores every row in
+        one ``Booster.predict`` call, and each row is then decided by the same policy
+        function as :meth:`assess`.
+
+        Parameters
+        ----------
+        requests
+            Refund requests, as for :meth:`assess`.
+        profiles
+            One ``(BuyerProfile, StoreProfile, LinkProfile)`` per request, or ``None`` with ``store``.
+        store, explain, always_score
+            As for :meth:`assess`.
+
+        Returns
+        -------
+        list of Decision
+            One per request, in order.
+
+        Raises
+        ------
+        RequestError
+            As :meth:`assess`, naming the field (and the request's position).
+        """
+        st = self._state
+        if isinstance(requests, Mapping) or not isinstance(requests, Sequence):
+            raise RequestError(f"requests must be a sequence of mappings; got {type(requests).__name__}.",
+                               field=None, value=requests)
+        if profiles is not None and (not isinstance(profiles, Sequence) or len(profiles) != len(requests)):
+            raise RequestError("profiles must hold one (BuyerProfile, StoreProfile, LinkProfile) per request.",
+                               field="profiles", value=profiles)
+        if not requests:
+            return []
+        rows = []
+        for i, request in enumerate(requests):
+            try:
+                _check_request(request)
+                prof = _profiles_of(request, None if profiles is None else profiles[i], store)
+                features = build_features_one(request, prof)  # the checks of one request, as assess does
+            except RequestError as exc:
+                raise RequestError(f"request {i}: {exc}", field=exc.field, value=exc.value) from None
+            rows.append((prof, features))
+        batch = _request_frame(requests)
+        prof = Profiles.from_records(*zip(*(p for p, _ in rows), strict=True))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UnseenCategoryWarning)  # assess maps unseen levels to missing too
+            X = build_features(batch, prof, category_levels=st.category_levels)
+        encoded, _ = st.encoder.transform(X)
+        raw = st.loaded.booster.predict(encoded, num_threads=1)
+        out = []
+        for i, request in enumerate(requests):
+            store_profile = rows[i][0][1]
+            p = self._calibrate_one(st, float(raw[i]))
+
+            def reasons(i: int = i) -> list[dict[str, Any]]:
+                contrib = st.explainer.contributions_one(encoded[i])
+                return reasons_from_contributions(st.encoder, encoded[i], contrib, k=_REASONS)
+
+            out.append(decide_one(
+                st.policy,
+                refund_id=request["refund_id"],
+                requested_at=request["requested_at"],
+                kind=request["kind"],
+                buyer_id=request["buyer_id"],
+                store_score=store_profile.score,
+                provisional=bool(store_profile.provisional),
+                store_score_missing=bool(store_profile.score_missing),
+                probability=p,
+                explain=reasons,
+                explain_all=explain,
+                always_score=always_score,
+                model_version=st.loaded.model_version,
+            ))
+        return out
 
     # ------------------------------------------------------------------ batch
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
@@ -428,6 +514,42 @@ class RefundGuard:
             out[col] = decided[col].to_numpy()
         out["reasons"] = out["reasons"].map(_reasons_struct)
         return out.loc[:, list(SCORED_COLUMNS)]
+
+
+def _check_request(request: Any) -> None:
+    """The fields every decision needs, before anything else reads the request."""
+    if not isinstance(request, Mapping):
+        raise RequestError(f"A request must be a mapping of field names to values; got {type(request).__name__}.",
+                           field=None, value=request)
+    for name in ("refund_id", "buyer_id"):
+        value = request.get(name)
+        if not isinstance(value, str) or not value:
+            raise RequestError(f"The request field {name!r} must be a non-empty string; got {value!r}.",
+                               field=name, value=value)
+
+
+def _profiles_of(request: Mapping[str, Any], profiles: Any, store: Any) -> tuple[Any, Any, Any]:
+    """The request's profiles: given, or looked up in ``store`` (exactly one of the two)."""
+    if (profiles is None) == (store is None):
+        raise RequestError("Give the request's profiles or a store to look them up in (exactly one).",
+                           field="profiles", value=profiles)
+    return store.profiles(request) if store is not None else profiles
+
+
+_TIME_FIELDS = ("requested_at", "paid_at", "shipped_at", "delivered_at")
+
+
+def _request_frame(requests: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """The columns :func:`build_features` reads, from request dicts (times by the online rule)."""
+    cols: dict[str, Any] = {}
+    for name in _TIME_FIELDS:
+        ns = [field_ns(r.get(name), name, required=False) for r in requests]
+        cols[name] = utc_series(np.asarray([NAT if v is None else v for v in ns], dtype=np.int64))
+    for name in ("kind", "reason", "category"):
+        cols[name] = pd.Series([r.get(name) for r in requests], dtype="str")
+    for name in ("amount", "order_amount"):
+        cols[name] = np.asarray([float(r[name]) for r in requests], dtype=np.float64)
+    return pd.DataFrame(cols)
 
 
 def _proba(st: _State, X: pd.DataFrame) -> np.ndarray:

@@ -25,16 +25,14 @@ count or windowed sum is one vectorised binary search per request (requests
 searched in ``(group, time)`` order, so the search stays cache friendly). Sums are
 kept in integer cents so that any two ways of summing agree exactly.
 
-:class:`ProfileStore` keeps the same profiles in process for the online path,
-updated from events (``observe_order``, ``observe_refund``,
-``observe_resolution``); its profiles equal the batch ones (tested).
+:class:`refundguard.online.ProfileStore` keeps the same profiles in process for the
+online path, updated from events; its profiles equal the batch ones (tested).
 """
 
 from __future__ import annotations
 
 import math
-from bisect import bisect_left, insort
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
@@ -49,14 +47,13 @@ from refundguard._time import (
     NS_PER_DAY,
     column_ns,
     day_start_ns,
-    field_ns,
     floor_day_ns,
     label_days,
     parameter_ns,
     utc_series,
 )
 from refundguard.config import ScoreConfig
-from refundguard.errors import DataError, RequestError, SchemaError
+from refundguard.errors import DataError, SchemaError
 from refundguard.tables import require_columns
 
 __all__ = [
@@ -64,7 +61,6 @@ __all__ = [
     "StoreProfile",
     "LinkProfile",
     "Profiles",
-    "ProfileStore",
     "profiles_as_of",
     "requests_from_tables",
     "request_record",
@@ -820,315 +816,3 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     link = pd.DataFrame({k: np.asarray(lk[k], dtype=np.float64) for k in _LINK_FIELDS})
     assert len(buyer) == len(store) == len(link) == n
     return Profiles(buyer, store, link)
-
-
-# --------------------------------------------------------------------------- online store
-
-
-@dataclass(slots=True)
-class _Order:
-    buyer: str
-    store: str
-    paid: int
-    amount: float
-    device: str | None
-    address: str | None
-    shipped: int | None
-    delivered: int | None
-
-
-@dataclass(slots=True)
-class _Refund:
-    buyer: str
-    store: str
-    order_id: str
-    requested: int
-    refund_only: bool
-    cents: int
-    not_received: bool
-    resolved: int | None = None
-    rejected: bool = False
-    abuse: bool = False
-
-
-def _req_str(d: Mapping[str, Any], field: str, optional: bool = False) -> str | None:
-    v = d.get(field)
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        if optional:
-            return None
-        raise RequestError(f"The field {field!r} is required; got {v!r}.", field=field, value=v)
-    if not isinstance(v, str):
-        raise RequestError(f"The field {field!r} must be a string; got {type(v).__name__} {v!r}.",
-                           field=field, value=v)
-    return v
-
-
-def _req_amount(d: Mapping[str, Any], field: str) -> float:
-    v = d.get(field)
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(float(v)) or float(v) < 0:
-        raise RequestError(f"The field {field!r} must be a finite number >= 0; got {v!r}.",
-                           field=field, value=v)
-    return float(v)
-
-
-class ProfileStore:
-    """Profiles kept in process and updated from events, for the online path.
-
-    Feed it every order, refund request and resolution as they happen (in any
-    order: each event carries its own time, and a query at ``t`` only reads what
-    is known strictly before ``t``). ``profiles(request)`` then returns the same
-    ``(BuyerProfile, StoreProfile, LinkProfile)`` as :func:`profiles_as_of` on
-    tables holding the same events (tested equal).
-
-    Parameters
-    ----------
-    store_scores
-        Daily store score history (the frame ``profiles_as_of`` takes as
-        ``store_scores``; refresh it with :meth:`set_store_scores`), or ``None``
-        (every store then has a missing score).
-    score_config
-        Gives the time zone of the score days and ``min_orders``; ``None`` for
-        the default ``ScoreConfig``.
-
-    Notes
-    -----
-    Methods take a lock, so one store can be shared by threads. Memory grows with
-    the events kept; nothing is evicted (distinct counts are all-time).
-    """
-
-    def __init__(self, store_scores: pd.DataFrame | None = None,
-                 score_config: ScoreConfig | None = None) -> None:
-        import threading
-
-        self.score_config = score_config
-        self._cfg = ScoreConfig() if score_config is None else score_config
-        self._tz = self._cfg.timezone
-        self._lock = threading.Lock()
-        self._orders: dict[str, _Order] = {}
-        self._refunds: dict[str, _Refund] = {}
-        self._buyer_orders: dict[str, list[tuple[int, float, int]]] = {}
-        self._buyer_refunds: dict[str, list[tuple[int, str]]] = {}
-        self._store_orders: dict[str, list[int]] = {}
-        self._store_refunds: dict[str, list[int]] = {}
-        self._link_seen: dict[tuple[str, str], dict[str, int]] = {}
-        self._link_refunds: dict[tuple[str, str], list[int]] = {}
-        self._scores: dict[tuple[str, int], tuple[Any, ...]] = {}
-        if store_scores is not None:
-            self.set_store_scores(store_scores)
-
-    # -- events ---------------------------------------------------------------------
-    def set_store_scores(self, history: pd.DataFrame) -> None:
-        """Replace the store score history (a frame as :func:`profiles_as_of` takes)."""
-        require_columns(history, ("store_id", "as_of", "score", "product", "logistics", "service",
-                           "provisional"), "store_scores")
-        tz = self._cfg.timezone
-        day = _score_days(history["as_of"], tz)
-        cat = (history["category"].astype("str") if "category" in history.columns
-               else pd.Series(np.nan, index=history.index, dtype="str"))
-        table = {}
-        cols = [history[c].astype("float64").to_numpy() for c in ("score", "product",
-                                                                  "logistics", "service")]
-        prov = history["provisional"].astype("boolean").fillna(True).to_numpy(bool)
-        for k, (sid, d) in enumerate(zip(history["store_id"].astype("str"), day, strict=True)):
-            key = (sid, int(d))
-            if key in table:
-                raise DataError(f"store score history has duplicated (store_id, as_of) rows, "
-                                f"e.g. stores [{sid!r}].", detail={"stores": [sid]})
-            c = cat.iloc[k]
-            table[key] = (*(_opt_float(col[k]) for col in cols), bool(prov[k]),
-                          None if pd.isna(c) else str(c))
-        with self._lock:
-            self._scores = table
-
-    def observe_order(self, order: Mapping[str, Any]) -> None:
-        """Record an order (``order_id, buyer_id, store_id, amount, paid_at`` and optional
-        ``device_id, address_id, shipped_at, delivered_at``).
-
-        Observing a known ``order_id`` again updates its ``shipped_at`` / ``delivered_at``
-        (they become known later than the order); other fields are kept.
-        """
-        oid = _req_str(order, "order_id")
-        sh = field_ns(order.get("shipped_at"), "shipped_at", required=False)
-        de = field_ns(order.get("delivered_at"), "delivered_at", required=False)
-        with self._lock:
-            if self._update_known_order(oid, sh, de):  # type: ignore[arg-type]
-                return
-        o = _Order(buyer=_req_str(order, "buyer_id"), store=_req_str(order, "store_id"),  # type: ignore[arg-type]
-                   paid=field_ns(order.get("paid_at"), "paid_at", required=True),  # type: ignore[arg-type]
-                   amount=_req_amount(order, "amount"),
-                   device=_req_str(order, "device_id", True),
-                   address=_req_str(order, "address_id", True), shipped=sh, delivered=de)
-        cents = int(np.rint(o.amount * 100.0))
-        with self._lock:  # check and insert in one section: a concurrent twin is counted once
-            if self._update_known_order(oid, sh, de):  # type: ignore[arg-type]
-                return
-            self._orders[oid] = o  # type: ignore[index]
-            insort(self._buyer_orders.setdefault(o.buyer, []), (o.paid, o.amount, cents))
-            insort(self._store_orders.setdefault(o.store, []), o.paid)
-            for kind, key in (("device", o.device), ("address", o.address)):
-                if key is not None:
-                    seen = self._link_seen.setdefault((kind, key), {})
-                    if o.paid < seen.get(o.buyer, NEVER):
-                        seen[o.buyer] = o.paid
-
-    def _update_known_order(self, oid: str, shipped: int | None, delivered: int | None) -> bool:
-        """Update the shipping times of an order already observed (caller holds the lock)."""
-        known = self._orders.get(oid)
-        if known is None:
-            return False
-        known.shipped = shipped if shipped is not None else known.shipped
-        known.delivered = delivered if delivered is not None else known.delivered
-        return True
-
-    def observe_refund(self, refund: Mapping[str, Any]) -> None:
-        """Record a refund request (``refund_id, order_id, requested_at, kind, reason,
-        amount``); its order must have been observed."""
-        rid = _req_str(refund, "refund_id")
-        oid = _req_str(refund, "order_id")
-        t = field_ns(refund.get("requested_at"), "requested_at", required=True)
-        kind = _req_str(refund, "kind")
-        reason = _req_str(refund, "reason")
-        amount = _req_amount(refund, "amount")
-        with self._lock:
-            o = self._orders.get(oid)  # type: ignore[arg-type]
-            if o is None:
-                raise RequestError(f"The field 'order_id' of refund {rid!r} references the order "
-                                   f"{oid!r}, which was not observed.", field="order_id",
-                                   value=oid)
-            if rid in self._refunds:
-                raise RequestError(f"The field 'refund_id': the refund {rid!r} was already observed.",
-                                   field="refund_id", value=rid)
-            r = _Refund(buyer=o.buyer, store=o.store, order_id=oid, requested=t,  # type: ignore[arg-type]
-                        refund_only=kind == "refund_only", cents=int(np.rint(amount * 100.0)),
-                        not_received=reason == "not_received")
-            self._refunds[rid] = r  # type: ignore[index]
-            insort(self._buyer_refunds.setdefault(o.buyer, []), (t, rid))  # type: ignore[arg-type]
-            insort(self._store_refunds.setdefault(o.store, []), t)  # type: ignore[arg-type]
-            for kind_, key in (("device", o.device), ("address", o.address)):
-                if key is not None:
-                    insort(self._link_refunds.setdefault((kind_, key), []), t)  # type: ignore[arg-type]
-
-    def observe_resolution(self, refund_id: str, resolved_at: Any, outcome: str,
-                           is_abuse: bool | None = None) -> None:
-        """Record the resolution of an observed refund (its outcome and label)."""
-        res = field_ns(resolved_at, "resolved_at", required=True)
-        if outcome not in ("refunded", "rejected", "withdrawn"):
-            raise RequestError("The field 'outcome' must be one of ['refunded', 'rejected', "
-                               f"'withdrawn']; got {outcome!r}.", field="outcome", value=outcome)
-        with self._lock:
-            r = self._refunds.get(refund_id)
-            if r is None:
-                raise RequestError(f"The field 'refund_id': the refund {refund_id!r} was not observed.",
-                                   field="refund_id", value=refund_id)
-            r.resolved, r.rejected, r.abuse = res, outcome == "rejected", bool(is_abuse)
-
-    def observe_tables(self, tables: Mapping[str, pd.DataFrame]) -> None:
-        """Replay canonical tables (orders, then refunds, then resolutions)."""
-        o = tables["orders"]
-        for rec in o[[c for c in _ORDER_COLUMNS if c in o.columns]].to_dict("records"):
-            self.observe_order({k: (None if _isnull(v) else v) for k, v in rec.items()})
-        r = tables["refunds"]
-        for rec in r.to_dict("records"):
-            rec = {k: (None if _isnull(v) else v) for k, v in rec.items()}
-            self.observe_refund(rec)
-            if rec.get("resolved_at") is not None and rec.get("outcome") is not None:
-                self.observe_resolution(rec["refund_id"], rec["resolved_at"], rec["outcome"],
-                                        rec.get("is_abuse"))
-
-    # -- queries --------------------------------------------------------------------
-    def profiles(self, request: Mapping[str, Any]
-                 ) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
-        """Profiles of a request (``requested_at, buyer_id, store_id`` and optional
-        ``device_id, address_id``) as of its ``requested_at``."""
-        t = field_ns(request.get("requested_at"), "requested_at", required=True)
-        buyer = _req_str(request, "buyer_id")
-        store = _req_str(request, "store_id")
-        device = _req_str(request, "device_id", True)
-        address = _req_str(request, "address_id", True)
-        with self._lock:
-            return (self._buyer(buyer, t), self._store(store, t),  # type: ignore[arg-type]
-                    self._link(device, address, t))  # type: ignore[arg-type]
-
-    def _buyer(self, buyer: str, t: int) -> BuyerProfile:
-        orders = self._buyer_orders.get(buyer, [])
-        hi = bisect_left(orders, (t,))
-        kw: dict[str, Any] = {}
-        kw["first_order_at"] = pd.Timestamp(orders[0][0], tz="UTC") if hi else None
-        for w in ORDER_WINDOWS_DAYS:
-            lo = bisect_left(orders, (t - w * NS_PER_DAY,))
-            kw[f"n_orders_{w}d"] = hi - lo
-            kw[f"spend_{w}d"] = sum(x[2] for x in orders[lo:hi]) / 100.0
-        last = [x[1] for x in orders[max(0, hi - MEDIAN_LAST_ORDERS):hi]]
-        if last:
-            last.sort()
-            c = len(last)
-            kw["median_order_amount"] = (last[(c - 1) // 2] + last[c // 2]) / 2.0
-        refs = self._buyer_refunds.get(buyer, [])
-        rhi = bisect_left(refs, (t,))
-        before = [self._refunds[rid] for _, rid in refs[:rhi]]
-        for w in REFUND_WINDOWS_DAYS:
-            lo = bisect_left(refs, (t - w * NS_PER_DAY,))
-            win = before[lo:]
-            kw[f"n_refunds_{w}d"] = len(win)
-            kw[f"n_refund_only_{w}d"] = sum(r.refund_only for r in win)
-            if w == 365:
-                kw["refund_only_amount_365d"] = sum(r.cents for r in win if r.refund_only) / 100.0
-        kw["n_stores_refunded"] = len({r.store for r in before})
-        nr = 0
-        for r in before:
-            if r.not_received:
-                d = self._orders[r.order_id].delivered
-                nr += d is not None and d < r.requested
-        kw["n_not_received_on_delivered"] = nr
-        resolved = [self._refunds[rid] for _, rid in refs]
-        resolved = [r for r in resolved if r.resolved is not None and r.resolved < t]
-        kw["n_rejected"] = sum(r.rejected for r in resolved)
-        kw["n_abuse"] = sum(r.abuse for r in resolved)
-        return BuyerProfile(**kw)
-
-    def _store(self, store: str, t: int) -> StoreProfile:
-        tz = self._tz
-        day = (t - t % NS_PER_DAY if tz == "UTC"
-               else int(floor_day_ns(np.array([t], dtype=np.int64), tz)[0]))
-        row = self._scores.get((store, day))
-        orders = self._store_orders.get(store, [])
-        refunds = self._store_refunds.get(store, [])
-        n_o = bisect_left(orders, t) - bisect_left(orders, t - 30 * NS_PER_DAY)
-        hi = bisect_left(refunds, t)
-        n_r = hi - bisect_left(refunds, t - 30 * NS_PER_DAY)
-        n24 = hi - bisect_left(refunds, t - NS_PER_DAY)
-        kw: dict[str, Any] = dict(n_orders_30d=n_o, n_refunds_30d=n_r, n_refunds_24h=n24,
-                                  refund_rate_30d=n_r / n_o if n_o else None,
-                                  provisional=self._cfg.min_orders > 0)
-        if row is not None:
-            score, product, logistics, service, provisional, category = row
-            kw.update(score=score, product=product, logistics=logistics, service=service,
-                      provisional=provisional, category=category)
-        kw["score_missing"] = kw.get("score") is None
-        return StoreProfile(**kw)
-
-    def _first_bad(self, buyer: str) -> int:
-        best = NEVER
-        for _, rid in self._buyer_refunds.get(buyer, []):
-            r = self._refunds[rid]
-            if r.resolved is not None and (r.rejected or r.abuse) and r.resolved < best:
-                best = r.resolved
-        return best
-
-    def _link(self, device: str | None, address: str | None, t: int) -> LinkProfile:
-        kw: dict[str, Any] = {}
-        for kind, key in (("device", device), ("address", address)):
-            if key is None:
-                continue
-            seen = self._link_seen.get((kind, key), {})
-            buyers = [b for b, first in seen.items() if first < t]
-            kw[f"{kind}_n_buyers"] = len(buyers)
-            kw[f"{kind}_n_bad_buyers"] = sum(self._first_bad(b) < t for b in buyers)
-            ref = self._link_refunds.get((kind, key), [])
-            kw[f"{kind}_n_refunds_24h"] = bisect_left(ref, t) - bisect_left(ref, t - NS_PER_DAY)
-        return LinkProfile(**kw)
-
-
-def _isnull(v: Any) -> bool:
-    return v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and math.isnan(v))

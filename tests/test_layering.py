@@ -26,6 +26,12 @@ LAYERS: list[set[str]] = [
     {"registry"},
     {"policy"},
     {"pipeline"},
+    # online/: ProfileStore backends; private modules first, the stores on top, __init__ only re-exports.
+    {"online._events", "online._ids", "online._blocks", "online._scores"},
+    {"online._tables", "online._warm", "online.snapshot"},
+    {"online.memory"},
+    {"online.redis_store"},
+    {"online", "online.__init__"},
     {"guard"},
     {"training"},
     # monitoring/: the analyst tools; plots takes plain numbers, report assembles everything.

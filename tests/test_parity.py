@@ -27,12 +27,12 @@ from refundguard.profiles import (
     BuyerProfile,
     LinkProfile,
     Profiles,
-    ProfileStore,
     StoreProfile,
     profiles_as_of,
     request_record,
     requests_from_tables,
 )
+from refundguard.online import ProfileStore
 from refundguard.simulate import simulate
 
 BASE = datetime(2024, 6, 1, tzinfo=timezone.utc)

@@ -1,4 +1,4 @@
-"""Point-in-time profiles: the vectorised batch equals a brute-force reference."""
+"""Point-in-time profiles: the vectorised batch equals a brute-force reference (the online store: test_online.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from refundguard.config import ScoreConfig
-from refundguard.errors import ConfigError, DataError, RequestError, SchemaError
+from refundguard.errors import ConfigError, DataError, SchemaError
 from refundguard.profiles import (
     MEDIAN_LAST_ORDERS,
     BuyerProfile,
     LinkProfile,
     Profiles,
-    ProfileStore,
     StoreProfile,
     profiles_as_of,
     request_record,
@@ -383,59 +382,6 @@ def test_large_counts_are_exact() -> None:
     assert not math.isnan(b.median_order_amount)
 
 
-# --------------------------------------------------------------------------- ProfileStore
-
-
-@given(seed=st.integers(0, 2**32 - 1))
-@settings(max_examples=20)
-def test_profile_store_equals_batch(seed: int) -> None:
-    tables = random_tables(seed)
-    hist = fake_history(tables, seed)
-    requests = requests_from_tables(tables)
-    batch = profiles_as_of(tables, requests, store_scores=hist)
-    rng = np.random.default_rng(seed)
-    shuffled = {"orders": tables["orders"].sample(frac=1.0, random_state=rng),
-                "refunds": tables["refunds"].sample(frac=1.0, random_state=rng)}
-    store = ProfileStore(store_scores=hist)
-    store.observe_tables(shuffled)               # events in any order
-    for i in range(len(requests)):
-        assert store.profiles(request_record(requests, i)) == batch.profile(i), i
-
-
-def test_profile_store_updates_and_errors() -> None:
-    store = ProfileStore()
-    t0 = BASE
-    store.observe_order({"order_id": "o1", "buyer_id": "b", "store_id": "s", "amount": 10.0,
-                         "paid_at": t0, "device_id": "d"})
-    store.observe_refund({"refund_id": "r1", "order_id": "o1", "requested_at": t0 + 10 * H,
-                          "kind": "refund_only", "reason": "not_received", "amount": 10.0})
-    q = {"requested_at": t0 + 20 * H, "buyer_id": "b", "store_id": "s", "device_id": "d"}
-    b, s, lk = store.profiles(q)
-    assert b.n_refunds_1d == 1 and b.n_not_received_on_delivered == 0
-    assert s.score_missing and s.provisional and lk.device_n_refunds_24h == 1
-    # delivery learned later, but it happened before the claim: the claim now counts
-    store.observe_order({"order_id": "o1", "delivered_at": t0 + 5 * H})
-    store.observe_resolution("r1", t0 + 15 * H, "rejected", is_abuse=True)
-    b, _, lk = store.profiles(q)
-    assert b.n_not_received_on_delivered == 1 and b.n_rejected == 1 and b.n_abuse == 1
-    assert lk.device_n_bad_buyers == 1
-    b_early, _, _ = store.profiles({**q, "requested_at": t0 + 15 * H})  # resolution not before t
-    assert b_early.n_rejected == 0
-    with pytest.raises(RequestError, match="order_id"):
-        store.observe_refund({"refund_id": "r2", "order_id": "nope", "requested_at": t0,
-                              "kind": "refund_only", "reason": "other", "amount": 1.0})
-    with pytest.raises(RequestError, match="already"):
-        store.observe_refund({"refund_id": "r1", "order_id": "o1", "requested_at": t0,
-                              "kind": "refund_only", "reason": "other", "amount": 1.0})
-    with pytest.raises(RequestError, match="outcome"):
-        store.observe_resolution("r1", t0, "maybe")
-    with pytest.raises(RequestError, match="paid_at"):
-        store.observe_order({"order_id": "o9", "buyer_id": "b", "store_id": "s",
-                             "amount": 1.0, "paid_at": "01/06/2024"})
-    with pytest.raises(RequestError, match="buyer_id"):
-        store.profiles({"requested_at": t0, "store_id": "s"})
-
-
 def test_real_store_score_history_is_read_at_the_request_day() -> None:
     from refundguard import scores
     from refundguard.simulate import simulate
@@ -454,38 +400,3 @@ def test_real_store_score_history_is_read_at_the_request_day() -> None:
     row = hist[(hist["store_id"] == req["store_id"][i]) & (hist["as_of"] == t[i].floor("D"))]
     assert computed.store_profile(i).score == (None if row["score"].isna().all()
                                                else float(row["score"].iloc[0]))
-
-
-def test_the_same_new_order_observed_by_threads_at_once_counts_once() -> None:
-    """observe_order checks and inserts in one lock section (two threads once counted it twice)."""
-    import sys
-    import threading
-
-    store = ProfileStore()
-    t0 = pd.Timestamp("2024-06-01", tz="UTC")
-    n_orders, n_threads = 300, 8
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
-    try:
-        for k in range(n_orders):
-            order = {"order_id": f"o{k}", "buyer_id": "b1", "store_id": "s1", "amount": 10.0,
-                     "paid_at": t0 + pd.Timedelta(minutes=k), "device_id": "d1"}
-            barrier = threading.Barrier(n_threads)
-
-            def observe(order=order, barrier=barrier) -> None:
-                barrier.wait()
-                store.observe_order(order)
-
-            threads = [threading.Thread(target=observe) for _ in range(n_threads)]
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-    finally:
-        sys.setswitchinterval(old)
-    b, s, lk = store.profiles({"requested_at": t0 + pd.Timedelta(days=1), "buyer_id": "b1",
-                               "store_id": "s1", "device_id": "d1"})
-    assert b.n_orders_30d == n_orders
-    assert b.spend_30d == 10.0 * n_orders
-    assert s.n_orders_30d == n_orders
-    assert lk.device_n_buyers == 1

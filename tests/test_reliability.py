@@ -288,3 +288,19 @@ def test_every_guarantee_in_the_readme_names_tests_that_exist():
             source = (root / current).read_text()
             defined = re.findall(r"^def (test_\w+)", source, re.MULTILINE)
             assert fnmatch.filter(defined, name), f"{current}::{name} (README Guarantees) does not exist"
+
+
+@pytest.mark.parametrize("validate_tables", [True, False])
+def test_a_validated_frame_edited_afterwards_is_refused_not_computed_on(validate_tables):
+    """Canonical dtypes are not enough: the per-cell rules are checked on them too (cheaply)."""
+    clean, _ = rg.validate(make_tables())
+    for table, column, value, rule in (("refunds", "kind", "REFUND-ONLY", "enum"),
+                                       ("orders", "amount", -5.0, "min"),
+                                       ("reviews", "rating", 9, "range"),
+                                       ("orders", "buyer_id", np.nan, "required")):
+        edited = {k: v.copy() for k, v in clean.items()}
+        edited[table].loc[0, column] = value
+        with pytest.raises(SchemaError) as e:
+            canonical_tables(edited, validate_tables)
+        assert (e.value.table, e.value.column, e.value.rule) == (table, column, rule)
+    assert canonical_tables(clean, validate_tables)["orders"] is clean["orders"]  # untouched tables pass as they are

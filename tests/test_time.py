@@ -12,7 +12,8 @@ from hypothesis import given, strategies as st
 import refundguard as rg
 from refundguard import _time
 from refundguard.pipeline import point_in_time_features
-from refundguard.profiles import ProfileStore, profiles_as_of, request_record, requests_from_tables
+from refundguard.online import ProfileStore
+from refundguard.profiles import profiles_as_of, request_record, requests_from_tables
 
 START, END = "2024-07-20", "2024-08-20"
 

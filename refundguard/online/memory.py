@@ -1,0 +1,618 @@
+"""ProfileStore: buyer, store and link profiles kept in process, fed by events (DESIGN.md section 4).
+
+State (see :mod:`refundguard.online._blocks` for the layouts):
+
+* one ``array('q')`` block per buyer, store, device and address, holding sorted
+  event times with prefix sums, all-time first times, and for devices and
+  addresses each buyer's first-seen and first-bad time, so every profile field is
+  a few binary searches, however long the history or however many buyers share a
+  key;
+* the order and refund rows (ids in a compact index, a few numeric columns), so
+  that events are idempotent, checked against their order, and can be updated
+  later (shipping, delivery, resolution);
+* resolutions whose refund has not arrived yet (held, counted in :meth:`stats`);
+* the published store score history (:meth:`set_store_scores`).
+
+Events may come in any order and more than once: the same order or refund counts
+once (a second sighting with other values is a ``RequestError``), and a query at
+``t`` reads only what is known strictly before ``t``. :meth:`expire` (and
+``horizon``, on ingest) drops what no request from a given time on can read.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from array import array
+from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from refundguard._time import NAT, NEVER, NS_PER_DAY, parameter_ns
+from refundguard.config import ScoreConfig
+from refundguard.errors import ConfigError, RefundGuardWarning, RequestError
+import refundguard.online._blocks as B
+from refundguard.online._events import (
+    OrderEvent,
+    RefundEvent,
+    Resolution,
+    cents,
+    check_order_update,
+    check_refund,
+    check_resolution,
+    parse_order,
+    parse_refund,
+    parse_request_key,
+    parse_resolution,
+    same_refund,
+    same_resolution,
+)
+from refundguard.online._scores import ScoreTable
+from refundguard.online._tables import (
+    F_ABUSE,
+    F_CLAIM,
+    F_LABELLED,
+    F_NR,
+    F_ONLY,
+    F_REJECTED,
+    F_RESOLVED,
+    ORDER_COLUMNS,
+    OUTCOME_CODES,
+    REFUND_COLUMNS,
+    Columns,
+)
+from refundguard.profiles import BuyerProfile, LinkProfile, StoreProfile
+
+__all__ = ["ProfileStore", "first_order_timestamp"]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_OUTCOMES = {v: k for k, v in OUTCOME_CODES.items()}
+_EMPTY_LINK = (0, 0, 0)
+_KINDS = ("device", "address")
+_SWEEP_PER_EVENT = 8
+
+
+def first_order_timestamp(ns: int | None) -> datetime | None:
+    """A profile's ``first_order_at``: a tz-aware UTC ``datetime`` (``pd.Timestamp`` below microseconds)."""
+    if ns is None:
+        return None
+    if ns % 1000:
+        return pd.Timestamp(ns, tz="UTC")
+    return _EPOCH + timedelta(microseconds=ns // 1000)
+
+
+class _Keys:
+    """Blocks of one kind of key by name, and names by code."""
+
+    __slots__ = ("blocks", "names", "factory", "cursor")
+
+    def __init__(self, factory: Any) -> None:
+        self.blocks: dict[str, array] = {}
+        self.names: list[str] = []
+        self.factory = factory
+        self.cursor = 0
+
+    def get_or_new(self, name: str) -> array:
+        a = self.blocks.get(name)
+        if a is None:
+            a = self.factory(len(self.names))
+            self.names.append(name)
+            self.blocks[name] = a
+        return a
+
+    def code(self, name: str) -> int:
+        return self.get_or_new(name)[0]
+
+    def by_code(self, code: int) -> array:
+        return self.blocks[self.names[code]]
+
+    def nbytes(self) -> int:
+        import sys
+
+        total = sys.getsizeof(self.blocks) + sys.getsizeof(self.names)
+        for name, a in self.blocks.items():
+            total += sys.getsizeof(name) + sys.getsizeof(a)
+        return total
+
+
+class ProfileStore:
+    """Profiles kept in process and updated from events, for the online path.
+
+    Feed it every order, refund request and resolution as they happen (in any
+    order: each event carries its own time, and a query at ``t`` reads only what
+    is known strictly before ``t``). :meth:`profiles` then returns the same
+    ``(BuyerProfile, StoreProfile, LinkProfile)`` as
+    :func:`refundguard.profiles.profiles_as_of` on tables holding the same events
+    (tested equal). Start it from tables with :meth:`from_tables` or from a
+    snapshot with :meth:`load`; :meth:`save` writes one.
+
+    Parameters
+    ----------
+    store_scores
+        Daily store score history (the frame ``profiles_as_of`` takes as
+        ``store_scores``; refresh it with :meth:`set_store_scores`), or ``None``
+        (every store then has a missing score).
+    score_config
+        Gives the time zone of the score days and ``min_orders``; ``None`` for
+        the default ``ScoreConfig``.
+    horizon_days
+        Expire on ingest: keep requests up to this many days older than the newest
+        event seen exact, and drop, as events arrive, what no such request can read
+        (requests older than that raise ``RequestError``). ``None`` (default) keeps
+        everything until :meth:`expire` is called.
+
+    Notes
+    -----
+    Thread safe: every event checks and inserts in one lock section, and a lookup
+    reads under the same lock. Memory per order kept is about 150-200 bytes
+    (``benchmarks/bench_online.py``); after a warm start or a load, ``gc.freeze()``
+    keeps the garbage collector from walking the state.
+    """
+
+    def __init__(self, store_scores: pd.DataFrame | None = None, score_config: ScoreConfig | None = None, *,
+                 horizon_days: float | None = None) -> None:
+        if score_config is not None and not isinstance(score_config, ScoreConfig):
+            raise ConfigError.invalid("ProfileStore", "score_config", "a ScoreConfig or None", score_config)
+        if horizon_days is not None and (isinstance(horizon_days, bool)
+                                         or not isinstance(horizon_days, (int, float))
+                                         or not horizon_days >= 1):
+            raise ConfigError.invalid("ProfileStore", "horizon_days", "a number >= 1 or None", horizon_days)
+        self.score_config = score_config
+        self._cfg = ScoreConfig() if score_config is None else score_config
+        self._scores = ScoreTable(self._cfg)
+        self._horizon = None if horizon_days is None else int(horizon_days * NS_PER_DAY)
+        self._lock = threading.Lock()
+        self._orders = Columns(ORDER_COLUMNS)
+        self._refunds = Columns(REFUND_COLUMNS)
+        self._buyers = _Keys(B.new_buyer)
+        self._stores = _Keys(B.new_store)
+        self._links = (_Keys(B.new_link), _Keys(B.new_link))
+        self._pending: dict[str, Resolution] = {}
+        self._floor = NAT
+        self._newest = NAT
+        self._dropped_resolutions = 0
+        if store_scores is not None:
+            self.set_store_scores(store_scores)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_tables(cls, tables: Mapping[str, pd.DataFrame], as_of: Any = None, *,
+                    store_scores: pd.DataFrame | None = None, score_config: ScoreConfig | None = None,
+                    validate_tables: bool = True, horizon_days: float | None = None) -> ProfileStore:
+        """A store holding every event of ``tables`` known before ``as_of``, built vectorised.
+
+        Parameters
+        ----------
+        tables
+            The contract's tables (validated in strict mode unless ``validate_tables=False``).
+        as_of
+            Keep only what is known strictly before this instant (orders paid,
+            shipped and delivered, refunds requested, resolutions), as a service
+            started then would have seen; ``None`` keeps everything.
+        store_scores, score_config, horizon_days
+            As for the constructor.
+        validate_tables
+            Validate the tables first (:func:`refundguard.pipeline.canonical_tables`).
+
+        Returns
+        -------
+        ProfileStore
+            Equal, event for event, to a store fed the same rows one by one.
+        """
+        from refundguard.online._warm import fill_from_tables
+        from refundguard.pipeline import canonical_tables
+
+        clean = canonical_tables(tables, validate_tables)
+        cut = parameter_ns(as_of, "as_of", "ProfileStore.from_tables", optional=True)
+        store = cls(store_scores, score_config, horizon_days=horizon_days)
+        fill_from_tables(store, clean, NEVER if cut is None else cut)
+        return store
+
+    def save(self, path: str | Path) -> Path:
+        """Write a snapshot folder (Parquet files + ``MANIFEST`` of sha256 hashes), atomically.
+
+        See :func:`refundguard.online.snapshot.save_snapshot`.
+        """
+        from refundguard.online.snapshot import save_snapshot
+
+        return save_snapshot(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, expected_sha256: str | None = None) -> ProfileStore:
+        """Read a snapshot written by :meth:`save`, verified (hashes) before anything is parsed.
+
+        See :func:`refundguard.online.snapshot.load_snapshot`.
+        """
+        from refundguard.online.snapshot import load_snapshot
+
+        return load_snapshot(cls, path, expected_sha256=expected_sha256)
+
+    # ------------------------------------------------------------------ store scores
+    def set_store_scores(self, history: pd.DataFrame) -> None:
+        """Replace the store score history (a frame as :func:`~refundguard.profiles.profiles_as_of` takes)."""
+        table = ScoreTable(self._cfg)
+        table.set_history(history)
+        with self._lock:
+            self._scores = table
+
+    # ------------------------------------------------------------------ events
+    def observe_order(self, order: Mapping[str, Any]) -> None:
+        """Record an order (``order_id, buyer_id, store_id, category, amount, paid_at`` and optional
+        ``ship_by, shipped_at, delivered_at, device_id, address_id``).
+
+        Observing a known ``order_id`` again is a no-op, except that it may add its
+        ``shipped_at`` / ``delivered_at`` (which become known later than the order):
+        ``{"order_id": ..., "delivered_at": ...}`` is such an update.
+
+        Raises
+        ------
+        RequestError
+            A field breaks a contract rule, or differs from the same order seen before.
+        """
+        ev = parse_order(order)
+        with self._lock:  # check and insert in one section: a concurrent twin is counted once
+            row = self._orders.ids.get(ev.order_id)
+            if row >= 0:
+                self._update_order(row, ev)
+                return
+            if ev.buyer_id is None:
+                raise RequestError(f"The field 'order_id': order {ev.order_id!r} was not observed, so an update "
+                                   "needs the whole order ('buyer_id', 'store_id', 'category', 'amount', "
+                                   "'paid_at').", field="order_id", value=ev.order_id)
+            self._insert_order(ev)
+            self._tick(ev.paid)
+
+    def _stored_order(self, row: int) -> OrderEvent:
+        c = self._orders.cols
+        dev, addr = int(c["device"][row]), int(c["address"][row])
+        return OrderEvent(self._orders.ids.key(row), self._buyers.names[int(c["buyer"][row])],
+                          self._stores.names[int(c["store"][row])], float(c["amount"][row]),
+                          int(c["paid"][row]), int(c["shipped"][row]), int(c["delivered"][row]),
+                          None if dev < 0 else self._links[0].names[dev],
+                          None if addr < 0 else self._links[1].names[addr])
+
+    def _update_order(self, row: int, ev: OrderEvent) -> None:
+        stored = self._stored_order(row)
+        shipped, delivered = check_order_update(ev, stored)
+        c = self._orders.cols
+        c["shipped"][row] = shipped
+        if delivered != stored.delivered:
+            c["delivered"][row] = delivered
+            self._claims_on_delivery(row, delivered)
+
+    def _claims_on_delivery(self, orow: int, delivered: int) -> None:
+        """A delivery learned after some of the order's refunds: their "not received" claims may now count."""
+        rc = self._refunds.cols
+        r = int(self._orders.cols["first_refund"][orow])
+        buyer = None
+        while r >= 0:
+            flags = int(rc["flags"][r])
+            req = int(rc["requested"][r])
+            if flags & F_NR and not flags & F_CLAIM and delivered < req:
+                if buyer is None:
+                    buyer = self._buyers.by_code(int(self._orders.cols["buyer"][orow]))
+                B.buyer_add_claim(buyer, req)
+                rc["flags"][r] = flags | F_CLAIM
+            r = int(rc["next"][r])
+
+    def _insert_order(self, ev: OrderEvent) -> None:
+        b = self._buyers.get_or_new(ev.buyer_id)  # type: ignore[arg-type]
+        s = self._stores.get_or_new(ev.store_id)  # type: ignore[arg-type]
+        codes = [-1, -1]
+        for kind, key in enumerate((ev.device_id, ev.address_id)):
+            if key is not None:
+                codes[kind] = self._links[kind].code(key)
+        self._orders.append(ev.order_id, buyer=b[0], store=s[0], device=codes[0], address=codes[1],
+                            paid=ev.paid, shipped=ev.shipped, delivered=ev.delivered, amount=ev.amount)
+        B.buyer_add_order(b, ev.paid, ev.amount, cents(ev.amount))
+        B.store_add_order(s, ev.paid)
+        fb = NEVER
+        for kind, code in enumerate(codes):
+            if code < 0:
+                continue
+            old = B.buyer_link(b, 2 * code + kind, ev.paid)
+            if old is None:
+                continue
+            link = self._links[kind].by_code(code)
+            B.link_move(link, old, ev.paid, False)
+            if fb == NEVER:
+                fb = B.buyer_first_bad(b)
+            if fb != NEVER:
+                B.link_move(link, NEVER if old == NEVER else max(old, fb), max(ev.paid, fb), True)
+        if self._floor != NAT:
+            self._trim_blocks(b, s, codes)
+
+    def observe_refund(self, refund: Mapping[str, Any]) -> None:
+        """Record a refund request (``refund_id, order_id, requested_at, kind, reason, amount``; with
+        ``resolved_at`` and ``outcome`` (and ``is_abuse``) its resolution too). Its order must have been
+        observed.
+
+        Raises
+        ------
+        RequestError
+            A field breaks a contract rule (e.g. the order's refunds would exceed its
+            amount), the order is unknown, or the same refund was seen with other values.
+        """
+        ev = parse_refund(refund)
+        with self._lock:
+            row = self._refunds.ids.get(ev.refund_id)
+            if row >= 0:
+                same_refund(ev, self._stored_refund(row))
+                if ev.resolution is not None:
+                    self._resolve(row, ev.resolution)
+                return
+            orow = self._orders.ids.get(ev.order_id)
+            if orow < 0:
+                raise RequestError(f"The field 'order_id' of refund {ev.refund_id!r} references the order "
+                                   f"{ev.order_id!r}, which was not observed.", field="order_id",
+                                   value=ev.order_id)
+            oc = self._orders.cols
+            check_refund(ev, int(oc["paid"][orow]), float(oc["amount"][orow]), self._refunded(orow))
+            held = self._pending.get(ev.refund_id)
+            resolution = ev.resolution
+            if held is not None:
+                if resolution is not None:
+                    same_resolution(resolution, held)
+                elif held.resolved < ev.requested:
+                    self._dropped_resolutions += 1
+                    warnings.warn(f"The resolution held for refund {ev.refund_id!r} is before its request; "
+                                  "it was dropped.", RefundGuardWarning, stacklevel=2)
+                    held = None
+                resolution = resolution or held
+            self._insert_refund(ev, orow)
+            self._pending.pop(ev.refund_id, None)
+            if resolution is not None:
+                self._resolve(self._refunds.n - 1, resolution)
+            self._tick(ev.requested)
+
+    def _refunded(self, orow: int) -> float:
+        rc = self._refunds.cols
+        total = 0.0
+        r = int(self._orders.cols["first_refund"][orow])
+        while r >= 0:
+            total += float(rc["amount"][r])
+            r = int(rc["next"][r])
+        return total
+
+    def _stored_refund(self, row: int) -> RefundEvent:
+        rc = self._refunds.cols
+        flags = int(rc["flags"][row])
+        return RefundEvent(self._refunds.ids.key(row), self._orders.ids.key(int(rc["order"][row])),
+                           int(rc["requested"][row]), bool(flags & F_ONLY), bool(flags & F_NR),
+                           float(rc["amount"][row]), None)
+
+    def _insert_refund(self, ev: RefundEvent, orow: int) -> None:
+        oc = self._orders.cols
+        delivered = int(oc["delivered"][orow])
+        claim = ev.not_received and delivered != NAT and delivered < ev.requested
+        flags = (F_ONLY if ev.refund_only else 0) | (F_NR if ev.not_received else 0) | (F_CLAIM if claim else 0)
+        row = self._refunds.append(ev.refund_id, order=orow, requested=ev.requested, amount=ev.amount,
+                                   flags=flags, next=int(oc["first_refund"][orow]))
+        oc["first_refund"][orow] = row
+        b = self._buyers.by_code(int(oc["buyer"][orow]))
+        store_code = int(oc["store"][orow])
+        B.buyer_add_refund(b, ev.requested, ev.refund_only, cents(ev.amount))
+        B.buyer_add_store(b, store_code, ev.requested)
+        if claim:
+            B.buyer_add_claim(b, ev.requested)
+        s = self._stores.by_code(store_code)
+        B.store_add_refund(s, ev.requested)
+        codes = [int(oc["device"][orow]), int(oc["address"][orow])]
+        for kind, code in enumerate(codes):
+            if code >= 0:
+                B.link_add_refund(self._links[kind].by_code(code), ev.requested)
+        if self._floor != NAT:
+            self._trim_blocks(b, s, codes)
+
+    def observe_resolution(self, refund_id: str, resolved_at: Any, outcome: str,
+                           is_abuse: bool | None = None) -> None:
+        """Record the resolution of a refund (its outcome and label).
+
+        A resolution whose refund has not been observed yet is held until the refund
+        arrives (see :meth:`stats`); a refund is resolved once (the same resolution
+        again is a no-op, another one a ``RequestError``).
+
+        Raises
+        ------
+        RequestError
+            ``outcome`` is not a contract outcome, ``is_abuse`` is not a bool or None,
+            ``resolved_at`` is before the request, or the refund was resolved otherwise.
+        """
+        res = parse_resolution(refund_id, resolved_at, outcome, is_abuse)
+        with self._lock:
+            row = self._refunds.ids.get(res.refund_id)
+            if row < 0:
+                held = self._pending.get(res.refund_id)
+                if held is not None:
+                    same_resolution(res, held)
+                else:
+                    self._pending[res.refund_id] = res
+                return
+            self._resolve(row, res)
+            self._tick(res.resolved)
+
+    def _resolve(self, row: int, res: Resolution) -> None:
+        rc = self._refunds.cols
+        flags = int(rc["flags"][row])
+        req = int(rc["requested"][row])
+        if flags & F_RESOLVED:
+            old = Resolution(res.refund_id, int(rc["resolved"][row]), _OUTCOMES[int(rc["outcome"][row])],
+                             bool(flags & F_ABUSE) if flags & F_LABELLED else None)
+            same_resolution(res, old)
+            return
+        check_resolution(res, req)
+        flags |= F_RESOLVED
+        if res.rejected:
+            flags |= F_REJECTED
+        if res.is_abuse is not None:
+            flags |= F_LABELLED | (F_ABUSE if res.is_abuse else 0)
+        rc["flags"][row] = flags
+        rc["resolved"][row] = res.resolved
+        rc["outcome"][row] = OUTCOME_CODES[res.outcome]
+        if not res.bad:
+            return
+        orow = int(rc["order"][row])
+        b = self._buyers.by_code(int(self._orders.cols["buyer"][orow]))
+        old_fb = B.buyer_first_bad(b)
+        B.buyer_add_bad(b, res.resolved, res.rejected, bool(res.is_abuse))
+        new_fb = B.buyer_first_bad(b)
+        if new_fb != old_fb:
+            for kcode, first in B.buyer_links(b):
+                link = self._links[kcode & 1].by_code(kcode >> 1)
+                B.link_move(link, NEVER if old_fb == NEVER else max(first, old_fb), max(first, new_fb), True)
+
+    def observe_tables(self, tables: Mapping[str, pd.DataFrame], *, validate_tables: bool = True) -> None:
+        """Replay tables as events, row by row (orders, then refunds with their resolutions).
+
+        :meth:`from_tables` builds the same state vectorised; this adds to an existing store.
+        """
+        from refundguard.pipeline import canonical_tables
+
+        clean = canonical_tables(tables, validate_tables)
+        o = clean["orders"]
+        cols = [c for c in ("order_id", "buyer_id", "store_id", "category", "amount", "paid_at", "ship_by",
+                            "shipped_at", "delivered_at", "device_id", "address_id") if c in o.columns]
+        for rec in o[cols].to_dict("records"):
+            self.observe_order({k: v for k, v in rec.items() if not _null(v)})
+        r = clean["refunds"]
+        cols = [c for c in ("refund_id", "order_id", "requested_at", "kind", "reason", "amount", "resolved_at",
+                            "outcome", "is_abuse") if c in r.columns]
+        for rec in r[cols].to_dict("records"):
+            self.observe_refund({k: v for k, v in rec.items() if not _null(v)})
+
+    # ------------------------------------------------------------------ expiry
+    def _tick(self, t: int) -> None:
+        """Note an event time; with a horizon, advance the floor and sweep a few keys (caller holds the lock)."""
+        if t > self._newest:
+            self._newest = t
+        if self._horizon is None:
+            return
+        target = self._newest - self._horizon
+        if target > self._floor:
+            self._floor = target
+        if self._floor != NAT:
+            for keys, trim in ((self._buyers, B.buyer_trim), (self._stores, B.store_trim),
+                               (self._links[0], B.link_trim), (self._links[1], B.link_trim)):
+                n = len(keys.names)
+                if not n:
+                    continue
+                for _ in range(min(_SWEEP_PER_EVENT, n)):
+                    keys.cursor = (keys.cursor + 1) % n
+                    trim(keys.blocks[keys.names[keys.cursor]], self._floor)
+
+    def _trim_blocks(self, b: array, s: array, codes: list[int]) -> None:
+        B.buyer_trim(b, self._floor)
+        B.store_trim(s, self._floor)
+        for kind, code in enumerate(codes):
+            if code >= 0:
+                B.link_trim(self._links[kind].by_code(code), self._floor)
+
+    def expire(self, before: Any) -> int:
+        """Drop what no request at ``requested_at >= before`` can read; return how many values went.
+
+        Windowed events (orders, refunds, 24-hour bursts) older than their longest
+        window before ``before`` go; all-time facts (first order, distinct stores,
+        first-seen and first-bad times, rejected and abusive counts) stay, and so do
+        the buyer's latest 20 orders (median order amount). Afterwards a request
+        before ``before`` raises ``RequestError``. Keys are swept in small locked
+        chunks, so lookups keep being served meanwhile.
+        """
+        floor = parameter_ns(before, "before", "ProfileStore.expire")
+        with self._lock:
+            if floor > self._floor:  # type: ignore[operator]
+                self._floor = floor  # type: ignore[assignment]
+            floor = self._floor
+        dropped = 0
+        for keys, trim in ((self._buyers, B.buyer_trim), (self._stores, B.store_trim),
+                           (self._links[0], B.link_trim), (self._links[1], B.link_trim)):
+            with self._lock:
+                names = list(keys.names)
+            for start in range(0, len(names), 4096):
+                with self._lock:
+                    blocks = keys.blocks
+                    for name in names[start:start + 4096]:
+                        dropped += trim(blocks[name], floor)
+        return dropped
+
+    # ------------------------------------------------------------------ queries
+    def profiles(self, request: Mapping[str, Any]) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
+        """Profiles of a request (``requested_at, buyer_id, store_id`` and optional ``device_id,
+        address_id``) as of its ``requested_at``.
+
+        Raises
+        ------
+        RequestError
+            A field is missing or bad, or ``requested_at`` is before what the store keeps
+            (see :meth:`expire`).
+        """
+        key = parse_request_key(request)
+        t = key.t
+        with self._lock:
+            if t < self._floor:
+                raise RequestError(f"The field 'requested_at' ({t} ns) is before the store's horizon "
+                                   f"({self._floor} ns): that history was expired.", field="requested_at",
+                                   value=request.get("requested_at"))
+            b = self._buyers.blocks.get(key.buyer_id)
+            bv = None if b is None else B.buyer_values(b, t)
+            s = self._stores.blocks.get(key.store_id)
+            sv = _EMPTY_LINK if s is None else B.store_values(s, t)
+            lv = []
+            for kind, name in enumerate((key.device_id, key.address_id)):
+                if name is None:
+                    lv.append(None)
+                else:
+                    a = self._links[kind].blocks.get(name)
+                    lv.append(_EMPTY_LINK if a is None else B.link_values(a, t))
+            scores = self._scores
+        return make_profiles(bv, scores.values(key.store_id, t, *sv), lv[0], lv[1])
+
+    def stats(self) -> dict[str, int]:
+        """Counts of what the store holds: orders, refunds, keys, held resolutions, block values,
+        approximate bytes, and the expiry floor (ns, or ``None``)."""
+        with self._lock:
+            values = sum(len(a) for k in (self._buyers, self._stores, *self._links) for a in k.blocks.values())
+            nbytes = (self._orders.nbytes + self._refunds.nbytes
+                      + sum(k.nbytes() for k in (self._buyers, self._stores, *self._links)))
+            return {
+                "orders": self._orders.n,
+                "refunds": self._refunds.n,
+                "buyers": len(self._buyers.names),
+                "stores": len(self._stores.names),
+                "devices": len(self._links[0].names),
+                "addresses": len(self._links[1].names),
+                "pending_resolutions": len(self._pending),
+                "dropped_resolutions": self._dropped_resolutions,
+                "block_values": values,
+                "bytes": nbytes,
+                "floor": None if self._floor == NAT else self._floor,  # type: ignore[dict-item]
+            }
+
+
+def make_profiles(bv: dict[str, Any] | None, sv: dict[str, Any], device: tuple[int, int, int] | None,
+                  address: tuple[int, int, int] | None) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
+    """The three profile dataclasses from a backend's values (shared by the backends)."""
+    if bv is None:
+        bp = BuyerProfile()
+    else:
+        bv["first_order_at"] = first_order_timestamp(bv["first_order_at"])
+        bp = BuyerProfile(**bv)
+    lk = LinkProfile(
+        device_n_buyers=None if device is None else device[0],
+        device_n_bad_buyers=None if device is None else device[1],
+        device_n_refunds_24h=None if device is None else device[2],
+        address_n_buyers=None if address is None else address[0],
+        address_n_bad_buyers=None if address is None else address[1],
+        address_n_refunds_24h=None if address is None else address[2],
+    )
+    return bp, StoreProfile(**sv), lk
+
+
+def _null(v: Any) -> bool:
+    return v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and np.isnan(v))
+
+
+__all__ += ["make_profiles"]

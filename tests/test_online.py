@@ -1,0 +1,460 @@
+"""The in-memory ProfileStore: equal to the batch profiles, idempotent, any event order, every contract rule."""
+
+from __future__ import annotations
+
+import math
+import sys
+import threading
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from refundguard.errors import RefundGuardWarning, RequestError
+from refundguard.online import ProfileStore
+from refundguard.profiles import profiles_as_of, request_record, requests_from_tables
+from tests.test_profiles import BASE, H, fake_history, random_tables
+
+T0 = BASE
+
+
+def order(oid: str = "o1", **kw) -> dict:
+    base = {"order_id": oid, "buyer_id": "b", "store_id": "s", "category": "c", "amount": 10.0,
+            "paid_at": T0, "device_id": "d"}
+    base.update(kw)
+    return base
+
+
+def refund(rid: str = "r1", **kw) -> dict:
+    base = {"refund_id": rid, "order_id": "o1", "requested_at": T0 + 10 * H, "kind": "refund_only",
+            "reason": "not_received", "amount": 10.0}
+    base.update(kw)
+    return base
+
+
+def query(**kw) -> dict:
+    base = {"requested_at": T0 + 20 * H, "buyer_id": "b", "store_id": "s", "device_id": "d"}
+    base.update(kw)
+    return base
+
+
+def events(tables: dict[str, pd.DataFrame]) -> list[tuple[str, dict]]:
+    """The tables as a stream of events: orders, refunds (requests only), then resolutions."""
+    out = []
+    for rec in tables["orders"].to_dict("records"):
+        out.append(("order", {k: v for k, v in rec.items() if not _null(v)}))
+    for rec in tables["refunds"].to_dict("records"):
+        r = {k: rec[k] for k in ("refund_id", "order_id", "requested_at", "kind", "reason", "amount")}
+        out.append(("refund", r))
+        if not _null(rec["resolved_at"]):
+            out.append(("resolution", (rec["refund_id"], rec["resolved_at"], rec["outcome"],
+                                       None if _null(rec["is_abuse"]) else bool(rec["is_abuse"]))))
+    return out
+
+
+def _null(v) -> bool:
+    return v is None or (not isinstance(v, str) and pd.isna(v))
+
+
+def feed(store: ProfileStore, stream) -> None:
+    for kind, ev in stream:
+        if kind == "order":
+            store.observe_order(ev)
+        elif kind == "refund":
+            store.observe_refund(ev)
+        else:
+            store.observe_resolution(*ev)
+
+
+def all_profiles(store: ProfileStore, requests: pd.DataFrame) -> list:
+    return [store.profiles(request_record(requests, i)) for i in range(len(requests))]
+
+
+# --------------------------------------------------------------------------- parity
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=20)
+def test_profile_store_equals_batch(seed: int) -> None:
+    tables = random_tables(seed)
+    hist = fake_history(tables, seed)
+    requests = requests_from_tables(tables)
+    batch = profiles_as_of(tables, requests, store_scores=hist)
+    rng = np.random.default_rng(seed)
+    shuffled = {"orders": tables["orders"].sample(frac=1.0, random_state=rng),
+                "refunds": tables["refunds"].sample(frac=1.0, random_state=rng),
+                "reviews": tables["reviews"]}
+    store = ProfileStore(store_scores=hist)
+    store.observe_tables(shuffled)               # events in any order
+    for i in range(len(requests)):
+        assert store.profiles(request_record(requests, i)) == batch.profile(i), i
+
+
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=20)
+def test_duplicated_and_out_of_order_streams_give_the_clean_profiles(seed: int) -> None:
+    """Resolutions before their refunds, every event twice, orders in any order: the clean stream's profiles."""
+    tables = random_tables(seed)
+    hist = fake_history(tables, seed)
+    requests = requests_from_tables(tables)
+    clean = ProfileStore(store_scores=hist)
+    stream = events(tables)
+    feed(clean, stream)
+    rng = np.random.default_rng(seed)
+    orders = [e for e in stream if e[0] == "order"]
+    rest = [e for e in stream if e[0] != "order"]
+    messy = orders + orders[: len(orders) // 2]
+    rng.shuffle(messy)
+    later = rest + rest
+    rng.shuffle(later)                            # resolutions before their refund, duplicates
+    store = ProfileStore(store_scores=hist)
+    with np.errstate(all="ignore"):
+        feed(store, messy + later)
+    assert store.stats()["pending_resolutions"] == 0
+    assert store.stats()["orders"] == clean.stats()["orders"]
+    assert all_profiles(store, requests) == all_profiles(clean, requests)
+    batch = profiles_as_of(tables, requests, store_scores=hist)
+    assert all_profiles(store, requests) == [batch.profile(i) for i in range(len(requests))]
+
+
+# --------------------------------------------------------------------------- events
+def test_profile_store_updates_and_errors() -> None:
+    store = ProfileStore()
+    store.observe_order(order())
+    store.observe_refund(refund())
+    b, s, lk = store.profiles(query())
+    assert b.n_refunds_1d == 1 and b.n_not_received_on_delivered == 0
+    assert s.score_missing and s.provisional and lk.device_n_refunds_24h == 1
+    # shipping and delivery learned later, both before the claim: the claim now counts
+    store.observe_order({"order_id": "o1", "shipped_at": T0 + 2 * H})
+    store.observe_order({"order_id": "o1", "delivered_at": T0 + 5 * H})
+    store.observe_resolution("r1", T0 + 15 * H, "rejected", is_abuse=True)
+    b, _, lk = store.profiles(query())
+    assert b.n_not_received_on_delivered == 1 and b.n_rejected == 1 and b.n_abuse == 1
+    assert lk.device_n_bad_buyers == 1
+    b_early, _, lk_early = store.profiles(query(requested_at=T0 + 15 * H))  # resolution not before t
+    assert b_early.n_rejected == 0 and lk_early.device_n_bad_buyers == 0
+    with pytest.raises(RequestError, match="order_id"):
+        store.observe_refund(refund("r2", order_id="nope"))
+    with pytest.raises(RequestError, match="outcome"):
+        store.observe_resolution("r1", T0 + 15 * H, "maybe")
+    with pytest.raises(RequestError, match="paid_at"):
+        store.observe_order(order("o9", paid_at="01/06/2024"))
+    with pytest.raises(RequestError, match="buyer_id"):
+        store.profiles({"requested_at": T0, "store_id": "s"})
+
+
+def test_the_same_event_twice_counts_once() -> None:
+    store = ProfileStore()
+    for _ in range(3):
+        store.observe_order(order())
+        store.observe_order(order("o2", paid_at=T0 + H, amount=5.0))
+        store.observe_refund(refund(amount=4.0))
+        store.observe_resolution("r1", T0 + 12 * H, "rejected", False)
+    b, s, lk = store.profiles(query())
+    assert (b.n_orders_30d, b.spend_30d, b.n_refunds_30d, b.n_rejected) == (2, 15.0, 1, 1)
+    assert (s.n_orders_30d, s.n_refunds_30d, lk.device_n_buyers, lk.device_n_bad_buyers) == (2, 1, 1, 1)
+    assert store.stats()["orders"] == 2 and store.stats()["refunds"] == 1
+    # a second sighting with other values is an error, never silently ignored
+    with pytest.raises(RequestError, match="amount") as e:
+        store.observe_order(order(amount=11.0))
+    assert e.value.field == "amount"
+    with pytest.raises(RequestError, match="requested_at"):
+        store.observe_refund(refund(amount=4.0, requested_at=T0 + 11 * H))
+    with pytest.raises(RequestError, match="outcome"):
+        store.observe_resolution("r1", T0 + 12 * H, "refunded", False)
+    with pytest.raises(RequestError, match="delivered_at"):
+        store.observe_order({"order_id": "o1", "shipped_at": T0 + H, "delivered_at": T0 + 2 * H})
+        store.observe_order({"order_id": "o1", "delivered_at": T0 + 3 * H})
+
+
+def test_a_resolution_before_its_refund_is_held_and_counted() -> None:
+    store = ProfileStore()
+    store.observe_order(order())
+    store.observe_resolution("r1", T0 + 12 * H, "rejected", True)
+    store.observe_resolution("r1", T0 + 12 * H, "rejected", True)        # held once
+    assert store.stats()["pending_resolutions"] == 1
+    assert store.profiles(query())[0].n_rejected == 0
+    store.observe_refund(refund())
+    assert store.stats()["pending_resolutions"] == 0
+    b, _, lk = store.profiles(query())
+    assert b.n_rejected == 1 and b.n_abuse == 1 and lk.device_n_bad_buyers == 1
+    # a held resolution that turns out to be before its request is dropped, with a warning
+    store.observe_order(order("o2", buyer_id="b2"))
+    store.observe_resolution("r2", T0 + H, "rejected", None)
+    with pytest.warns(RefundGuardWarning, match="dropped"):
+        store.observe_refund(refund("r2", order_id="o2", requested_at=T0 + 5 * H))
+    assert store.stats()["dropped_resolutions"] == 1
+    assert store.profiles(query(buyer_id="b2"))[0].n_rejected == 0
+
+
+@pytest.mark.parametrize(("method", "event", "field"), [
+    ("order", order(category=None), "category"),
+    ("order", order(amount=-1.0), "amount"),
+    ("order", order(amount=float("nan")), "amount"),
+    ("order", order(amount=float("inf")), "amount"),
+    ("order", order(amount=True), "amount"),
+    ("order", order(amount="10.0"), "amount"),
+    ("order", order(amount=1e307), "amount"),
+    ("order", order(order_id=" o1"), "order_id"),
+    ("order", order(order_id=""), "order_id"),
+    ("order", order(buyer_id=7), "buyer_id"),
+    ("order", order(shipped_at=T0 - H), "shipped_at"),
+    ("order", order(ship_by=T0 - H), "ship_by"),
+    ("order", order(shipped_at=T0 + 5 * H, delivered_at=T0 + 4 * H), "delivered_at"),
+    ("order", order(delivered_at=T0 + 4 * H), "delivered_at"),
+    ("order", order(paid_at="now"), "paid_at"),
+    ("order", None, None),
+    ("order", [1, 2], None),
+    ("refund", refund(kind="REFUND-ONLY"), "kind"),
+    ("refund", refund(reason="fraud"), "reason"),
+    ("refund", refund(requested_at=T0 - H), "requested_at"),
+    ("refund", refund(amount=1e9), "amount"),
+    ("refund", refund(amount=10.02), "amount"),
+    ("refund", refund(amount=0.0), "amount"),
+    ("refund", refund(resolved_at=T0 + 9 * H, outcome="refunded"), "resolved_at"),
+    ("refund", refund(resolved_at=T0 + 19 * H), "outcome"),
+    ("refund", refund(outcome="refunded"), "outcome"),
+    ("refund", refund(resolved_at=T0 + 19 * H, outcome="rejected", is_abuse="False"), "is_abuse"),
+    ("refund", "r1", None),
+    ("resolution", ("r0", T0 + 9 * H, "rejected", None), "resolved_at"),
+    ("resolution", ("r0", T0 + 19 * H, "rejected", "False"), "is_abuse"),
+    ("resolution", ("r0", T0 + 19 * H, "rejected", 0), "is_abuse"),
+    ("resolution", ("r0", T0 + 19 * H, "fraud", None), "outcome"),
+    ("resolution", ("r0", None, "rejected", None), "resolved_at"),
+    ("resolution", (None, T0 + 19 * H, "rejected", None), "refund_id"),
+])
+def test_every_contract_rule_is_checked_on_events(method: str, event, field) -> None:
+    """Issue 12, case 3: odd events are refused with a RequestError naming the field, and change nothing."""
+    store = ProfileStore()
+    store.observe_order(order("o0", amount=50.0))
+    store.observe_refund(refund("r0", order_id="o0", amount=1.0))
+    store.observe_order(order())
+    before = store.profiles(query())
+    with pytest.raises(RequestError) as err:
+        if method == "order":
+            store.observe_order(event)
+        elif method == "refund":
+            store.observe_refund(event)
+        else:
+            store.observe_resolution(*event)
+    assert err.value.field == field, err.value
+    if field is not None:
+        assert field in str(err.value)
+    assert store.profiles(query()) == before
+    assert store.stats()["refunds"] == 1
+
+
+def test_refund_sum_counts_every_refund_of_the_order() -> None:
+    store = ProfileStore()
+    store.observe_order(order(amount=50.0))
+    store.observe_refund(refund("r1", amount=30.0))
+    store.observe_refund(refund("r2", amount=20.005))                   # 50.005 <= 50.01
+    with pytest.raises(RequestError, match="amount"):
+        store.observe_refund(refund("r3", amount=0.01))
+    assert store.stats()["refunds"] == 2
+
+
+def test_is_abuse_false_text_never_counts_as_abuse() -> None:
+    store = ProfileStore()
+    store.observe_order(order())
+    store.observe_refund(refund())
+    with pytest.raises(RequestError, match="is_abuse"):
+        store.observe_resolution("r1", T0 + 12 * H, "refunded", is_abuse="False")
+    store.observe_resolution("r1", T0 + 12 * H, "refunded", is_abuse=np.bool_(False))
+    assert store.profiles(query())[0].n_abuse == 0
+
+
+# --------------------------------------------------------------------------- threads
+def test_the_same_new_order_observed_by_threads_at_once_counts_once() -> None:
+    """observe_order checks and inserts in one lock section (two threads once counted it twice)."""
+    store = ProfileStore()
+    n_orders, n_threads = 300, 8
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: the race shows at once
+    try:
+        for k in range(n_orders):
+            ev = order(f"o{k}", buyer_id="b1", store_id="s1", paid_at=T0 + pd.Timedelta(minutes=k),
+                       device_id="d1")
+            barrier = threading.Barrier(n_threads)
+
+            def observe(ev=ev, barrier=barrier) -> None:
+                barrier.wait()
+                store.observe_order(ev)
+
+            threads = [threading.Thread(target=observe) for _ in range(n_threads)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+    finally:
+        sys.setswitchinterval(old)
+    b, s, lk = store.profiles({"requested_at": T0 + pd.Timedelta(days=1), "buyer_id": "b1",
+                               "store_id": "s1", "device_id": "d1"})
+    assert b.n_orders_30d == n_orders
+    assert b.spend_30d == 10.0 * n_orders
+    assert s.n_orders_30d == n_orders
+    assert lk.device_n_buyers == 1
+
+
+def test_lookups_and_events_from_threads_agree_with_one_thread() -> None:
+    tables = random_tables(3, n_orders=200, n_refunds=80)
+    requests = requests_from_tables(tables)
+    one = ProfileStore()
+    feed(one, events(tables))
+    shared = ProfileStore()
+    stream = events(tables)
+    chunks = [stream[i::4] for i in range(4)]
+    orders = [e for e in stream if e[0] == "order"]
+    feed(shared, orders)
+    errors: list[BaseException] = []
+
+    def work(chunk) -> None:
+        try:
+            feed(shared, [e for e in chunk if e[0] != "order"])
+            for i in range(len(requests)):
+                shared.profiles(request_record(requests, i))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(c,)) for c in chunks]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    assert all_profiles(shared, requests) == all_profiles(one, requests)
+    assert not math.isnan(len(requests))
+
+
+# --------------------------------------------------------------------------- warm start, snapshots, expiry
+@given(seed=st.integers(0, 2**32 - 1))
+@settings(max_examples=20)
+def test_from_tables_equals_the_same_events_fed_one_by_one(seed: int) -> None:
+    tables = random_tables(seed)
+    hist = fake_history(tables, seed)
+    requests = requests_from_tables(tables)
+    fed = ProfileStore(store_scores=hist)
+    feed(fed, events(tables))
+    warm = ProfileStore.from_tables(tables, store_scores=hist, validate_tables=False)
+    assert all_profiles(warm, requests) == all_profiles(fed, requests)
+    a, b = fed.stats(), warm.stats()
+    a.pop("bytes"), b.pop("bytes")
+    assert a == b
+
+
+def _rest_after(tables: dict[str, pd.DataFrame], cut: pd.Timestamp) -> list[tuple[str, dict]]:
+    """The events a service started at ``cut`` still receives: each at its own known-at time."""
+    out = []
+    for rec in tables["orders"].to_dict("records"):
+        rec = {k: v for k, v in rec.items() if not _null(v)}
+        if rec["paid_at"] >= cut:
+            out.append((rec["paid_at"], "order", rec))
+            continue
+        for name in ("shipped_at", "delivered_at"):
+            if name in rec and rec[name] >= cut:
+                out.append((rec[name], "order", {"order_id": rec["order_id"], name: rec[name],
+                                                  **({"shipped_at": rec["shipped_at"]} if name == "delivered_at"
+                                                     else {})}))
+    for rec in tables["refunds"].to_dict("records"):
+        r = {k: rec[k] for k in ("refund_id", "order_id", "requested_at", "kind", "reason", "amount")}
+        if rec["requested_at"] >= cut:
+            out.append((rec["requested_at"], "refund", r))
+        if not _null(rec["resolved_at"]) and rec["resolved_at"] >= cut:
+            out.append((rec["resolved_at"], "resolution", (rec["refund_id"], rec["resolved_at"], rec["outcome"],
+                                                           None if _null(rec["is_abuse"]) else bool(rec["is_abuse"]))))
+    out.sort(key=lambda e: (e[0], ("order", "refund", "resolution").index(e[1])))
+    return [(k, ev) for _, k, ev in out]
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_from_tables_as_of_then_the_later_events_equals_everything(seed: int) -> None:
+    tables = random_tables(seed, n_orders=80, n_refunds=50)
+    requests = requests_from_tables(tables)
+    cut = requests["requested_at"].iloc[len(requests) // 2]
+    full = ProfileStore.from_tables(tables, validate_tables=False)
+    started = ProfileStore.from_tables(tables, as_of=cut, validate_tables=False)
+    assert started.stats()["orders"] < full.stats()["orders"]
+    feed(started, _rest_after(tables, cut))
+    assert all_profiles(started, requests) == all_profiles(full, requests)
+
+
+def test_from_tables_validates_raw_tables() -> None:
+    tables = random_tables(4)
+    raw = {k: v.astype({c: object for c in v.columns if str(v[c].dtype) == "str"}) for k, v in tables.items()}
+    raw["refunds"] = raw["refunds"].astype({"is_abuse": object})
+    raw["refunds"].loc[0, "is_abuse"] = "False"
+    store = ProfileStore.from_tables(raw)
+    requests = requests_from_tables(tables)
+    assert all_profiles(store, requests) == all_profiles(ProfileStore.from_tables(tables), requests)
+    bad = dict(tables)
+    bad["refunds"] = tables["refunds"].assign(kind="REFUND-ONLY")
+    with pytest.raises(Exception, match="kind"):
+        ProfileStore.from_tables(bad)
+
+
+def test_snapshot_round_trip_is_exact_verified_and_atomic(tmp_path) -> None:
+    from refundguard.errors import DataError
+    from refundguard.online.snapshot import snapshot_sha256
+
+    tables = random_tables(8)
+    hist = fake_history(tables, 8)
+    requests = requests_from_tables(tables)
+    store = ProfileStore.from_tables(tables, store_scores=hist, validate_tables=False)
+    store.observe_resolution("r-later", T0 + 5000 * H, "rejected", True)     # a held resolution
+    path = store.save(tmp_path / "snap")
+    store.save(tmp_path / "snap")                                           # replaced in one rename
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["snap"]
+    again = ProfileStore.load(path, expected_sha256=snapshot_sha256(path))
+    assert all_profiles(again, requests) == all_profiles(store, requests)
+    assert again.stats()["pending_resolutions"] == 1
+    # the restored store goes on taking events like the original
+    for s in (store, again):
+        s.observe_order(order("o-new", buyer_id="b0", paid_at=T0 + 3000 * H))
+    assert all_profiles(again, requests) == all_profiles(store, requests)
+    with pytest.raises(DataError, match="expected sha256"):
+        ProfileStore.load(path, expected_sha256="0" * 64)
+    data = (path / "buyers.parquet").read_bytes()
+    (path / "buyers.parquet").write_bytes(data[:-9] + bytes([data[-9] ^ 1]) + data[-8:])
+    with pytest.raises(DataError, match="buyers.parquet"):
+        ProfileStore.load(path)
+    (path / "extra.txt").write_text("x")
+    with pytest.raises(DataError, match="files"):
+        ProfileStore.load(path)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("keep me")
+    with pytest.raises(DataError, match="not a ProfileStore snapshot"):
+        store.save(tmp_path / "notes")
+    assert (tmp_path / "notes" / "a.txt").read_text() == "keep me"
+
+
+def test_expire_keeps_every_later_request_exact_and_refuses_earlier_ones() -> None:
+    tables = random_tables(9, n_orders=120, n_refunds=60)
+    requests = requests_from_tables(tables)
+    full = ProfileStore.from_tables(tables, validate_tables=False)
+    before = requests["requested_at"].iloc[len(requests) // 2]
+    store = ProfileStore.from_tables(tables, validate_tables=False)
+    dropped = store.expire(before)
+    assert dropped > 0 and store.stats()["block_values"] < full.stats()["block_values"]
+    later = requests[requests["requested_at"] >= before].reset_index(drop=True)
+    assert all_profiles(store, later) == all_profiles(full, later)
+    with pytest.raises(RequestError, match="requested_at"):
+        store.profiles(request_record(requests, 0))
+    assert store.expire(before - pd.Timedelta(days=30)) == 0            # the floor never goes back
+
+
+def test_horizon_expires_on_ingest() -> None:
+    tables = random_tables(10, n_orders=150, n_refunds=60)
+    stream = events(tables)
+    stream.sort(key=lambda e: e[1]["paid_at"] if e[0] == "order" else
+                (e[1]["requested_at"] if e[0] == "refund" else e[1][1]))
+    plain, bounded = ProfileStore(), ProfileStore(horizon_days=120)
+    requests = requests_from_tables(tables)
+    for kind, ev in stream:
+        feed(plain, [(kind, ev)])
+        feed(bounded, [(kind, ev)])
+    assert bounded.stats()["floor"] is not None
+    floor = pd.Timestamp(bounded.stats()["floor"], tz="UTC")
+    assert bounded.stats()["block_values"] < plain.stats()["block_values"]
+    later = requests[requests["requested_at"] >= floor].reset_index(drop=True)
+    assert len(later) >= 3
+    assert all_profiles(bounded, later) == all_profiles(plain, later)
