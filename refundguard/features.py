@@ -37,7 +37,7 @@ from refundguard.profiles import (
     Profiles,
     StoreProfile,
 )
-from refundguard.tables import KINDS, REASONS, require_columns
+from refundguard.tables import KINDS, MAX_AMOUNT, REASONS, REFUND_SUM_TOLERANCE, require_columns
 
 __all__ = [
     "Feature",
@@ -178,6 +178,26 @@ def _opt(v: float | int | None) -> float:
     return _NAN if v is None else float(v)
 
 
+def _check_request_rules(amount: float, order_amount: float, paid: int, shipped: int | None,
+                         deliv: int | None, request: Mapping[str, Any]) -> None:
+    """The contract's rules for one request row, as :func:`refundguard.validate` applies them to tables."""
+    for field, value in (("amount", amount), ("order_amount", order_amount)):
+        if value > MAX_AMOUNT:
+            raise RequestError(f"The request field {field!r} must be at most {MAX_AMOUNT:.0e} (the contract's "
+                               f"bound); got {request[field]!r}.", field=field, value=request[field])
+    if amount > order_amount + REFUND_SUM_TOLERANCE:
+        raise RequestError(f"The request field 'amount' must not exceed the order amount {order_amount!r} "
+                           f"(+{REFUND_SUM_TOLERANCE}); got {request['amount']!r}.", field="amount",
+                           value=request["amount"])
+    if shipped is not None and shipped < paid:
+        raise RequestError(f"The request field 'shipped_at' must not be before 'paid_at'; got "
+                           f"{request.get('shipped_at')!r}.", field="shipped_at", value=request.get("shipped_at"))
+    if deliv is not None and (shipped is None or deliv < shipped):
+        raise RequestError("The request field 'delivered_at' must not be before 'shipped_at' (nor given without "
+                           f"it); got {request.get('delivered_at')!r}.", field="delivered_at",
+                           value=request.get("delivered_at"))
+
+
 def build_features_one(request: Mapping[str, Any],
                        profiles: tuple[BuyerProfile, StoreProfile, LinkProfile]) -> dict[str, Any]:
     """Features of one request, in plain Python (the online path).
@@ -234,6 +254,7 @@ def build_features_one(request: Mapping[str, Any],
     reason = _enum(request["reason"], "reason", REASONS)
     amount = _real(request["amount"], "amount", 0.0, True)
     order_amount = _real(request["order_amount"], "order_amount", 0.0, False)
+    _check_request_rules(amount, order_amount, paid, shipped, deliv, request)  # type: ignore[arg-type]
     category = get("category")
     if category is not None and not isinstance(category, str):
         if isinstance(category, float) and math.isnan(category):
@@ -398,6 +419,20 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
         if bad.any():
             raise _schema("It must be finite and " + ("> 0." if col == "amount" else ">= 0."), col, "min",
                           bad, requests[col].to_numpy())
+    for col, arr in (("amount", amount), ("order_amount", order_amount)):
+        if (arr > MAX_AMOUNT).any():
+            raise _schema(f"It must be at most {MAX_AMOUNT:.0e}.", col, "range", arr > MAX_AMOUNT,
+                          requests[col].to_numpy())
+    over = amount > order_amount + REFUND_SUM_TOLERANCE
+    if over.any():
+        raise _schema("A refund cannot exceed its order's amount (+0.01).", "amount", "refund_sum", over,
+                      requests["amount"].to_numpy())
+    for col, bad in (("shipped_at", (shipped != nat) & (shipped < paid)),
+                     ("delivered_at", (deliv != nat) & ((shipped == nat) | (deliv < shipped)))):
+        if bad.any():
+            raise _schema("The order's instants must be in order (paid, shipped, delivered).", col,
+                          "after_paid_at" if col == "shipped_at" else "after_shipped_at", bad,
+                          requests[col].to_numpy())
     if "category" in requests.columns:
         category = requests["category"].astype("str")
     else:

@@ -106,7 +106,7 @@ def test_shipping_and_delivery_count_only_when_known_before_the_request() -> Non
 
 
 def test_missing_profile_values_give_nan() -> None:
-    f = build_features_one(request(order_amount=0.0, category=None),
+    f = build_features_one(request(amount=0.01, order_amount=0.0, category=None),  # within the +0.01 tolerance
                            (BuyerProfile(), StoreProfile(), LinkProfile()))
     for name in ("amount_to_order_amount", "amount_to_buyer_median", "buyer_tenure_days",
                  "buyer_refund_rate_90d", "store_score", "store_refund_rate_30d",
@@ -237,3 +237,27 @@ def test_profiles_with_wrong_value_types_raise_request_error() -> None:
         assert exc.value.field == "profiles"
     with pytest.raises(RequestError, match="profiles"):
         build_features_one(request(), (PROFILES[0], StoreProfile(score="high"), PROFILES[2]))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("field", "value", "rule"), [
+    ("amount", 1e12, "refund_sum"),  # issue 12 case 2: a refund far above its order of 60.0
+    ("amount", 60.02, "refund_sum"),
+    ("order_amount", 2e12, "range"),
+    ("shipped_at", T - pd.Timedelta(hours=60), "after_paid_at"),
+    ("delivered_at", T - pd.Timedelta(hours=45), "after_shipped_at"),
+])
+def test_the_contract_rules_hold_for_one_request_online_and_in_batch(field, value, rule) -> None:
+    """assess checks a request as validate checks a row (refund <= order amount + 0.01, instants in order)."""
+    bad = request(**{field: value})
+    with pytest.raises(RequestError) as exc:
+        build_features_one(bad, PROFILES)
+    assert exc.value.field == field
+    prof = Profiles.from_records([PROFILES[0]], [PROFILES[1]], [PROFILES[2]])
+    with pytest.raises(SchemaError) as batch_exc:
+        build_features(frame([bad]), prof)
+    assert (batch_exc.value.column, batch_exc.value.rule) == (field, rule)
+    assert build_features_one(request(amount=60.01), PROFILES)["amount"] == 60.01  # the +0.01 tolerance
+    no_ship = request(shipped_at=None, delivered_at=None)
+    assert build_features_one(no_ship, PROFILES)["is_shipped"] == 0.0
+    with pytest.raises(RequestError, match="delivered_at"):
+        build_features_one(request(shipped_at=None), PROFILES)  # delivered without shipped

@@ -202,12 +202,17 @@ def change_late_resolutions(rng, tables, cut):
 
 
 def change_late_shipping(rng, tables, cut):
+    """Shipping and delivery not known before the cut are redrawn (still in contract order)."""
     o = tables["orders"].copy()
-    for col in ("shipped_at", "delivered_at"):
-        late = (o[col].isna() | (o[col] >= cut)).to_numpy(bool) & (o["paid_at"] < cut).to_numpy(
-            bool)
-        n = int(late.sum())
-        o.loc[late, col] = later(rng, cut, n).where(rng.random(n) < 0.7).to_numpy()
+    paid_before = (o["paid_at"] < cut).to_numpy(bool)
+    late_ship = (o["shipped_at"].isna() | (o["shipped_at"] >= cut)).to_numpy(bool) & paid_before
+    n = int(late_ship.sum())
+    o.loc[late_ship, "shipped_at"] = later(rng, cut, n).where(rng.random(n) < 0.7).to_numpy()
+    late_deliv = (o["delivered_at"].isna() | (o["delivered_at"] >= cut)).to_numpy(bool) & paid_before
+    n = int(late_deliv.sum())
+    gap = pd.to_timedelta(rng.uniform(0, 5 * 86400, n), unit="s")
+    new = (o.loc[late_deliv, "shipped_at"] + gap).where(rng.random(n) < 0.7)
+    o.loc[late_deliv, "delivered_at"] = new.where(new >= cut).to_numpy()  # delivery after the cut, or none
     out = dict(tables)
     out["orders"] = o
     return out

@@ -83,11 +83,18 @@ def cases(draw):
     t = draw(instants(400, 800))
     t_ns = pd.Timestamp(t).value
     paid = draw(instants(0, 800).filter(lambda x: pd.Timestamp(x).value <= t_ns))
+    paid_ns = pd.Timestamp(paid).value
+    # the contract: shipped >= paid, delivered >= shipped (and only when shipped), refund <= order + 0.01;
+    # shipping and delivery may lie after the request (not known yet at t)
+    shipped = draw(opt(instants().filter(lambda x: pd.Timestamp(x).value >= paid_ns)))
+    delivered = None if shipped is None else draw(
+        opt(instants().filter(lambda x: pd.Timestamp(x).value >= pd.Timestamp(shipped).value)))
+    order_amount = draw(st.sampled_from([0.0, 1.0]) | money)
     req = {
         "refund_id": "r", "requested_at": t, "paid_at": paid,
-        "shipped_at": draw(opt(instants())), "delivered_at": draw(opt(instants())),
+        "shipped_at": shipped, "delivered_at": delivered,
         "kind": draw(st.sampled_from(KINDS)), "reason": draw(st.sampled_from(REASONS)),
-        "amount": draw(st.floats(0.01, 1e6)), "order_amount": draw(st.sampled_from([0.0, 1.0]) | money),
+        "amount": draw(st.floats(0.01, order_amount + 0.01)), "order_amount": order_amount,
         "category": draw(opt(st.sampled_from(["a", "b", "c"]))),
     }
     kw = {f: draw(counts) for f in BuyerProfile.__slots__ if f.startswith("n_")}
