@@ -112,6 +112,8 @@ FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS: tuple[int, ...] = (1,)
 MANIFEST = "MANIFEST"
 MODEL_FILES: tuple[str, ...] = ("README.md", "meta.json", "model.txt")
+#: No file of a model folder is read if it is larger than this (a model.txt of 1,000 trees x 255 leaves is ~30 MB).
+MAX_FILE_BYTES = 1 << 30
 REQUIRED_META_FIELDS: tuple[str, ...] = (
     "format_version",
     "model_version",
@@ -471,13 +473,20 @@ def verify_model(path: str | os.PathLike[str], expected_sha256: str | None = Non
     ------
     ModelError
         ``problem`` is one of ``not_found``, ``missing_manifest``, ``manifest_format``,
-        ``pinned_hash``, ``missing_file``, ``extra_file``, ``hash_mismatch``,
+        ``symlink``, ``too_large``, ``pinned_hash``, ``missing_file``, ``extra_file``, ``hash_mismatch``,
         ``meta_parse``, ``meta_field``, ``format_version``, ``feature_list``, ``model_version``.
     """
     folder = Path(path)
     where = str(folder)
     if not folder.is_dir():
         raise ModelError(f"Model folder {folder} does not exist or is not a folder.", path=where, problem="not_found")
+    for entry in folder.iterdir():
+        if entry.is_symlink():  # a link could point anywhere (another folder, a device, a file that changes)
+            raise ModelError(f"{entry} is a symbolic link; a model folder holds regular files only.",
+                             path=where, problem="symlink")
+        if entry.is_file() and entry.stat().st_size > MAX_FILE_BYTES:
+            raise ModelError(f"{entry} is larger than {MAX_FILE_BYTES:,d} bytes; refusing to read it.",
+                             path=where, problem="too_large")
     try:
         manifest = (folder / MANIFEST).read_bytes()
     except FileNotFoundError:

@@ -373,3 +373,25 @@ def test_saved_folder_respects_umask(saved):
     mask = os.umask(0)
     os.umask(mask)
     assert (saved.path.stat().st_mode & 0o777) == (0o777 & ~mask)
+
+
+def test_symlinks_and_oversized_files_are_refused_before_reading(tmp_path, saved):
+    import os
+    import shutil
+
+    folder = tmp_path / "linked"
+    shutil.copytree(saved.path, folder)
+    real = tmp_path / "elsewhere.txt"
+    real.write_bytes((folder / "model.txt").read_bytes())  # same content: the hash alone would pass
+    (folder / "model.txt").unlink()
+    os.symlink(real, folder / "model.txt")
+    with pytest.raises(ModelError) as e:
+        load_model(folder)
+    assert e.value.problem == "symlink"
+    big = tmp_path / "big"
+    shutil.copytree(saved.path, big)
+    with open(big / "README.md", "r+b") as fh:  # sparse: no disk used
+        fh.truncate((1 << 30) + 1)
+    with pytest.raises(ModelError) as e:
+        load_model(big)
+    assert e.value.problem == "too_large"
