@@ -337,11 +337,12 @@ class _Table:
 def _show(v: Any) -> str:
     if v is None or (isinstance(v, float) and np.isnan(v)) or v is pd.NaT:
         return "<null>"
-    try:
-        if pd.isna(v):
-            return "<null>"
-    except (TypeError, ValueError):
-        pass
+    if np.ndim(v) == 0:  # containers (a list in a cell) are shown, never tested for null
+        try:
+            if pd.isna(v):
+                return "<null>"
+        except (TypeError, ValueError):
+            pass
     return str(v)
 
 
