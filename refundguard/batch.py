@@ -77,6 +77,7 @@ __all__ = [
     "build_index",
     "plan_slices",
     "run_batch",
+    "score_data",
     "score_slice",
 ]
 
@@ -867,18 +868,16 @@ class _Writer:
         self.n_pending = rest.num_rows
 
     def _write_csv(self, table: pa.Table) -> None:
+        """Append rows as :func:`refundguard.guard.write_scored` writes CSV (``reasons`` as JSON text)."""
         import json
 
-        import pyarrow.csv as pacsv
-
-        reasons = table.column("reasons").to_pylist()
-        text = pa.array([json.dumps(list(r), default=str) for r in reasons], type=pa.large_string())
-        table = table.set_column(table.schema.get_field_index("reasons"), "reasons", text)
-        table = table.set_column(1, "requested_at", pc.strftime(table.column("requested_at"),
-                                                                 format="%Y-%m-%d %H:%M:%S.%f%z"))
+        df = scored_frame(table)
+        df["reasons"] = df["reasons"].map(lambda r: json.dumps(list(r), default=str))
         if self._w is None:
-            self._w = pacsv.CSVWriter(str(self.path), table.schema)
-        self._w.write_table(table)
+            self._w = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
+            df.to_csv(self._w, index=False)
+        else:
+            df.to_csv(self._w, index=False, header=False)
 
     def close(self) -> None:
         if not self.csv and (self.n_pending or self._w is None):
@@ -887,6 +886,16 @@ class _Writer:
             self._write_csv(SCORED_SCHEMA.empty_table())
         if self._w is not None:
             self._w.close()
+            self._w = None
+
+    def abort(self) -> None:
+        """Close without finishing (the caller removes the file)."""
+        if self._w is not None:
+            try:
+                self._w.close()
+            except Exception:  # noqa: BLE001 - the file is being discarded anyway
+                pass
+            self._w = None
 
 
 _INDEX_CACHE: dict[str, BatchIndex] = {}
@@ -993,16 +1002,20 @@ def run_batch(
             out.parent.mkdir(parents=True, exist_ok=True)
             with atomic_target(out) as tmp:
                 writer = _Writer(tmp, csv=out.suffix == ".csv")
-                for table in runner(index, model, slices, jobs, timings):
+                try:
+                    for table in runner(index, model, slices, jobs, timings):
+                        tw = time.perf_counter()
+                        writer.write(table)
+                        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tw
+                        _count_actions(actions, table)
+                        written += table.num_rows
+                        bar.update(table.num_rows)
                     tw = time.perf_counter()
-                    writer.write(table)
+                    writer.close()
                     timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tw
-                    _count_actions(actions, table)
-                    written += table.num_rows
-                    bar.update(table.num_rows)
-                tw = time.perf_counter()
-                writer.close()
-                timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tw
+                except BaseException:
+                    writer.abort()
+                    raise
         else:
             for table in runner(index, model, slices, jobs, timings):
                 tables.append(table)
@@ -1060,3 +1073,50 @@ def scored_frame(table: pa.Table) -> pd.DataFrame:
     df = table.drop_columns(["reasons"]).to_pandas()
     df.insert(list(SCORED_COLUMNS).index("reasons"), "reasons", table.column("reasons").to_pylist())
     return df.loc[:, list(SCORED_COLUMNS)]
+
+
+def score_data(
+    model: BatchModel,
+    data: Mapping[str, pd.DataFrame] | str | os.PathLike[str],
+    start: Any = None,
+    end: Any = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    rejects: str | os.PathLike[str] | None = None,
+    store_scores: pd.DataFrame | str | os.PathLike[str] | None = None,
+    jobs: int = 1,
+    chunk_days: int = DEFAULT_CHUNK_DAYS,
+    validate_tables: bool = True,
+    progress: bool = False,
+    runner: Callable[..., Iterator[pa.Table]] | None = None,
+    owner: str = "score_history",
+) -> tuple[BatchResult, pa.Table | None]:
+    """Read, validate and code the input, then :func:`run_batch` (the options of ``score_history``).
+
+    Tables in memory pass through :func:`refundguard.pipeline.canonical_tables` after
+    quarantine validation; a folder is read by :func:`refundguard.sources.read_source`.
+    """
+    from refundguard._time import parameter_ns
+    from refundguard.pipeline import canonical_tables
+    from refundguard.sources import code_tables, read_published_scores, read_source
+
+    n_jobs = check_jobs(jobs, owner)
+    n_days = check_chunk_days(chunk_days, owner)
+    lo = parameter_ns(start, "start", owner, optional=True)
+    hi = parameter_ns(end, "end", owner, optional=True)
+    out_path = None if out is None else Path(out)
+    if out_path is not None and out_path.suffix not in (".parquet", ".csv"):
+        raise ConfigError.invalid(owner, "out", "a file ending in .parquet or .csv", str(out))
+    rejects_path = None if rejects is None else Path(rejects)
+    if rejects_path is not None and rejects_path.suffix not in (".parquet", ".csv"):
+        raise ConfigError.invalid(owner, "rejects", "a file ending in .parquet or .csv", str(rejects))
+    if isinstance(data, Mapping):
+        source = code_tables(data, validate_tables=validate_tables, canonical=canonical_tables, threads=n_jobs)
+    else:
+        source = read_source(data, threads=n_jobs)
+    published = None
+    if store_scores is not None:
+        cfg = model.score_config
+        published = read_published_scores(store_scores, source.store_ids, cfg)
+    return run_batch(source, model, start_ns=lo, end_ns=hi, out=out_path, rejects_out=rejects_path,
+                     published=published, jobs=n_jobs, chunk_days=n_days, progress=progress, runner=runner)

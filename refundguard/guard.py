@@ -341,38 +341,27 @@ class RefundGuard:
         ConfigError
             A bad parameter.
         """
-        from refundguard.batch import check_chunk_days, check_jobs, run_batch, scored_frame
-        from refundguard.sources import code_tables, read_published_scores, read_source
+        from refundguard.batch import score_data, scored_frame
 
-        st = self._state
-        n_jobs = check_jobs(jobs)
-        n_days = check_chunk_days(chunk_days)
-        lo = parameter_ns(start, "start", "score_history", optional=True)
-        hi = parameter_ns(end, "end", "score_history", optional=True)
-        out_path = None if out is None else Path(out)
-        if out_path is not None and out_path.suffix not in SCORED_FORMATS:
-            raise ConfigError.invalid("score_history", "out", f"a file ending in one of {list(SCORED_FORMATS)}", str(out))
-        if isinstance(data, Mapping):
-            source = code_tables(data, validate_tables=validate_tables, canonical=canonical_tables, threads=n_jobs)
-        else:
-            source = read_source(data, threads=n_jobs)
-        published = None
-        if store_scores is not None:
-            published = read_published_scores(store_scores, source.store_ids, st.score_config)
-        model = self._batch_model(st, always_score=always_score, explain=explain)
-        result, table = run_batch(
-            source, model, start_ns=lo, end_ns=hi, out=out_path, rejects_out=None if rejects is None else Path(rejects),
-            published=published, jobs=n_jobs, chunk_days=n_days, progress=progress,
+        model = self.batch_model(always_score=always_score, explain=explain)
+        result, table = score_data(
+            model, data, start, end, out=out, rejects=rejects, store_scores=store_scores, jobs=jobs,
+            chunk_days=chunk_days, validate_tables=validate_tables, progress=progress,
         )
-        if out_path is not None:
+        if out is not None:
             return result
         scored = scored_frame(table)
         return (scored, result.rejects) if return_rejects else scored
 
-    def _batch_model(self, st: _State, *, always_score: bool, explain: bool) -> Any:
-        """The portable model of the batch engine; this process reuses the parsed one."""
+    def batch_model(self, *, always_score: bool = False, explain: bool = False) -> Any:
+        """The serving model as the batch engine's portable :class:`~refundguard.batch.BatchModel`.
+
+        Worker processes (joblib, Dask) parse it once each; this process reuses the
+        parsed model. :mod:`refundguard.dask` passes it to the cluster.
+        """
         from refundguard.batch import BatchModel, register_scorer
 
+        st = self._state
         model = BatchModel(
             booster_text=st.loaded.booster.model_to_string(),
             meta=st.loaded.meta,

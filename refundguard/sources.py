@@ -891,7 +891,7 @@ class PublishedScores:
 
 
 def _pub_key(store: np.ndarray, day: np.ndarray) -> np.ndarray:
-    return store * (1 << 32) + (day + (1 << 31))
+    return np.asarray(store, dtype=np.int64) * (1 << 32) + (np.asarray(day, dtype=np.int64) + (1 << 31))
 
 
 def read_published_scores(source: pd.DataFrame | str | Path, store_ids: pa.Array, cfg: ScoreConfig,

@@ -15,6 +15,7 @@ LAYERS: list[set[str]] = [
     {"tables"},
     {"simulate", "datasets", "datasets.olist"},
     {"scores"},
+    {"sources"},
     {"profiles"},
     {"features"},
     # model/: one module per job; the estimator builds on the others, __init__ only re-exports.
@@ -25,7 +26,9 @@ LAYERS: list[set[str]] = [
     {"artifacts"},
     {"policy"},
     {"pipeline"},
+    {"batch"},
     {"guard"},
+    {"dask"},
     {"training"},
     {"demo"},
     {"cli", "__init__", "datasets.__init__"},
