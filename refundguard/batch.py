@@ -839,12 +839,19 @@ class _Writer:
     """Appends scored slices to one Parquet or CSV file; Parquet row groups of :data:`ROW_GROUP_ROWS`."""
 
     def __init__(self, path: Path, csv: bool) -> None:
+        import pyarrow.parquet as pq
+
         self.path = path
         self.csv = csv
         self.pending: list[pa.Table] = []
         self.n_pending = 0
         self.rows = 0
-        self._w: Any = None
+        self._header = True
+        # the file exists (under its temporary name) from the start
+        if csv:
+            self._w: Any = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
+        else:
+            self._w = pq.ParquetWriter(str(path), SCORED_SCHEMA)
 
     def write(self, table: pa.Table) -> None:
         self.rows += table.num_rows
@@ -857,10 +864,6 @@ class _Writer:
             self._flush(ROW_GROUP_ROWS)
 
     def _flush(self, n: int) -> None:
-        import pyarrow.parquet as pq
-
-        if self._w is None:
-            self._w = pq.ParquetWriter(str(self.path), SCORED_SCHEMA)
         whole = pa.concat_tables(self.pending)
         self._w.write_table(whole.slice(0, n), row_group_size=max(n, 1))
         rest = whole.slice(n)
@@ -873,16 +876,15 @@ class _Writer:
 
         df = scored_frame(table)
         df["reasons"] = df["reasons"].map(lambda r: json.dumps(list(r), default=str))
-        if self._w is None:
-            self._w = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
-            df.to_csv(self._w, index=False)
-        else:
-            df.to_csv(self._w, index=False, header=False)
+        df.to_csv(self._w, index=False, header=self._header)
+        self._header = False
 
     def close(self) -> None:
-        if not self.csv and (self.n_pending or self._w is None):
+        if not self.csv and (self.n_pending or not self.rows):
+            if not self.pending:
+                self.pending = [SCORED_SCHEMA.empty_table()]
             self._flush(self.n_pending)
-        if self._w is None and self.csv:
+        if self.csv and self._header:
             self._write_csv(SCORED_SCHEMA.empty_table())
         if self._w is not None:
             self._w.close()
