@@ -343,21 +343,24 @@ class BatchIndex:
 
 
 def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) -> np.ndarray:
-    """Row of the earliest ``t`` of every distinct ``(a, b)`` pair with ``a, b >= 0`` (ties: any one)."""
+    """Row of the earliest ``t`` of every distinct ``(a, b)`` pair with ``a, b >= 0`` (ties: the first row)."""
     keep = np.flatnonzero((a >= 0) & (b >= 0) & (t != NAT))
     if not len(keep):
         return np.zeros(0, dtype=np.int64)
-    key = a[keep].astype(np.int64) * max(n_b, 1) + b[keep]
+    key = a[keep].astype(np.int64)
+    key *= max(n_b, 1)
+    key += b[keep]
     codes, uniq = pd.factorize(key, sort=False)
-    first = np.full(len(uniq), NEVER, dtype=np.int64)
+    del key
     tk = t[keep]
+    first = np.full(len(uniq), NEVER, dtype=np.int64)
     np.minimum.at(first, codes, tk)
-    hit = tk == first[codes]
-    # one row per pair: the first hit of each code
-    hc = codes[hit]
-    rows = keep[hit]
-    _, pos = np.unique(hc, return_index=True)
-    return np.sort(rows[pos]).astype(np.int64)
+    hit = np.flatnonzero(tk == first[codes])
+    del tk, first
+    # one row per pair: the first hit (assignments in reverse order leave the first one)
+    row_of = np.empty(len(uniq), dtype=np.int64)
+    row_of[codes[hit[::-1]]] = keep[hit[::-1]]
+    return np.sort(row_of)
 
 
 def _first_per_pair_flags(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) -> np.ndarray:
@@ -396,8 +399,12 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
     r_nr = (r["reason"] == REASONS.index("not_received")) & (deliv != NAT) & (deliv < r_req)
 
     with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        dev_f = pool.submit(_first_per_pair_rows, o["device"], o_buyer, o["paid_at"], n_b)
-        addr_f = pool.submit(_first_per_pair_rows, o["address"], o_buyer, o["paid_at"], n_b)
+        # one 10M-row pair table at a time (memory); the small work runs beside it
+        def link_pairs() -> tuple[np.ndarray, np.ndarray]:
+            return (_first_per_pair_rows(o["device"], o_buyer, o["paid_at"], n_b),
+                    _first_per_pair_rows(o["address"], o_buyer, o["paid_at"], n_b))
+
+        link_f = pool.submit(link_pairs)
         pair_f = pool.submit(_first_per_pair_flags, r_buyer, r_store, r_req, len(tables.store_ids))
         bad = np.flatnonzero(r_rej | r_abuse)
         first_bad = np.full(n_b, -1, dtype=np.int64)
@@ -408,7 +415,7 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
             head = np.ones(len(rows), dtype=bool)
             head[1:] = b_sorted[1:] != b_sorted[:-1]
             first_bad[b_sorted[head]] = rows[head]
-        dev_pairs, addr_pairs, pair_first = dev_f.result(), addr_f.result(), pair_f.result()
+        (dev_pairs, addr_pairs), pair_first = link_f.result(), pair_f.result()
 
     sel = np.ones(len(r_req), dtype=bool)
     if start_ns is not None:
@@ -584,7 +591,7 @@ def _strings(levels: Sequence[str], codes: np.ndarray) -> pa.Array:
 
 
 def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, threads: int = 1,
-                timings: dict[str, float] | None = None) -> pa.Table:
+                timings: dict[str, float] | None = None, matrices: list[np.ndarray] | None = None) -> pa.Table:
     """Decide the refunds of one slice; an Arrow table of :data:`SCORED_SCHEMA`.
 
     Parameters
@@ -600,6 +607,9 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     timings
         If given, seconds per stage (``profiles``, ``features``, ``model``, ``policy``,
         ``reasons``) are added to it.
+    matrices
+        If given, the slice's encoded feature matrix is appended to it (benchmarks
+        time the plain ``Booster.predict`` on exactly these rows).
     """
     clock = _Clock(timings)
     ix = index
@@ -638,6 +648,8 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
 
     sc = _scorer(model)
     matrix, _ = sc.encoder.transform(X)
+    if matrices is not None:
+        matrices.append(matrix)
     refund_ids = ix.refund_ids.take(pa.array(rows))
     buyer_ids = ix.buyer_ids.take(pa.array(q_buyer))
     store = profiles.store
@@ -914,8 +926,36 @@ def _score_saved(folder: str, model: BatchModel, spec: SliceSpec) -> tuple[pa.Ta
     return table, timings
 
 
+def _warm(model: BatchModel) -> int:
+    """Worker start-up: import the engine and parse the model (while the main process reads)."""
+    _scorer(model)
+    return os.getpid()
+
+
+def warm_workers(model: BatchModel, jobs: int) -> threading.Thread | None:
+    """Start ``jobs`` joblib workers and parse the model in each, in a background thread.
+
+    ``joblib.Parallel`` reuses the same workers afterwards, so their start-up
+    overlaps the main process's reading and indexing. Join the thread before the
+    next ``Parallel`` call.
+    """
+    if jobs <= 1:
+        return None
+    from joblib import Parallel, delayed
+
+    def start() -> None:
+        try:
+            Parallel(n_jobs=jobs, max_nbytes=None)(delayed(_warm)(model) for _ in range(jobs))
+        except Exception:  # noqa: BLE001 - only a warm-up: the real run reports errors
+            pass
+
+    thread = threading.Thread(target=start, name="refundguard-warm-workers", daemon=True)
+    thread.start()
+    return thread
+
+
 def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[SliceSpec], jobs: int,
-                      timings: dict[str, float]) -> Iterator[pa.Table]:
+                      timings: dict[str, float], warm: threading.Thread | None = None) -> Iterator[pa.Table]:
     """Score ``slices`` in order: in this process (``jobs == 1``) or in ``jobs`` joblib processes.
 
     With several processes the index is written once to a temporary folder and
@@ -927,10 +967,13 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
         return
     from joblib import Parallel, delayed
 
+    if warm is not None:
+        warm.join()
     folder = Path(tempfile.mkdtemp(prefix="refundguard-batch-"))
     try:
         t = time.perf_counter()
         index.save(folder)
+        del index  # the workers read the saved copy; this process needs nothing more of it
         timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t
         run = Parallel(n_jobs=jobs, return_as="generator", max_nbytes=None)
         for table, part in run(delayed(_score_saved)(str(folder), model, spec) for spec in slices):
@@ -995,6 +1038,9 @@ def run_batch(
     slices = plan_slices(index, chunk_days, start_ns)
     n_scored_expected = len(index.q_rows)
     runner = runner or iter_slices_local
+    source.release()  # the index holds what the slices read
+    stream = runner(index, model, slices, jobs, timings)
+    del index  # the runner holds it now (and may let it go once shared with its workers)
     actions = dict.fromkeys(ACTIONS, 0)
     tables: list[pa.Table] = []
     bar = tqdm(total=n_scored_expected, desc="score", unit="refund", disable=not progress, leave=False)
@@ -1005,7 +1051,7 @@ def run_batch(
             with atomic_target(out) as tmp:
                 writer = _Writer(tmp, csv=out.suffix == ".csv")
                 try:
-                    for table in runner(index, model, slices, jobs, timings):
+                    for table in stream:
                         tw = time.perf_counter()
                         writer.write(table)
                         timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tw
@@ -1019,7 +1065,7 @@ def run_batch(
                     writer.abort()
                     raise
         else:
-            for table in runner(index, model, slices, jobs, timings):
+            for table in stream:
                 tables.append(table)
                 _count_actions(actions, table)
                 written += table.num_rows
@@ -1112,6 +1158,10 @@ def score_data(
     rejects_path = None if rejects is None else Path(rejects)
     if rejects_path is not None and rejects_path.suffix not in (".parquet", ".csv"):
         raise ConfigError.invalid(owner, "rejects", "a file ending in .parquet or .csv", str(rejects))
+    if runner is None:
+        import functools
+
+        runner = functools.partial(iter_slices_local, warm=warm_workers(model, n_jobs))
     if isinstance(data, Mapping):
         source = code_tables(data, validate_tables=validate_tables, canonical=canonical_tables, threads=n_jobs)
     else:

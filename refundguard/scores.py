@@ -63,6 +63,7 @@ __all__ = [
     "CodedStoreEvents",
     "calibrate_bands",
     "coded_store_scores",
+    "coded_store_scores_as_of",
     "explain_store",
     "publish_score",
     "store_score_history",
@@ -542,7 +543,11 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_look
     in the window that pass its filter and, if it has one, whose known-from instant is
     before ``hi``. Only stores with an activity event (:data:`_ACTIVITY`) are kept.
     """
-    src = _event_sources(tables, lo, hi, cfg_lookback_days, union_orders=False)
+    return _window_from_sources(_event_sources(tables, lo, hi, cfg_lookback_days, union_orders=False), hi)
+
+
+def _window_from_sources(src: _Sources, hi: int) -> _Window:
+    """:func:`_window_stats` on prepared event sources (tables or integer-coded arrays)."""
     n = len(src.store_ids)
     st: dict[str, np.ndarray] = {}
     for d in _STAT_DEFS:
@@ -556,13 +561,15 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_look
             out = np.zeros(n, dtype=np.int64)
             np.add.at(out, c, (v if m is None else v[m]).astype(np.int64))
             st[d.name] = out
-    req = src.refunds.ns("requested_at")
-    refunds_known = bool(len(req)) and bool(((req != NAT) & (req < hi)).any())
+    if src.first_refund_ns is not None:
+        refunds_known = src.first_refund_ns != NAT and src.first_refund_ns < hi
+    else:
+        req = src.refunds.ns("requested_at")
+        refunds_known = bool(len(req)) and bool(((req != NAT) & (req < hi)).any())
 
     # modal category over orders paid in the window (ties: alphabetical)
     paid = src.events["paid"]
-    cats = _arrow_str(src.orders.frame["category"]).take(pa.array(paid.rows))
-    category = _modal_category(paid.store, cats, n)
+    category = _modal_category(paid.store, *src.paid_categories(), n)
 
     active = np.zeros(n, dtype=bool)
     for k in _ACTIVITY:
@@ -576,11 +583,11 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_look
     )
 
 
-def _modal_category(store_codes: np.ndarray, cats: pa.Array, n: int) -> np.ndarray:
+def _modal_category(store_codes: np.ndarray, cat_codes: np.ndarray, cat_uniques: np.ndarray, n: int) -> np.ndarray:
+    """Modal category per store code (ties: alphabetical; codes are alphabetical)."""
     out = np.full(n, np.nan, dtype=object)
     if len(store_codes) == 0:
         return out
-    cat_codes, cat_uniques = _factorize(cats, sort=True)  # alphabetical codes
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = len(cat_uniques)
@@ -918,17 +925,20 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         return out
 
     acc = _Rolling(nst, d0, ndays)
+    # the day interval of each event is shared by the statistics of one (source, known_from)
+    spans: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for d in _STAT_DEFS:
         ev = src.events[d.source]
-        anchor_day = day_of(d.source, _SOURCES[d.source][1])
-        first = anchor_day if d.known_from is None else np.maximum(anchor_day, day_of(d.source, d.known_from))
-        value = None if d.value is None else d.value(ev)
-        c = ev.store
-        m = _counted(d, ev, known_before=None)
-        if m is not None:
-            c, first, anchor_day = c[m], first[m], anchor_day[m]
-            value = None if value is None else value[m]
-        acc.add(d.name, c, first + 1, anchor_day + wd, value)
+        key = (d.source, d.known_from)
+        if key not in spans:
+            anchor_day = day_of(d.source, _SOURCES[d.source][1])
+            first = anchor_day if d.known_from is None else np.maximum(anchor_day, day_of(d.source, d.known_from))
+            ok = np.ones(len(ev.store), dtype=bool) if d.known_from is None else ev.ns(d.known_from) != NAT
+            spans[key] = acc.spans(ev.store, first + 1, anchor_day + wd, ok)
+        start, stop, ok = spans[key]
+        m = ok if d.where is None else ok & d.where(ev)
+        value = None if d.value is None else np.asarray(d.value(ev), dtype=np.int64)[m]
+        acc.add_spans(d.name, start[m], stop[m], value)
 
     # refunds known before D: any refund requested on a day before D
     days = np.arange(d0, d1 + 1, dtype=np.int64)
@@ -945,8 +955,15 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = max(len(cat_uniques), 1)
-    pair_key = paid.store * ncat + cat_codes
-    upair, pair_idx = np.unique(pair_key, return_inverse=True)
+    pair_key = paid.store.astype(np.int64) * ncat + cat_codes
+    if nst * ncat <= 4 * len(pair_key) + 1_000_000:  # dense: no sort
+        present = np.zeros(nst * ncat, dtype=bool)
+        present[pair_key] = True
+        upair = np.flatnonzero(present)
+        rank = np.cumsum(present, dtype=np.int64) - 1
+        pair_idx = rank[pair_key]
+    else:
+        upair, pair_idx = np.unique(pair_key, return_inverse=True)
     pacc = _Rolling(len(upair), d0, ndays)
     pacc.add("n", pair_idx.astype(np.int64), p_day + 1, p_day + wd, None)
     pcounts = pacc.result("n")  # (n_pairs, ndays); pairs sorted by store then category (alphabetical)
@@ -1030,6 +1047,21 @@ class _Rolling:
         rows = rows[m].astype(np.int64)
         v = None if value is None else np.asarray(value, dtype=np.int64)[m]
         self.events.setdefault(name, []).append((rows * width + s[m], rows * width + e[m] + 1, v))
+
+    def spans(self, rows: np.ndarray, s: np.ndarray, e: np.ndarray, ok: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat start and stop positions of events active on days ``[s, e]`` (for :meth:`add_spans`).
+
+        Returns ``(start, stop, ok)``: ``ok`` is false for events outside the days kept.
+        """
+        s = np.maximum(s - self.d0, 0)
+        e = np.minimum(e - self.d0, self.ndays - 1)
+        base = rows.astype(np.int64) * (self.ndays + 1)
+        return base + s, base + e + 1, ok & (s <= e)
+
+    def add_spans(self, name: str, start: np.ndarray, stop: np.ndarray, value: np.ndarray | None) -> None:
+        """Record events by their :meth:`spans` positions (already restricted to the kept ones)."""
+        self.events.setdefault(name, []).append((start, stop, value))
 
     def result(self, name: str) -> np.ndarray:
         size = self.nrows * (self.ndays + 1)
@@ -1191,8 +1223,8 @@ class _LazyFrame(dict):
         return value
 
 
-def _coded_sources(ev: CodedStoreEvents, lo: int, hi: int) -> _Sources:
-    """Every event source of :func:`_history_from_sources` for anchors in ``[lo, hi)``, from codes."""
+def _coded_sources(ev: CodedStoreEvents, lo: int, hi: int, union_orders: bool = True) -> _Sources:
+    """Every event source for anchors in ``[lo, hi)``, from codes (see :func:`_event_sources`)."""
     from refundguard.tables import REASONS
 
     def inside(ns: np.ndarray) -> np.ndarray:
@@ -1215,9 +1247,17 @@ def _coded_sources(ev: CodedStoreEvents, lo: int, hi: int) -> _Sources:
                              {"rating": lambda: pd.Series(np.asarray(ev.v_rating, dtype=np.float64))})
     service = _coded_columns("service", {"started_at": ev.s_started},
                              {"first_response_s": lambda: pd.Series(np.asarray(ev.s_first_response, dtype=np.float64))})
-    o_rows = np.flatnonzero(inside(ev.o_paid) | inside(ev.o_ship_by) | inside(ev.o_delivered))
-    o_store = np.asarray(ev.o_store, dtype=np.int64)[o_rows]
-    events = {src: _Events(orders, o_rows, _SOURCES[src][1], o_store) for src in _ORDER_SOURCES}
+    anchors = {src: inside(getattr(ev, {"paid": "o_paid", "ship_by": "o_ship_by", "delivered": "o_delivered"}[src]))
+               for src in _ORDER_SOURCES}
+    if union_orders:
+        o_rows = np.flatnonzero(anchors["paid"] | anchors["ship_by"] | anchors["delivered"])
+        o_store = np.asarray(ev.o_store[o_rows], dtype=np.int64)
+        events = {src: _Events(orders, o_rows, _SOURCES[src][1], o_store) for src in _ORDER_SOURCES}
+    else:
+        events = {}
+        for src in _ORDER_SOURCES:
+            rows = np.flatnonzero(anchors[src])
+            events[src] = _Events(orders, rows, _SOURCES[src][1], np.asarray(ev.o_store[rows], dtype=np.int64))
     rf = np.flatnonzero(inside(ev.r_requested))
     events["refund"] = _Events(refunds, rf, "requested_at", np.asarray(ev.r_store, dtype=np.int64)[rf])
     rv = np.flatnonzero(inside(ev.v_created))
@@ -1231,6 +1271,28 @@ def _coded_sources(ev: CodedStoreEvents, lo: int, hi: int) -> _Sources:
         refunds=refunds,
         order_categories=(np.asarray(ev.o_category), np.asarray(ev.categories, dtype=object)),
         first_refund_ns=int(ev.first_refund_ns),
+    )
+
+
+def coded_store_scores_as_of(events: CodedStoreEvents, as_of: Any, config: ScoreConfig | None = None) -> pd.DataFrame:
+    """:func:`store_scores` for integer-coded events: the same rows, no string join.
+
+    Parameters
+    ----------
+    events
+        The integer-coded inputs (e.g. :func:`refundguard.sources.read_store_events`).
+    as_of, config
+        As in :func:`store_scores`.
+    """
+    cfg = _check_config(config, "coded_store_scores_as_of")
+    hi = _as_of_ns(as_of, cfg.timezone, owner="coded_store_scores_as_of")
+    lo = _window_start_ns(hi, cfg)
+    w = _window_from_sources(_coded_sources(events, lo, hi, union_orders=False), hi)
+    order = np.argsort(np.asarray(w.store_ids, dtype=str), kind="stable")
+    n = len(order)
+    return _score_frame(
+        w.store_ids[order], np.full(n, hi, dtype=np.int64), np.zeros(n, dtype=np.int64), w.category[order],
+        {k: v[order] for k, v in w.stats.items()}, np.full(n, w.refunds_known, dtype=bool), cfg,
     )
 
 

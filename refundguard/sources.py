@@ -56,7 +56,8 @@ from refundguard.tables import (
     validate,
 )
 
-__all__ = ["PublishedScores", "SourceTables", "code_tables", "empty_rejects", "read_published_scores", "read_source"]
+__all__ = ["PublishedScores", "SourceTables", "code_tables", "empty_rejects", "read_published_scores", "read_source",
+           "read_store_events"]
 
 #: Columns read per table (the features' and the store score's inputs).
 READ_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -118,6 +119,11 @@ class SourceTables:
     rows_in: dict[str, int]
     rejected_refund_requested: np.ndarray
     timings: dict[str, float] = field(default_factory=dict)
+
+    def release(self) -> None:
+        """Drop the coded arrays (kept: the rejects and the counts)."""
+        for table in (self.orders, self.refunds, self.reviews, self.service):
+            table.clear()
 
     def rejected_rows(self, table: str) -> int:
         """Distinct rejected rows of ``table``."""
@@ -194,36 +200,44 @@ class _Keys:
     other ids through a hash table.
     """
 
-    ids: pa.Array
-    fixed: np.ndarray | None  # S{w} view, strictly increasing
+    ids: pa.ChunkedArray
+    fixed: np.ndarray | None  # S{w} ids, strictly increasing (None: hash joins)
     packed: np.ndarray | None  # uint64 keys in the same order
     prefix: bytes = b""
+    width: int = 0
 
     @classmethod
     def of(cls, ids: pa.Array | pa.ChunkedArray) -> _Keys:
-        a = _chunked(ids).cast(pa.large_string()).combine_chunks()
-        fixed = _fixed_width(a)
-        if fixed is None or not (len(fixed) < 2 or bool((fixed[1:] > fixed[:-1]).all())):
+        a = _chunked(ids).cast(pa.large_string())
+        views = [_fixed_width(c) for c in a.chunks if len(c)]
+        widths = {v.dtype.itemsize for v in views if v is not None}
+        if any(v is None for v in views) or len(widths) > 1:
             return cls(a, None, None)
-        prefix = b""
-        if len(fixed):
-            lo, hi = bytes(fixed[0]), bytes(fixed[-1])
-            k = 0
-            while k < min(len(lo), len(hi)) and lo[k] == hi[k]:
-                k += 1
-            prefix = bytes(fixed[0])[:k]  # sorted: every id lies between the first and the last
-        w = fixed.dtype.itemsize
-        packed = _pack(fixed, len(prefix)) if w - len(prefix) <= 8 else None
-        return cls(a, fixed, packed, prefix)
+        ordered = all(len(v) < 2 or bool((v[1:] > v[:-1]).all()) for v in views)
+        ordered = ordered and all(bytes(x[-1]) < bytes(y[0]) for x, y in zip(views, views[1:]))
+        if not ordered:
+            return cls(a, None, None)
+        if not views:
+            return cls(a, np.zeros(0, dtype="S1"), None)
+        w = widths.pop()
+        lo, hi = bytes(views[0][0]), bytes(views[-1][-1])
+        k = 0
+        while k < min(len(lo), len(hi)) and lo[k] == hi[k]:
+            k += 1
+        prefix = lo[:k]  # sorted: every id lies between the first and the last, so shares it
+        if w - k <= 8:
+            packed = np.concatenate([_pack(v, k) for v in views])
+            return cls(a, np.zeros(0, dtype=f"S{w}"), packed, prefix, w)
+        return cls(a, np.concatenate(views), None, prefix, w)
 
     def rows(self, refs: pa.Array | pa.ChunkedArray) -> np.ndarray:
         """Row of each reference (-1: not found)."""
         if self.fixed is not None:
-            w = self.fixed.dtype.itemsize
-            ref = _fixed_width(refs, width=w)
+            w = self.width
+            ref = _fixed_width(refs, width=w) if w else None
+            if ref is None and not len(self.ids):
+                return np.full(len(refs), -1, dtype=np.int64)
             if ref is not None:
-                if not len(self.fixed):
-                    return np.full(len(ref), -1, dtype=np.int64)
                 if self.packed is not None:
                     has = np.ones(len(ref), dtype=bool)
                     if self.prefix:
@@ -234,7 +248,7 @@ class _Keys:
                     has, hay, needle = np.ones(len(ref), dtype=bool), self.fixed, ref
                 pos = np.minimum(np.searchsorted(hay, needle), len(hay) - 1)
                 return np.where(has & (hay[pos] == needle), pos, -1).astype(np.int64)
-        idx = pc.index_in(_chunked(refs).cast(pa.large_string()), value_set=self.ids)
+        idx = pc.index_in(_chunked(refs).cast(pa.large_string()), value_set=self.ids.combine_chunks())
         return np.asarray(idx.fill_null(-1).to_numpy(), dtype=np.int64)
 
     def duplicated(self) -> np.ndarray:
@@ -242,7 +256,8 @@ class _Keys:
         n = len(self.ids)
         if self.fixed is not None or n < 2:
             return np.zeros(n, dtype=bool)  # strictly increasing: unique
-        first = np.asarray(pc.index_in(self.ids, value_set=self.ids).fill_null(-1).to_numpy(), dtype=np.int64)
+        first = np.asarray(pc.index_in(self.ids, value_set=self.ids.combine_chunks()).fill_null(-1).to_numpy(),
+                           dtype=np.int64)
         counts = np.bincount(first[first >= 0], minlength=n)
         return (first >= 0) & (counts[np.maximum(first, 0)] > 1)
 
@@ -626,7 +641,7 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         flag("reviews", reviews["order"] < 0)
 
     def job_refund_ids() -> None:
-        extra["refund_ids"] = ids_screen("refunds", "refund_id").ids
+        extra["refund_ids"] = ids_screen("refunds", "refund_id").ids.combine_chunks()
 
     def coded(table: str, col: str, required: bool, *more: pa.ChunkedArray, sort: bool = False
               ) -> tuple[list[np.ndarray], pa.Array]:
@@ -972,4 +987,109 @@ def read_published_scores(source: pd.DataFrame | str | Path, store_ids: pa.Array
         provisional=prov,
         category=np.asarray(cat_codes, dtype=np.int32),
         categories=categories,
+    )
+
+
+# --------------------------------------------------------------------------- store score inputs only
+def read_store_events(folder: str | Path, *, threads: int = 1) -> Any:
+    """Read only the store score's columns of a validated Parquet data folder, as integer codes.
+
+    ``orders``: ``order_id, store_id, category, paid_at, ship_by, shipped_at,
+    delivered_at``; ``refunds``: ``order_id, requested_at, reason, resolved_at,
+    escalated`` (and ``escalated_at``); ``reviews``: ``order_id, rating, created_at``;
+    ``service``: ``store_id, started_at, first_response_s``. Refunds and reviews are
+    joined to their order's store by integer row, once. The data must be valid (as
+    for :func:`refundguard.scores.store_scores`): rows are not validated here.
+
+    Returns
+    -------
+    refundguard.scores.CodedStoreEvents
+        For :func:`refundguard.scores.coded_store_scores_as_of` and
+        :func:`refundguard.scores.coded_store_scores`.
+
+    Raises
+    ------
+    SchemaError
+        A table is missing, not Parquet, or lacks a column.
+    """
+    from refundguard.scores import CodedStoreEvents
+
+    path = Path(folder)
+    cols = _parquet_tables(path) if path.is_dir() else None
+    if cols is None:
+        raise SchemaError(f"{str(path)!r} is not a folder of Parquet tables.", rule="unreadable")
+    need = {"orders": ("order_id", "store_id", "category", "paid_at", "shipped_at", "delivered_at"),
+            "refunds": ("order_id", "requested_at", "reason", "resolved_at"),
+            "reviews": ("order_id", "rating", "created_at")}
+    for name, columns in need.items():
+        missing = [c for c in columns if not cols[name].has(c)]
+        if missing:
+            raise SchemaError(f"Table {name!r} is missing required column(s) {missing}.", table=name,
+                              column=missing[0], rule="missing_column", values=missing)
+    use = threads > 1
+    o, r, v = cols["orders"], cols["refunds"], cols["reviews"]
+    s = cols.get("service") or _Columns("service")
+    out: dict[str, Any] = {}
+
+    def ts(c: _Columns, col: str) -> np.ndarray:
+        return _ns(c.get(col, threads=use)) if c.has(col) else np.full(c.n, NAT, dtype=np.int64)
+
+    def job_keys() -> None:
+        keys = _Keys.of(o.get("order_id", threads=use))
+        out["r_order"] = keys.rows(r.get("order_id", threads=use))
+        out["v_order"] = keys.rows(v.get("order_id", threads=use)) if v.n else np.zeros(0, dtype=np.int64)
+
+    def job_store() -> None:
+        srv = s.get("store_id", threads=use) if s.n else pa.chunked_array([], type=pa.large_string())
+        (out["o_store"], out["s_store"]), d = _encode(o.get("store_id", threads=use), srv)
+        out["store_ids"] = np.asarray(d.to_pylist(), dtype=object)
+
+    def job_category() -> None:
+        (codes,), d = _encode(o.get("category", threads=use), sort=True)
+        out["o_category"], out["categories"] = codes, np.asarray(d.to_pylist(), dtype=object)
+
+    def job_order_times() -> None:
+        out["o_paid"] = ts(o, "paid_at")
+        ship_by = ts(o, "ship_by")
+        out["o_ship_by"] = np.where(ship_by == NAT, out["o_paid"] + _SHIP_BY_DEFAULT_NS, ship_by)
+        out["o_shipped"] = ts(o, "shipped_at")
+        out["o_delivered"] = ts(o, "delivered_at")
+
+    def job_rest() -> None:
+        out["r_requested"] = ts(r, "requested_at")
+        out["r_resolved"] = ts(r, "resolved_at")
+        esc_at = ts(r, "escalated_at")
+        out["r_escalation_known"] = np.where(esc_at != NAT, esc_at, out["r_resolved"])
+        out["r_reason"] = _enum_codes(r.get("reason", threads=use), REASONS).astype(np.int8)
+        out["r_escalated"] = (np.asarray(r.get("escalated", threads=use).fill_null(False).to_numpy(), dtype=bool)
+                              if r.has("escalated") else np.zeros(r.n, dtype=bool))
+        out["v_created"] = ts(v, "created_at")
+        out["v_rating"] = _f64(v.get("rating", threads=use)) if v.n else np.zeros(0)
+        out["s_started"] = ts(s, "started_at") if s.n else np.zeros(0, dtype=np.int64)
+        out["s_first_response"] = _f64(s.get("first_response_s", threads=use)) if s.n else np.zeros(0)
+
+    jobs = [job_keys, job_store, job_category, job_order_times, job_rest]
+    if use:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            for f in [pool.submit(j) for j in jobs]:
+                f.result()
+    else:
+        for j in jobs:
+            j()
+    for name in ("r_order", "v_order"):
+        if (out[name] < 0).any():
+            table = "refunds" if name == "r_order" else "reviews"
+            raise SchemaError(f"{table}.order_id: {int((out[name] < 0).sum())} row(s) reference an order that is "
+                              "not in orders; validate the tables first", table=table, column="order_id",
+                              rule="exists", n_bad=int((out[name] < 0).sum()))
+    req = out["r_requested"]
+    first = int(req[req != NAT].min()) if (req != NAT).any() else NAT
+    return CodedStoreEvents(
+        store_ids=out["store_ids"], categories=out["categories"], o_store=out["o_store"],
+        o_category=out["o_category"], o_paid=out["o_paid"], o_ship_by=out["o_ship_by"], o_shipped=out["o_shipped"],
+        o_delivered=out["o_delivered"], r_store=out["o_store"][out["r_order"]], r_requested=req,
+        r_resolved=out["r_resolved"], r_escalation_known=out["r_escalation_known"], r_reason=out["r_reason"],
+        r_escalated=out["r_escalated"], v_store=out["o_store"][out["v_order"]], v_created=out["v_created"],
+        v_rating=out["v_rating"], s_store=out["s_store"], s_started=out["s_started"],
+        s_first_response=out["s_first_response"], first_refund_ns=first,
     )

@@ -409,3 +409,29 @@ def test_bad_options_are_config_errors(guard, folder, tmp_path, capsys):
     assert "in = scored + rejected: " in text and (tmp_path / "r.parquet").exists()
     n = len(pd.read_parquet(tmp_path / "o.parquet"))
     assert f"{n:,} = {n:,} + 0 refunds" in text
+
+
+@pytest.mark.parametrize("shape", ["padded", "long", "uuid", "ragged", "unsorted"])
+def test_order_id_joins_are_exact_for_any_id_shape(shape):
+    """Sorted fixed-width ids join by binary search (packed or not), any other ids by hashing."""
+    from refundguard.sources import _Keys
+
+    rng = np.random.default_rng(5)
+    n = 5_000
+    nums = np.sort(rng.choice(10**9, n, replace=False))
+    ids = {
+        "padded": [f"o{x // 10:010d}" for x in nums],  # prefix "o00", 8 bytes after it: uint64 keys
+        "long": [f"order-{x:016d}-x" for x in nums],  # more than 8 bytes after the prefix
+        "uuid": sorted(f"{x:032x}" for x in rng.integers(0, 2**62, n)),
+        "ragged": [f"o{x}" for x in nums],
+        "unsorted": [f"o{x:010d}" for x in rng.permutation(nums)],
+    }[shape]
+    chunks = [pa.array(ids[:1000]), pa.array(ids[1000:])]
+    keys = _Keys.of(pa.chunked_array(chunks))
+    assert (keys.fixed is not None) == (shape in ("padded", "long", "uuid"))
+    assert (keys.packed is not None) == (shape == "padded")
+    refs = [ids[i] for i in rng.integers(0, n, 300)] + ["nope", ids[0][:-1] + "~", "o", ""]
+    want = {v: i for i, v in enumerate(ids)}
+    got = keys.rows(pa.chunked_array([pa.array(refs)]))
+    assert got.tolist() == [want.get(r, -1) for r in refs]
+    assert not keys.duplicated().any()
