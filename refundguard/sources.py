@@ -156,16 +156,32 @@ def _f64(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def _encode(*columns: pa.Array | pa.ChunkedArray, sort: bool = False) -> tuple[list[np.ndarray], pa.Array]:
     """Factorize string columns into one code space (null and blank -> -1).
 
-    Returns the int32 codes of each column and the dictionary (sorted when ``sort``).
+    Columns read as dictionaries (Parquet keeps them so) are not hashed row by row:
+    only their dictionaries are unified. Returns the int32 codes of each column and
+    the dictionary (sorted when ``sort``).
     """
-    parts = [_chunked(c).cast(pa.large_string()) for c in columns]
-    lens = [len(c) for c in parts]
-    both = pa.chunked_array([ch for c in parts for ch in c.chunks], type=pa.large_string())
-    if len(both) == 0:
-        return [np.zeros(0, dtype=np.int32) for _ in lens], pa.array([], type=pa.large_string())
-    enc = pc.dictionary_encode(both)  # one hash table over every chunk: one shared dictionary
+    dict_type = pa.dictionary(pa.int32(), pa.large_string())
+    lens, chunks = [], []
+    for c in columns:
+        ca = _chunked(c)
+        lens.append(len(ca))
+        for ch in ca.chunks:
+            if not len(ch):
+                continue
+            if pa.types.is_dictionary(ch.type):
+                if ch.type != dict_type:
+                    ch = pa.DictionaryArray.from_arrays(ch.indices.cast(pa.int32()),
+                                                        ch.dictionary.cast(pa.large_string()))
+            else:
+                ch = pc.dictionary_encode(ch.cast(pa.large_string()))
+                if ch.type != dict_type:
+                    ch = pa.DictionaryArray.from_arrays(ch.indices.cast(pa.int32()), ch.dictionary)
+            chunks.append(ch)
+    if not chunks:
+        return [np.zeros(n, dtype=np.int32) for n in lens], pa.array([], type=pa.large_string())
+    enc = pa.chunked_array(chunks, type=dict_type).unify_dictionaries()
     dictionary = enc.chunk(0).dictionary
-    indices = pa.chunked_array([ch.indices for ch in enc.chunks], type=enc.type.index_type)
+    indices = pa.chunked_array([ch.indices for ch in enc.chunks], type=pa.int32())
     codes = np.asarray(indices.fill_null(-1).to_numpy(), dtype=np.int32)
     blank = _blank_or_null(pa.chunked_array([dictionary]))
     if blank.any() or sort:
@@ -246,7 +262,11 @@ class _Keys:
                     hay, needle = self.packed, _pack(ref, len(self.prefix))
                 else:
                     has, hay, needle = np.ones(len(ref), dtype=bool), self.fixed, ref
-                pos = np.minimum(np.searchsorted(hay, needle), len(hay) - 1)
+                # a sorted merge: needles in order walk the sorted keys once (random needles miss the cache)
+                order = np.argsort(needle, kind="stable")
+                pos = np.empty(len(needle), dtype=np.int64)
+                pos[order] = np.searchsorted(hay, needle[order])
+                np.minimum(pos, len(hay) - 1, out=pos)
                 return np.where(has & (hay[pos] == needle), pos, -1).astype(np.int64)
         idx = pc.index_in(_chunked(refs).cast(pa.large_string()), value_set=self.ids.combine_chunks())
         return np.asarray(idx.fill_null(-1).to_numpy(), dtype=np.int64)
@@ -315,9 +335,16 @@ class _Columns:
             return self.dataset.schema.field(col).type
         return pa.array(self.frame[col].iloc[:0]).type if self.frame is not None else pa.null()
 
-    def get(self, col: str, *, threads: bool = True) -> pa.ChunkedArray:
+    def get(self, col: str, *, threads: bool = True, dictionary: bool = False) -> pa.ChunkedArray:
+        """One column (``dictionary``: a string column as Parquet's dictionaries, no per-row strings)."""
         if self.dataset is not None:
-            return self.dataset.to_table(columns=[col], use_threads=threads).column(0)
+            source = self.dataset
+            if dictionary:
+                import pyarrow.dataset as ds
+
+                fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=[col]))
+                source = ds.dataset(self.dataset.files, format=fmt, schema=self.dataset.schema)
+            return source.to_table(columns=[col], use_threads=threads).column(0)
         assert self.frame is not None
         return _chunked(pa.array(self.frame[col], from_pandas=True))
 
@@ -597,8 +624,8 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
     n = {name: cols[name].n for name in TABLES}
     use_threads = threads > 1
 
-    def get(table: str, col: str) -> pa.ChunkedArray:
-        return cols[table].get(col, threads=use_threads)
+    def get(table: str, col: str, dictionary: bool = False) -> pa.ChunkedArray:
+        return cols[table].get(col, threads=use_threads, dictionary=dictionary)
 
     def has(table: str, col: str) -> bool:
         return cols[table].has(col)
@@ -645,7 +672,7 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
 
     def coded(table: str, col: str, required: bool, *more: pa.ChunkedArray, sort: bool = False
               ) -> tuple[list[np.ndarray], pa.Array]:
-        codes, d = _encode(get(table, col), *more, sort=sort)
+        codes, d = _encode(get(table, col, dictionary=True), *more, sort=sort)
         if required:
             flag(table, codes[0] < 0)  # null or blank
         return codes, d
@@ -654,7 +681,7 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         (orders["buyer"],), extra["buyer_ids"] = coded("orders", "buyer_id", True)
 
     def job_store() -> None:
-        srv = get("service", "store_id") if n["service"] else pa.chunked_array([], type=pa.large_string())
+        srv = get("service", "store_id", True) if n["service"] else pa.chunked_array([], type=pa.large_string())
         (o_codes, s_codes), extra["store_ids"] = coded("orders", "store_id", True, srv)
         orders["store"], service["store"] = o_codes, s_codes
         flag("service", s_codes < 0)
@@ -991,7 +1018,7 @@ def read_published_scores(source: pd.DataFrame | str | Path, store_ids: pa.Array
 
 
 # --------------------------------------------------------------------------- store score inputs only
-def read_store_events(folder: str | Path, *, threads: int = 1) -> Any:
+def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int, int] | None = None) -> Any:
     """Read only the store score's columns of a validated Parquet data folder, as integer codes.
 
     ``orders``: ``order_id, store_id, category, paid_at, ship_by, shipped_at,
@@ -1000,6 +1027,9 @@ def read_store_events(folder: str | Path, *, threads: int = 1) -> Any:
     ``service``: ``store_id, started_at, first_response_s``. Refunds and reviews are
     joined to their order's store by integer row, once. The data must be valid (as
     for :func:`refundguard.scores.store_scores`): rows are not validated here.
+
+    With ``window=(lo, hi)`` (UTC ns; e.g. one ``as_of``'s 30 days) only the refunds,
+    reviews and chats anchored in it are kept and joined (the others cannot count).
 
     Returns
     -------
@@ -1034,18 +1064,28 @@ def read_store_events(folder: str | Path, *, threads: int = 1) -> Any:
     def ts(c: _Columns, col: str) -> np.ndarray:
         return _ns(c.get(col, threads=use)) if c.has(col) else np.full(c.n, NAT, dtype=np.int64)
 
+    def inside(ns: np.ndarray) -> np.ndarray | None:
+        return None if window is None else (ns >= window[0]) & (ns < window[1])
+
+    def rows_of(c: _Columns, mask: np.ndarray | None) -> pa.ChunkedArray:
+        ids = c.get("order_id", threads=use)
+        return ids if mask is None else ids.filter(pa.array(mask))
+
     def job_keys() -> None:
+        out["r_requested"] = ts(r, "requested_at")
+        out["v_created"] = ts(v, "created_at")
+        out["r_in"], out["v_in"] = inside(out["r_requested"]), inside(out["v_created"])
         keys = _Keys.of(o.get("order_id", threads=use))
-        out["r_order"] = keys.rows(r.get("order_id", threads=use))
-        out["v_order"] = keys.rows(v.get("order_id", threads=use)) if v.n else np.zeros(0, dtype=np.int64)
+        out["r_order"] = keys.rows(rows_of(r, out["r_in"]))
+        out["v_order"] = keys.rows(rows_of(v, out["v_in"])) if v.n else np.zeros(0, dtype=np.int64)
 
     def job_store() -> None:
-        srv = s.get("store_id", threads=use) if s.n else pa.chunked_array([], type=pa.large_string())
-        (out["o_store"], out["s_store"]), d = _encode(o.get("store_id", threads=use), srv)
+        srv = s.get("store_id", threads=use, dictionary=True) if s.n else pa.chunked_array([], type=pa.large_string())
+        (out["o_store"], out["s_store"]), d = _encode(o.get("store_id", threads=use, dictionary=True), srv)
         out["store_ids"] = np.asarray(d.to_pylist(), dtype=object)
 
     def job_category() -> None:
-        (codes,), d = _encode(o.get("category", threads=use), sort=True)
+        (codes,), d = _encode(o.get("category", threads=use, dictionary=True), sort=True)
         out["o_category"], out["categories"] = codes, np.asarray(d.to_pylist(), dtype=object)
 
     def job_order_times() -> None:
@@ -1056,14 +1096,12 @@ def read_store_events(folder: str | Path, *, threads: int = 1) -> Any:
         out["o_delivered"] = ts(o, "delivered_at")
 
     def job_rest() -> None:
-        out["r_requested"] = ts(r, "requested_at")
         out["r_resolved"] = ts(r, "resolved_at")
         esc_at = ts(r, "escalated_at")
         out["r_escalation_known"] = np.where(esc_at != NAT, esc_at, out["r_resolved"])
         out["r_reason"] = _enum_codes(r.get("reason", threads=use), REASONS).astype(np.int8)
         out["r_escalated"] = (np.asarray(r.get("escalated", threads=use).fill_null(False).to_numpy(), dtype=bool)
                               if r.has("escalated") else np.zeros(r.n, dtype=bool))
-        out["v_created"] = ts(v, "created_at")
         out["v_rating"] = _f64(v.get("rating", threads=use)) if v.n else np.zeros(0)
         out["s_started"] = ts(s, "started_at") if s.n else np.zeros(0, dtype=np.int64)
         out["s_first_response"] = _f64(s.get("first_response_s", threads=use)) if s.n else np.zeros(0)
@@ -1084,10 +1122,18 @@ def read_store_events(folder: str | Path, *, threads: int = 1) -> Any:
                               rule="exists", n_bad=int((out[name] < 0).sum()))
     req = out["r_requested"]
     first = int(req[req != NAT].min()) if (req != NAT).any() else NAT
+    if window is not None:  # keep the refunds, reviews and chats of the window
+        for key, mask in (("r", out["r_in"]), ("v", out["v_in"])):
+            for name in [k for k in out if k.startswith(key + "_") and k not in (f"{key}_order", f"{key}_in")]:
+                out[name] = out[name][mask]
+        s_in = inside(out["s_started"])
+        for name in ("s_store", "s_started", "s_first_response"):
+            out[name] = out[name][s_in]
+        req = out["r_requested"]
     return CodedStoreEvents(
         store_ids=out["store_ids"], categories=out["categories"], o_store=out["o_store"],
         o_category=out["o_category"], o_paid=out["o_paid"], o_ship_by=out["o_ship_by"], o_shipped=out["o_shipped"],
-        o_delivered=out["o_delivered"], r_store=out["o_store"][out["r_order"]], r_requested=req,
+        o_delivered=out["o_delivered"], r_store=out["o_store"][out["r_order"]], r_requested=out["r_requested"],
         r_resolved=out["r_resolved"], r_escalation_known=out["r_escalation_known"], r_reason=out["r_reason"],
         r_escalated=out["r_escalated"], v_store=out["o_store"][out["v_order"]], v_created=out["v_created"],
         v_rating=out["v_rating"], s_store=out["s_store"], s_started=out["s_started"],

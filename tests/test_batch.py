@@ -435,3 +435,24 @@ def test_order_id_joins_are_exact_for_any_id_shape(shape):
     got = keys.rows(pa.chunked_array([pa.array(refs)]))
     assert got.tolist() == [want.get(r, -1) for r in refs]
     assert not keys.duplicated().any()
+
+
+def test_store_scores_from_parquet_columns_equal_store_scores(folder):
+    """Reading only the score's columns as integer codes gives exactly store_scores (and the history)."""
+    from refundguard.scores import coded_store_scores, coded_store_scores_as_of
+    from refundguard.sources import read_store_events
+
+    tables = rg.validate(rg.load_tables(folder))[0]
+    as_of = pd.Timestamp("2024-09-15")
+    want = rg.store_scores(tables, as_of)
+    lo, hi = (pd.Timestamp("2024-08-16", tz="UTC").value, pd.Timestamp("2024-09-15", tz="UTC").value)
+    for events in (read_store_events(folder, threads=2), read_store_events(folder, window=(lo, hi))):
+        got = coded_store_scores_as_of(events, as_of)
+        pd.testing.assert_frame_equal(got.drop(columns="score_config_hash"), want.drop(columns="score_config_hash"))
+    # per request: the history row of the request's store and day
+    events = read_store_events(folder)
+    req = requests_from_tables(tables, "2024-09-01", "2024-09-08")
+    codes = pd.Index(events.store_ids).get_indexer(req["store_id"])
+    got = coded_store_scores(events, codes, req["requested_at"].array.asi8)
+    ref = rg.scores.store_scores_for_requests(tables, req[["requested_at", "store_id"]]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, ref.drop(columns="score_day"), check_dtype=False)
