@@ -261,6 +261,8 @@ class BatchIndex:
     first_bad_refund: np.ndarray  # per buyer: refund row of the first rejected/abusive outcome, -1 none
     dev_pair_rows: np.ndarray  # order rows that are the first of their (device, buyer) pair
     addr_pair_rows: np.ndarray  # order rows that are the first of their (address, buyer) pair
+    store_times: np.ndarray  # every order's paid_at, sorted by (store, paid_at)
+    store_ptr: np.ndarray  # store code -> its run in store_times
     # the refunds to decide
     q_rows: np.ndarray
     # dictionaries (Arrow arrays of strings) and scalars
@@ -363,6 +365,39 @@ def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) 
     return np.sort(row_of)
 
 
+def _store_order_times(store: np.ndarray, paid: np.ndarray, n_stores: int) -> tuple[np.ndarray, np.ndarray]:
+    """Orders' ``paid_at`` sorted by (store, paid_at), and each store's run in it."""
+    valid = (store >= 0) & (paid != NAT)
+    s, p = store[valid], paid[valid]
+    order = np.lexsort((p, s))
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(s, minlength=n_stores))]).astype(np.int64)
+    return p[order], ptr
+
+
+def _count_before(times: np.ndarray, lo: np.ndarray, hi: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """For each query, how many of ``times[lo:hi]`` (sorted) are ``< x``: one vectorised binary search."""
+    lo0, lo, hi = lo.copy(), lo.copy(), hi.copy()
+    last = max(len(times) - 1, 0)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo - lo0
+        mid = (lo + hi) // 2
+        go = active & (times[np.minimum(mid, last)] < x) if len(times) else np.zeros(len(lo), dtype=bool)
+        lo = np.where(go, mid + 1, lo)
+        hi = np.where(active & ~go, mid, hi)
+
+
+def _store_orders_window(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, width_ns: int) -> np.ndarray:
+    """Each request's store's orders paid in ``[t - width, t)``."""
+    ok = q_store >= 0
+    s = np.where(ok, q_store, 0)
+    lo, hi = np.asarray(ix.store_ptr[s], dtype=np.int64), np.asarray(ix.store_ptr[s + 1], dtype=np.int64)
+    lo, hi = np.where(ok, lo, 0), np.where(ok, hi, 0)
+    times = ix.store_times
+    return _count_before(times, lo, hi, t) - _count_before(times, lo, hi, t - width_ns)
+
+
 def _first_per_pair_flags(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) -> np.ndarray:
     """Flag the rows :func:`_first_per_pair_rows` returns."""
     out = np.zeros(len(a), dtype=bool)
@@ -405,6 +440,7 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
                     _first_per_pair_rows(o["address"], o_buyer, o["paid_at"], n_b))
 
         link_f = pool.submit(link_pairs)
+        store_f = pool.submit(_store_order_times, o["store"], o["paid_at"], len(tables.store_ids))
         pair_f = pool.submit(_first_per_pair_flags, r_buyer, r_store, r_req, len(tables.store_ids))
         bad = np.flatnonzero(r_rej | r_abuse)
         first_bad = np.full(n_b, -1, dtype=np.int64)
@@ -416,6 +452,7 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
             head[1:] = b_sorted[1:] != b_sorted[:-1]
             first_bad[b_sorted[head]] = rows[head]
         (dev_pairs, addr_pairs), pair_first = link_f.result(), pair_f.result()
+        store_times, store_ptr = store_f.result()
 
     sel = np.ones(len(r_req), dtype=bool)
     if start_ns is not None:
@@ -442,6 +479,7 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
         v_store=o["store"][v["order"]], v_created=v["created_at"], v_rating=v["rating"],
         s_store=s["store"], s_started=s["started_at"], s_first_response=s["first_response_s"],
         first_bad_refund=first_bad, dev_pair_rows=dev_pairs, addr_pair_rows=addr_pairs,
+        store_times=store_times, store_ptr=store_ptr,
         q_rows=q.astype(np.int64),
         refund_ids=tables.refund_ids, buyer_ids=tables.buyer_ids, store_ids=tables.store_ids,
         categories=tuple(tables.categories), n_devices=tables.n_devices, n_addresses=tables.n_addresses,
@@ -498,8 +536,9 @@ def _history_rows(ix: BatchIndex, t0: int, t1: int, q_buyer: np.ndarray, q_store
 
     Orders: the buyers' orders of the 365-day window, their last
     :data:`~refundguard.profiles.MEDIAN_LAST_ORDERS` orders before it and their first
-    order; the stores' orders of the 30-day window; the first order of every
-    (device, buyer) and (address, buyer) pair of the slice's devices and addresses.
+    order; the first order of every (device, buyer) and (address, buyer) pair of the
+    slice's devices and addresses. (The stores' 30-day order counts are read from the
+    index's sorted order times, :func:`_store_orders_window`.)
     Refunds: the buyers' refunds of the 365-day window plus their all-time rows
     (first refund per store, "not received" claims on delivered orders, rejected and
     abusive outcomes); the stores' refunds of 30 days; the devices' and addresses'
@@ -517,7 +556,7 @@ def _history_rows(ix: BatchIndex, t0: int, t1: int, q_buyer: np.ndarray, q_store
     ob = np.asarray(ix.o_buyer)
     before_end = paid < t1
     o_keep = before_end & (paid >= lo_w) & in_b[ob]
-    o_keep |= before_end & (paid >= lo_s) & in_s[np.asarray(ix.o_store)]
+    # (the stores' 30-day order counts come from the index's sorted order times)
     # all-time rows of the buyers: their first order and the last orders before the window
     old = np.flatnonzero((paid < lo_w) & (paid != NAT) & in_b[ob])
     if len(old):
@@ -626,7 +665,8 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     o_rows, r_rows = _history_rows(ix, spec.t0, spec.t1, q_buyer, q_store, q_dev, q_addr)
     history = _coded_history(ix, o_rows, r_rows)
     store_rows = _store_rows(ix, q_store, t, cfg)
-    profiles = profiles_from_codes(history, t, q_buyer, q_store, q_dev, q_addr, store_rows)
+    profiles = profiles_from_codes(history, t, q_buyer, q_store, q_dev, q_addr, store_rows,
+                                   store_orders_30d=_store_orders_window(ix, q_store, t, _STORE_NS))
     clock.lap("profiles")
 
     cat_codes = np.asarray(ix.o_category[orow], dtype=np.int64)
@@ -1039,6 +1079,7 @@ def run_batch(
     n_scored_expected = len(index.q_rows)
     runner = runner or iter_slices_local
     source.release()  # the index holds what the slices read
+    pa.default_memory_pool().release_unused()  # Arrow keeps freed buffers of the read otherwise
     stream = runner(index, model, slices, jobs, timings)
     del index  # the runner holds it now (and may let it go once shared with its workers)
     actions = dict.fromkeys(ACTIONS, 0)

@@ -841,7 +841,8 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
 
 def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarray,
                         q_store: np.ndarray, q_dev: np.ndarray, q_addr: np.ndarray,
-                        store_rows: pd.DataFrame) -> Profiles:
+                        store_rows: pd.DataFrame, *,
+                        store_orders_30d: np.ndarray | None = None) -> Profiles:
     """The profile kernel: profiles of requests at ``t`` from an integer-coded history.
 
     Sorted keys and ``np.searchsorted`` (no per-request loop): event times are ranked
@@ -861,6 +862,10 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
         The store score of each request's store and day: columns ``score, product,
         logistics, service`` (NaN when none), ``provisional`` (bool) and
         ``category`` (str).
+    store_orders_30d
+        The store's orders paid in ``[t - 30d, t)``, when the caller counted them
+        already (the batch engine keeps every store's order times sorted once); the
+        history's orders then need not hold the stores' 30 days.
 
     Returns
     -------
@@ -880,7 +885,7 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
     # --- buyer ----------------------------------------------------------------------------
     b: dict[str, Any] = {}
     known = o_paid != NAT
-    nb = int(max(o_buyer.max(initial=-1), q_buyer.max(initial=-1))) + 1
+    nb = int(max(o_buyer.max(initial=-1), q_buyer.max(initial=-1), r_buyer.max(initial=-1))) + 1
     first_arr = np.full(nb, NEVER, dtype=np.int64)
     np.minimum.at(first_arr, o_buyer[known & (o_buyer >= 0)], o_paid[known & (o_buyer >= 0)])
     qf = np.where(q_buyer >= 0, first_arr[np.maximum(q_buyer, 0)], NEVER)
@@ -920,7 +925,10 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
                                                                   "logistics", "service")}
     s["provisional"] = sc["provisional"].to_numpy(bool)
     s["score_missing"] = np.isnan(s["score"])
-    s_orders = _Events(tb, o_store, o_rank, q_store).window(30 * day)[0]
+    if store_orders_30d is None:
+        s_orders = _Events(tb, o_store, o_rank, q_store).window(30 * day)[0]
+    else:
+        s_orders = np.asarray(store_orders_30d, dtype=np.int64)
     ev_sref = _Events(tb, r_store, r_req_rank, q_store)
     s_ref = ev_sref.window(30 * day)[0]
     s["n_orders_30d"] = s_orders

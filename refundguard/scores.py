@@ -925,10 +925,14 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         return out
 
     acc = _Rolling(nst, d0, ndays)
-    # the day interval of each event is shared by the statistics of one (source, known_from)
+    # the day interval of each event is shared by the statistics of one (source, known_from);
+    # _STAT_DEFS lists each source's statistics together, so a source's spans go when it is done
     spans: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for d in _STAT_DEFS:
         ev = src.events[d.source]
+        if spans and next(iter(spans))[0] != d.source:
+            spans.clear()
+            days_of.clear()
         key = (d.source, d.known_from)
         if key not in spans:
             anchor_day = day_of(d.source, _SOURCES[d.source][1])
@@ -1038,6 +1042,7 @@ class _Rolling:
     def __init__(self, nrows: int, d0: int, ndays: int) -> None:
         self.nrows, self.d0, self.ndays = nrows, d0, ndays
         self.events: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
+        self.diffs: dict[str, np.ndarray] = {}
 
     def add(self, name: str, rows: np.ndarray, s: np.ndarray, e: np.ndarray, value: np.ndarray | None) -> None:
         s = np.maximum(s - self.d0, 0)
@@ -1046,7 +1051,7 @@ class _Rolling:
         width = self.ndays + 1
         rows = rows[m].astype(np.int64)
         v = None if value is None else np.asarray(value, dtype=np.int64)[m]
-        self.events.setdefault(name, []).append((rows * width + s[m], rows * width + e[m] + 1, v))
+        self.add_spans(name, rows * width + s[m], rows * width + e[m] + 1, v)
 
     def spans(self, rows: np.ndarray, s: np.ndarray, e: np.ndarray, ok: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1056,23 +1061,46 @@ class _Rolling:
         """
         s = np.maximum(s - self.d0, 0)
         e = np.minimum(e - self.d0, self.ndays - 1)
-        base = rows.astype(np.int64) * (self.ndays + 1)
-        return base + s, base + e + 1, ok & (s <= e)
+        small = self.nrows * (self.ndays + 1) < 2**31
+        base = rows.astype(np.int32 if small else np.int64) * (self.ndays + 1)
+        start, stop = base + s, base + e + 1
+        if small:
+            start, stop = start.astype(np.int32), stop.astype(np.int32)
+        return start, stop, ok & (s <= e)
 
     def add_spans(self, name: str, start: np.ndarray, stop: np.ndarray, value: np.ndarray | None) -> None:
-        """Record events by their :meth:`spans` positions (already restricted to the kept ones)."""
-        self.events.setdefault(name, []).append((start, stop, value))
+        """Record events by their :meth:`spans` positions (already restricted to the kept ones).
+
+        When the difference array is small next to the events (few days, e.g. one batch
+        slice) the events are added to it at once; otherwise they are kept until
+        :meth:`result` (a long history: one dense array at a time).
+        """
+        size = self.nrows * (self.ndays + 1)
+        if size <= 4 * len(start) + 1_000_000:
+            diff = self.diffs.get(name)
+            if diff is None:
+                diff = self.diffs[name] = np.zeros(size, dtype=np.int64)
+            self._accumulate(diff, start, stop, value)
+        else:
+            self.events.setdefault(name, []).append((start, stop, value))
+
+    @staticmethod
+    def _accumulate(diff: np.ndarray, start: np.ndarray, stop: np.ndarray, v: np.ndarray | None) -> None:
+        size = len(diff)
+        if v is None:
+            diff += np.bincount(start, minlength=size).astype(np.int64)
+            diff -= np.bincount(stop, minlength=size).astype(np.int64)
+        else:
+            np.add.at(diff, start, v)
+            np.add.at(diff, stop, -v)
 
     def result(self, name: str) -> np.ndarray:
         size = self.nrows * (self.ndays + 1)
-        diff = np.zeros(size, dtype=np.int64)
+        diff = self.diffs.pop(name, None)
+        if diff is None:
+            diff = np.zeros(size, dtype=np.int64)
         for start, stop, v in self.events.pop(name, []):
-            if v is None:
-                diff += np.bincount(start, minlength=size).astype(np.int64)
-                diff -= np.bincount(stop, minlength=size).astype(np.int64)
-            else:
-                np.add.at(diff, start, v)
-                np.add.at(diff, stop, -v)
+            self._accumulate(diff, start, stop, v)
         arr = np.cumsum(diff.reshape(self.nrows, self.ndays + 1)[:, : self.ndays], axis=1)
         del diff
         if name not in _SUM_STATS and (arr.size == 0 or arr.max() < 2**31):

@@ -31,6 +31,7 @@ from refundguard.batch import (
     BatchResult,
     _coded_history,
     _history_rows,
+    _store_orders_window,
     _store_rows,
     build_index,
     plan_slices,
@@ -172,7 +173,8 @@ def test_slice_profiles_equal_profiles_as_of(seed: int, chunk_days: int) -> None
         o_rows, r_rows = _history_rows(index, spec.t0, spec.t1, *q)
         assert len(o_rows) <= index.n_orders
         store = _store_rows(index, q[1], t, ScoreConfig())
-        got.append(profiles_from_codes(_coded_history(index, o_rows, r_rows), t, *q, store))
+        got.append(profiles_from_codes(_coded_history(index, o_rows, r_rows), t, *q, store,
+                                       store_orders_30d=_store_orders_window(index, q[1], t, 30 * 86_400 * 10**9)))
     for name in ("buyer", "store", "link"):
         frame = pd.concat([getattr(p, name) for p in got], ignore_index=True)
         pd.testing.assert_frame_equal(frame, getattr(want, name), check_dtype=True)
