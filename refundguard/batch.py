@@ -369,9 +369,20 @@ def _store_order_times(store: np.ndarray, paid: np.ndarray, n_stores: int) -> tu
     """Orders' ``paid_at`` sorted by (store, paid_at), and each store's run in it."""
     valid = (store >= 0) & (paid != NAT)
     s, p = store[valid], paid[valid]
-    order = np.lexsort((p, s))
     ptr = np.concatenate([[0], np.cumsum(np.bincount(s, minlength=n_stores))]).astype(np.int64)
-    return p[order], ptr
+    if not len(p):
+        return p, ptr
+    # one int64 sort key: the store in the high bits, the time (coarsened to fit) in the low ones
+    store_bits = max(int(n_stores).bit_length(), 1)
+    span = int(p.max()) - int(p.min())
+    shift = max(0, span.bit_length() - (62 - store_bits))
+    key = s.astype(np.int64) << (62 - store_bits)
+    key |= (p - p.min()) >> shift
+    times = p[np.argsort(key)]
+    del key
+    if shift and bool((np.diff(times) < 0)[np.diff(np.repeat(np.arange(n_stores), np.diff(ptr))) == 0].any()):
+        times = p[np.lexsort((p, s))]  # two orders within 2**shift ns of each other: sort exactly
+    return times, ptr
 
 
 def _count_before(times: np.ndarray, lo: np.ndarray, hi: np.ndarray, x: np.ndarray) -> np.ndarray:
