@@ -978,7 +978,7 @@ def _score_saved(folder: str, model: BatchModel, spec: SliceSpec) -> tuple[pa.Ta
 
 
 def _warm(model: BatchModel) -> int:
-    """Worker start-up: import the engine and parse the model (while the main process reads)."""
+    """Worker start-up: import the engine and parse the model (while the main process indexes)."""
     _scorer(model)
     return os.getpid()
 
@@ -987,8 +987,8 @@ def warm_workers(model: BatchModel, jobs: int) -> threading.Thread | None:
     """Start ``jobs`` joblib workers and parse the model in each, in a background thread.
 
     ``joblib.Parallel`` reuses the same workers afterwards, so their start-up
-    overlaps the main process's reading and indexing. Join the thread before the
-    next ``Parallel`` call.
+    overlaps the main process's indexing. Join the thread before the next
+    ``Parallel`` call.
     """
     if jobs <= 1:
         return None
@@ -1210,14 +1210,15 @@ def score_data(
     rejects_path = None if rejects is None else Path(rejects)
     if rejects_path is not None and rejects_path.suffix not in (".parquet", ".csv"):
         raise ConfigError.invalid(owner, "rejects", "a file ending in .parquet or .csv", str(rejects))
-    if runner is None:
-        import functools
-
-        runner = functools.partial(iter_slices_local, warm=warm_workers(model, n_jobs))
     if isinstance(data, Mapping):
         source = code_tables(data, validate_tables=validate_tables, canonical=canonical_tables, threads=n_jobs)
     else:
         source = read_source(data, threads=n_jobs)
+    if runner is None:
+        import functools
+
+        # the workers start (import, parse the model) while this process builds the index
+        runner = functools.partial(iter_slices_local, warm=warm_workers(model, n_jobs))
     published = None
     if store_scores is not None:
         cfg = model.score_config

@@ -365,6 +365,12 @@ class _Events:
             out = self._ns[col] = self.table.ns(col)[self.rows]
         return out
 
+    def release(self) -> None:
+        """Forget the columns read so far (the anchor, rows and stores stay)."""
+        anchor = next(iter(self._ns.items()))
+        self._ns = dict([anchor])
+        self._cols = {}
+
     def col(self, col: str) -> pd.Series:
         """A column of these rows, as stored."""
         out = self._cols.get(col)
@@ -931,8 +937,10 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
     for d in _STAT_DEFS:
         ev = src.events[d.source]
         if spans and next(iter(spans))[0] != d.source:
+            done = next(iter(spans))[0]
             spans.clear()
             days_of.clear()
+            src.events[done].release()  # its other columns were gathered for its statistics only
         key = (d.source, d.known_from)
         if key not in spans:
             anchor_day = day_of(d.source, _SOURCES[d.source][1])
