@@ -232,7 +232,7 @@ def main() -> None:
     b50, b99, s50, s99 = shared_key_lookup(min(n, 20_000))
     ref99 = base[1]
     print()
-    print(f"| path | p50 us | p99 us | p99.9 us | p99 / baseline p99 |")
+    print("| path | p50 us | p99 us | p99.9 us | p99 / baseline p99 |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name, (p50, p99, p999) in rows:
         print(f"| {name} | {p50:.1f} | {p99:.1f} | {p999:.1f} | {p99 / ref99:.2f} |")

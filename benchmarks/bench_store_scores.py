@@ -19,17 +19,36 @@ Usage::
     python benchmarks/bench_store_scores.py --full     # 100k stores x 30M orders
     python benchmarks/bench_store_scores.py --quick    # 2k stores x 200k orders
     python benchmarks/bench_store_scores.py --duckdb-native   # DuckDB on its own tables
+    python benchmarks/bench_store_scores.py --parquet         # from Parquet files, both sides
 
 By default DuckDB scans the same in-memory data as Arrow tables (pandas' string and
 timestamp columns convert without copying); ``--duckdb-native`` first copies them into
 DuckDB's own columnar storage (not timed), DuckDB's best case.
+
+``--parquet`` times the user's whole path instead: the tables are first written as
+Parquet folders (ten parts per table, ids zero-padded to one width as the simulator
+and most auto-increment keys write them; not timed), then
+
+* refundguard reads only the store score's columns of those files
+  (:func:`refundguard.sources.read_store_events`: projection, integer codes, refunds
+  and reviews joined to their order once by integer row) and scores
+  (:func:`refundguard.scores.coded_store_scores_as_of`), with as many threads as DuckDB;
+* DuckDB runs the same SQL over ``read_parquet`` of the same files.
+
+Both are timed from the files to the per-store result. Timestamps are nanoseconds:
+DuckDB reads them as ``TIMESTAMP_NS``, whose epoch seconds are ``epoch_ns(x) // 10^9``
+(DuckDB 2 refuses ``epoch_us`` on them).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -44,8 +63,14 @@ REASONS = np.array(["not_received", "quality", "not_as_described", "damaged", "w
 CATEGORIES = np.array(["apparel", "beauty", "books", "electronics", "food", "home", "sports", "toys"])
 
 
+PAD = 0  # digits ids are zero-padded to (0: not padded); --parquet pads them like the simulator
+
+
 def _ids(prefix: str, nums: np.ndarray) -> pd.Series:
-    a = pc.binary_join_element_wise(pa.scalar(prefix), pc.cast(pa.array(np.asarray(nums, dtype=np.int64)), pa.string()), "")
+    digits = pc.cast(pa.array(np.asarray(nums, dtype=np.int64)), pa.string())
+    if PAD:
+        digits = pc.utf8_lpad(digits, width=PAD, padding="0")
+    a = pc.binary_join_element_wise(pa.scalar(prefix), digits, "")
     return a.to_pandas().astype("str")
 
 
@@ -130,7 +155,7 @@ WITH o AS (
     count(*) FILTER (WHERE ship_by >= $lo AND ship_by < $hi) AS pk_n,
     count(*) FILTER (WHERE ship_by >= $lo AND ship_by < $hi AND shipped_at <= ship_by) AS pk_ok,
     count(*) FILTER (WHERE delivered_at >= $lo AND delivered_at < $hi) AS dl_n,
-    sum(epoch_us(delivered_at) // 1000000 - epoch_us(paid_at) // 1000000)
+    sum(epoch_ns(delivered_at) // 1000000000 - epoch_ns(paid_at) // 1000000000)
       FILTER (WHERE delivered_at >= $lo AND delivered_at < $hi) AS dl_sum_s
   FROM orders
   WHERE (paid_at >= $lo AND paid_at < $hi) OR (ship_by >= $lo AND ship_by < $hi) OR (delivered_at >= $lo AND delivered_at < $hi)
@@ -144,8 +169,8 @@ r AS (
   SELECT o.store_id,
     count(*) AS rf_n,
     count(*) FILTER (WHERE r.reason IN {quality}) AS qr_n,
-    sum(CASE WHEN r.resolved_at < $hi THEN epoch_us(r.resolved_at) // 1000000
-             ELSE epoch_us($hi) // 1000000 END - epoch_us(r.requested_at) // 1000000) AS rf_sum_s,
+    sum(CASE WHEN r.resolved_at < $hi THEN epoch_ns(r.resolved_at) // 1000000000
+             ELSE epoch_us($hi) // 1000000 END - epoch_ns(r.requested_at) // 1000000000) AS rf_sum_s,
     count(*) FILTER (WHERE r.escalated AND r.resolved_at < $hi) AS dp_n
   FROM refunds r JOIN orders o USING (order_id)
   WHERE r.requested_at >= $lo AND r.requested_at < $hi
@@ -205,6 +230,66 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def write_parquet(tables: dict[str, pd.DataFrame], folder: Path, parts: int = 10) -> None:
+    """Each table as a folder of ``parts`` Parquet files (like the simulator writes)."""
+    import pyarrow.parquet as pq
+
+    for name, df in tables.items():
+        (folder / name).mkdir(parents=True)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        step = -(-table.num_rows // parts)
+        for k in range(parts):
+            pq.write_table(table.slice(k * step, step), folder / name / f"part-{k:05d}.parquet")
+
+
+def parquet_main(args: argparse.Namespace, n_stores: int, n_orders: int) -> None:
+    """Store scores from the Parquet files vs the DuckDB query over the same files, same run."""
+    import duckdb
+
+    from refundguard.scores import coded_store_scores_as_of
+    from refundguard.sources import read_store_events
+
+    global PAD
+    PAD = len(str(n_orders))
+    tables = make_tables(n_stores, n_orders)
+    folder = Path(tempfile.mkdtemp(prefix="bench-store-scores-"))
+    try:
+        write_parquet(tables, folder)
+        size = sum(f.stat().st_size for f in folder.rglob("*.parquet")) / 1e6
+        print(f"tables: {n_stores:,d} stores, {len(tables['orders']):,d} orders, {len(tables['refunds']):,d} refunds, "
+              f"{len(tables['reviews']):,d} reviews, {len(tables['service']):,d} chats; {size:,.0f} MB of Parquet in {folder}")
+        del tables
+        as_of = START + pd.Timedelta(days=120)
+        lo = as_of - pd.Timedelta(days=30)
+        con = duckdb.connect()
+        if args.threads:
+            con.execute(f"SET threads = {args.threads}")
+        threads = int(con.execute("SELECT current_setting('threads')").fetchone()[0])
+        for name in ("orders", "refunds", "reviews", "service"):
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{folder / name}/*.parquet')")
+
+        ours_t, duck_t = [], []
+        for _ in range(args.repeat):
+            t = time.perf_counter()
+            window = (lo.value, as_of.value)  # the as_of's 30 days: only its events are joined
+            ours = coded_store_scores_as_of(read_store_events(folder, threads=threads, window=window), as_of)
+            ours_t.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            duck = duckdb_scores(con, lo, as_of)
+            duck_t.append(time.perf_counter() - t)
+        check_agree(ours, duck)
+        best_o, best_d = min(ours_t), min(duck_t)
+        print(f"as_of {as_of.date()}, window 30 days: {len(ours):,d} stores scored; results agree")
+        print(f"refundguard, Parquet files -> scores ({threads} threads): {best_o:7.3f} s  "
+              f"(best of {args.repeat}; all {', '.join(f'{x:.3f}' for x in ours_t)})")
+        print(f"DuckDB SQL over read_parquet ({threads} threads)  : {best_d:7.3f} s  "
+              f"(best of {args.repeat}; all {', '.join(f'{x:.3f}' for x in duck_t)})")
+        print(f"ratio refundguard / DuckDB = {best_o / best_d:.2f}  (goal <= 1.00); peak RSS {_peak_rss_mb():,.0f} MB; "
+              f"load average {os.getloadavg()[0]:.1f}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="store_scores vs DuckDB SQL")
     g = ap.add_mutually_exclusive_group()
@@ -217,8 +302,13 @@ def main() -> None:
         action="store_true",
         help="copy the tables into DuckDB's own storage first (copy not timed): the strictest comparison",
     )
+    ap.add_argument("--parquet", action="store_true",
+                    help="from Parquet files to scores: refundguard vs DuckDB over the same files")
     args = ap.parse_args()
     n_stores, n_orders = (100_000, 30_000_000) if args.full else (2_000, 200_000) if args.quick else (30_000, 10_000_000)
+    if args.parquet:
+        parquet_main(args, n_stores, n_orders)
+        return
 
     import duckdb
 

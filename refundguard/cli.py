@@ -41,10 +41,11 @@ from refundguard.errors import (
     RefundGuardError,
     RequestError,
 )
-from refundguard.guard import SCORED_FORMATS, RefundGuard, write_scored
+from refundguard.batch import DEFAULT_CHUNK_DAYS
+from refundguard.guard import SCORED_FORMATS, RefundGuard
 from refundguard.monitoring import FIGURES, drift, whatif, write_report
 from refundguard.monitoring.drift import PSI_MODERATE, PSI_SIGNIFICANT
-from refundguard.policy import ACTIONS, PolicyTimeline
+from refundguard.policy import PolicyTimeline
 from refundguard.registry import ModelRegistry
 from refundguard.scores import (
     calibrate_bands,
@@ -190,6 +191,24 @@ def _output_option(p: argparse.ArgumentParser, *flags: str, kind: str = "file", 
             _check_output(value, flags[0], kind)
 
     _add_check(p, check)
+
+
+def _jobs_arg(value: str) -> int:
+    """``--jobs``: a positive number of processes, or -1 for every core (joblib's rule)."""
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if n == 0 or n < -1:
+        raise argparse.ArgumentTypeError(f"must be -1 (every core) or an integer >= 1; got {n}")
+    return n
+
+
+def _existing_file(value: str) -> Path:
+    p = Path(value)
+    if not p.is_file():
+        raise argparse.ArgumentTypeError(f"not a file: {value!r}")
+    return p
 
 
 def _existing_dir(value: str) -> Path:
@@ -606,17 +625,27 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 def _add_score(sub: Any) -> None:
     p = sub.add_parser(
         "score",
-        help="decide every refund in a period with a model and the dated policy (batch, point in time)",
+        help="decide every refund in a period with a model and the dated policy (batch, streamed, all cores)",
         description=(
             "Decide the refunds requested in [--from, --to): merchant_handles (store gate), approve, review or "
             "intercept, with the probability, reasons, model and policy versions; sorted by requested_at, "
-            "refund_id. Writes Parquet or CSV by the extension of --out."
+            "refund_id. The input is validated in quarantine mode: rejected rows are never decided, they go to "
+            "--rejects, and the summary prints in = scored + rejected. Work runs in time slices of --chunk-days "
+            "on --jobs processes; the output (Parquet or CSV by the extension of --out) is the same for any "
+            "--jobs and --chunk-days, written under a temporary name and renamed at the end."
         ),
     )
     _data_option(p)
     _model_option(p)
     _output_option(p, "--out", required=True, help="output file (.parquet or .csv)")
     _period_options(p)
+    p.add_argument("--store-scores", type=_existing_file, metavar="FILE",
+                   help="published daily store scores (as store-scores --history writes) to gate on instead of "
+                        "recomputing them; a (store, day) absent from the file is a missing score")
+    _output_option(p, "--rejects", metavar="FILE", help="write the rejected input rows here (.parquet or .csv)")
+    p.add_argument("--jobs", type=_jobs_arg, default=1, help="processes (-1: every core; default 1)")
+    p.add_argument("--chunk-days", type=_int_at_least(1), default=DEFAULT_CHUNK_DAYS,
+                   help=f"days per time slice (default {DEFAULT_CHUNK_DAYS})")
     p.add_argument("--always-score", action="store_true", help="score gated requests too (monitoring)")
     p.set_defaults(func=_run_score)
 
@@ -624,15 +653,17 @@ def _add_score(sub: Any) -> None:
 def _run_score(args: argparse.Namespace) -> int:
     if args.out.suffix not in SCORED_FORMATS:
         raise _UsageError(f"--out must end in {' or '.join(SCORED_FORMATS)}; got {args.out.name!r}")
-    tables = _load_clean(args.data)
+    if args.rejects is not None and args.rejects.suffix not in (".parquet", ".csv"):
+        raise _UsageError(f"--rejects must end in .parquet or .csv; got {args.rejects.name!r}")
     guard = RefundGuard.load(args.model)
-    scored = guard.score_history(tables, args.start, args.end, always_score=args.always_score,
-                                 validate_tables=False, progress=_progress(args))
-    write_scored(scored, args.out)
-    print(f"{len(scored):,} refunds decided with model {guard.model_version}")
-    for action, n in scored["action"].value_counts().reindex(list(ACTIONS), fill_value=0).items():
-        print(f"  {action:17s} {n:>10,d}")
+    result = guard.score_history(
+        args.data, args.start, args.end, out=args.out, rejects=args.rejects, store_scores=args.store_scores,
+        jobs=args.jobs, chunk_days=args.chunk_days, always_score=args.always_score, progress=_progress(args),
+    )
+    print(result.to_text())
     print(f"written to {args.out}")
+    if args.rejects is not None:
+        print(f"rejects written to {args.rejects}")
     return EXIT_OK
 
 

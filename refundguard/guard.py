@@ -33,17 +33,14 @@ from refundguard.model import (
     RefundAbuseClassifier,
     reasons_from_contributions,
 )
+from refundguard.batch import DEFAULT_CHUNK_DAYS, SCORED_COLUMNS
 from refundguard.pipeline import canonical_tables, point_in_time_features
-from refundguard.policy import DECISION_COLUMNS, Decision, PolicyTimeline, decide_batch, decide_one
+from refundguard.policy import Decision, PolicyTimeline, decide_one
 from refundguard.profiles import Profiles
 from refundguard.registry import resolve_model_path
 
 __all__ = ["RefundGuard", "SCORED_COLUMNS", "default_model_path"]
 
-#: Columns of the batch scored output, in order (DESIGN.md section 6, contract): the
-#: request's own columns, then the fields of a Decision.
-REQUEST_COLUMNS: tuple[str, ...] = ("refund_id", "requested_at", "buyer_id", "store_id", "category", "kind", "amount")
-SCORED_COLUMNS: tuple[str, ...] = REQUEST_COLUMNS + DECISION_COLUMNS[1:]
 _REASONS = 3
 
 
@@ -398,43 +395,111 @@ class RefundGuard:
 
     def score_history(
         self,
-        tables: Mapping[str, pd.DataFrame],
+        data: Mapping[str, pd.DataFrame] | str | os.PathLike[str],
         start: Any = None,
         end: Any = None,
         *,
+        out: str | os.PathLike[str] | None = None,
+        rejects: str | os.PathLike[str] | None = None,
+        store_scores: pd.DataFrame | str | os.PathLike[str] | None = None,
+        jobs: int = 1,
+        chunk_days: int = DEFAULT_CHUNK_DAYS,
         always_score: bool = False,
         explain: bool = False,
         validate_tables: bool = True,
         progress: bool = False,
-    ) -> pd.DataFrame:
-        """Decide every refund requested in ``[start, end)``, point in time.
+        return_rejects: bool = False,
+    ) -> Any:
+        """Decide every refund requested in ``[start, end)``, point in time, slice by slice.
+
+        The batch engine (:mod:`refundguard.batch`): the tables are read once with
+        only the columns needed, validated in quarantine mode (bad rows are set aside
+        and reported, never decided), coded into integers, then decided in time
+        slices of ``chunk_days`` on ``jobs`` processes. Every decision equals
+        :meth:`assess` on the same request and profiles, and the output is the same
+        for every ``jobs`` and ``chunk_days``.
 
         Parameters
         ----------
-        tables
-            The contract's tables (validated in strict mode unless ``validate_tables=False``).
+        data
+            The contract's tables as a mapping of DataFrames, or a data folder
+            (Parquet folders are read column by column; see :mod:`refundguard.sources`).
         start, end
             Half-open bounds on ``requested_at``; ``None`` is unbounded.
+        out
+            Write the scored rows to this ``.parquet`` or ``.csv`` file (streamed,
+            atomic: written under a temporary name and renamed at the end) and return
+            a :class:`~refundguard.batch.BatchResult` instead of a DataFrame.
+        rejects
+            Write the rejects table (the contract's columns) to this file.
+        store_scores
+            A published daily store-score history (a frame or a file with the
+            columns ``store-scores --history`` writes) to gate on instead of
+            recomputing; a (store, day) absent from it is a missing score.
+        jobs
+            Processes (``-1``: every core). LightGBM uses one thread per process.
+        chunk_days
+            Days per slice (the unit of work and of memory).
         always_score
             Score gated requests too (their action stays ``merchant_handles``).
         explain
             Reasons for every scored row, not only review/intercept.
         validate_tables
-            Validate the input first.
+            Validate the input (quarantine mode). ``False`` only for tables in memory
+            that are :func:`refundguard.tables.validate` output already.
         progress
-            Show a progress bar while the features are built.
+            Show a progress bar, advanced slice by slice.
+        return_rejects
+            Without ``out``: return ``(scored, rejects)``.
 
         Returns
         -------
-        pandas.DataFrame
-            :data:`SCORED_COLUMNS`, sorted by ``(requested_at, refund_id)``.
+        pandas.DataFrame, (pandas.DataFrame, pandas.DataFrame) or BatchResult
+            Without ``out``: :data:`SCORED_COLUMNS`, sorted by ``(requested_at,
+            refund_id)`` (and the rejects table with ``return_rejects``). With ``out``:
+            the :class:`~refundguard.batch.BatchResult` (``rows_in == scored + rejected``).
+
+        Raises
+        ------
+        SchemaError
+            A required table or column is missing, or a table cannot be read.
+        ConfigError
+            A bad parameter.
         """
-        st = self._state
-        clean = canonical_tables(tables, validate_tables)
-        batch = point_in_time_features(
-            clean, start, end, score_config=st.score_config, category_levels=st.category_levels, progress=progress
+        from refundguard.batch import score_data, scored_frame
+
+        model = self.batch_model(always_score=always_score, explain=explain)
+        result, table = score_data(
+            model, data, start, end, out=out, rejects=rejects, store_scores=store_scores, jobs=jobs,
+            chunk_days=chunk_days, validate_tables=validate_tables, progress=progress,
         )
-        return self._decide(st, batch, always_score=always_score, explain=explain)
+        if out is not None:
+            return result
+        scored = scored_frame(table)
+        return (scored, result.rejects) if return_rejects else scored
+
+    def batch_model(self, *, always_score: bool = False, explain: bool = False) -> Any:
+        """The serving model as the batch engine's portable :class:`~refundguard.batch.BatchModel`.
+
+        Worker processes (joblib, Dask) parse it once each; this process reuses the
+        parsed model. :mod:`refundguard.dask` passes it to the cluster.
+        """
+        from refundguard.batch import BatchModel, register_scorer
+
+        st = self._state
+        model = BatchModel(
+            booster_text=st.loaded.booster.model_to_string(),
+            meta=st.loaded.meta,
+            manifest_sha256=st.loaded.manifest_sha256,
+            policy=st.policy,
+            score_config=st.score_config,
+            category_levels=st.category_levels,
+            model_version=st.loaded.model_version,
+            always_score=bool(always_score),
+            explain=bool(explain),
+        )
+        register_scorer(model, st.encoder, st.loaded.booster, st.calibrator, st.explainer)
+        return model
 
     def evaluate(
         self,
@@ -471,49 +536,6 @@ class RefundGuard:
             )
         th = st.loaded.meta.get("thresholds") or {}
         return batch.evaluate(labelled, _proba(st, batch.X.loc[labelled]), th.get("intercept"))
-
-    def _decide(self, st: _State, batch: Any, *, always_score: bool, explain: bool) -> pd.DataFrame:
-        req = batch.requests
-        frame = batch.policy_requests()
-        X = batch.X
-
-        def probability(mask: np.ndarray) -> np.ndarray:
-            if not mask.any():
-                return np.empty(0)
-            return _proba(st, X.loc[mask])
-
-        def reasons(mask: np.ndarray) -> list[list[dict[str, Any]]]:
-            if not mask.any():
-                return []
-            encoded, _ = st.encoder.transform(X.loc[mask])
-            contrib = st.explainer.contributions(encoded)
-            return [reasons_from_contributions(st.encoder, encoded[i], contrib[i], k=_REASONS)
-                    for i in range(len(encoded))]
-
-        decided = decide_batch(
-            frame,
-            st.policy,
-            probability=probability,
-            explain=reasons,
-            explain_all=explain,
-            always_score=always_score,
-            model_version=st.loaded.model_version,
-        )
-        out = pd.DataFrame(
-            {
-                "refund_id": req["refund_id"].to_numpy(),
-                "requested_at": req["requested_at"].reset_index(drop=True),
-                "buyer_id": req["buyer_id"].to_numpy(),
-                "store_id": req["store_id"].to_numpy(),
-                "category": req["category"].to_numpy(),
-                "kind": req["kind"].to_numpy(),
-                "amount": req["amount"].to_numpy(dtype=np.float64),
-            }
-        )
-        for col in DECISION_COLUMNS[1:]:
-            out[col] = decided[col].to_numpy()
-        out["reasons"] = out["reasons"].map(_reasons_struct)
-        return out.loc[:, list(SCORED_COLUMNS)]
 
 
 def _check_request(request: Any) -> None:
@@ -556,23 +578,6 @@ def _proba(st: _State, X: pd.DataFrame) -> np.ndarray:
     """Calibrated abuse probabilities of a feature matrix with one serving state."""
     raw = st.classifier.predict_proba(X)[:, 1]
     return raw if st.calibrator is None else st.calibrator.transform(raw)
-
-
-def _reasons_struct(items: Any) -> list[dict[str, Any]]:
-    """Reasons as a list of structs with fixed field types (Parquet needs one type per field)."""
-    out = []
-    for r in items if items is not None else ():
-        value = r.get("value")
-        contribution = r.get("contribution")
-        out.append(
-            {
-                "text": str(r.get("text", "")),
-                "feature": str(r.get("feature", "")),
-                "value": None if value is None else str(value),
-                "contribution": None if contribution is None else float(contribution),
-            }
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- scored output files

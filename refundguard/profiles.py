@@ -423,7 +423,7 @@ class _Events:
 
     def __init__(self, tb: _TimeBase, group: np.ndarray, rank: np.ndarray, qgroup: np.ndarray,
                  weight: np.ndarray | None = None, tiebreak: np.ndarray | None = None) -> None:
-        keep = (group >= 0) & (rank >= 0)
+        keep = (group >= 0) & (rank >= 0) & _queried(group, qgroup)
         key = group[keep] * tb.span + rank[keep]
         if tiebreak is None:
             order = np.argsort(key, kind="stable")
@@ -470,10 +470,25 @@ class _Events:
         return hi - mid, s
 
 
-def _first_time_per_pair(a: np.ndarray, b: np.ndarray, t: np.ndarray
+def _queried(group: np.ndarray, qgroup: np.ndarray) -> np.ndarray:
+    """Whether each event's group is one some query asks for (other events cannot count)."""
+    if not len(group):
+        return np.zeros(0, dtype=bool)
+    size = int(max(group.max(), qgroup.max(initial=-1))) + 2
+    asked = np.zeros(size, dtype=bool)
+    asked[qgroup[qgroup >= 0]] = True
+    return asked[group]  # group -1 reads the last slot, never asked
+
+
+def _first_time_per_pair(a: np.ndarray, b: np.ndarray, t: np.ndarray, queried: np.ndarray | None = None
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For each distinct (a, b) pair with a, b >= 0 and a known rank: (a, b, min rank)."""
+    """For each distinct (a, b) pair with a, b >= 0 and a known rank: (a, b, min rank).
+
+    With ``queried`` (query codes of ``a``), only pairs whose ``a`` is queried are kept.
+    """
     keep = (a >= 0) & (b >= 0) & (t >= 0)
+    if queried is not None:
+        keep &= _queried(a, queried)
     if not keep.any():
         e = np.empty(0, dtype=np.int64)
         return e, e, e
@@ -667,6 +682,87 @@ def _store_score_rows(tables: dict[str, pd.DataFrame], requests: pd.DataFrame,
 # --------------------------------------------------------------------------- batch
 
 
+@dataclass(frozen=True)
+class CodedHistory:
+    """Orders and refunds as integer codes, int64 instants and flags: what the profile kernel reads.
+
+    Ids are integer codes shared with the requests (-1 for none); instants are int64
+    UTC nanoseconds (``NAT`` for missing). A refund carries the codes of its order.
+    Any subset of a history's rows that holds every event a request's profile reads
+    gives that request the same profile (the batch engine relies on it to read only
+    one slice's window plus its keys' all-time rows).
+
+    Attributes
+    ----------
+    o_buyer, o_store, o_dev, o_addr
+        Order keys.
+    o_paid
+        ``paid_at``.
+    o_cents, o_amount
+        Amount in whole cents and as given.
+    r_buyer, r_store, r_dev, r_addr
+        Keys of each refund's order.
+    r_req, r_res
+        ``requested_at`` and ``resolved_at``.
+    r_cents
+        Refund amount in whole cents.
+    r_only
+        Kind is ``refund_only``.
+    r_nr_deliv
+        A ``not_received`` claim on an order delivered before the claim.
+    r_rej, r_abuse
+        Outcome ``rejected`` / label abuse, with a known ``resolved_at``.
+    """
+
+    o_buyer: np.ndarray
+    o_store: np.ndarray
+    o_dev: np.ndarray
+    o_addr: np.ndarray
+    o_paid: np.ndarray
+    o_cents: np.ndarray
+    o_amount: np.ndarray
+    r_buyer: np.ndarray
+    r_store: np.ndarray
+    r_dev: np.ndarray
+    r_addr: np.ndarray
+    r_req: np.ndarray
+    r_res: np.ndarray
+    r_cents: np.ndarray
+    r_only: np.ndarray
+    r_nr_deliv: np.ndarray
+    r_rej: np.ndarray
+    r_abuse: np.ndarray
+
+    @classmethod
+    def from_arrays(cls, *, o_buyer: np.ndarray, o_store: np.ndarray, o_dev: np.ndarray,
+                    o_addr: np.ndarray, o_paid: np.ndarray, o_delivered: np.ndarray,
+                    o_amount: np.ndarray, r_order: np.ndarray, r_req: np.ndarray,
+                    r_res: np.ndarray, r_amount: np.ndarray, r_only: np.ndarray,
+                    r_not_received: np.ndarray, r_rejected: np.ndarray,
+                    r_abuse: np.ndarray) -> CodedHistory:
+        """Derive the kernel's arrays from plain columns (``r_order``: row of each refund's order)."""
+        known = r_res != NAT
+        deliv = o_delivered[r_order]
+        return cls(
+            o_buyer=o_buyer, o_store=o_store, o_dev=o_dev, o_addr=o_addr, o_paid=o_paid,
+            o_cents=_cents(o_amount), o_amount=np.asarray(o_amount, dtype=np.float64),
+            r_buyer=o_buyer[r_order], r_store=o_store[r_order], r_dev=o_dev[r_order],
+            r_addr=o_addr[r_order], r_req=r_req, r_res=r_res, r_cents=_cents(r_amount),
+            r_only=np.asarray(r_only, dtype=bool),
+            r_nr_deliv=np.asarray(r_not_received, dtype=bool) & (deliv != NAT) & (deliv < r_req),
+            r_rej=np.asarray(r_rejected, dtype=bool) & known,
+            r_abuse=np.asarray(r_abuse, dtype=bool) & known,
+        )
+
+    def take(self, orders: np.ndarray, refunds: np.ndarray) -> CodedHistory:
+        """The history restricted to the given order and refund rows."""
+        kw = {}
+        for f in fields(self):
+            arr = getattr(self, f.name)
+            kw[f.name] = arr[orders] if f.name.startswith("o_") else arr[refunds]
+        return CodedHistory(**kw)
+
+
 def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
                    score_config: ScoreConfig | None = None, store_scores: pd.DataFrame | None = None
                    ) -> Profiles:
@@ -699,39 +795,84 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     SchemaError
         A required column is missing, a timestamp column does not parse, a refund
         references an unknown order, or a request has no ``requested_at``.
+
+    Notes
+    -----
+    Ids are factorized into integer codes (:class:`CodedHistory`) and the profiles
+    computed by :func:`profiles_from_codes`, the kernel the streamed batch engine
+    (:mod:`refundguard.batch`) calls slice by slice.
     """
     orders, refunds = tables["orders"], tables["refunds"]
     require_columns(orders, _ORDER_COLUMNS, "orders")
     require_columns(refunds, _REFUND_COLUMNS, "refunds")
     require_columns(requests, _REQUEST_COLUMNS, "requests")
-    n = len(requests)
     t = column_ns(requests["requested_at"], "requested_at", "requests")
     if (t == NAT).any():
         raise SchemaError("requests.requested_at is required; "
                           f"{int((t == NAT).sum())} request(s) have none.", table="requests",
                           column="requested_at", rule="required", n_bad=int((t == NAT).sum()))
-
-    # --- orders and refunds as arrays ---------------------------------------------------
-    o_paid = column_ns(orders["paid_at"], "paid_at", "orders")
-    o_deliv = column_ns(orders["delivered_at"], "delivered_at", "orders")
-    o_cents = _cents(orders["amount"])
-    o_amount = orders["amount"].to_numpy(np.float64)
     pos = _order_positions(orders["order_id"], refunds["order_id"])
-    r_req = column_ns(refunds["requested_at"], "requested_at", "refunds")
-    r_res = column_ns(refunds["resolved_at"], "resolved_at", "refunds")
-    r_cents = _cents(refunds["amount"])
-    r_only = (refunds["kind"].astype("str") == "refund_only").to_numpy(bool)
-    r_nr = (refunds["reason"].astype("str") == "not_received").to_numpy(bool)
-    r_rej = (refunds["outcome"].astype("str") == "rejected").to_numpy(bool) & (r_res != NAT)
-    r_abuse = (refunds["is_abuse"].astype("boolean").fillna(False).to_numpy(bool)
-               & (r_res != NAT))
-    r_deliv = o_deliv[pos]
-
     o_buyer, q_buyer = _codes(orders["buyer_id"], requests["buyer_id"])
     o_store, q_store = _codes(orders["store_id"], requests["store_id"])
     o_dev, q_dev = _codes(orders["device_id"], requests["device_id"])
     o_addr, q_addr = _codes(orders["address_id"], requests["address_id"])
-    r_buyer, r_store, r_dev, r_addr = o_buyer[pos], o_store[pos], o_dev[pos], o_addr[pos]
+    r_res = column_ns(refunds["resolved_at"], "resolved_at", "refunds")
+    history = CodedHistory.from_arrays(
+        o_buyer=o_buyer, o_store=o_store, o_dev=o_dev, o_addr=o_addr,
+        o_paid=column_ns(orders["paid_at"], "paid_at", "orders"),
+        o_delivered=column_ns(orders["delivered_at"], "delivered_at", "orders"),
+        o_amount=orders["amount"].to_numpy(np.float64),
+        r_order=pos,
+        r_req=column_ns(refunds["requested_at"], "requested_at", "refunds"),
+        r_res=r_res,
+        r_amount=refunds["amount"].to_numpy(np.float64),
+        r_only=(refunds["kind"].astype("str") == "refund_only").to_numpy(bool),
+        r_not_received=(refunds["reason"].astype("str") == "not_received").to_numpy(bool),
+        r_rejected=(refunds["outcome"].astype("str") == "rejected").to_numpy(bool),
+        r_abuse=refunds["is_abuse"].astype("boolean").fillna(False).to_numpy(bool),
+    )
+    store_rows = _store_score_rows(tables, requests, t, score_config, store_scores)
+    return profiles_from_codes(history, t, q_buyer, q_store, q_dev, q_addr, store_rows)
+
+
+def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarray,
+                        q_store: np.ndarray, q_dev: np.ndarray, q_addr: np.ndarray,
+                        store_rows: pd.DataFrame, *,
+                        store_orders_30d: np.ndarray | None = None) -> Profiles:
+    """The profile kernel: profiles of requests at ``t`` from an integer-coded history.
+
+    Sorted keys and ``np.searchsorted`` (no per-request loop): event times are ranked
+    once, each event set (only its queried groups) is sorted once by ``(group, time
+    rank)``, then each count or windowed sum is one vectorised search per request,
+    requests searched in ``(group, time)`` order (a sorted merge).
+
+    Parameters
+    ----------
+    history
+        Orders and refunds with codes shared with the queries.
+    t
+        Request instants (int64 UTC ns, none missing).
+    q_buyer, q_store, q_dev, q_addr
+        Codes of each request's buyer, store, device and address (-1 for none).
+    store_rows
+        The store score of each request's store and day: columns ``score, product,
+        logistics, service`` (NaN when none), ``provisional`` (bool) and
+        ``category`` (str).
+    store_orders_30d
+        The store's orders paid in ``[t - 30d, t)``, when the caller counted them
+        already (the batch engine keeps every store's order times sorted once); the
+        history's orders then need not hold the stores' 30 days.
+
+    Returns
+    -------
+    Profiles
+    """
+    h = history
+    n = len(t)
+    o_paid, r_req, r_res = h.o_paid, h.r_req, h.r_res
+    o_buyer, o_store, o_dev, o_addr = h.o_buyer, h.o_store, h.o_dev, h.o_addr
+    r_buyer, r_store, r_dev, r_addr = h.r_buyer, h.r_store, h.r_dev, h.r_addr
+    o_amount = h.o_amount
 
     tb = _TimeBase(t, o_paid, r_req, r_res)
     o_rank, r_req_rank, r_res_rank = tb.rank(o_paid), tb.rank(r_req), tb.rank(r_res)
@@ -740,21 +881,20 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     # --- buyer ----------------------------------------------------------------------------
     b: dict[str, Any] = {}
     known = o_paid != NAT
-    first = pd.Series(o_paid[known]).groupby(o_buyer[known]).min()
-    nb = int(max(o_buyer.max(initial=-1), q_buyer.max(initial=-1))) + 1
+    nb = int(max(o_buyer.max(initial=-1), q_buyer.max(initial=-1), r_buyer.max(initial=-1))) + 1
     first_arr = np.full(nb, NEVER, dtype=np.int64)
-    first_arr[first.index.to_numpy(np.int64)] = first.to_numpy(np.int64)
+    np.minimum.at(first_arr, o_buyer[known & (o_buyer >= 0)], o_paid[known & (o_buyer >= 0)])
     qf = np.where(q_buyer >= 0, first_arr[np.maximum(q_buyer, 0)], NEVER)
     qf = np.where(qf < t, qf, NAT)
     b["first_order_at"] = pd.Series(qf.view("datetime64[ns]")).dt.tz_localize("UTC")
 
-    ev_orders = _Events(tb, o_buyer, o_rank, q_buyer, o_cents, tiebreak=o_amount)
+    ev_orders = _Events(tb, o_buyer, o_rank, q_buyer, h.o_cents, tiebreak=o_amount)
     for w in ORDER_WINDOWS_DAYS:
         cnt, cents = ev_orders.window(w * day)
         b[f"n_orders_{w}d"] = cnt
         b[f"spend_{w}d"] = cents / 100.0
     ev_ref = _Events(tb, r_buyer, r_req_rank, q_buyer)
-    ev_only = _Events(tb, np.where(r_only, r_buyer, -1), r_req_rank, q_buyer, r_cents)
+    ev_only = _Events(tb, np.where(h.r_only, r_buyer, -1), r_req_rank, q_buyer, h.r_cents)
     for w in REFUND_WINDOWS_DAYS:
         b[f"n_refunds_{w}d"] = ev_ref.window(w * day)[0]
     for w in REFUND_WINDOWS_DAYS:
@@ -762,13 +902,12 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
         b[f"n_refund_only_{w}d"] = cnt
         if w == 365:
             b["refund_only_amount_365d"] = cents / 100.0
-    pa, _, pr = _first_time_per_pair(r_buyer, r_store, r_req_rank)
-    b["n_stores_refunded"] = _Events(tb, pa, pr, q_buyer).count()
-    nr_deliv = r_nr & (r_deliv != NAT) & (r_deliv < r_req)
-    b["n_not_received_on_delivered"] = _Events(tb, np.where(nr_deliv, r_buyer, -1), r_req_rank,
+    pa_, _, pr = _first_time_per_pair(r_buyer, r_store, r_req_rank, queried=q_buyer)
+    b["n_stores_refunded"] = _Events(tb, pa_, pr, q_buyer).count()
+    b["n_not_received_on_delivered"] = _Events(tb, np.where(h.r_nr_deliv, r_buyer, -1), r_req_rank,
                                                q_buyer).count()
-    b["n_rejected"] = _Events(tb, np.where(r_rej, r_buyer, -1), r_res_rank, q_buyer).count()
-    b["n_abuse"] = _Events(tb, np.where(r_abuse, r_buyer, -1), r_res_rank, q_buyer).count()
+    b["n_rejected"] = _Events(tb, np.where(h.r_rej, r_buyer, -1), r_res_rank, q_buyer).count()
+    b["n_abuse"] = _Events(tb, np.where(h.r_abuse, r_buyer, -1), r_res_rank, q_buyer).count()
     hi = ev_orders.hi(0)
     b["median_order_amount"] = _median_last(o_amount[ev_orders.order_kept], hi,
                                             hi - ev_orders.lo())
@@ -777,12 +916,15 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
         buyer[c] = buyer[c].astype(np.int64)
 
     # --- store ----------------------------------------------------------------------------
-    sc = _store_score_rows(tables, requests, t, score_config, store_scores)
+    sc = store_rows
     s: dict[str, Any] = {c: sc[c].to_numpy(np.float64) for c in ("score", "product",
                                                                   "logistics", "service")}
     s["provisional"] = sc["provisional"].to_numpy(bool)
     s["score_missing"] = np.isnan(s["score"])
-    s_orders = _Events(tb, o_store, o_rank, q_store).window(30 * day)[0]
+    if store_orders_30d is None:
+        s_orders = _Events(tb, o_store, o_rank, q_store).window(30 * day)[0]
+    else:
+        s_orders = np.asarray(store_orders_30d, dtype=np.int64)
     ev_sref = _Events(tb, r_store, r_req_rank, q_store)
     s_ref = ev_sref.window(30 * day)[0]
     s["n_orders_30d"] = s_orders
@@ -795,15 +937,15 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
     store["category"] = store["category"].astype("str")
 
     # --- link -----------------------------------------------------------------------------
-    bad_b = r_rej | r_abuse
+    bad_b = h.r_rej | h.r_abuse
     first_bad = np.full(max(nb, 1), NEVER, dtype=np.int64)  # rank of the first bad outcome
     if bad_b.any():
-        fb = pd.Series(r_res_rank[bad_b]).groupby(r_buyer[bad_b]).min()
-        first_bad[fb.index.to_numpy(np.int64)] = fb.to_numpy(np.int64)
+        sel = bad_b & (r_buyer >= 0)
+        np.minimum.at(first_bad, r_buyer[sel], r_res_rank[sel])
     lk: dict[str, Any] = {}
     for name, o_key, r_key, q_key in (("device", o_dev, r_dev, q_dev),
                                       ("address", o_addr, r_addr, q_addr)):
-        ka, kb, kr = _first_time_per_pair(o_key, o_buyer, o_rank)
+        ka, kb, kr = _first_time_per_pair(o_key, o_buyer, o_rank, queried=q_key)
         n_buyers = _Events(tb, ka, kr, q_key).count()
         bad_r = np.maximum(kr, first_bad[kb]) if len(kb) else kr
         has_bad = bad_r != NEVER

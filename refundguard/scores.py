@@ -62,9 +62,12 @@ __all__ = [
     "OUTPUT_COLUMNS",
     "StoreExplanation",
     "StoreScoreSummary",
+    "CodedStoreEvents",
     "calibrate_bands",
     "excellent_share",
     "ExcellentShare",
+    "coded_store_scores",
+    "coded_store_scores_as_of",
     "explain_store",
     "publish_score",
     "store_score_history",
@@ -366,6 +369,12 @@ class _Events:
             out = self._ns[col] = self.table.ns(col)[self.rows]
         return out
 
+    def release(self) -> None:
+        """Forget the columns read so far (the anchor, rows and stores stay)."""
+        anchor = next(iter(self._ns.items()))
+        self._ns = dict([anchor])
+        self._cols = {}
+
     def col(self, col: str) -> pd.Series:
         """A column of these rows, as stored."""
         out = self._cols.get(col)
@@ -466,6 +475,30 @@ class _Sources:
     store_ids: np.ndarray  # object array of str; store code -> store id
     orders: _Columns
     refunds: _Columns
+    #: (category code of every order, sorted levels) when the orders come pre-coded
+    order_categories: tuple[np.ndarray, np.ndarray] | None = None
+    #: first ``requested_at`` of all refunds (``NAT`` when none) when known up front
+    first_refund_ns: int | None = None
+
+    def paid_categories(self) -> tuple[np.ndarray, np.ndarray]:
+        """Category codes (alphabetical) of the ``paid`` events' orders, and the levels."""
+        paid = self.events["paid"]
+        if self.order_categories is not None:
+            codes, levels = self.order_categories
+            return np.asarray(codes[paid.rows], dtype=np.int64), levels
+        return _factorize(_arrow_str(self.orders.frame["category"]).take(pa.array(paid.rows)), sort=True)
+
+    def first_refund_day(self, tz: str) -> int | None:
+        """Local day of the first refund request (``None`` when there is none)."""
+        if self.first_refund_ns is not None:
+            first = self.first_refund_ns
+        else:
+            req = self.refunds.ns("requested_at")
+            req = req[req != NAT]
+            first = int(req.min()) if len(req) else NAT
+        if first == NAT:
+            return None
+        return int(day_index(np.array([first], dtype=np.int64), tz)[0])
 
 
 def _event_sources(
@@ -520,7 +553,11 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_look
     in the window that pass its filter and, if it has one, whose known-from instant is
     before ``hi``. Only stores with an activity event (:data:`_ACTIVITY`) are kept.
     """
-    src = _event_sources(tables, lo, hi, cfg_lookback_days, union_orders=False)
+    return _window_from_sources(_event_sources(tables, lo, hi, cfg_lookback_days, union_orders=False), hi)
+
+
+def _window_from_sources(src: _Sources, hi: int) -> _Window:
+    """:func:`_window_stats` on prepared event sources (tables or integer-coded arrays)."""
     n = len(src.store_ids)
     st: dict[str, np.ndarray] = {}
     for d in _STAT_DEFS:
@@ -534,13 +571,15 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_look
             out = np.zeros(n, dtype=np.int64)
             np.add.at(out, c, (v if m is None else v[m]).astype(np.int64))
             st[d.name] = out
-    req = src.refunds.ns("requested_at")
-    refunds_known = bool(len(req)) and bool(((req != NAT) & (req < hi)).any())
+    if src.first_refund_ns is not None:
+        refunds_known = src.first_refund_ns != NAT and src.first_refund_ns < hi
+    else:
+        req = src.refunds.ns("requested_at")
+        refunds_known = bool(len(req)) and bool(((req != NAT) & (req < hi)).any())
 
     # modal category over orders paid in the window (ties: alphabetical)
     paid = src.events["paid"]
-    cats = _arrow_str(src.orders.frame["category"]).take(pa.array(paid.rows))
-    category = _modal_category(paid.store, cats, n)
+    category = _modal_category(paid.store, *src.paid_categories(), n)
 
     active = np.zeros(n, dtype=bool)
     for k in _ACTIVITY:
@@ -554,11 +593,11 @@ def _window_stats(tables: Mapping[str, pd.DataFrame], lo: int, hi: int, cfg_look
     )
 
 
-def _modal_category(store_codes: np.ndarray, cats: pa.Array, n: int) -> np.ndarray:
+def _modal_category(store_codes: np.ndarray, cat_codes: np.ndarray, cat_uniques: np.ndarray, n: int) -> np.ndarray:
+    """Modal category per store code (ties: alphabetical; codes are alphabetical)."""
     out = np.full(n, np.nan, dtype=object)
     if len(store_codes) == 0:
         return out
-    cat_codes, cat_uniques = _factorize(cats, sort=True)  # alphabetical codes
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = len(cat_uniques)
@@ -882,14 +921,27 @@ def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: Sc
     window_days``; with a known-from instant on day ``k`` it counts from day
     ``max(a, k) + 1`` on. Rolling sums (:class:`_Rolling`) add each event once.
     """
+    lo_ns, hi_ns = _history_range(d0, d1, cfg)
+    src = _event_sources(tables, lo_ns, hi_ns, cfg.window_days, union_orders=True)
+    return _history_from_sources(src, d0, d1, cfg)
+
+
+def _history_range(d0: int, d1: int, cfg: ScoreConfig) -> tuple[int, int]:
+    """UTC ns range ``[lo, hi)`` of the anchors whose windows can touch the days ``d0 .. d1``.
+
+    Only events anchored on a day in ``[d0 - window_days, d1 - 1]`` matter (one day of margin).
+    """
+    tz = cfg.timezone
+    lo_ns = int(day_start_ns(np.array([d0 - cfg.window_days - 1]), tz)[0])
+    hi_ns = int(day_start_ns(np.array([d1 + 1]), tz)[0])
+    return lo_ns, hi_ns
+
+
+def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> _History:
+    """:func:`_history_stats` on prepared event sources (tables or integer-coded arrays)."""
     tz = cfg.timezone
     ndays = d1 - d0 + 1
     wd = cfg.window_days
-
-    # only events whose window can touch [d0, d1] matter: anchor day in [d0 - wd, d1 - 1]
-    lo_ns = int(day_start_ns(np.array([d0 - wd - 1]), tz)[0])
-    hi_ns = int(day_start_ns(np.array([d1 + 1]), tz)[0])
-    src = _event_sources(tables, lo_ns, hi_ns, wd, union_orders=True)
     nst = len(src.store_ids)
 
     days_of: dict[tuple[str, str], np.ndarray] = {}
@@ -902,24 +954,31 @@ def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: Sc
         return out
 
     acc = _Rolling(nst, d0, ndays)
+    # the day interval of each event is shared by the statistics of one (source, known_from);
+    # _STAT_DEFS lists each source's statistics together, so a source's spans go when it is done
+    spans: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
     for d in _STAT_DEFS:
         ev = src.events[d.source]
-        anchor_day = day_of(d.source, _SOURCES[d.source][1])
-        first = anchor_day if d.known_from is None else np.maximum(anchor_day, day_of(d.source, d.known_from))
-        value = None if d.value is None else d.value(ev)
-        c = ev.store
-        m = _counted(d, ev, known_before=None)
-        if m is not None:
-            c, first, anchor_day = c[m], first[m], anchor_day[m]
-            value = None if value is None else value[m]
-        acc.add(d.name, c, first + 1, anchor_day + wd, value)
+        if spans and next(iter(spans))[0] != d.source:
+            done = next(iter(spans))[0]
+            spans.clear()
+            days_of.clear()
+            src.events[done].release()  # its other columns were gathered for its statistics only
+        key = (d.source, d.known_from)
+        if key not in spans:
+            anchor_day = day_of(d.source, _SOURCES[d.source][1])
+            first = anchor_day if d.known_from is None else np.maximum(anchor_day, day_of(d.source, d.known_from))
+            ok = np.ones(len(ev.store), dtype=bool) if d.known_from is None else ev.ns(d.known_from) != NAT
+            spans[key] = acc.spans(ev.store, first + 1, anchor_day + wd, ok)
+        start, stop, ok = spans[key]
+        m = ok if d.where is None else ok & d.where(ev)
+        value = None if d.value is None else np.asarray(d.value(ev), dtype=np.int64)[m]
+        acc.add_spans(d.name, start[m], stop[m], value)
 
     # refunds known before D: any refund requested on a day before D
-    req = src.refunds.ns("requested_at")
-    req_all = req[req != NAT]
     days = np.arange(d0, d1 + 1, dtype=np.int64)
-    if len(req_all):
-        first_req_day = int(day_index(np.array([req_all.min()]), tz)[0])
+    first_req_day = src.first_refund_day(tz)
+    if first_req_day is not None:
         known_by_day = days >= first_req_day + 1
     else:
         known_by_day = np.zeros(ndays, dtype=bool)
@@ -927,12 +986,19 @@ def _history_stats(tables: Mapping[str, pd.DataFrame], d0: int, d1: int, cfg: Sc
     # modal category per (store, day): rolling counts per (store, category)
     paid = src.events["paid"]
     p_day = day_of("paid", "paid_at")
-    cat_codes, cat_uniques = _factorize(_arrow_str(src.orders.frame["category"]).take(pa.array(paid.rows)), sort=True)
+    cat_codes, cat_uniques = src.paid_categories()
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = max(len(cat_uniques), 1)
-    pair_key = paid.store * ncat + cat_codes
-    upair, pair_idx = np.unique(pair_key, return_inverse=True)
+    pair_key = paid.store.astype(np.int64) * ncat + cat_codes
+    if nst * ncat <= 4 * len(pair_key) + 1_000_000:  # dense: no sort
+        present = np.zeros(nst * ncat, dtype=bool)
+        present[pair_key] = True
+        upair = np.flatnonzero(present)
+        rank = np.cumsum(present, dtype=np.int64) - 1
+        pair_idx = rank[pair_key]
+    else:
+        upair, pair_idx = np.unique(pair_key, return_inverse=True)
     pacc = _Rolling(len(upair), d0, ndays)
     pacc.add("n", pair_idx.astype(np.int64), p_day + 1, p_day + wd, None)
     pcounts = pacc.result("n")  # (n_pairs, ndays); pairs sorted by store then category (alphabetical)
@@ -1007,6 +1073,7 @@ class _Rolling:
     def __init__(self, nrows: int, d0: int, ndays: int) -> None:
         self.nrows, self.d0, self.ndays = nrows, d0, ndays
         self.events: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
+        self.diffs: dict[str, np.ndarray] = {}
 
     def add(self, name: str, rows: np.ndarray, s: np.ndarray, e: np.ndarray, value: np.ndarray | None) -> None:
         s = np.maximum(s - self.d0, 0)
@@ -1015,18 +1082,56 @@ class _Rolling:
         width = self.ndays + 1
         rows = rows[m].astype(np.int64)
         v = None if value is None else np.asarray(value, dtype=np.int64)[m]
-        self.events.setdefault(name, []).append((rows * width + s[m], rows * width + e[m] + 1, v))
+        self.add_spans(name, rows * width + s[m], rows * width + e[m] + 1, v)
+
+    def spans(self, rows: np.ndarray, s: np.ndarray, e: np.ndarray, ok: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Flat start and stop positions of events active on days ``[s, e]`` (for :meth:`add_spans`).
+
+        Returns ``(start, stop, ok)``: ``ok`` is false for events outside the days kept.
+        """
+        s = np.maximum(s - self.d0, 0)
+        e = np.minimum(e - self.d0, self.ndays - 1)
+        small = self.nrows * (self.ndays + 1) < 2**31
+        base = rows.astype(np.int32 if small else np.int64) * (self.ndays + 1)
+        start, stop = base + s, base + e + 1
+        if small:
+            start, stop = start.astype(np.int32), stop.astype(np.int32)
+        return start, stop, ok & (s <= e)
+
+    def add_spans(self, name: str, start: np.ndarray, stop: np.ndarray, value: np.ndarray | None) -> None:
+        """Record events by their :meth:`spans` positions (already restricted to the kept ones).
+
+        When the difference array is small next to the events (few days, e.g. one batch
+        slice) the events are added to it at once; otherwise they are kept until
+        :meth:`result` (a long history: one dense array at a time).
+        """
+        size = self.nrows * (self.ndays + 1)
+        if size <= 4 * len(start) + 1_000_000:
+            diff = self.diffs.get(name)
+            if diff is None:
+                diff = self.diffs[name] = np.zeros(size, dtype=np.int64)
+            self._accumulate(diff, start, stop, value)
+        else:
+            self.events.setdefault(name, []).append((start, stop, value))
+
+    @staticmethod
+    def _accumulate(diff: np.ndarray, start: np.ndarray, stop: np.ndarray, v: np.ndarray | None) -> None:
+        size = len(diff)
+        if v is None:
+            diff += np.bincount(start, minlength=size).astype(np.int64)
+            diff -= np.bincount(stop, minlength=size).astype(np.int64)
+        else:
+            np.add.at(diff, start, v)
+            np.add.at(diff, stop, -v)
 
     def result(self, name: str) -> np.ndarray:
         size = self.nrows * (self.ndays + 1)
-        diff = np.zeros(size, dtype=np.int64)
+        diff = self.diffs.pop(name, None)
+        if diff is None:
+            diff = np.zeros(size, dtype=np.int64)
         for start, stop, v in self.events.pop(name, []):
-            if v is None:
-                diff += np.bincount(start, minlength=size).astype(np.int64)
-                diff -= np.bincount(stop, minlength=size).astype(np.int64)
-            else:
-                np.add.at(diff, start, v)
-                np.add.at(diff, stop, -v)
+            self._accumulate(diff, start, stop, v)
         arr = np.cumsum(diff.reshape(self.nrows, self.ndays + 1)[:, : self.ndays], axis=1)
         del diff
         if name not in _SUM_STATS and (arr.size == 0 or arr.max() < 2**31):
@@ -1110,6 +1215,213 @@ def store_scores_for_requests(
     out["category"] = pd.array(np.where(found, cat, None), dtype="str")
     n_o = hist["n_orders"].to_numpy()[safe] if len(hist) else np.zeros(len(pos), dtype=np.int32)
     out["n_orders"] = np.where(found, n_o, 0).astype(np.int32)
+    out["provisional"] = out["n_orders"].to_numpy() < cfg.min_orders
+    out["score_missing"] = out["score"].isna().to_numpy()
+    return out
+
+
+# --------------------------------------------------------------------------- integer-coded events
+@dataclass(frozen=True)
+class CodedStoreEvents:
+    """The store score's inputs as integer codes and int64 instants (the batch engine's form).
+
+    Only the columns the seven indicators read are kept; stores are codes into
+    ``store_ids`` (refunds and reviews carry their order's store), categories are
+    codes into the alphabetical ``categories``. Instants are int64 UTC ns (``NAT``
+    for missing). :func:`coded_store_scores` reads these arrays directly, so a batch
+    job joins nothing by string.
+
+    Attributes
+    ----------
+    store_ids, categories
+        Object arrays of the store ids and the sorted category levels.
+    o_store, o_category, o_paid, o_ship_by, o_shipped, o_delivered
+        Orders.
+    r_store, r_requested, r_resolved, r_escalation_known, r_reason, r_escalated
+        Refunds (``r_reason``: codes into :data:`refundguard.tables.REASONS`;
+        ``r_escalation_known``: ``escalated_at`` if given, else ``resolved_at``).
+    v_store, v_created, v_rating
+        Reviews.
+    s_store, s_started, s_first_response
+        Service chats.
+    first_refund_ns
+        The first ``requested_at`` of all refunds (``NAT`` when none).
+    """
+
+    store_ids: np.ndarray
+    categories: np.ndarray
+    o_store: np.ndarray
+    o_category: np.ndarray
+    o_paid: np.ndarray
+    o_ship_by: np.ndarray
+    o_shipped: np.ndarray
+    o_delivered: np.ndarray
+    r_store: np.ndarray
+    r_requested: np.ndarray
+    r_resolved: np.ndarray
+    r_escalation_known: np.ndarray
+    r_reason: np.ndarray
+    r_escalated: np.ndarray
+    v_store: np.ndarray
+    v_created: np.ndarray
+    v_rating: np.ndarray
+    s_store: np.ndarray
+    s_started: np.ndarray
+    s_first_response: np.ndarray
+    first_refund_ns: int
+
+
+def _coded_columns(table: str, ns: Mapping[str, np.ndarray], cols: Mapping[str, Any]) -> _Columns:
+    """A :class:`_Columns` over arrays: instants given, other columns as Series built on first use."""
+    out = _Columns(_LazyFrame(cols), table)
+    out._ns.update(ns)
+    return out
+
+
+class _LazyFrame(dict):
+    """``frame[col]`` for :class:`_Events.col`: a Series made from an array factory on first use."""
+
+    def __getitem__(self, col: str) -> pd.Series:
+        value = super().__getitem__(col)
+        if callable(value):
+            value = value()
+            self[col] = value
+        return value
+
+
+def _coded_sources(ev: CodedStoreEvents, lo: int, hi: int, union_orders: bool = True) -> _Sources:
+    """Every event source for anchors in ``[lo, hi)``, from codes (see :func:`_event_sources`)."""
+    from refundguard.tables import REASONS
+
+    def inside(ns: np.ndarray) -> np.ndarray:
+        return (ns >= lo) & (ns < hi)  # NaT is int64 min: never inside
+
+    orders = _coded_columns(
+        "orders",
+        {"paid_at": ev.o_paid, "ship_by": ev.o_ship_by, "shipped_at": ev.o_shipped, "delivered_at": ev.o_delivered},
+        {},
+    )
+    refunds = _coded_columns(
+        "refunds",
+        {"requested_at": ev.r_requested, "resolved_at": ev.r_resolved, _ESCALATION_KNOWN: ev.r_escalation_known},
+        {
+            "reason": lambda: pd.Series(pd.Categorical.from_codes(np.asarray(ev.r_reason, dtype=np.int64), REASONS)),
+            "escalated": lambda: pd.Series(np.asarray(ev.r_escalated, dtype=bool)),
+        },
+    )
+    reviews = _coded_columns("reviews", {"created_at": ev.v_created},
+                             {"rating": lambda: pd.Series(np.asarray(ev.v_rating, dtype=np.float64))})
+    service = _coded_columns("service", {"started_at": ev.s_started},
+                             {"first_response_s": lambda: pd.Series(np.asarray(ev.s_first_response, dtype=np.float64))})
+    anchors = {src: inside(getattr(ev, {"paid": "o_paid", "ship_by": "o_ship_by", "delivered": "o_delivered"}[src]))
+               for src in _ORDER_SOURCES}
+    if union_orders:
+        o_rows = np.flatnonzero(anchors["paid"] | anchors["ship_by"] | anchors["delivered"])
+        o_store = np.asarray(ev.o_store[o_rows], dtype=np.int64)
+        events = {src: _Events(orders, o_rows, _SOURCES[src][1], o_store) for src in _ORDER_SOURCES}
+    else:
+        events = {}
+        for src in _ORDER_SOURCES:
+            rows = np.flatnonzero(anchors[src])
+            events[src] = _Events(orders, rows, _SOURCES[src][1], np.asarray(ev.o_store[rows], dtype=np.int64))
+    rf = np.flatnonzero(inside(ev.r_requested))
+    events["refund"] = _Events(refunds, rf, "requested_at", np.asarray(ev.r_store, dtype=np.int64)[rf])
+    rv = np.flatnonzero(inside(ev.v_created))
+    events["review"] = _Events(reviews, rv, "created_at", np.asarray(ev.v_store, dtype=np.int64)[rv])
+    sv = np.flatnonzero(inside(ev.s_started))
+    events["chat"] = _Events(service, sv, "started_at", np.asarray(ev.s_store, dtype=np.int64)[sv])
+    return _Sources(
+        events=events,
+        store_ids=np.asarray(ev.store_ids, dtype=object),
+        orders=orders,
+        refunds=refunds,
+        order_categories=(np.asarray(ev.o_category), np.asarray(ev.categories, dtype=object)),
+        first_refund_ns=int(ev.first_refund_ns),
+    )
+
+
+def coded_store_scores_as_of(events: CodedStoreEvents, as_of: Any, config: ScoreConfig | None = None) -> pd.DataFrame:
+    """:func:`store_scores` for integer-coded events: the same rows, no string join.
+
+    Parameters
+    ----------
+    events
+        The integer-coded inputs (e.g. :func:`refundguard.sources.read_store_events`).
+    as_of, config
+        As in :func:`store_scores`.
+    """
+    cfg = _check_config(config, "coded_store_scores_as_of")
+    hi = _as_of_ns(as_of, cfg.timezone, owner="coded_store_scores_as_of")
+    lo = _window_start_ns(hi, cfg)
+    w = _window_from_sources(_coded_sources(events, lo, hi, union_orders=False), hi)
+    order = np.argsort(np.asarray(w.store_ids, dtype=str), kind="stable")
+    n = len(order)
+    return _score_frame(
+        w.store_ids[order], np.full(n, hi, dtype=np.int64), np.zeros(n, dtype=np.int64), w.category[order],
+        {k: v[order] for k, v in w.stats.items()}, np.full(n, w.refunds_known, dtype=bool), cfg,
+    )
+
+
+def coded_store_scores(
+    events: CodedStoreEvents, store: np.ndarray, t: np.ndarray, config: ScoreConfig | None = None
+) -> pd.DataFrame:
+    """:func:`store_scores_for_requests` for requests and events given as integer codes.
+
+    Parameters
+    ----------
+    events
+        The integer-coded inputs.
+    store
+        Store code of each request (into ``events.store_ids``; -1 for a store
+        without any event, which has no score).
+    t
+        ``requested_at`` of each request, int64 UTC ns.
+    config : ScoreConfig, optional
+
+    Returns
+    -------
+    DataFrame
+        The columns of :func:`store_scores_for_requests` except ``score_day``:
+        ``score, product, logistics, service, category, n_orders, provisional,
+        score_missing``, one row per request (``RangeIndex``).
+    """
+    cfg = _check_config(config, "coded_store_scores")
+    tz = cfg.timezone
+    n = len(t)
+    store = np.asarray(store, dtype=np.int64)
+    out = pd.DataFrame(index=pd.RangeIndex(n))
+    for c in ("score", "product", "logistics", "service"):
+        out[c] = np.full(n, np.nan)
+    out["category"] = pd.array(np.full(n, None, dtype=object), dtype="str")
+    out["n_orders"] = np.zeros(n, dtype=np.int32)
+    if n:
+        day = day_index(np.asarray(t, dtype=np.int64), tz)
+        d0, d1 = int(day.min()), int(day.max())
+        lo, hi = _history_range(d0, d1, cfg)
+        h = _history_from_sources(_coded_sources(events, lo, hi), d0, d1, cfg)
+        ndays = d1 - d0 + 1
+        nst = len(events.store_ids)
+        wanted = np.zeros(nst * ndays + 1, dtype=bool)  # last slot: requests without a store code
+        req_key = np.where(store >= 0, store * ndays + (day - d0), nst * ndays)
+        wanted[req_key] = True
+        keep = wanted[h.st_idx.astype(np.int64) * ndays + h.day_idx]
+        day_start = day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
+        df = _score_frame(
+            np.asarray(events.store_ids, dtype=object)[h.st_idx], day_start[h.day_idx], h.day_idx, h.category,
+            h.stats, h.refunds_known[h.day_idx], cfg, keep=keep,
+        )
+        sel = np.flatnonzero(keep)
+        row_of = np.full(nst * ndays + 1, -1, dtype=np.int64)
+        row_of[h.st_idx[sel].astype(np.int64) * ndays + h.day_idx[sel]] = np.arange(len(sel))
+        pos = row_of[req_key]
+        found = pos >= 0
+        safe = np.where(found, pos, 0)
+        if len(df):
+            for c in ("score", "product", "logistics", "service"):
+                out[c] = np.where(found, df[c].to_numpy(dtype="float64")[safe], np.nan)
+            cat = df["category"].to_numpy(dtype=object)[safe]
+            out["category"] = pd.array(np.where(found, cat, None), dtype="str")
+            out["n_orders"] = np.where(found, df["n_orders"].to_numpy()[safe], 0).astype(np.int32)
     out["provisional"] = out["n_orders"].to_numpy() < cfg.min_orders
     out["score_missing"] = out["score"].isna().to_numpy()
     return out

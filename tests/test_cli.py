@@ -251,7 +251,7 @@ def test_score_and_evaluate_a_simulated_folder_with_the_bundled_model(simulated,
                  "--quiet"]) == 0
     out = capsys.readouterr().out
     scored = pd.read_csv(target)
-    assert f"{len(scored):,} refunds decided" in out
+    assert f"in = scored + rejected: {len(scored):,} = {len(scored):,} + 0 refunds" in out
     for action in ACTIONS:
         n = int((scored["action"] == action).sum())
         assert re.search(rf"^  {action}\s+{n:,d}$", out, re.MULTILINE), action
@@ -364,7 +364,7 @@ def test_train_evaluate_score_end_to_end_on_foreign_tables(alt_folder, tmp_path,
         assert scored["abuse_probability"].notna().all()
         before = pd.to_datetime(scored["requested_at"], utc=True) < pd.Timestamp(GATE_DATE, tz="UTC")
         assert before.any() and not (scored.loc[before, "action"] == "merchant_handles").any()
-    assert "refunds decided" in capsys.readouterr().out
+    assert "in = scored + rejected: " in capsys.readouterr().out
 
 
 def test_train_and_score_argument_errors(alt_folder, tmp_path, capsys):

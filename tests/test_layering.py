@@ -15,6 +15,7 @@ LAYERS: list[set[str]] = [
     {"tables"},
     {"simulate", "datasets", "datasets.conversion", "datasets.olist", "datasets.uci"},
     {"scores"},
+    {"sources"},
     {"profiles"},
     {"features"},
     # model/: one module per job; the estimator builds on the others, __init__ only re-exports.
@@ -32,7 +33,9 @@ LAYERS: list[set[str]] = [
     {"online.memory"},
     {"online.redis_store"},
     {"online", "online.__init__"},
+    {"batch"},
     {"guard"},
+    {"dask"},
     {"training"},
     # monitoring/: the analyst tools; plots takes plain numbers, report assembles everything.
     {"monitoring.period", "monitoring.plots"},

@@ -1,0 +1,270 @@
+"""Batch scoring at scale: Parquet in to Parquet out, refunds per second by stage, peak memory.
+
+For each simulated marketplace (about 2.5M, 5M and 10M orders over 150 days; the
+simulator's default rate gives about 16 orders per buyer over 150 days, so
+buyers = orders / 16 and stores = orders / 333), decides the refunds of its last
+two months with the bundled default model, Parquet in to Parquet out, once with
+``--jobs 1`` and once with ``--jobs 2``, each run in a fresh process. It prints:
+
+* wall time and refunds per second of the whole run (``refundguard.RefundGuard.score_history``
+  with ``out=``, i.e. what ``refundguard score`` does), and per stage: read (and
+  code) the Parquet columns, validate (the suspect rows through the contract's
+  validator), index, profiles, features, model, policy, reasons, write (slice
+  stages summed over the worker processes);
+* the baseline in the same run: a plain ``lightgbm.Booster.predict`` (one thread) on
+  exactly the feature matrix the run built (collected after the timed run);
+* peak memory: the main process's peak RSS and the peak of the summed PSS of the
+  main process and its workers (PSS counts shared, memory-mapped pages once);
+* the ``--jobs 2`` speed-up and the peak growth from 5M to 10M orders;
+* the load average before and after each run (the machine is shared).
+
+Usage::
+
+    python benchmarks/bench_batch.py --quick                 # ~250k orders, jobs 1 and 2
+    python benchmarks/bench_batch.py                         # 2.5M, 5M, 10M orders
+    python benchmarks/bench_batch.py --sizes 10000000 --jobs 2
+
+Simulated data is written once under ``--data-root`` (default
+``$TMPDIR/refundguard-bench-batch``) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ORDERS_PER_BUYER = 16.0  # the simulator's default rate over 150 days
+DAYS = 150
+START = "2024-06-01"
+PERIOD = ("2024-08-29", "2024-10-29")  # the last two months of the 150 days
+STAGES = ("read", "validate", "index", "profiles", "features", "model", "policy", "reasons", "write")
+
+
+# --------------------------------------------------------------------------- data
+def ensure_data(root: Path, orders: int) -> Path:
+    """The simulated marketplace of about ``orders`` orders (written once, then reused)."""
+    from refundguard.simulate import SimulationConfig, simulate_to_parquet
+
+    buyers = max(1, round(orders / ORDERS_PER_BUYER))
+    stores = max(10, round(orders / 333))
+    folder = root / f"sim{orders}"
+    marker = folder / "bench.json"
+    spec = {"buyers": buyers, "stores": stores, "days": DAYS, "start": START, "seed": 0}
+    if marker.exists() and json.loads(marker.read_text()) == spec:
+        return folder
+    if folder.exists():
+        shutil.rmtree(folder)
+    t = time.perf_counter()
+    print(f"simulating {orders:,} orders ({buyers:,} buyers, {stores:,} stores, {DAYS} days) into {folder} ...",
+          flush=True)
+    simulate_to_parquet(SimulationConfig(n_buyers=buyers, n_stores=stores, days=DAYS, start=START, seed=0), folder)
+    marker.write_text(json.dumps(spec))
+    print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
+    return folder
+
+
+# --------------------------------------------------------------------------- memory
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children") as f:
+                    todo.extend(int(c) for c in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def _kb(path: str, key: str) -> int:
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(key):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class Sampler(threading.Thread):
+    """Samples the summed PSS and the largest RSS of this process tree every 50 ms."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.stop = threading.Event()
+        self.peak_pss_kb = 0
+        self.peak_rss_kb = 0
+        self.peak_worker_rss_kb = 0
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self.stop.is_set():
+            pids = _tree(me)
+            pss = sum(_kb(f"/proc/{p}/smaps_rollup", "Pss:") for p in pids)
+            rss = {p: _kb(f"/proc/{p}/status", "VmRSS:") for p in pids}
+            self.peak_pss_kb = max(self.peak_pss_kb, pss)
+            self.peak_rss_kb = max(self.peak_rss_kb, sum(rss.values()))
+            workers = [v for p, v in rss.items() if p != me]
+            if workers:
+                self.peak_worker_rss_kb = max(self.peak_worker_rss_kb, max(workers))
+            self.stop.wait(0.05)
+
+
+# --------------------------------------------------------------------------- one run (child process)
+def child(data: Path, jobs: int, chunk_days: int, baseline: bool) -> dict:
+    """One timed run in this (fresh) process; returns its figures."""
+    from refundguard.guard import RefundGuard
+
+    load_before = os.getloadavg()
+    guard = RefundGuard.default()
+    sampler = Sampler()
+    sampler.start()
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        out = Path(tmp) / "scored.parquet"
+        t = time.perf_counter()
+        res = guard.score_history(data, *PERIOD, out=out, jobs=jobs, chunk_days=chunk_days)
+        wall = time.perf_counter() - t
+        sampler.stop.set()
+        sampler.join()
+        size_mb = out.stat().st_size / 1e6
+    figures = {
+        "data": str(data), "jobs": jobs, "chunk_days": chunk_days, "wall_s": wall, "refunds": res.scored,
+        "rows_in": res.rows_in, "rejected": res.rejected, "slices": res.slices,
+        "timings": {k: float(v) for k, v in res.timings.items()},
+        "peak_main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_total_pss_mb": sampler.peak_pss_kb / 1024, "peak_total_rss_mb": sampler.peak_rss_kb / 1024,
+        "peak_worker_rss_mb": sampler.peak_worker_rss_kb / 1024, "out_mb": size_mb,
+        "load_before": load_before[0], "load_after": os.getloadavg()[0],
+    }
+    if baseline:
+        figures["predict"] = predict_baseline(guard, data, chunk_days)
+    return figures
+
+
+def predict_baseline(guard, data: Path, chunk_days: int) -> dict:
+    """Plain ``Booster.predict`` (one thread) on exactly the feature matrix of the run's refunds."""
+    import numpy as np
+
+    from refundguard._time import parameter_ns
+    from refundguard.batch import build_index, plan_slices, score_slice
+    from refundguard.sources import read_source
+
+    source = read_source(data, threads=1)
+    lo, hi = (parameter_ns(x, "period", "bench") for x in PERIOD)
+    index = build_index(source, lo, hi)
+    model = guard.batch_model()
+    matrices: list = []
+    for spec in plan_slices(index, chunk_days, lo):
+        score_slice(index, model, spec, matrices=matrices)
+    X = np.ascontiguousarray(np.vstack(matrices))
+    booster = guard._state.loaded.booster
+    best = min(_timed(lambda: booster.predict(X, num_threads=1)) for _ in range(3))
+    return {"rows": int(len(X)), "features": int(X.shape[1]), "seconds_1_thread": best,
+            "orders": int(index.n_orders)}
+
+
+def _timed(f) -> float:
+    t = time.perf_counter()
+    f()
+    return time.perf_counter() - t
+
+
+# --------------------------------------------------------------------------- report
+def run_child(data: Path, jobs: int, chunk_days: int, baseline: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(data), "--jobs", str(jobs), "--chunk-days", str(chunk_days)]
+    if baseline:
+        cmd.append("--baseline")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"run failed ({' '.join(cmd)}):\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def report(rows: list[dict]) -> None:
+    head = (f"{'orders':>11} {'refunds':>8} {'jobs':>4} {'wall s':>7} {'refunds/s':>10} | "
+            + " ".join(f"{s:>8}" for s in STAGES) + f" | {'predict':>8} | {'RSS main':>8} {'PSS all':>8}")
+    print()
+    print("seconds per stage (slice stages summed over processes); refunds/s = refunds / seconds")
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        t = r["timings"]
+        pred = r.get("predict", {}).get("seconds_1_thread")
+        cells = " ".join(f"{t.get(s, 0.0):8.2f}" for s in STAGES)
+        print(f"{r['orders']:>11,} {r['refunds']:>8,} {r['jobs']:>4} {r['wall_s']:7.1f} "
+              f"{r['refunds'] / r['wall_s']:>10,.0f} | {cells} | {'' if pred is None else f'{pred:8.2f}':>8} | "
+              f"{r['peak_main_rss_mb']:>7,.0f}M {r['peak_total_pss_mb']:>7,.0f}M")
+    print()
+    print("refunds per second by stage:")
+    for r in rows:
+        rates = "  ".join(f"{s} {r['refunds'] / t:,.0f}" for s, t in r["timings"].items() if s in STAGES and t > 0)
+        print(f"  {r['orders']:>11,} orders, jobs {r['jobs']}: {rates}")
+    by = {(r["orders"], r["jobs"]): r for r in rows}
+    print()
+    for (orders, jobs), r in sorted(by.items()):
+        if jobs == 2 and (orders, 1) in by:
+            one = by[(orders, 1)]
+            print(f"{orders:>11,} orders: --jobs 2 is {one['wall_s'] / r['wall_s']:.2f}x faster than --jobs 1 "
+                  f"({one['wall_s']:.1f} s -> {r['wall_s']:.1f} s; goal >= 1.7x)")
+        if "predict" in r:
+            p = r["predict"]
+            print(f"{orders:>11,} orders, jobs {jobs}: model stage {r['timings'].get('model', 0):.2f} s vs plain "
+                  f"Booster.predict on the same {p['rows']:,} x {p['features']} matrix {p['seconds_1_thread']:.2f} s "
+                  f"(1 thread); whole run {r['wall_s'] / p['seconds_1_thread']:.1f}x the plain predict")
+    sizes = sorted({o for o, _ in by})
+    for jobs in (1, 2):
+        have = [o for o in sizes if (o, jobs) in by]
+        if len(have) >= 2:
+            a, b = by[(have[-2], jobs)], by[(have[-1], jobs)]
+            for key, name in (("peak_main_rss_mb", "main RSS"), ("peak_total_pss_mb", "total PSS")):
+                print(f"peak {name}, jobs {jobs}: {a[key]:,.0f} MB at {have[-2]:,} orders -> {b[key]:,.0f} MB at "
+                      f"{have[-1]:,} orders ({100 * (b[key] / a[key] - 1):+.0f}%)")
+    loads = [f"{r['load_before']:.1f}->{r['load_after']:.1f}" for r in rows]
+    print(f"load average (1 min) before->after each run: {', '.join(loads)}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="about 250k orders only")
+    ap.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")],
+                    default=[2_500_000, 5_000_000, 10_000_000], help="orders per marketplace, comma separated")
+    ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--chunk-days", type=int, default=7)
+    ap.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()) / "refundguard-bench-batch")
+    ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child is not None:
+        figures = child(args.child, args.jobs[0], args.chunk_days, args.baseline)
+        print(json.dumps(figures))
+        return
+    sizes = [250_000] if args.quick else args.sizes
+    rows = []
+    for orders in sizes:
+        folder = ensure_data(args.data_root, orders)
+        for k, jobs in enumerate(args.jobs):
+            r = run_child(folder, jobs, args.chunk_days, baseline=k == 0)
+            r["orders"] = r.get("predict", {}).get("orders") or next(
+                (x["orders"] for x in rows if x["data"] == r["data"]), orders)
+            rows.append(r)
+            print(f"{orders:>11,} orders, jobs {jobs}: {r['wall_s']:.1f} s, {r['refunds']:,} refunds "
+                  f"(load {r['load_before']:.1f}->{r['load_after']:.1f})", flush=True)
+    report(rows)
+
+
+if __name__ == "__main__":
+    main()

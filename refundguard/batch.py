@@ -1,0 +1,1225 @@
+"""Batch scoring of historical refunds at scale: time slices, all cores, every row accounted for.
+
+The engine behind :meth:`refundguard.RefundGuard.score_history` and ``refundguard score``
+(DESIGN.md sections 1, 6 and 9). Four steps:
+
+1. **Index** (:func:`build_index`, once): the tables are read with only the columns
+   the features and the store score need, validated in quarantine mode
+   (:mod:`refundguard.sources`), and turned into integer-coded arrays: ids are
+   factorized once into integer codes, instants are int64 UTC nanoseconds, a refund
+   or review carries the row and codes of its order. Nothing is joined by string
+   after this step.
+2. **Plan** (:func:`plan_slices`): the refunds to decide, sorted by
+   ``(requested_at, refund_id)``, are cut into time slices of ``chunk_days``.
+3. **Slices** (:func:`score_slice`, in any process): for one slice, the rows its
+   profiles read are selected from the index (the buyers' window of 365 days plus
+   their all-time rows, the stores' 30 days, the devices' and addresses' first
+   orders per buyer), the profiles come from the same kernel as
+   :func:`refundguard.profiles.profiles_as_of`
+   (:func:`~refundguard.profiles.profiles_from_codes`, a sorted merge per slice),
+   the features from :func:`refundguard.features.build_features`, then the model,
+   the policy (:func:`refundguard.policy.decide_batch`) and the reasons of all
+   rows at once (:func:`refundguard.model.explain.reasons_columns`). The result is
+   an Arrow table of :data:`SCORED_COLUMNS`.
+4. **Output**: slices come back in order (joblib streams them) and are appended to
+   one Parquet (or CSV) file under a temporary name, renamed at the end.
+
+A request's decision depends only on the history before it, never on the slice it
+falls in, so the output is the same for every ``jobs`` and ``chunk_days`` (row
+groups are cut at fixed row counts, so even the Parquet bytes are the same).
+:mod:`refundguard.dask` runs the same :func:`score_slice` on a Dask cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from refundguard._io import atomic_target
+from refundguard._time import NAT, NEVER, NS_PER_DAY, day_index, utc_series
+from refundguard.config import ScoreConfig
+from refundguard.errors import ConfigError, DataError
+from refundguard.features import build_features
+from refundguard.model.explain import PathExplainer, reasons_columns
+from refundguard.policy import DECISION_COLUMNS, PolicyTimeline, decide_batch
+from refundguard.profiles import (
+    MEDIAN_LAST_ORDERS,
+    CodedHistory,
+    profiles_from_codes,
+)
+from refundguard.scores import CodedStoreEvents, coded_store_scores
+from refundguard.sources import PublishedScores, SourceTables
+from refundguard.tables import KINDS, OUTCOMES, REASONS
+
+__all__ = [
+    "BatchIndex",
+    "BatchModel",
+    "BatchResult",
+    "SCORED_COLUMNS",
+    "SCORED_SCHEMA",
+    "SliceSpec",
+    "STAGES",
+    "build_index",
+    "plan_slices",
+    "run_batch",
+    "score_data",
+    "score_slice",
+]
+
+#: Columns of the batch scored output, in order (DESIGN.md section 6, contract): the
+#: request's own columns, then the fields of a Decision.
+REQUEST_COLUMNS: tuple[str, ...] = ("refund_id", "requested_at", "buyer_id", "store_id", "category", "kind", "amount")
+SCORED_COLUMNS: tuple[str, ...] = REQUEST_COLUMNS + DECISION_COLUMNS[1:]
+_REASON_TYPE = pa.struct(
+    [("text", pa.string()), ("feature", pa.string()), ("value", pa.string()), ("contribution", pa.float64())]
+)
+#: The Arrow schema of the scored output (Parquet files have exactly this schema).
+SCORED_SCHEMA = pa.schema(
+    [
+        ("refund_id", pa.large_string()),
+        ("requested_at", pa.timestamp("ns", tz="UTC")),
+        ("buyer_id", pa.large_string()),
+        ("store_id", pa.large_string()),
+        ("category", pa.large_string()),
+        ("kind", pa.large_string()),
+        ("amount", pa.float64()),
+        ("action", pa.large_string()),
+        ("abuse_probability", pa.float64()),
+        ("store_score", pa.float64()),
+        ("store_score_missing", pa.bool_()),
+        ("provisional", pa.bool_()),
+        ("audit", pa.bool_()),
+        ("reasons", pa.list_(_REASON_TYPE)),
+        ("model_version", pa.large_string()),
+        ("policy_version", pa.large_string()),
+    ]
+)
+#: Stages timed by :class:`BatchResult` (seconds of work, summed over slices for the slice stages).
+STAGES: tuple[str, ...] = ("read", "validate", "index", "profiles", "features", "model", "policy", "reasons", "write")
+#: Rows per Parquet row group of the scored output (fixed, so the file is the same for any slicing).
+ROW_GROUP_ROWS = 65_536
+#: Default slice length in days.
+DEFAULT_CHUNK_DAYS = 7
+_WINDOW_NS = 365 * NS_PER_DAY  # the longest feature window (buyer refunds and orders)
+_STORE_NS = 30 * NS_PER_DAY  # the store's windows
+_LINK_NS = NS_PER_DAY  # the device/address 24-hour refund window
+_REASONS_K = 3
+
+
+# --------------------------------------------------------------------------- parameters
+def check_jobs(jobs: Any, owner: str = "score_history") -> int:
+    """``jobs`` as a number of processes: an int >= 1, or -1 for every core."""
+    if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or (jobs < 1 and jobs != -1):
+        raise ConfigError.invalid(owner, "jobs", "an int >= 1 or -1 (all cores)", jobs)
+    return (os.cpu_count() or 1) if jobs == -1 else int(jobs)
+
+
+def check_chunk_days(chunk_days: Any, owner: str = "score_history") -> int:
+    """``chunk_days`` as an int >= 1."""
+    if isinstance(chunk_days, bool) or not isinstance(chunk_days, (int, np.integer)) or chunk_days < 1:
+        raise ConfigError.invalid(owner, "chunk_days", "an int >= 1", chunk_days)
+    return int(chunk_days)
+
+
+# --------------------------------------------------------------------------- the model, portable
+@dataclass(frozen=True)
+class BatchModel:
+    """What a slice needs to decide, portable to any process: no file path, no open handle.
+
+    Attributes
+    ----------
+    booster_text
+        The LightGBM model text (``model.txt``).
+    meta
+        The parsed ``meta.json``.
+    manifest_sha256
+        Pins the artifact; workers cache their parsed model under it.
+    policy
+        The policy timeline with the model's thresholds.
+    score_config
+        The store score configuration (time zone, ``min_orders``).
+    category_levels
+        Levels of the ``category`` feature.
+    model_version
+        Copied into every row.
+    always_score, explain
+        As in :meth:`RefundGuard.score_history`.
+    """
+
+    booster_text: str
+    meta: dict[str, Any]
+    manifest_sha256: str
+    policy: PolicyTimeline
+    score_config: ScoreConfig
+    category_levels: tuple[str, ...] | None
+    model_version: str
+    always_score: bool = False
+    explain: bool = False
+
+
+@dataclass
+class _Scorer:
+    """A parsed model in one process: encoder, booster, calibrator and explainer."""
+
+    encoder: Any
+    booster: Any
+    calibrator: Any
+    explainer: PathExplainer
+
+
+_SCORERS: dict[str, _Scorer] = {}
+_SCORERS_LOCK = threading.Lock()
+
+
+def _scorer(model: BatchModel) -> _Scorer:
+    """The parsed model for ``model`` in this process (parsed once per process)."""
+    with _SCORERS_LOCK:
+        got = _SCORERS.get(model.manifest_sha256)
+        if got is None:
+            import lightgbm as lgb
+
+            from refundguard.artifacts import LoadedModel
+
+            booster = lgb.Booster(model_str=model.booster_text)
+            loaded = LoadedModel(booster=booster, meta=model.meta, manifest_sha256=model.manifest_sha256, path=Path("."))
+            got = _Scorer(loaded.encoder(), booster, loaded.calibrator(), PathExplainer(booster))
+            _SCORERS.clear()  # one model per process at a time
+            _SCORERS[model.manifest_sha256] = got
+        return got
+
+
+def register_scorer(model: BatchModel, encoder: Any, booster: Any, calibrator: Any, explainer: PathExplainer) -> None:
+    """Give this process an already parsed model (the in-process path skips parsing)."""
+    with _SCORERS_LOCK:
+        _SCORERS.clear()
+        _SCORERS[model.manifest_sha256] = _Scorer(encoder, booster, calibrator, explainer)
+
+
+# --------------------------------------------------------------------------- the index
+@dataclass
+class BatchIndex:
+    """The integer-coded history every slice reads (built once by :func:`build_index`).
+
+    Orders (``o_*``), refunds (``r_*``), reviews (``v_*``) and service chats
+    (``s_*``) are the clean rows only. Codes index the dictionaries ``buyer_ids``,
+    ``store_ids`` and ``categories`` (-1 for none); ``kind``/``reason`` codes index
+    :data:`refundguard.tables.KINDS` / :data:`~refundguard.tables.REASONS`.
+    ``q_rows`` are the refunds to decide, sorted by ``(requested_at, refund_id)``.
+    """
+
+    # orders
+    o_buyer: np.ndarray
+    o_store: np.ndarray
+    o_dev: np.ndarray
+    o_addr: np.ndarray
+    o_category: np.ndarray
+    o_paid: np.ndarray
+    o_ship_by: np.ndarray
+    o_shipped: np.ndarray
+    o_delivered: np.ndarray
+    o_amount: np.ndarray
+    # refunds
+    r_order: np.ndarray
+    r_buyer: np.ndarray
+    r_store: np.ndarray
+    r_dev: np.ndarray
+    r_addr: np.ndarray
+    r_req: np.ndarray
+    r_res: np.ndarray
+    r_esc_known: np.ndarray
+    r_amount: np.ndarray
+    r_kind: np.ndarray
+    r_reason: np.ndarray
+    r_rej: np.ndarray
+    r_abuse: np.ndarray
+    r_escalated: np.ndarray
+    r_nr_deliv: np.ndarray
+    r_pair_first: np.ndarray
+    # reviews and service
+    v_store: np.ndarray
+    v_created: np.ndarray
+    v_rating: np.ndarray
+    s_store: np.ndarray
+    s_started: np.ndarray
+    s_first_response: np.ndarray
+    # all-time per-key rows
+    first_bad_refund: np.ndarray  # per buyer: refund row of the first rejected/abusive outcome, -1 none
+    dev_pair_rows: np.ndarray  # order rows that are the first of their (device, buyer) pair
+    addr_pair_rows: np.ndarray  # order rows that are the first of their (address, buyer) pair
+    store_times: np.ndarray  # every order's paid_at, sorted by (store, paid_at)
+    store_ptr: np.ndarray  # store code -> its run in store_times
+    # the refunds to decide
+    q_rows: np.ndarray
+    # dictionaries (Arrow arrays of strings) and scalars
+    refund_ids: pa.Array = field(repr=False)
+    buyer_ids: pa.Array = field(repr=False)
+    store_ids: pa.Array = field(repr=False)
+    categories: tuple[str, ...] = ()
+    n_devices: int = 0
+    n_addresses: int = 0
+    first_refund_ns: int = NAT
+    published: PublishedScores | None = None
+
+    @property
+    def n_orders(self) -> int:
+        """Clean orders."""
+        return len(self.o_paid)
+
+    def store_events(self) -> CodedStoreEvents:
+        """The store score's inputs, sharing this index's arrays."""
+        return CodedStoreEvents(
+            store_ids=np.asarray(self.store_ids.to_numpy(zero_copy_only=False), dtype=object),
+            categories=np.asarray(self.categories, dtype=object),
+            o_store=self.o_store, o_category=self.o_category, o_paid=self.o_paid, o_ship_by=self.o_ship_by,
+            o_shipped=self.o_shipped, o_delivered=self.o_delivered,
+            r_store=self.r_store, r_requested=self.r_req, r_resolved=self.r_res,
+            r_escalation_known=self.r_esc_known, r_reason=self.r_reason, r_escalated=self.r_escalated,
+            v_store=self.v_store, v_created=self.v_created, v_rating=self.v_rating,
+            s_store=self.s_store, s_started=self.s_started, s_first_response=self.s_first_response,
+            first_refund_ns=self.first_refund_ns,
+        )
+
+    # -- sharing with worker processes: one .npy per array (memory-mapped), Arrow IPC for strings
+    def save(self, folder: Path) -> None:
+        """Write every array to ``folder`` (read back memory-mapped by :meth:`load`)."""
+        import json
+
+        import pyarrow.ipc as ipc
+
+        folder.mkdir(parents=True, exist_ok=True)
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, np.ndarray):
+                np.save(folder / f"{f.name}.npy", v, allow_pickle=False)
+        strings = pa.table({"refund_ids": self.refund_ids})
+        with ipc.new_file(folder / "refund_ids.arrow", strings.schema) as w:
+            w.write_table(strings)
+        for name in ("buyer_ids", "store_ids"):
+            t = pa.table({name: getattr(self, name)})
+            with ipc.new_file(folder / f"{name}.arrow", t.schema) as w:
+                w.write_table(t)
+        scalars = {"categories": list(self.categories), "n_devices": self.n_devices,
+                   "n_addresses": self.n_addresses, "first_refund_ns": int(self.first_refund_ns)}
+        (folder / "scalars.json").write_text(json.dumps(scalars))
+        if self.published is not None:
+            self.published.save(folder / "published")
+
+    @classmethod
+    def load(cls, folder: Path) -> BatchIndex:
+        """The index saved in ``folder``, arrays memory-mapped read-only."""
+        import json
+
+        import pyarrow.ipc as ipc
+
+        kw: dict[str, Any] = {}
+        for f in fields(cls):
+            p = folder / f"{f.name}.npy"
+            if p.exists():
+                kw[f.name] = np.load(p, mmap_mode="r", allow_pickle=False)
+        for name in ("refund_ids", "buyer_ids", "store_ids"):
+            source = pa.memory_map(str(folder / f"{name}.arrow"), "r")
+            kw[name] = ipc.open_file(source).read_all().column(0).combine_chunks()
+        scalars = json.loads((folder / "scalars.json").read_text())
+        kw["categories"] = tuple(scalars["categories"])
+        kw["n_devices"] = int(scalars["n_devices"])
+        kw["n_addresses"] = int(scalars["n_addresses"])
+        kw["first_refund_ns"] = int(scalars["first_refund_ns"])
+        pub = folder / "published"
+        kw["published"] = PublishedScores.load(pub) if pub.exists() else None
+        return cls(**kw)
+
+
+def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) -> np.ndarray:
+    """Row of the earliest ``t`` of every distinct ``(a, b)`` pair with ``a, b >= 0`` (ties: the first row)."""
+    keep = np.flatnonzero((a >= 0) & (b >= 0) & (t != NAT))
+    if not len(keep):
+        return np.zeros(0, dtype=np.int64)
+    key = a[keep].astype(np.int64)
+    key *= max(n_b, 1)
+    key += b[keep]
+    codes, uniq = pd.factorize(key, sort=False)
+    del key
+    tk = t[keep]
+    first = np.full(len(uniq), NEVER, dtype=np.int64)
+    np.minimum.at(first, codes, tk)
+    hit = np.flatnonzero(tk == first[codes])
+    del tk, first
+    # one row per pair: the first hit (assignments in reverse order leave the first one)
+    row_of = np.empty(len(uniq), dtype=np.int64)
+    row_of[codes[hit[::-1]]] = keep[hit[::-1]]
+    return np.sort(row_of)
+
+
+def _store_order_times(store: np.ndarray, paid: np.ndarray, n_stores: int) -> tuple[np.ndarray, np.ndarray]:
+    """Orders' ``paid_at`` sorted by (store, paid_at), and each store's run in it."""
+    valid = (store >= 0) & (paid != NAT)
+    s, p = store[valid], paid[valid]
+    ptr = np.concatenate([[0], np.cumsum(np.bincount(s, minlength=n_stores))]).astype(np.int64)
+    if not len(p):
+        return p, ptr
+    # one int64 sort key: the store in the high bits, the time (coarsened to fit) in the low ones
+    store_bits = max(int(n_stores).bit_length(), 1)
+    span = int(p.max()) - int(p.min())
+    shift = max(0, span.bit_length() - (62 - store_bits))
+    key = s.astype(np.int64) << (62 - store_bits)
+    key |= (p - p.min()) >> shift
+    times = p[np.argsort(key)]
+    del key
+    if shift and bool((np.diff(times) < 0)[np.diff(np.repeat(np.arange(n_stores), np.diff(ptr))) == 0].any()):
+        times = p[np.lexsort((p, s))]  # two orders within 2**shift ns of each other: sort exactly
+    return times, ptr
+
+
+def _count_before(times: np.ndarray, lo: np.ndarray, hi: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """For each query, how many of ``times[lo:hi]`` (sorted) are ``< x``: one vectorised binary search."""
+    lo0, lo, hi = lo.copy(), lo.copy(), hi.copy()
+    last = max(len(times) - 1, 0)
+    while True:
+        active = lo < hi
+        if not active.any():
+            return lo - lo0
+        mid = (lo + hi) // 2
+        go = active & (times[np.minimum(mid, last)] < x) if len(times) else np.zeros(len(lo), dtype=bool)
+        lo = np.where(go, mid + 1, lo)
+        hi = np.where(active & ~go, mid, hi)
+
+
+def _store_orders_window(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, width_ns: int) -> np.ndarray:
+    """Each request's store's orders paid in ``[t - width, t)``."""
+    ok = q_store >= 0
+    s = np.where(ok, q_store, 0)
+    lo, hi = np.asarray(ix.store_ptr[s], dtype=np.int64), np.asarray(ix.store_ptr[s + 1], dtype=np.int64)
+    lo, hi = np.where(ok, lo, 0), np.where(ok, hi, 0)
+    times = ix.store_times
+    return _count_before(times, lo, hi, t) - _count_before(times, lo, hi, t - width_ns)
+
+
+def _first_per_pair_flags(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) -> np.ndarray:
+    """Flag the rows :func:`_first_per_pair_rows` returns."""
+    out = np.zeros(len(a), dtype=bool)
+    out[_first_per_pair_rows(a, b, t, n_b)] = True
+    return out
+
+
+def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, *,
+                published: PublishedScores | None = None, threads: int = 1) -> BatchIndex:
+    """Turn clean, integer-coded source tables into the :class:`BatchIndex`.
+
+    Parameters
+    ----------
+    tables
+        Clean tables as integer-coded columns (:mod:`refundguard.sources`).
+    start_ns, end_ns
+        Half-open bounds on ``requested_at`` of the refunds to decide (``None``: unbounded).
+    published
+        Published daily store scores, if given.
+    threads
+        Threads for the per-key tables.
+    """
+    o, r = tables.orders, tables.refunds
+    n_b = len(tables.buyer_ids)
+    o_buyer = o["buyer"]
+    r_order = r["order"]
+    r_buyer = o_buyer[r_order]
+    r_store = o["store"][r_order]
+    r_req, r_res = r["requested_at"], r["resolved_at"]
+    known = r_res != NAT
+    r_rej = (r["outcome"] == OUTCOMES.index("rejected")) & known
+    r_abuse = (r["is_abuse"] == 1) & known
+    deliv = o["delivered_at"][r_order]
+    r_nr = (r["reason"] == REASONS.index("not_received")) & (deliv != NAT) & (deliv < r_req)
+
+    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+        # one 10M-row pair table at a time (memory); the small work runs beside it
+        def link_pairs() -> tuple[np.ndarray, np.ndarray]:
+            return (_first_per_pair_rows(o["device"], o_buyer, o["paid_at"], n_b),
+                    _first_per_pair_rows(o["address"], o_buyer, o["paid_at"], n_b))
+
+        link_f = pool.submit(link_pairs)
+        store_f = pool.submit(_store_order_times, o["store"], o["paid_at"], len(tables.store_ids))
+        pair_f = pool.submit(_first_per_pair_flags, r_buyer, r_store, r_req, len(tables.store_ids))
+        bad = np.flatnonzero(r_rej | r_abuse)
+        first_bad = np.full(n_b, -1, dtype=np.int64)
+        if len(bad):
+            order = np.lexsort((r_res[bad], r_buyer[bad]))
+            rows = bad[order]
+            b_sorted = r_buyer[rows]
+            head = np.ones(len(rows), dtype=bool)
+            head[1:] = b_sorted[1:] != b_sorted[:-1]
+            first_bad[b_sorted[head]] = rows[head]
+        (dev_pairs, addr_pairs), pair_first = link_f.result(), pair_f.result()
+        store_times, store_ptr = store_f.result()
+
+    sel = np.ones(len(r_req), dtype=bool)
+    if start_ns is not None:
+        sel &= r_req >= start_ns
+    if end_ns is not None:
+        sel &= r_req < end_ns
+    q = np.flatnonzero(sel)
+    if len(q):
+        order = pc.sort_indices(
+            pa.table({"t": pa.array(r_req[q]), "id": tables.refund_ids.take(pa.array(q))}),
+            sort_keys=[("t", "ascending"), ("id", "ascending")],
+        ).to_numpy()
+        q = q[order]
+    first_req = int(r_req.min()) if len(r_req) else NAT
+    v, s = tables.reviews, tables.service
+    return BatchIndex(
+        o_buyer=o_buyer, o_store=o["store"], o_dev=o["device"], o_addr=o["address"], o_category=o["category"],
+        o_paid=o["paid_at"], o_ship_by=o["ship_by"], o_shipped=o["shipped_at"], o_delivered=o["delivered_at"],
+        o_amount=o["amount"],
+        r_order=r_order, r_buyer=r_buyer, r_store=r_store, r_dev=o["device"][r_order], r_addr=o["address"][r_order],
+        r_req=r_req, r_res=r_res, r_esc_known=r["escalation_known"], r_amount=r["amount"], r_kind=r["kind"],
+        r_reason=r["reason"], r_rej=r_rej, r_abuse=r_abuse, r_escalated=r["escalated"], r_nr_deliv=r_nr,
+        r_pair_first=pair_first,
+        v_store=o["store"][v["order"]], v_created=v["created_at"], v_rating=v["rating"],
+        s_store=s["store"], s_started=s["started_at"], s_first_response=s["first_response_s"],
+        first_bad_refund=first_bad, dev_pair_rows=dev_pairs, addr_pair_rows=addr_pairs,
+        store_times=store_times, store_ptr=store_ptr,
+        q_rows=q.astype(np.int64),
+        refund_ids=tables.refund_ids, buyer_ids=tables.buyer_ids, store_ids=tables.store_ids,
+        categories=tuple(tables.categories), n_devices=tables.n_devices, n_addresses=tables.n_addresses,
+        first_refund_ns=first_req, published=published,
+    )
+
+
+# --------------------------------------------------------------------------- slices
+@dataclass(frozen=True)
+class SliceSpec:
+    """One time slice: the decided refunds ``q_rows[lo:hi]``, requested in ``[t0, t1)``."""
+
+    number: int
+    t0: int
+    t1: int
+    lo: int
+    hi: int
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+
+def plan_slices(index: BatchIndex, chunk_days: int, start_ns: int | None = None) -> list[SliceSpec]:
+    """Cut the refunds to decide into slices of ``chunk_days`` (empty slices are left out).
+
+    Slices start at ``start_ns`` (default: 00:00 UTC of the first refund's day).
+    """
+    t = index.r_req[index.q_rows]
+    if not len(t):
+        return []
+    width = int(chunk_days) * NS_PER_DAY
+    origin = int(start_ns) if start_ns is not None else int(t[0]) - int(t[0]) % NS_PER_DAY
+    k0 = (int(t[0]) - origin) // width
+    k1 = (int(t[-1]) - origin) // width
+    out = []
+    for k in range(k0, k1 + 1):
+        t0, t1 = origin + k * width, origin + (k + 1) * width
+        lo, hi = np.searchsorted(t, [t0, t1], side="left")
+        if hi > lo:
+            out.append(SliceSpec(len(out), t0, t1, int(lo), int(hi)))
+    return out
+
+
+def _mask(n: int, codes: np.ndarray) -> np.ndarray:
+    """Boolean lookup table over ``n`` codes (+1 slot for -1) with ``codes`` set."""
+    m = np.zeros(n + 1, dtype=bool)
+    m[codes[codes >= 0]] = True
+    return m
+
+
+def _history_rows(ix: BatchIndex, t0: int, t1: int, q_buyer: np.ndarray, q_store: np.ndarray,
+                  q_dev: np.ndarray, q_addr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order and refund rows that hold every event the slice's profiles read.
+
+    Orders: the buyers' orders of the 365-day window, their last
+    :data:`~refundguard.profiles.MEDIAN_LAST_ORDERS` orders before it and their first
+    order; the first order of every (device, buyer) and (address, buyer) pair of the
+    slice's devices and addresses. (The stores' 30-day order counts are read from the
+    index's sorted order times, :func:`_store_orders_window`.)
+    Refunds: the buyers' refunds of the 365-day window plus their all-time rows
+    (first refund per store, "not received" claims on delivered orders, rejected and
+    abusive outcomes); the stores' refunds of 30 days; the devices' and addresses'
+    refunds of 24 hours; the first bad outcome of every buyer seen on those devices
+    and addresses.
+    """
+    n_b = len(ix.first_bad_refund)
+    in_b = _mask(n_b, q_buyer)
+    in_s = _mask(len(ix.store_ids), q_store)
+    in_d = _mask(ix.n_devices, q_dev)
+    in_a = _mask(ix.n_addresses, q_addr)
+    lo_w, lo_s, lo_l = t0 - _WINDOW_NS, t0 - _STORE_NS, t0 - _LINK_NS
+
+    paid = ix.o_paid
+    ob = np.asarray(ix.o_buyer)
+    before_end = paid < t1
+    o_keep = before_end & (paid >= lo_w) & in_b[ob]
+    # (the stores' 30-day order counts come from the index's sorted order times)
+    # all-time rows of the buyers: their first order and the last orders before the window
+    old = np.flatnonzero((paid < lo_w) & (paid != NAT) & in_b[ob])
+    if len(old):
+        order = np.lexsort((np.asarray(ix.o_amount)[old], paid[old], ob[old]))
+        rows = old[order]
+        grp = ob[rows]
+        start = np.ones(len(rows), dtype=bool)
+        start[1:] = grp[1:] != grp[:-1]
+        gid = np.cumsum(start) - 1
+        first_at = np.flatnonzero(start)
+        size = np.diff(np.append(first_at, len(rows)))
+        rank_from_end = (first_at[gid] + size[gid] - 1) - np.arange(len(rows))
+        o_keep[rows[(rank_from_end < MEDIAN_LAST_ORDERS) | start]] = True
+    for pair_rows, key, in_k in ((ix.dev_pair_rows, ix.o_dev, in_d), (ix.addr_pair_rows, ix.o_addr, in_a)):
+        pr = pair_rows[in_k[np.asarray(key)[pair_rows]]]
+        o_keep[pr[paid[pr] < t1]] = True
+    o_rows = np.flatnonzero(o_keep)
+
+    req = ix.r_req
+    rb = np.asarray(ix.r_buyer)
+    r_before = req < t1
+    r_keep = r_before & (req >= lo_w) & in_b[rb]
+    special = np.asarray(ix.r_pair_first) | np.asarray(ix.r_nr_deliv) | np.asarray(ix.r_rej) | np.asarray(ix.r_abuse)
+    r_keep |= r_before & special & in_b[rb]
+    r_keep |= r_before & (req >= lo_s) & in_s[np.asarray(ix.r_store)]
+    r_keep |= r_before & (req >= lo_l) & (in_d[np.asarray(ix.r_dev)] | in_a[np.asarray(ix.r_addr)])
+    linked = np.unique(ob[o_rows[in_d[np.asarray(ix.o_dev)[o_rows]] | in_a[np.asarray(ix.o_addr)[o_rows]]]])
+    fb = np.asarray(ix.first_bad_refund)[linked]
+    r_keep[fb[fb >= 0]] = True
+    return o_rows, np.flatnonzero(r_keep)
+
+
+def _coded_history(ix: BatchIndex, o_rows: np.ndarray, r_rows: np.ndarray) -> CodedHistory:
+    """The kernel's input for the selected rows (codes as int64)."""
+    from refundguard.profiles import _cents
+
+    def i64(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(a[rows], dtype=np.int64)
+
+    amount = np.asarray(ix.o_amount[o_rows], dtype=np.float64)
+    return CodedHistory(
+        o_buyer=i64(ix.o_buyer, o_rows), o_store=i64(ix.o_store, o_rows), o_dev=i64(ix.o_dev, o_rows),
+        o_addr=i64(ix.o_addr, o_rows), o_paid=i64(ix.o_paid, o_rows), o_cents=_cents(amount), o_amount=amount,
+        r_buyer=i64(ix.r_buyer, r_rows), r_store=i64(ix.r_store, r_rows), r_dev=i64(ix.r_dev, r_rows),
+        r_addr=i64(ix.r_addr, r_rows), r_req=i64(ix.r_req, r_rows), r_res=i64(ix.r_res, r_rows),
+        r_cents=_cents(np.asarray(ix.r_amount[r_rows], dtype=np.float64)),
+        r_only=np.asarray(ix.r_kind[r_rows]) == KINDS.index("refund_only"),
+        r_nr_deliv=np.asarray(ix.r_nr_deliv[r_rows], dtype=bool),
+        r_rej=np.asarray(ix.r_rej[r_rows], dtype=bool), r_abuse=np.asarray(ix.r_abuse[r_rows], dtype=bool),
+    )
+
+
+def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
+    """The store score of each request's store and day: published if given, computed otherwise."""
+    if ix.published is not None:
+        res = ix.published.lookup(q_store, day_index(t, cfg.timezone), cfg)
+    else:
+        res = coded_store_scores(ix.store_events(), q_store, t, cfg)
+    out = pd.DataFrame({c: res[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")})
+    out["provisional"] = res["provisional"].to_numpy(dtype=bool)
+    out["category"] = res["category"].astype("str").to_numpy()
+    out["category"] = out["category"].astype("str")
+    return out
+
+
+def _strings(levels: Sequence[str], codes: np.ndarray) -> pa.Array:
+    """Arrow strings of ``levels[codes]`` (code -1: null)."""
+    codes = np.asarray(codes)
+    idx = pa.array(codes.astype(np.int32), mask=codes < 0)
+    return pa.DictionaryArray.from_arrays(idx, pa.array(list(levels), type=pa.large_string())).cast(pa.large_string())
+
+
+def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, threads: int = 1,
+                timings: dict[str, float] | None = None, matrices: list[np.ndarray] | None = None) -> pa.Table:
+    """Decide the refunds of one slice; an Arrow table of :data:`SCORED_SCHEMA`.
+
+    Parameters
+    ----------
+    index
+        The integer-coded history (:func:`build_index`), in memory or memory-mapped.
+    model
+        The model and policy (:class:`BatchModel`).
+    spec
+        The slice (:func:`plan_slices`).
+    threads
+        LightGBM threads for this slice.
+    timings
+        If given, seconds per stage (``profiles``, ``features``, ``model``, ``policy``,
+        ``reasons``) are added to it.
+    matrices
+        If given, the slice's encoded feature matrix is appended to it (benchmarks
+        time the plain ``Booster.predict`` on exactly these rows).
+    """
+    clock = _Clock(timings)
+    ix = index
+    cfg = model.score_config
+    rows = np.asarray(ix.q_rows[spec.lo:spec.hi], dtype=np.int64)
+    n = len(rows)
+    t = np.asarray(ix.r_req[rows], dtype=np.int64)
+    orow = np.asarray(ix.r_order[rows], dtype=np.int64)
+    q_buyer = np.asarray(ix.o_buyer[orow], dtype=np.int64)
+    q_store = np.asarray(ix.o_store[orow], dtype=np.int64)
+    q_dev = np.asarray(ix.o_dev[orow], dtype=np.int64)
+    q_addr = np.asarray(ix.o_addr[orow], dtype=np.int64)
+
+    o_rows, r_rows = _history_rows(ix, spec.t0, spec.t1, q_buyer, q_store, q_dev, q_addr)
+    history = _coded_history(ix, o_rows, r_rows)
+    store_rows = _store_rows(ix, q_store, t, cfg)
+    profiles = profiles_from_codes(history, t, q_buyer, q_store, q_dev, q_addr, store_rows,
+                                   store_orders_30d=_store_orders_window(ix, q_store, t, _STORE_NS))
+    clock.lap("profiles")
+
+    cat_codes = np.asarray(ix.o_category[orow], dtype=np.int64)
+    categories = np.asarray(ix.categories, dtype=object)
+    kind = np.asarray(KINDS, dtype=object)[np.asarray(ix.r_kind[rows], dtype=np.int64)]
+    requests = pd.DataFrame({
+        "requested_at": utc_series(t),
+        "paid_at": utc_series(np.asarray(ix.o_paid[orow], dtype=np.int64)),
+        "shipped_at": utc_series(np.asarray(ix.o_shipped[orow], dtype=np.int64)),
+        "delivered_at": utc_series(np.asarray(ix.o_delivered[orow], dtype=np.int64)),
+        "kind": pd.array(kind, dtype="str"),
+        "reason": pd.array(np.asarray(REASONS, dtype=object)[np.asarray(ix.r_reason[rows], dtype=np.int64)], dtype="str"),
+        "amount": np.asarray(ix.r_amount[rows], dtype=np.float64),
+        "order_amount": np.asarray(ix.o_amount[orow], dtype=np.float64),
+        "category": pd.array(np.where(cat_codes >= 0, categories[np.maximum(cat_codes, 0)], None), dtype="str"),
+    })
+    X = build_features(requests, profiles, category_levels=model.category_levels)
+    clock.lap("features")
+
+    sc = _scorer(model)
+    matrix, _ = sc.encoder.transform(X)
+    if matrices is not None:
+        matrices.append(matrix)
+    refund_ids = ix.refund_ids.take(pa.array(rows))
+    buyer_ids = ix.buyer_ids.take(pa.array(q_buyer))
+    store = profiles.store
+    frame = pd.DataFrame({
+        "refund_id": pd.array(refund_ids.to_numpy(zero_copy_only=False), dtype="str"),
+        "requested_at": requests["requested_at"],
+        "kind": requests["kind"],
+        "buyer_id": pd.array(buyer_ids.to_numpy(zero_copy_only=False), dtype="str"),
+        "store_score": store["score"].to_numpy(dtype=np.float64),
+        "provisional": store["provisional"].to_numpy(dtype=bool),
+        "store_score_missing": store["score_missing"].to_numpy(dtype=bool),
+    })
+    model_s = [0.0]
+    wanted: list[np.ndarray] = []
+
+    def probability(mask: np.ndarray) -> np.ndarray:
+        t_m = time.perf_counter()
+        raw = sc.booster.predict(matrix[mask], num_threads=threads)
+        p = raw if sc.calibrator is None else sc.calibrator.transform(raw)
+        model_s[0] += time.perf_counter() - t_m
+        return p
+
+    def explain(mask: np.ndarray) -> list[list[dict[str, Any]]]:
+        wanted.append(mask.copy())
+        return [[] for _ in range(int(mask.sum()))]
+
+    decided = decide_batch(frame, model.policy, probability=probability, explain=explain,
+                           explain_all=model.explain, always_score=model.always_score,
+                           model_version=model.model_version)
+    clock.lap("policy", minus=model_s[0])
+    clock.add("model", model_s[0])
+
+    reasons = _reasons_array(sc, matrix, decided["reasons"].to_numpy(dtype=object),
+                             wanted[0] if wanted else np.zeros(n, dtype=bool), threads)
+    clock.lap("reasons")
+    out = pa.table(
+        {
+            "refund_id": refund_ids.cast(pa.large_string()),
+            "requested_at": pa.array(t.view("datetime64[ns]"), type=pa.timestamp("ns")).cast(pa.timestamp("ns", tz="UTC")),
+            "buyer_id": buyer_ids.cast(pa.large_string()),
+            "store_id": ix.store_ids.take(pa.array(q_store)).cast(pa.large_string()),
+            "category": _strings(ix.categories, cat_codes),
+            "kind": pa.array(kind.tolist(), type=pa.large_string()),
+            "amount": pa.array(requests["amount"].to_numpy()),
+            "action": pa.array(decided["action"].to_numpy(dtype=object), type=pa.large_string()),
+            "abuse_probability": pa.array(decided["abuse_probability"].to_numpy(dtype=np.float64)),
+            "store_score": pa.array(decided["store_score"].to_numpy(dtype=np.float64)),
+            "store_score_missing": pa.array(decided["store_score_missing"].to_numpy(dtype=bool)),
+            "provisional": pa.array(decided["provisional"].to_numpy(dtype=bool)),
+            "audit": pa.array(decided["audit"].to_numpy(dtype=bool)),
+            "reasons": reasons,
+            "model_version": pa.array(decided["model_version"].to_numpy(dtype=object), type=pa.large_string()),
+            "policy_version": pa.array(decided["policy_version"].to_numpy(dtype=object), type=pa.large_string()),
+        },
+        schema=SCORED_SCHEMA,
+    )
+    return out
+
+
+def _reasons_array(sc: _Scorer, matrix: np.ndarray, policy_reasons: np.ndarray, wanted: np.ndarray,
+                   threads: int) -> pa.Array:
+    """The ``reasons`` column: the policy's own reasons (block list) then the model's, at most 3.
+
+    The model's reasons of every row the policy asks to explain come from one
+    contribution pass and :func:`reasons_columns` (no Python call per row).
+    """
+    n = len(policy_reasons)
+    own_counts = np.fromiter((len(r) for r in policy_reasons), dtype=np.int64, count=n)
+    rows = np.flatnonzero(wanted)
+    contrib = sc.explainer.contributions(matrix[rows], num_threads=threads) if len(rows) else np.zeros((0, matrix.shape[1]))
+    cols = reasons_columns(sc.encoder, matrix[rows], contrib, k=_REASONS_K)
+    model_counts = np.zeros(n, dtype=np.int64)
+    model_counts[rows] = np.diff(cols.offsets)
+    take_model = np.minimum(model_counts, np.maximum(_REASONS_K - own_counts, 0))
+    take_own = np.minimum(own_counts, _REASONS_K)
+    counts = take_own + take_model
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    total = int(offsets[-1])
+    text: list[str | None] = [None] * total
+    feature: list[str | None] = [None] * total
+    value: list[str | None] = [None] * total
+    contribution = np.full(total, np.nan)
+    has_contribution = np.zeros(total, dtype=bool)
+    # the policy's own reasons (rare: block lists), in Python
+    for i in np.flatnonzero(take_own):
+        at = int(offsets[i])
+        for j, r in enumerate(policy_reasons[i][: int(take_own[i])]):
+            text[at + j] = str(r.get("text", ""))
+            feature[at + j] = str(r.get("feature", ""))
+            v = r.get("value")
+            value[at + j] = None if v is None else str(v)
+            c = r.get("contribution")
+            if c is not None:
+                contribution[at + j] = float(c)
+                has_contribution[at + j] = True
+    # the model's reasons, vectorised: item q of a wanted row goes after the row's own reasons
+    k_taken = take_model[rows]
+    n_items = int(k_taken.sum())
+    if n_items:
+        within = np.arange(n_items) - np.repeat(np.cumsum(k_taken) - k_taken, k_taken)
+        src = np.repeat(cols.offsets[:-1], k_taken) + within
+        dst = np.repeat(offsets[rows].astype(np.int64) + take_own[rows], k_taken) + within
+        for out_list, col in ((text, cols.text), (feature, cols.feature), (value, cols.value)):
+            arr = np.empty(total, dtype=object)
+            arr[:] = out_list
+            arr[dst] = np.asarray(col, dtype=object)[src]
+            out_list[:] = arr.tolist()
+        contribution[dst] = cols.contribution[src]
+        has_contribution[dst] = True
+    struct = pa.StructArray.from_arrays(
+        [
+            pa.array(text, type=pa.string()),
+            pa.array(feature, type=pa.string()),
+            pa.array(value, type=pa.string()),
+            pa.array(contribution, type=pa.float64(), mask=~has_contribution),
+        ],
+        fields=list(_REASON_TYPE),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, type=pa.int32()), struct, type=pa.list_(_REASON_TYPE))
+
+
+class _Clock:
+    """Adds the seconds since the last lap to a stage of a timings dict."""
+
+    def __init__(self, timings: dict[str, float] | None) -> None:
+        self.timings = timings
+        self.t = time.perf_counter()
+
+    def lap(self, stage: str, minus: float = 0.0) -> None:
+        now = time.perf_counter()
+        self.add(stage, now - self.t - minus)
+        self.t = now
+
+    def add(self, stage: str, seconds: float) -> None:
+        if self.timings is not None:
+            self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+
+# --------------------------------------------------------------------------- running
+@dataclass
+class BatchResult:
+    """What a batch run did: the row accounting, the actions, the rejects and the time per stage.
+
+    Attributes
+    ----------
+    rows_in
+        Refunds of the period in the input: requested in ``[start, end)``, or with a
+        ``requested_at`` that cannot be read (they cannot be placed outside it).
+    scored
+        Rows written (one per clean refund of the period).
+    rejected
+        Refunds of the period rejected by validation (their own rule, or their order
+        was rejected). ``rows_in == scored + rejected`` always.
+    actions
+        Rows per action.
+    rejects
+        The contract's rejects table for every table of the input.
+    rejected_by_table
+        Rejected rows per input table.
+    timings
+        Seconds per stage of :data:`STAGES` (slice stages summed over slices and
+        processes) plus ``wall``.
+    slices, jobs
+        Number of slices and processes.
+    out, rejects_path
+        Files written (``None`` when not written).
+    model_version
+        The model that decided.
+    """
+
+    rows_in: int
+    scored: int
+    rejected: int
+    actions: dict[str, int]
+    rejects: pd.DataFrame
+    rejected_by_table: dict[str, int]
+    timings: dict[str, float]
+    slices: int
+    jobs: int
+    out: Path | None
+    rejects_path: Path | None
+    model_version: str
+
+    def to_text(self) -> str:
+        """The summary ``refundguard score`` prints."""
+        lines = [
+            f"in = scored + rejected: {self.rows_in:,} = {self.scored:,} + {self.rejected:,} refunds "
+            f"(model {self.model_version}; {self.slices:,} slice(s), {self.jobs} job(s))",
+        ]
+        for action, n in self.actions.items():
+            lines.append(f"  {action:17s} {n:>10,d}")
+        bad = {k: v for k, v in self.rejected_by_table.items() if v}
+        if bad:
+            lines.append("rejected input rows: " + ", ".join(f"{k} {v:,}" for k, v in bad.items()))
+        return "\n".join(lines)
+
+
+class _Writer:
+    """Appends scored slices to one Parquet or CSV file; Parquet row groups of :data:`ROW_GROUP_ROWS`."""
+
+    def __init__(self, path: Path, csv: bool) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = path
+        self.csv = csv
+        self.pending: list[pa.Table] = []
+        self.n_pending = 0
+        self.rows = 0
+        self._header = True
+        # the file exists (under its temporary name) from the start
+        if csv:
+            self._w: Any = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 - closed in close()
+        else:
+            self._w = pq.ParquetWriter(str(path), SCORED_SCHEMA)
+
+    def write(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+        if self.csv:
+            self._write_csv(table)
+            return
+        self.pending.append(table)
+        self.n_pending += table.num_rows
+        while self.n_pending >= ROW_GROUP_ROWS:
+            self._flush(ROW_GROUP_ROWS)
+
+    def _flush(self, n: int) -> None:
+        whole = pa.concat_tables(self.pending)
+        self._w.write_table(whole.slice(0, n), row_group_size=max(n, 1))
+        rest = whole.slice(n)
+        self.pending = [rest] if rest.num_rows else []
+        self.n_pending = rest.num_rows
+
+    def _write_csv(self, table: pa.Table) -> None:
+        """Append rows as :func:`refundguard.guard.write_scored` writes CSV (``reasons`` as JSON text)."""
+        import json
+
+        df = scored_frame(table)
+        df["reasons"] = df["reasons"].map(lambda r: json.dumps(list(r), default=str))
+        df.to_csv(self._w, index=False, header=self._header)
+        self._header = False
+
+    def close(self) -> None:
+        if not self.csv and (self.n_pending or not self.rows):
+            if not self.pending:
+                self.pending = [SCORED_SCHEMA.empty_table()]
+            self._flush(self.n_pending)
+        if self.csv and self._header:
+            self._write_csv(SCORED_SCHEMA.empty_table())
+        if self._w is not None:
+            self._w.close()
+            self._w = None
+
+    def abort(self) -> None:
+        """Close without finishing (the caller removes the file)."""
+        if self._w is not None:
+            try:
+                self._w.close()
+            except Exception:  # noqa: BLE001 - the file is being discarded anyway
+                pass
+            self._w = None
+
+
+_INDEX_CACHE: dict[str, BatchIndex] = {}
+
+
+def _score_saved(folder: str, model: BatchModel, spec: SliceSpec) -> tuple[pa.Table, dict[str, float]]:
+    """Worker side: score one slice of the index saved in ``folder`` (memory-mapped, loaded once)."""
+    ix = _INDEX_CACHE.get(folder)
+    if ix is None:
+        _INDEX_CACHE.clear()
+        ix = _INDEX_CACHE[folder] = BatchIndex.load(Path(folder))
+    timings: dict[str, float] = {}
+    table = score_slice(ix, model, spec, threads=1, timings=timings)
+    return table, timings
+
+
+def _warm(model: BatchModel) -> int:
+    """Worker start-up: import the engine and parse the model (while the main process indexes)."""
+    _scorer(model)
+    return os.getpid()
+
+
+def warm_workers(model: BatchModel, jobs: int) -> threading.Thread | None:
+    """Start ``jobs`` joblib workers and parse the model in each, in a background thread.
+
+    ``joblib.Parallel`` reuses the same workers afterwards, so their start-up
+    overlaps the main process's indexing. Join the thread before the next
+    ``Parallel`` call.
+    """
+    if jobs <= 1:
+        return None
+    from joblib import Parallel, delayed
+
+    def start() -> None:
+        try:
+            Parallel(n_jobs=jobs, max_nbytes=None)(delayed(_warm)(model) for _ in range(jobs))
+        except Exception:  # noqa: BLE001 - only a warm-up: the real run reports errors
+            pass
+
+    thread = threading.Thread(target=start, name="refundguard-warm-workers", daemon=True)
+    thread.start()
+    return thread
+
+
+def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[SliceSpec], jobs: int,
+                      timings: dict[str, float], warm: threading.Thread | None = None) -> Iterator[pa.Table]:
+    """Score ``slices`` in order: in this process (``jobs == 1``) or in ``jobs`` joblib processes.
+
+    With several processes the index is written once to a temporary folder and
+    memory-mapped by every worker; results stream back in slice order.
+    """
+    if jobs == 1 or len(slices) <= 1:
+        for spec in slices:
+            yield score_slice(index, model, spec, threads=1, timings=timings)
+        return
+    from joblib import Parallel, delayed
+
+    if warm is not None:
+        warm.join()
+    folder = Path(tempfile.mkdtemp(prefix="refundguard-batch-"))
+    try:
+        t = time.perf_counter()
+        index.save(folder)
+        del index  # the workers read the saved copy; this process needs nothing more of it
+        timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t
+        run = Parallel(n_jobs=jobs, return_as="generator", max_nbytes=None)
+        for table, part in run(delayed(_score_saved)(str(folder), model, spec) for spec in slices):
+            for k, v in part.items():
+                timings[k] = timings.get(k, 0.0) + v
+            yield table
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_batch(
+    source: SourceTables,
+    model: BatchModel,
+    *,
+    start_ns: int | None,
+    end_ns: int | None,
+    out: Path | None = None,
+    rejects_out: Path | None = None,
+    published: PublishedScores | None = None,
+    jobs: int = 1,
+    chunk_days: int = DEFAULT_CHUNK_DAYS,
+    progress: bool = False,
+    runner: Callable[..., Iterator[pa.Table]] | None = None,
+) -> tuple[BatchResult, pa.Table | None]:
+    """Decide every clean refund requested in ``[start_ns, end_ns)``, slice by slice.
+
+    Parameters
+    ----------
+    source
+        The read, validated, integer-coded tables (:func:`refundguard.sources.read_source`).
+    model
+        The model and policy.
+    start_ns, end_ns
+        Half-open bounds on ``requested_at`` (``None``: unbounded).
+    out
+        Write the scored rows there (``.parquet`` or ``.csv``, atomically); ``None``
+        returns them as an Arrow table instead.
+    rejects_out
+        Write the rejects table there (atomically).
+    published
+        Published daily store scores to gate on instead of computing them.
+    jobs, chunk_days
+        Processes and slice length.
+    progress
+        A progress bar per slice.
+    runner
+        ``runner(index, model, slices, jobs, timings)`` yielding the scored slices in
+        order (default :func:`iter_slices_local`; :mod:`refundguard.dask` passes its own).
+
+    Returns
+    -------
+    (BatchResult, pyarrow.Table or None)
+    """
+    from tqdm.auto import tqdm
+
+    from refundguard.policy import ACTIONS
+
+    timings: dict[str, float] = {k: float(v) for k, v in source.timings.items()}
+    t = time.perf_counter()
+    index = build_index(source, start_ns, end_ns, published=published, threads=jobs)
+    timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t
+    slices = plan_slices(index, chunk_days, start_ns)
+    n_scored_expected = len(index.q_rows)
+    runner = runner or iter_slices_local
+    source.release()  # the index holds what the slices read
+    pa.default_memory_pool().release_unused()  # Arrow keeps freed buffers of the read otherwise
+    stream = runner(index, model, slices, jobs, timings)
+    del index  # the runner holds it now (and may let it go once shared with its workers)
+    actions = dict.fromkeys(ACTIONS, 0)
+    tables: list[pa.Table] = []
+    bar = tqdm(total=n_scored_expected, desc="score", unit="refund", disable=not progress, leave=False)
+    written = 0
+    try:
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_target(out) as tmp:
+                writer = _Writer(tmp, csv=out.suffix == ".csv")
+                try:
+                    for table in stream:
+                        tw = time.perf_counter()
+                        writer.write(table)
+                        timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tw
+                        _count_actions(actions, table)
+                        written += table.num_rows
+                        bar.update(table.num_rows)
+                    tw = time.perf_counter()
+                    writer.close()
+                    timings["write"] = timings.get("write", 0.0) + time.perf_counter() - tw
+                except BaseException:
+                    writer.abort()
+                    raise
+        else:
+            for table in stream:
+                tables.append(table)
+                _count_actions(actions, table)
+                written += table.num_rows
+                bar.update(table.num_rows)
+    finally:
+        bar.close()
+    if written != n_scored_expected:  # pragma: no cover - every slice returns one row per refund
+        raise DataError(f"{written} rows scored for {n_scored_expected} refunds; nothing was written.")
+    rejected = _rejected_in_period(source, start_ns, end_ns)
+    rejects_path = None
+    if rejects_out is not None:
+        from refundguard.tables import write_table
+
+        write_table(source.rejects, rejects_out)
+        rejects_path = rejects_out
+    by_table = {name: source.rejected_rows(name) for name in ("orders", "refunds", "reviews", "service")}
+    result = BatchResult(
+        rows_in=n_scored_expected + rejected, scored=written, rejected=rejected, actions=actions,
+        rejects=source.rejects, rejected_by_table=by_table, timings=timings, slices=len(slices), jobs=jobs,
+        out=out, rejects_path=rejects_path, model_version=model.model_version,
+    )
+    scored = None
+    if out is None:
+        scored = pa.concat_tables(tables) if tables else SCORED_SCHEMA.empty_table()
+    return result, scored
+
+
+def _count_actions(actions: dict[str, int], table: pa.Table) -> None:
+    vc = pc.value_counts(table.column("action"))
+    for item in vc.to_pylist():
+        actions[item["values"]] = actions.get(item["values"], 0) + int(item["counts"])
+
+
+def _rejected_in_period(source: SourceTables, start_ns: int | None, end_ns: int | None) -> int:
+    """Rejected refund rows requested in ``[start, end)`` or at an unreadable time."""
+    t = source.rejected_refund_requested
+    inside = t == NAT
+    ok = t != NAT
+    sel = ok.copy()
+    if start_ns is not None:
+        sel &= t >= start_ns
+    if end_ns is not None:
+        sel &= t < end_ns
+    return int((inside | sel).sum())
+
+
+def scored_frame(table: pa.Table) -> pd.DataFrame:
+    """A scored Arrow table as the DataFrame :meth:`RefundGuard.score_history` returns.
+
+    Strings become ``str`` columns and ``reasons`` lists of ``{text, feature, value,
+    contribution}`` dicts.
+    """
+    df = table.drop_columns(["reasons"]).to_pandas()
+    df.insert(list(SCORED_COLUMNS).index("reasons"), "reasons", table.column("reasons").to_pylist())
+    return df.loc[:, list(SCORED_COLUMNS)]
+
+
+def score_data(
+    model: BatchModel,
+    data: Mapping[str, pd.DataFrame] | str | os.PathLike[str],
+    start: Any = None,
+    end: Any = None,
+    *,
+    out: str | os.PathLike[str] | None = None,
+    rejects: str | os.PathLike[str] | None = None,
+    store_scores: pd.DataFrame | str | os.PathLike[str] | None = None,
+    jobs: int = 1,
+    chunk_days: int = DEFAULT_CHUNK_DAYS,
+    validate_tables: bool = True,
+    progress: bool = False,
+    runner: Callable[..., Iterator[pa.Table]] | None = None,
+    owner: str = "score_history",
+) -> tuple[BatchResult, pa.Table | None]:
+    """Read, validate and code the input, then :func:`run_batch` (the options of ``score_history``).
+
+    Tables in memory pass through :func:`refundguard.pipeline.canonical_tables` after
+    quarantine validation; a folder is read by :func:`refundguard.sources.read_source`.
+    """
+    from refundguard._time import parameter_ns
+    from refundguard.pipeline import canonical_tables
+    from refundguard.sources import code_tables, read_published_scores, read_source
+
+    n_jobs = check_jobs(jobs, owner)
+    n_days = check_chunk_days(chunk_days, owner)
+    lo = parameter_ns(start, "start", owner, optional=True)
+    hi = parameter_ns(end, "end", owner, optional=True)
+    out_path = None if out is None else Path(out)
+    if out_path is not None and out_path.suffix not in (".parquet", ".csv"):
+        raise ConfigError.invalid(owner, "out", "a file ending in .parquet or .csv", str(out))
+    rejects_path = None if rejects is None else Path(rejects)
+    if rejects_path is not None and rejects_path.suffix not in (".parquet", ".csv"):
+        raise ConfigError.invalid(owner, "rejects", "a file ending in .parquet or .csv", str(rejects))
+    if isinstance(data, Mapping):
+        source = code_tables(data, validate_tables=validate_tables, canonical=canonical_tables, threads=n_jobs)
+    else:
+        source = read_source(data, threads=n_jobs)
+    if runner is None:
+        import functools
+
+        # the workers start (import, parse the model) while this process builds the index
+        runner = functools.partial(iter_slices_local, warm=warm_workers(model, n_jobs))
+    published = None
+    if store_scores is not None:
+        cfg = model.score_config
+        published = read_published_scores(store_scores, source.store_ids, cfg)
+    return run_batch(source, model, start_ns=lo, end_ns=hi, out=out_path, rejects_out=rejects_path,
+                     published=published, jobs=n_jobs, chunk_days=n_days, progress=progress, runner=runner)

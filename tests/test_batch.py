@@ -1,0 +1,462 @@
+"""Batch scoring at scale: the streamed engine equals online assess, for every jobs and chunk_days.
+
+Also: every row accounted for on corrupted input (the screened Parquet path rejects
+exactly what ``validate`` rejects), a failed or killed run leaves nothing at ``out``,
+and published store scores gate exactly on the values given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import refundguard as rg
+import refundguard.batch
+from refundguard.batch import (
+    SCORED_SCHEMA,
+    BatchResult,
+    _coded_history,
+    _history_rows,
+    _store_orders_window,
+    _store_rows,
+    build_index,
+    plan_slices,
+)
+from refundguard.config import ScoreConfig
+from refundguard.cli import main
+from refundguard.config import DEFAULT_GATE
+from refundguard.errors import ConfigError, DataError, RejectedRowsWarning, UnseenCategoryWarning
+from refundguard.guard import SCORED_COLUMNS, RefundGuard, default_model_path
+from refundguard.profiles import profiles_as_of, profiles_from_codes, request_record, requests_from_tables
+from refundguard.simulate import SimulationConfig, simulate_to_parquet
+from refundguard.sources import code_tables, read_published_scores, read_source
+from refundguard.tables import REJECT_COLUMNS
+from tests.test_profiles import fake_history, random_tables
+
+REPO = Path(__file__).resolve().parents[1]
+GATE_DAY = pd.Timestamp("2024-08-09", tz="UTC")
+
+
+@pytest.fixture(scope="module")
+def guard() -> RefundGuard:
+    return RefundGuard.default()
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    """A simulated marketplace written by the simulator as partitioned Parquet."""
+    out = tmp_path_factory.mktemp("batch") / "sim"
+    simulate_to_parquet(SimulationConfig(n_buyers=3_000, n_stores=90, days=140, seed=23), out)
+    return out
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert list(a.columns) == list(b.columns) == list(SCORED_COLUMNS)
+    assert len(a) == len(b)
+    for c in a.columns:
+        if c == "reasons":
+            assert all(list(x) == list(y) for x, y in zip(a[c], b[c], strict=True)), c
+        else:
+            pd.testing.assert_series_equal(a[c], b[c], check_names=True)
+
+
+# --------------------------------------------------------------------------- invariance
+def test_output_is_the_same_for_every_jobs_and_chunk_days(guard, folder, tmp_path):
+    runs = [(1, 7), (2, 3), (2, 30), (1, 1)]
+    digests, results = [], []
+    for jobs, days in runs:
+        out = tmp_path / f"s-{jobs}-{days}.parquet"
+        res = guard.score_history(folder, "2024-08-01", "2024-10-19", out=out, jobs=jobs, chunk_days=days)
+        assert isinstance(res, BatchResult) and res.jobs == jobs
+        digests.append(_sha(out))
+        results.append(res)
+    assert len(set(digests)) == 1, digests  # byte for byte: row groups are cut at fixed row counts
+    assert len({r.slices for r in results}) > 1
+    table = pq.read_table(tmp_path / "s-1-7.parquet")
+    assert table.schema.equals(SCORED_SCHEMA)
+    keys = list(zip(table.column("requested_at").to_pylist(), table.column("refund_id").to_pylist()))
+    assert keys == sorted(keys) and len(keys) == results[0].scored > 1_000
+    assert results[0].rows_in == results[0].scored + results[0].rejected
+    # the in-memory result is the same rows, and so is a CSV written by the same engine
+    mem = guard.score_history(rg.load_tables(folder), "2024-08-01", "2024-10-19", jobs=2, chunk_days=5)
+    _same_rows(mem, pd.read_parquet(tmp_path / "s-1-7.parquet"))
+    csv = tmp_path / "s.csv"
+    guard.score_history(folder, "2024-08-01", "2024-10-19", out=csv, chunk_days=9)
+    back = pd.read_csv(csv)
+    assert list(back.columns) == list(SCORED_COLUMNS) and len(back) == len(mem)
+    assert (back["refund_id"] == mem["refund_id"]).all() and (back["action"] == mem["action"]).all()
+
+
+# --------------------------------------------------------------------------- parity with assess
+def _assert_equals_assess(guard: RefundGuard, scored: pd.DataFrame, tables, store_scores=None,
+                          explain: bool = True) -> None:
+    """Every batch row equals guard.assess on the same request and its profiles_as_of profiles."""
+    requests = requests_from_tables(tables)
+    requests = requests[requests["refund_id"].isin(scored["refund_id"])].reset_index(drop=True)
+    profiles = profiles_as_of(tables, requests, score_config=guard.score_config, store_scores=store_scores)
+    by_id = scored.set_index("refund_id")
+    assert len(requests) == len(scored) > 0
+    for i in range(len(requests)):
+        d = guard.assess(request_record(requests, i), profiles.profile(i), explain=explain, always_score=True)
+        row = by_id.loc[d.refund_id]
+        assert d.action == row["action"], i
+        assert d.policy_version == row["policy_version"] and d.model_version == row["model_version"]
+        assert math.isclose(d.abuse_probability, row["abuse_probability"], rel_tol=0, abs_tol=1e-12)
+        assert d.provisional == row["provisional"] and d.store_score_missing == row["store_score_missing"]
+        assert d.audit == row["audit"]
+        assert (d.store_score is None and np.isnan(row["store_score"])) or d.store_score == row["store_score"]
+        want = [(r["text"], r["feature"], None if r["value"] is None else str(r["value"])) for r in d.reasons]
+        got = [(r["text"], r["feature"], r["value"]) for r in row["reasons"]]
+        assert got == want, (i, got, want)
+        for a, b in zip(d.reasons, row["reasons"], strict=True):
+            assert math.isclose(a["contribution"], b["contribution"], rel_tol=1e-12, abs_tol=1e-12)
+
+
+def test_streamed_batch_equals_online_assess_on_every_row(guard, folder):
+    tables = rg.load_tables(folder)
+    scored = guard.score_history(folder, "2024-08-20", "2024-09-10", always_score=True, explain=True,
+                                 jobs=2, chunk_days=4)
+    assert (scored["requested_at"] >= GATE_DAY).any() and (scored["action"] == "merchant_handles").any()
+    _assert_equals_assess(guard, scored, rg.validate(tables)[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_long_history_windows_and_all_time_rows(guard, seed):
+    """500 days of history: the 365-day windows, the pre-window median orders, first orders,
+    first refunds per store and first bad outcomes all come from outside the slice's window."""
+    tables = random_tables(seed, n_orders=800, n_refunds=400)
+    hist = fake_history(tables, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnseenCategoryWarning)
+        # from 2025-07-01 the 365-day window starts after the first month of orders
+        scored = guard.score_history(tables, "2025-07-01", None, store_scores=hist, always_score=True,
+                                     explain=True, chunk_days=3 + seed)
+        assert len(scored) > 20
+        _assert_equals_assess(guard, scored, tables, store_scores=hist)
+
+
+@given(seed=st.integers(0, 2**32 - 1), chunk_days=st.integers(1, 60))
+@settings(max_examples=25)
+def test_slice_profiles_equal_profiles_as_of(seed: int, chunk_days: int) -> None:
+    """Each slice reads only its window and its keys' all-time rows, and gets the same profiles."""
+    tables = random_tables(seed, n_orders=120, n_refunds=80)
+    hist = fake_history(tables, seed)
+    requests = requests_from_tables(tables)
+    want = profiles_as_of(tables, requests, store_scores=hist)
+    source = code_tables(tables, validate_tables=False)
+    index = build_index(source, None, None, published=read_published_scores(hist, source.store_ids, ScoreConfig()))
+    assert (source.refund_ids.take(pa.array(index.q_rows)).to_pylist() == requests["refund_id"].tolist())
+    got = []
+    for spec in plan_slices(index, chunk_days):
+        rows = index.q_rows[spec.lo:spec.hi]
+        orow = index.r_order[rows]
+        t = index.r_req[rows]
+        q = [np.asarray(a[orow], dtype=np.int64) for a in (index.o_buyer, index.o_store, index.o_dev, index.o_addr)]
+        o_rows, r_rows = _history_rows(index, spec.t0, spec.t1, *q)
+        assert len(o_rows) <= index.n_orders
+        store = _store_rows(index, q[1], t, ScoreConfig())
+        got.append(profiles_from_codes(_coded_history(index, o_rows, r_rows), t, *q, store,
+                                       store_orders_30d=_store_orders_window(index, q[1], t, 30 * 86_400 * 10**9)))
+    for name in ("buyer", "store", "link"):
+        frame = pd.concat([getattr(p, name) for p in got], ignore_index=True)
+        pd.testing.assert_frame_equal(frame, getattr(want, name), check_dtype=True)
+
+
+# --------------------------------------------------------------------------- every row accounted for
+def _corrupt(tables: dict[str, pd.DataFrame], seed: int = 7) -> dict[str, pd.DataFrame]:
+    """A copy with every kind of broken row the contract names."""
+    o, r, v, s = (tables[k].copy() for k in ("orders", "refunds", "reviews", "service"))
+    rng = np.random.default_rng(seed)
+
+    def rows(df: pd.DataFrame, k: int) -> np.ndarray:
+        return rng.choice(len(df), k, replace=False)
+
+    for c in ("order_id", "buyer_id", "store_id", "category", "device_id", "address_id"):
+        o[c] = o[c].astype(object)
+    i = rows(o, 20)
+    o.loc[i[0], "order_id"] = o.loc[i[1], "order_id"]
+    o.loc[i[2], "buyer_id"] = None
+    o.loc[i[3], "store_id"] = "  "
+    o.loc[i[4], "amount"] = -3.0
+    o.loc[i[5], "amount"] = np.nan
+    o.loc[i[6], "amount"] = np.inf
+    o.loc[i[7], "paid_at"] = pd.NaT
+    o.loc[i[8], "shipped_at"] = o.loc[i[8], "paid_at"] - pd.Timedelta(hours=1)
+    o.loc[i[9], "delivered_at"] = o.loc[i[9], "paid_at"] - pd.Timedelta(hours=5)
+    o.loc[i[10], "shipped_at"] = pd.NaT
+    o.loc[i[11], "device_id"] = ""  # a blank optional id is null, not a reject
+    o.loc[i[12], "category"] = "\t"
+    o.loc[i[13], "address_id"] = "\u3000"
+    o.loc[i[14], "ship_by"] = o.loc[i[14], "paid_at"] - pd.Timedelta(hours=2)
+    o.loc[i[15], "ship_by"] = pd.NaT  # filled with paid_at + 48h
+    for c in ("refund_id", "order_id", "kind", "reason", "outcome", "escalated"):
+        r[c] = r[c].astype(object)
+    j = rows(r, 20)
+    r.loc[j[0], "refund_id"] = r.loc[j[1], "refund_id"]
+    r.loc[j[2], "order_id"] = "no-such-order"
+    r.loc[j[3], "order_id"] = None
+    r.loc[j[4], "kind"] = "refund"
+    r.loc[j[5], "reason"] = None
+    r.loc[j[6], "amount"] = 0.0
+    r.loc[j[7], "amount"] = -1.0
+    r.loc[j[8], "resolved_at"] = r.loc[j[8], "requested_at"] - pd.Timedelta(hours=1)
+    r.loc[j[9], "outcome"] = None
+    r.loc[j[10], "outcome"] = "weird"
+    r.loc[j[11], "requested_at"] = pd.NaT
+    r.loc[j[12], "escalated"] = None
+    r.loc[j[13], "order_id"] = o.loc[i[4], "order_id"]  # its order is rejected: parent_rejected
+    r.loc[j[14], "amount"] = 1e6  # more than the order amount
+    r.loc[j[15], "requested_at"] = pd.Timestamp("2020-01-01", tz="UTC")  # before its order was paid
+    r.loc[j[16], "kind"] = " refund_only"
+    v["order_id"] = v["order_id"].astype(object)
+    v["rating"] = v["rating"].astype("float64")
+    k = rows(v, 10)
+    v.loc[k[0], "rating"] = 0
+    v.loc[k[1], "rating"] = 6
+    v.loc[k[2], "rating"] = np.nan
+    v.loc[k[3], "rating"] = 3.5
+    v.loc[k[4], "order_id"] = "missing"
+    v.loc[k[5], "created_at"] = pd.Timestamp("2019-01-01", tz="UTC")
+    v.loc[k[6], "order_id"] = o.loc[i[5], "order_id"]
+    s["store_id"] = s["store_id"].astype(object)
+    m = rows(s, 5)
+    s.loc[m[0], "first_response_s"] = -1.0
+    s.loc[m[1], "store_id"] = None
+    s.loc[m[2], "started_at"] = pd.NaT
+    return {"orders": o, "refunds": r, "reviews": v, "service": s}
+
+
+@pytest.fixture(scope="module")
+def corrupted(tmp_path_factory) -> tuple[dict[str, pd.DataFrame], Path]:
+    tables = _corrupt(rg.simulate(n_buyers=1_500, n_stores=60, days=120, seed=7))
+    folder = tmp_path_factory.mktemp("corrupt") / "data"
+    folder.mkdir()
+    for name, df in tables.items():
+        df.to_parquet(folder / f"{name}.parquet")
+    return tables, folder
+
+
+def test_corrupted_input_every_row_accounted_for(guard, corrupted, tmp_path):
+    tables, folder = corrupted
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RejectedRowsWarning)
+        _, want = rg.validate(rg.load_tables(folder), mode="quarantine")
+    # the screened Parquet path rejects exactly what the contract's validator rejects
+    got = read_source(folder, threads=2).rejects
+    pd.testing.assert_frame_equal(got.reset_index(drop=True), want.reset_index(drop=True))
+    assert {"unique", "required", "min", "exists", "parent_rejected", "refund_sum", "after_paid_at", "enum",
+            "range", "type", "outcome_iff_resolved", "after_requested_at", "shipped_first",
+            "after_shipped_at"} <= set(want["rule"])
+
+    out, rej = tmp_path / "scored.parquet", tmp_path / "rejects.csv"
+    res = guard.score_history(folder, out=out, rejects=rej, jobs=2, chunk_days=6)
+    n_refunds = len(tables["refunds"])
+    bad_refunds = set(want.loc[want["table"] == "refunds", "row_index"])
+    assert res.rows_in == n_refunds == res.scored + res.rejected  # no period: every refund row is in
+    assert res.rejected == len(bad_refunds) and res.rejected_by_table["orders"] > 0
+    scored = pd.read_parquet(out)
+    assert len(scored) == res.scored
+    bad_ids = set(tables["refunds"]["refund_id"].iloc[sorted(bad_refunds)].dropna())
+    good_ids = set(tables["refunds"]["refund_id"].drop(index=sorted(bad_refunds)))
+    assert set(scored["refund_id"]) == good_ids and not (bad_ids - good_ids) & set(scored["refund_id"])
+    written = pd.read_csv(rej)
+    assert list(written.columns) == list(REJECT_COLUMNS) and len(written) == len(want)
+    # a period: refunds whose requested_at cannot be read count as in (they cannot be placed outside it)
+    part = guard.score_history(folder, "2024-07-01", "2024-08-01", out=tmp_path / "p.parquet")
+    t = pd.to_datetime(tables["refunds"]["requested_at"], utc=True)
+    inside = ((t >= "2024-07-01") & (t < "2024-08-01")) | t.isna()
+    assert part.rows_in == int(inside.sum()) == part.scored + part.rejected
+    # in memory, the same rows are decided and the same rejects returned
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RejectedRowsWarning)
+        mem, mem_rejects = guard.score_history(tables, return_rejects=True, jobs=1, chunk_days=6)
+    _same_rows(mem, scored)
+    pd.testing.assert_frame_equal(mem_rejects.reset_index(drop=True), want.reset_index(drop=True))
+
+
+def test_rejected_rows_warn_in_memory(guard, corrupted):
+    tables, _ = corrupted
+    with pytest.warns(RejectedRowsWarning, match="not decided"):
+        guard.score_history(tables, "2024-07-01", "2024-07-08")
+
+
+# --------------------------------------------------------------------------- atomic output
+def test_a_failed_run_leaves_nothing_at_out(guard, folder, tmp_path, monkeypatch):
+    real = refundguard.batch.score_slice
+    calls = []
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("disk on fire")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refundguard.batch, "score_slice", failing)
+    out = tmp_path / "scored.parquet"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        guard.score_history(folder, "2024-08-01", "2024-10-01", out=out, chunk_days=2)
+    assert len(calls) == 3
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary sibling
+
+
+def test_a_killed_run_leaves_nothing_at_out(folder, tmp_path):
+    out = tmp_path / "scored.parquet"
+    cmd = [sys.executable, "-m", "refundguard.cli", "--quiet", "score", "--data", str(folder), "--model",
+           str(default_model_path()), "--out", str(out), "--chunk-days", "1", "--jobs", "2"]
+    scratch = tmp_path / "tmp"  # the workers' index folder: a killed run cannot remove it
+    scratch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(p.name.startswith(f".{out.name}.tmp-") for p in tmp_path.iterdir()):
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, proc.communicate()  # still running: writing under the temporary name
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    assert all(p.name.startswith(".") for p in tmp_path.iterdir() if p != scratch)  # at most a hidden temporary
+
+
+# --------------------------------------------------------------------------- published store scores
+def test_published_store_scores_gate_exactly_on_the_values_given(guard, folder, tmp_path):
+    start, end = "2024-08-12", "2024-08-26"
+    base = guard.score_history(folder, start, end, always_score=True)
+    day = base["requested_at"].dt.floor("D").dt.tz_localize(None)
+    pairs = pd.DataFrame({"store_id": base["store_id"], "as_of": day}).drop_duplicates().reset_index(drop=True)
+    rng = np.random.default_rng(3)
+    n = len(pairs)
+    # every published value lands exactly on or next to the gate; some rows provisional, some absent
+    score = rng.choice([DEFAULT_GATE, DEFAULT_GATE - 0.01, 4.95, 3.2, np.nan], n)
+    provisional = rng.random(n) < 0.2
+    published = pairs.assign(score=score, product=4.1, logistics=4.2, service=4.3, category="published-cat",
+                             provisional=provisional)
+    absent = rng.random(n) < 0.15
+    file = tmp_path / "published.parquet"
+    published[~absent].to_parquet(file)
+    res = guard.score_history(folder, start, end, store_scores=file, always_score=True, jobs=2, chunk_days=3)
+    res_day = res["requested_at"].dt.floor("D").dt.tz_localize(None)
+    key = pd.MultiIndex.from_arrays([res["store_id"], res_day])
+    pub = published[~absent].set_index(["store_id", "as_of"])
+    row = pub.reindex(key)
+    found = row["score"].notna().to_numpy()
+    assert found.any() and (~found).any()
+    np.testing.assert_array_equal(res["store_score"].to_numpy(), row["score"].to_numpy())
+    assert (res["store_score_missing"].to_numpy() == ~found).all()
+    prov = row["provisional"].fillna(guard.score_config.min_orders > 0).astype(bool).to_numpy()
+    assert (res["provisional"].to_numpy() == prov).all()
+    after = (res["requested_at"] >= GATE_DAY).to_numpy()
+    gated = after & found & ~prov & (row["score"].to_numpy() >= DEFAULT_GATE)
+    assert gated.any() and (after & found & ~prov & ~gated).any()
+    assert ((res["action"] == "merchant_handles").to_numpy() == gated).all()
+    # the published scores feed the features too: the decisions differ from the computed scores'
+    assert not np.allclose(res["abuse_probability"], base["abuse_probability"])
+
+    # the computed daily history, published back, reproduces the computed run byte for byte
+    hist = rg.store_score_history(rg.validate(rg.load_tables(folder))[0], "2024-08-12", "2024-08-25",
+                                  guard.score_config)
+    hist_file = tmp_path / "history.parquet"
+    hist.to_parquet(hist_file)
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    guard.score_history(folder, start, end, out=a)
+    guard.score_history(folder, start, end, out=b, store_scores=hist_file, jobs=2)
+    assert _sha(a) == _sha(b)
+
+
+def test_duplicated_published_rows_are_refused(guard, folder):
+    hist = pd.DataFrame({"store_id": ["s0001", "s0001"], "as_of": pd.to_datetime(["2024-08-12"] * 2),
+                         "score": [4.9, 4.1], "product": 4.0, "logistics": 4.0, "service": 4.0,
+                         "provisional": False})
+    with pytest.raises(DataError, match="duplicated"):
+        guard.score_history(folder, "2024-08-12", "2024-08-13", store_scores=hist)
+
+
+# --------------------------------------------------------------------------- options
+def test_bad_options_are_config_errors(guard, folder, tmp_path, capsys):
+    for kw in ({"jobs": 0}, {"jobs": 1.5}, {"chunk_days": 0}, {"out": tmp_path / "x.json"}):
+        with pytest.raises(ConfigError):
+            guard.score_history(folder, "2024-08-01", "2024-08-02", **kw)
+    args = ["score", "--data", str(folder), "--model", str(default_model_path()), "--out", str(tmp_path / "o.parquet")]
+    for bad in (["--jobs", "0"], ["--jobs", "-2"], ["--chunk-days", "0"], ["--store-scores", str(tmp_path / "no.csv")]):
+        with pytest.raises(SystemExit) as info:  # refused while parsing, before any work
+            main([*args, *bad])
+        assert info.value.code == 2, bad
+    assert main([*args, "--rejects", str(tmp_path / "r.json")]) == 2
+    capsys.readouterr()
+    assert main([*args, "--from", "2024-08-01", "--to", "2024-08-08", "--rejects", str(tmp_path / "r.parquet"),
+                 "--jobs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "in = scored + rejected: " in text and (tmp_path / "r.parquet").exists()
+    n = len(pd.read_parquet(tmp_path / "o.parquet"))
+    assert f"{n:,} = {n:,} + 0 refunds" in text
+
+
+@pytest.mark.parametrize("shape", ["padded", "long", "uuid", "ragged", "unsorted"])
+def test_order_id_joins_are_exact_for_any_id_shape(shape):
+    """Sorted fixed-width ids join by binary search (packed or not), any other ids by hashing."""
+    from refundguard.sources import _Keys
+
+    rng = np.random.default_rng(5)
+    n = 5_000
+    nums = np.sort(rng.choice(10**9, n, replace=False))
+    ids = {
+        "padded": [f"o{x // 10:010d}" for x in nums],  # prefix "o00", 8 bytes after it: uint64 keys
+        "long": [f"order-{x:016d}-x" for x in nums],  # more than 8 bytes after the prefix
+        "uuid": sorted(f"{x:032x}" for x in rng.integers(0, 2**62, n)),
+        "ragged": [f"o{x}" for x in nums],
+        "unsorted": [f"o{x:010d}" for x in rng.permutation(nums)],
+    }[shape]
+    chunks = [pa.array(ids[:1000]), pa.array(ids[1000:])]
+    keys = _Keys.of(pa.chunked_array(chunks))
+    assert (keys.fixed is not None) == (shape in ("padded", "long", "uuid"))
+    assert (keys.packed is not None) == (shape == "padded")
+    refs = [ids[i] for i in rng.integers(0, n, 300)] + ["nope", ids[0][:-1] + "~", "o", ""]
+    want = {v: i for i, v in enumerate(ids)}
+    got = keys.rows(pa.chunked_array([pa.array(refs)]))
+    assert got.tolist() == [want.get(r, -1) for r in refs]
+    assert not keys.duplicated().any()
+
+
+def test_store_scores_from_parquet_columns_equal_store_scores(folder):
+    """Reading only the score's columns as integer codes gives exactly store_scores (and the history)."""
+    from refundguard.scores import coded_store_scores, coded_store_scores_as_of
+    from refundguard.sources import read_store_events
+
+    tables = rg.validate(rg.load_tables(folder))[0]
+    as_of = pd.Timestamp("2024-09-15")
+    want = rg.store_scores(tables, as_of)
+    lo, hi = (pd.Timestamp("2024-08-16", tz="UTC").value, pd.Timestamp("2024-09-15", tz="UTC").value)
+    for events in (read_store_events(folder, threads=2), read_store_events(folder, window=(lo, hi))):
+        got = coded_store_scores_as_of(events, as_of)
+        pd.testing.assert_frame_equal(got.drop(columns="score_config_hash"), want.drop(columns="score_config_hash"))
+    # per request: the history row of the request's store and day
+    events = read_store_events(folder)
+    req = requests_from_tables(tables, "2024-09-01", "2024-09-08")
+    codes = pd.Index(events.store_ids).get_indexer(req["store_id"])
+    got = coded_store_scores(events, codes, req["requested_at"].array.asi8)
+    ref = rg.scores.store_scores_for_requests(tables, req[["requested_at", "store_id"]]).reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, ref.drop(columns="score_day"), check_dtype=False)
