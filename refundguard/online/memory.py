@@ -516,28 +516,27 @@ class ProfileStore:
         return trim(a, floor)
 
     def _tick(self, t: int) -> None:
-        """Note an event time; with a horizon, advance the floor, sweep a few keys, and now and then rebuild
-        the shared buffers and the rows (caller holds the lock)."""
+        """Note an event time; with a horizon, advance the floor, sweep a few keys and, once the floor has
+        moved a day, drop the rows no later event can need; rebuild a shared buffer once half of it is
+        superseded by copies (caller holds the lock)."""
         if t > self._newest:
             self._newest = t
-        if self._horizon is None:
-            return
-        target = self._newest - self._horizon
-        if target > self._floor:
-            self._floor = target
-        if self._floor == NAT:
-            return
-        for keys, cuts, trim in self._keys():
-            n = len(keys)
-            for _ in range(min(_SWEEP_PER_EVENT, n)):
-                keys.cursor = (keys.cursor + 1) % n
-                self._trim_one(keys, cuts, trim, keys.cursor, self._floor)
-        if self._floor - self._rows_floor >= _ROWS_EVERY_NS:
-            self._rows_floor = self._floor
-            self._compact_rows()
-            for keys, _cuts, _trim in self._keys():
-                if keys.dead > _MIN_DEAD and keys.dead > _DEAD_SHARE * len(keys.base_np):
-                    keys.rebuild(None)
+        if self._horizon is not None:
+            target = self._newest - self._horizon
+            if target > self._floor:
+                self._floor = target
+            if self._floor != NAT:
+                for keys, cuts, trim in self._keys():
+                    n = len(keys)
+                    for _ in range(min(_SWEEP_PER_EVENT, n)):
+                        keys.cursor = (keys.cursor + 1) % n
+                        self._trim_one(keys, cuts, trim, keys.cursor, self._floor)
+                if self._floor - self._rows_floor >= _ROWS_EVERY_NS:
+                    self._rows_floor = self._floor
+                    self._compact_rows()
+        for keys in (self._buyers, self._stores, *self._links):
+            if keys.dead > _MIN_DEAD and keys.dead > _DEAD_SHARE * len(keys.base_np):
+                keys.rebuild(None)
 
     def _trim_keys(self, b_code: int, s_code: int, codes: list[int]) -> None:
         floor = self._floor
