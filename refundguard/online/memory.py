@@ -122,15 +122,20 @@ class ProfileStore:
     horizon_days
         Expire on ingest: keep requests up to this many days older than the newest
         event seen exact, and drop, as events arrive, what no such request can read
-        (requests older than that raise ``RequestError``). ``None`` (default) keeps
-        everything until :meth:`expire` is called.
+        (requests older than that raise ``RequestError``); each time the floor has
+        moved a day, the event that moved it also drops the order and refund rows no
+        later event can need (as :meth:`expire` does; O(rows), vectorised).
+        ``None`` (default) keeps everything until :meth:`expire` is called.
 
     Notes
     -----
     Thread safe: every event checks and inserts in one lock section, and a lookup
-    reads under the same lock. Memory per order kept is about 150-200 bytes
-    (``benchmarks/bench_online.py``); after a warm start or a load, ``gc.freeze()``
-    keeps the garbage collector from walking the state.
+    reads under the same lock; :meth:`expire` rebuilds the shared buffers outside
+    it. Memory per order kept is about 170 bytes (``benchmarks/bench_online.py``);
+    the state holds no Python object per order and none per key beyond its name
+    and code, so the garbage collector has next to nothing to walk. A key written
+    by an event is copied out of its kind's shared buffer; once the copies make
+    half of a buffer dead, the next event rebuilds it (O(buffer), vectorised).
     """
 
     def __init__(self, store_scores: pd.DataFrame | None = None, score_config: ScoreConfig | None = None, *,
