@@ -726,3 +726,60 @@ def test_id_index_is_an_exact_map(ids: list[str], probes: list[str]) -> None:
     rows = np.arange(len(ids))[::2]
     sub = ix.take(rows)
     assert [sub.get(k) for k in ids] == [i // 2 if i % 2 == 0 else -1 for i in range(len(ids))]
+
+
+def test_rows_written_while_expire_plans_are_kept(monkeypatch) -> None:
+    """expire() plans the rows without the lock: events meanwhile (a refund or a delivery that needs an order
+    the plan dropped, a resolution, new orders) are carried over exactly."""
+    import refundguard.online.memory as memory
+
+    day = 24 * H
+
+    def build() -> ProfileStore:
+        s = ProfileStore()
+        s.observe_order(order("o1", shipped_at=T0 + H, delivered_at=T0 + 2 * H, amount=50.0))
+        s.observe_refund(refund("r1", requested_at=T0 + 3 * H, resolved_at=T0 + 4 * H, outcome="rejected",
+                                amount=5.0))
+        s.observe_order(order("o2", paid_at=T0 + H, shipped_at=T0 + 2 * H))                 # not delivered yet
+        s.observe_order(order("o3", paid_at=T0 + 2 * H, buyer_id="b3"))
+        s.observe_refund(refund("r3", order_id="o3", requested_at=T0 + 3 * H))               # still open
+        s.observe_order(order("o4", paid_at=T0 + 3 * H, buyer_id="b4", device_id="d4"))     # goes for good
+        s.observe_order(order("o5", paid_at=T0 + 500 * day))
+        return s
+
+    meanwhile = [
+        ("refund", refund("r1b", order_id="o1", requested_at=T0 + 450 * day, amount=5.0)),
+        ("order", {"order_id": "o2", "shipped_at": T0 + 2 * H, "delivered_at": T0 + 420 * day}),
+        ("resolution", ("r3", T0 + 5 * H, "rejected", True)),
+        ("order", order("o6", paid_at=T0 + 460 * day, buyer_id="b3")),
+        ("refund", refund("r6", order_id="o6", requested_at=T0 + 461 * day, reason="quality")),
+        ("refund", refund("r5", order_id="o5", requested_at=T0 + 501 * day)),
+    ]
+    real = memory.plan_rows
+    store = build()
+
+    def plan_then_events(*args, **kw):
+        plan = real(*args, **kw)
+        feed(store, meanwhile)                     # the lock is free while the plan is made
+        return plan
+
+    monkeypatch.setattr(memory, "plan_rows", plan_then_events)
+    before = T0 + 400 * day                        # old = T0 + 35 days: o1..o4 could go
+    store.expire(before)
+    monkeypatch.setattr(memory, "plan_rows", real)
+    reference = build()
+    feed(reference, meanwhile)
+    reference.expire(before)
+    queries = [query(requested_at=T0 + d * day, buyer_id=b) for d in (401, 455, 470, 510) for b in ("b", "b3", "b4")]
+    assert [store.profiles(q) for q in queries] == [reference.profiles(q) for q in queries]
+    held = {store._orders.ids.key(i) for i in range(store.stats()["orders"])}
+    assert held >= {"o1", "o2", "o5", "o6"} and "o4" not in held
+    assert {reference._orders.ids.key(i) for i in range(reference.stats()["orders"])} <= held
+    # every row carried over is whole: the same events again change nothing, later ones still apply
+    feed(store, meanwhile)
+    assert [store.profiles(q) for q in queries] == [reference.profiles(q) for q in queries]
+    store.observe_resolution("r1b", T0 + 452 * day, "rejected")
+    reference.observe_resolution("r1b", T0 + 452 * day, "rejected")
+    with pytest.raises(RequestError, match="amount"):
+        store.observe_refund(refund("r1c", order_id="o1", requested_at=T0 + 453 * day, amount=45.0))
+    assert [store.profiles(q) for q in queries] == [reference.profiles(q) for q in queries]

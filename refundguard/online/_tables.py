@@ -3,7 +3,8 @@
 * :class:`Columns`: rows appended by events (ids in an
   :class:`~refundguard.online._ids.IdIndex`, about 30 bytes each, plus numpy
   columns: an order row costs 52 bytes of columns, a refund row 38), rebuilt
-  without the rows no later event can need by :func:`compact_rows`;
+  without the rows no later event can need by :func:`plan_rows` (no lock needed)
+  and :func:`finish_rows` (under the lock, O(rows written meanwhile));
 * :class:`KeyBlocks`: the blocks (:mod:`refundguard.online._blocks`) of one kind of
   key. Built at once (warm start, snapshot load, expiry), they sit back to back in
   ONE int64 buffer with an offsets index (8 bytes per key, no Python object per
@@ -25,7 +26,7 @@ from refundguard._time import NAT
 from refundguard.online._blocks import Block, trim_plan
 from refundguard.online._ids import IdIndex
 
-__all__ = ["Columns", "KeyBlocks", "compact_rows", "expired_rows", "ORDER_COLUMNS", "REFUND_COLUMNS", "F_ONLY",
+__all__ = ["Columns", "KeyBlocks", "RowPlan", "plan_rows", "finish_rows", "expired_rows", "ORDER_COLUMNS", "REFUND_COLUMNS", "F_ONLY",
            "F_NR", "F_CLAIM", "F_RESOLVED", "F_REJECTED", "F_ABUSE", "F_LABELLED", "OUTCOME_CODES"]
 
 #: Order columns: buyer, store, device and address codes (-1: none), times, amount, first refund row.
@@ -52,6 +53,13 @@ class Columns:
         self.ids = IdIndex()
         self.n = 0
         self.cols = {name: np.full(1024, fill, dtype=dt) for name, (dt, fill) in spec.items()}
+        #: Rows written while a compaction is being planned (``None`` otherwise; see :func:`plan_rows`).
+        self.dirty: set[int] | None = None
+
+    def touch(self, row: int) -> None:
+        """Note that ``row`` is about to be written."""
+        if self.dirty is not None:
+            self.dirty.add(row)
 
     def _grow(self, need: int) -> None:
         cap = len(next(iter(self.cols.values())))
@@ -106,8 +114,9 @@ class Columns:
             self.cols[name] = col
 
 
-def expired_rows(orders: Columns, refunds: Columns, old: int) -> np.ndarray:
-    """Order rows whose every use is past, given that events older than ``old`` are no longer taken.
+def expired_rows(orders: Columns, refunds: Columns, n: int, m: int, old: int) -> np.ndarray:
+    """Order rows (of the first ``n``; refunds: the first ``m``) whose every use is past, given that events
+    older than ``old`` are no longer taken.
 
     An order row goes when its payment, shipping and delivery are before ``old``,
     and every refund of it was requested and resolved before ``old`` (a later
@@ -120,7 +129,6 @@ def expired_rows(orders: Columns, refunds: Columns, old: int) -> np.ndarray:
         Per order row, whether it goes.
     """
     oc, rc = orders.cols, refunds.cols
-    n, m = orders.n, refunds.n
     paid, shipped, delivered = oc["paid"][:n], oc["shipped"][:n], oc["delivered"][:n]
     go = (paid < old) & (shipped < old) & (delivered < old)  # NAT is the smallest int64
     if m:
@@ -130,19 +138,54 @@ def expired_rows(orders: Columns, refunds: Columns, old: int) -> np.ndarray:
         open_claim = ((flags & F_NR) != 0) & ((flags & F_CLAIM) == 0) & (delivered[order] == NAT)
         needed = ~done | open_claim
         if needed.any():
-            go &= np.bincount(order[needed], minlength=n) == 0
+            go &= np.bincount(order[needed], minlength=n)[:n] == 0
     return go
 
 
-def compact_rows(orders: Columns, refunds: Columns, drop: np.ndarray) -> tuple[int, int]:
-    """Remove the order rows ``drop`` (bool per row) and their refund rows; return how many of each went."""
-    n, m = orders.n, refunds.n
-    keep_o = ~drop
+def _order_goes(orders: Columns, refunds: Columns, row: int, old: int) -> bool:
+    """:func:`expired_rows` for one order row, on the current values."""
+    oc, rc = orders.cols, refunds.cols
+    delivered = int(oc["delivered"][row])
+    if not (int(oc["paid"][row]) < old and int(oc["shipped"][row]) < old and delivered < old):
+        return False
+    r = int(oc["first_refund"][row])
+    while r >= 0:
+        flags = int(rc["flags"][r])
+        if not (flags & F_RESOLVED and int(rc["resolved"][r]) < old):
+            return False
+        if flags & F_NR and not flags & F_CLAIM and delivered == NAT:
+            return False
+        r = int(rc["next"][r])
+    return True
+
+
+class RowPlan:
+    """The order and refund rows without those that go, built from the first ``n`` / ``m`` rows
+    (:func:`plan_rows`), to be finished with the rows written since (:func:`finish_rows`)."""
+
+    def __init__(self, n: int, m: int, orders: Columns, refunds: Columns, o_map: np.ndarray,
+                 r_map: np.ndarray) -> None:
+        self.n, self.m = n, m
+        self.orders, self.refunds = orders, refunds
+        self.o_map, self.r_map = o_map, r_map  # old row -> new row, -1 for a row that goes
+
+
+def plan_rows(orders: Columns, refunds: Columns, n: int, m: int, old: int, min_share: float = 0.0) -> RowPlan | None:
+    """New rows without those of the first ``n`` orders (``m`` refunds) that go (:func:`expired_rows`).
+
+    Reads only rows that exist and ids that never change, so it runs without the
+    store's lock while events go on (their rows are marked in ``dirty`` and carried
+    over by :func:`finish_rows`). ``None`` when fewer than ``min_share`` of the rows go.
+    """
+    drop = expired_rows(orders, refunds, n, m, old)
+    if not drop.any() or drop.sum() < min_share * n:
+        return None
     oc, rc = orders.cols, refunds.cols
     order = rc["order"][:m].astype(np.int64)
+    keep_o = ~drop
     keep_r = keep_o[order] if m else np.zeros(0, dtype=bool)
-    new_o = np.cumsum(keep_o) - 1
-    new_r = np.cumsum(keep_r) - 1
+    o_map = np.where(keep_o, np.cumsum(keep_o) - 1, -1)
+    r_map = np.where(keep_r, np.cumsum(keep_r) - 1, -1)
     o_rows, r_rows = np.flatnonzero(keep_o), np.flatnonzero(keep_r)
 
     def remap(col: np.ndarray, rows: np.ndarray, new: np.ndarray) -> np.ndarray:
@@ -150,13 +193,60 @@ def compact_rows(orders: Columns, refunds: Columns, drop: np.ndarray) -> tuple[i
         return np.where(v >= 0, new[np.maximum(v, 0)] if len(new) else -1, -1)
 
     o_vals = {name: oc[name][o_rows] for name in orders.spec}
-    o_vals["first_refund"] = remap(oc["first_refund"], o_rows, new_r)
+    o_vals["first_refund"] = remap(oc["first_refund"], o_rows, r_map)
     r_vals = {name: rc[name][r_rows] for name in refunds.spec}
-    r_vals["order"] = new_o[order[r_rows]]
-    r_vals["next"] = remap(rc["next"], r_rows, new_r)
-    orders.replace(orders.ids.take(o_rows), o_vals)
-    refunds.replace(refunds.ids.take(r_rows), r_vals)
-    return n - len(o_rows), m - len(r_rows)
+    r_vals["order"] = o_map[order[r_rows]]
+    r_vals["next"] = remap(rc["next"], r_rows, r_map)
+    new_o, new_r = Columns(orders.spec), Columns(refunds.spec)
+    new_o.replace(orders.ids.take(o_rows), o_vals)
+    new_r.replace(refunds.ids.take(r_rows), r_vals)
+    return RowPlan(n, m, new_o, new_r, o_map, r_map)
+
+
+def finish_rows(orders: Columns, refunds: Columns, plan: RowPlan, old: int) -> tuple[Columns, Columns]:
+    """The planned rows brought up to date (caller holds the lock): rows written since the plan are copied
+    again, rows added since are appended, and an order the plan dropped that an event needs again is kept.
+    Costs O(rows written or added since the plan)."""
+    dirty_o, dirty_r = orders.dirty or set(), refunds.dirty or set()
+    orders.dirty = refunds.dirty = None
+    oc, rc = orders.cols, refunds.cols
+    new_o, new_r = plan.orders, plan.refunds
+    o_extra: dict[int, int] = {}
+    r_extra: dict[int, int] = {}
+    back = [row for row in sorted(dirty_o) if row < plan.n and plan.o_map[row] < 0
+            and not _order_goes(orders, refunds, row, old)]
+    for row in [*back, *range(plan.n, orders.n)]:
+        o_extra[row] = new_o.append(orders.ids.key(row))
+    again = []
+    for row in back:  # a kept-again order keeps all its refunds
+        r = int(oc["first_refund"][row])
+        while r >= 0:
+            if r < plan.m and plan.r_map[r] < 0:
+                again.append(r)
+            r = int(rc["next"][r])
+    for r in [*again, *range(plan.m, refunds.n)]:
+        r_extra[r] = new_r.append(refunds.ids.key(r))
+
+    def o_new(row: int) -> int:
+        return o_extra[row] if row in o_extra else int(plan.o_map[row])
+
+    def r_new(row: int) -> int:
+        if row < 0:
+            return -1
+        return r_extra[row] if row in r_extra else int(plan.r_map[row])
+
+    for row in [*o_extra, *(x for x in dirty_o if x < plan.n and plan.o_map[x] >= 0)]:
+        new = o_new(row)
+        for name in orders.spec:
+            new_o.cols[name][new] = oc[name][row]
+        new_o.cols["first_refund"][new] = r_new(int(oc["first_refund"][row]))
+    for row in [*r_extra, *(x for x in dirty_r if x < plan.m and plan.r_map[x] >= 0)]:
+        new = r_new(row)
+        for name in refunds.spec:
+            new_r.cols[name][new] = rc[name][row]
+        new_r.cols["order"][new] = o_new(int(rc["order"][row]))
+        new_r.cols["next"][new] = r_new(int(rc["next"][row]))
+    return new_o, new_r
 
 
 _EMPTY = np.zeros(0, dtype=np.int64)

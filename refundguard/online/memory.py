@@ -68,8 +68,8 @@ from refundguard.online._tables import (
     REFUND_COLUMNS,
     Columns,
     KeyBlocks,
-    compact_rows,
-    expired_rows,
+    finish_rows,
+    plan_rows,
     rebuild_buffer,
 )
 from refundguard.profiles import BuyerProfile, LinkProfile, StoreProfile
@@ -86,8 +86,10 @@ LONGEST_WINDOW_NS = 365 * NS_PER_DAY
 #: A key kind's shared buffer is rebuilt when live copies make this share of it dead (and at least _MIN_DEAD values).
 _DEAD_SHARE = 0.5
 _MIN_DEAD = 1 << 16
-#: With ``horizon_days``, rows are compacted when the floor has moved this far since the last time.
+#: With ``horizon_days``, rows are compacted when the floor has moved this far since the last time, and if
+#: at least this share of them goes.
 _ROWS_EVERY_NS = NS_PER_DAY
+_ROWS_MIN_SHARE = 0.05
 
 
 def first_order_timestamp(ns: int | None) -> datetime | None:
@@ -283,6 +285,7 @@ class ProfileStore:
         stored = self._stored_order(row)
         shipped, delivered = check_order_update(ev, stored)
         c = self._orders.cols
+        self._orders.touch(row)
         c["shipped"][row] = shipped
         if delivered != stored.delivered:
             c["delivered"][row] = delivered
@@ -300,6 +303,7 @@ class ProfileStore:
                 if buyer is None:
                     buyer = self._buyers.block(int(self._orders.cols["buyer"][orow]))
                 B.buyer_add_claim(buyer, req)
+                self._refunds.touch(r)
                 rc["flags"][r] = flags | F_CLAIM
             r = int(rc["next"][r])
 
@@ -407,6 +411,7 @@ class ProfileStore:
         flags = (F_ONLY if ev.refund_only else 0) | (F_NR if ev.not_received else 0) | (F_CLAIM if claim else 0)
         row = self._refunds.append(ev.refund_id, order=orow, requested=ev.requested, amount=ev.amount,
                                    flags=flags, next=int(oc["first_refund"][orow]))
+        self._orders.touch(orow)
         oc["first_refund"][orow] = row
         b_code = int(oc["buyer"][orow])
         b = self._buyers.block(b_code)
@@ -470,6 +475,7 @@ class ProfileStore:
             flags |= F_REJECTED
         if res.is_abuse is not None:
             flags |= F_LABELLED | (F_ABUSE if res.is_abuse else 0)
+        self._refunds.touch(row)
         rc["flags"][row] = flags
         rc["resolved"][row] = res.resolved
         rc["outcome"][row] = OUTCOME_CODES[res.outcome]
@@ -551,19 +557,24 @@ class ProfileStore:
             if code >= 0:
                 self._trim_one(self._links[kind], B.link_cuts, B.link_trim, code, floor)
 
+    def _drop_held(self, old: int) -> None:
+        """Held resolutions older than ``old`` go: their refund would be ignored (caller holds the lock)."""
+        for rid in [rid for rid, res in self._pending.items() if res.resolved < old]:
+            del self._pending[rid]
+            self._ignore()
+
     def _compact_rows(self) -> int:
         """Drop the order and refund rows no event from the floor on can need (caller holds the lock)."""
         old = self._old()
         if old == NAT or not self._orders.n:
             return 0
-        for rid in [rid for rid, res in self._pending.items() if res.resolved < old]:
-            del self._pending[rid]
-            self._ignore()
-        drop = expired_rows(self._orders, self._refunds, old)
-        if not drop.any():
+        self._drop_held(old)
+        before = self._orders.n + self._refunds.n
+        plan = plan_rows(self._orders, self._refunds, self._orders.n, self._refunds.n, old, _ROWS_MIN_SHARE)
+        if plan is None:
             return 0
-        n_o, n_r = compact_rows(self._orders, self._refunds, drop)
-        return n_o + n_r
+        self._orders, self._refunds = finish_rows(self._orders, self._refunds, plan, old)
+        return before - self._orders.n - self._refunds.n
 
     def expire(self, before: Any) -> int:
         """Drop what no request at ``requested_at >= before`` can read, and the rows no later event can need;
@@ -610,9 +621,23 @@ class ProfileStore:
                         a = live_now.get(code)
                         if a is not None:
                             dropped += trim(a, floor)
+        # rows: planned without the lock (events meanwhile are marked dirty), finished under it
         with self._lock:
             self._rows_floor = self._floor
-            dropped += self._compact_rows()
+            old = self._old()
+            self._drop_held(old)
+            n, m = self._orders.n, self._refunds.n
+            orders, refunds = self._orders, self._refunds
+            orders.dirty, refunds.dirty = set(), set()
+        plan = None
+        try:
+            plan = plan_rows(orders, refunds, n, m, old)
+        finally:
+            with self._lock:
+                if plan is not None and orders is self._orders:
+                    self._orders, self._refunds = finish_rows(orders, refunds, plan, old)
+                    dropped += orders.n + refunds.n - self._orders.n - self._refunds.n
+                orders.dirty = refunds.dirty = None
         return dropped
 
     # ------------------------------------------------------------------ queries
