@@ -458,3 +458,328 @@ def test_horizon_expires_on_ingest() -> None:
     later = requests[requests["requested_at"] >= floor].reset_index(drop=True)
     assert len(later) >= 3
     assert all_profiles(bounded, later) == all_profiles(plain, later)
+
+
+# --------------------------------------------------------------------------- columnar state (issue 9, part 2)
+def _sim(seed: int = 5, n_buyers: int = 300, days: int = 120) -> dict[str, pd.DataFrame]:
+    import refundguard as rg
+
+    tables, _ = rg.validate(rg.simulate(n_buyers=n_buyers, n_stores=12, days=days, seed=seed))
+    return tables
+
+
+def test_warm_start_equals_event_replay_and_batch_on_every_refund_of_a_simulated_marketplace() -> None:
+    tables = _sim()
+    requests = requests_from_tables(tables)
+    assert len(requests) == len(tables["refunds"]) > 100
+    hist = fake_history(tables, 5)
+    batch = profiles_as_of(tables, requests, store_scores=hist)
+    warm = ProfileStore.from_tables(tables, store_scores=hist, validate_tables=False)
+    fed = ProfileStore(store_scores=hist)
+    feed(fed, events(tables))
+    want = [batch.profile(i) for i in range(len(requests))]
+    assert all_profiles(warm, requests) == want
+    assert all_profiles(fed, requests) == want
+    a, b = warm.stats(), fed.stats()
+    a.pop("bytes"), b.pop("bytes")
+    assert a == b
+    # the warm store keeps its keys in one shared buffer per kind: no key is a live copy yet
+    assert not warm._buyers.live and warm._buyers.n_base == a["buyers"]
+
+
+def test_from_tables_never_writes_the_callers_frames() -> None:
+    tables = _sim(6, n_buyers=120)
+    before = {k: v.copy(deep=True) for k, v in tables.items()}
+    cut = tables["orders"]["paid_at"].max() - pd.Timedelta(days=20)
+    ProfileStore.from_tables(tables, as_of=cut, validate_tables=False)
+    for k, v in tables.items():
+        pd.testing.assert_frame_equal(v, before[k])
+
+
+def test_from_tables_refuses_refunds_of_unknown_orders_when_not_validated() -> None:
+    from refundguard.errors import DataError
+
+    tables = random_tables(11)
+    bad = dict(tables)
+    bad["refunds"] = tables["refunds"].assign(order_id="o-missing")
+    with pytest.raises(DataError, match="o-missing"):
+        ProfileStore.from_tables(bad, validate_tables=False)
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_a_warm_store_takes_duplicated_and_out_of_order_later_events(seed: int) -> None:
+    """Warm start at a cut, then the later events shuffled, each twice, with replays of earlier ones."""
+    tables = random_tables(seed, n_orders=120, n_refunds=70)
+    requests = requests_from_tables(tables)
+    cut = requests["requested_at"].iloc[len(requests) // 2]
+    full = ProfileStore.from_tables(tables, validate_tables=False)
+    warm = ProfileStore.from_tables(tables, as_of=cut, validate_tables=False)
+    later = _rest_after(tables, cut)
+    rng = np.random.default_rng(seed)
+    orders = [e for e in later if e[0] == "order" and "buyer_id" in e[1]]
+    rest = [e for e in later if not (e[0] == "order" and "buyer_id" in e[1])]
+    replays = [e for e in events(tables)[: len(orders)] if e[0] == "order" and e[1]["paid_at"] < cut]
+    rng.shuffle(orders)
+    messy = rest + rest
+    rng.shuffle(messy)
+    with np.errstate(all="ignore"):
+        feed(warm, orders + replays + orders[: len(orders) // 2] + messy)
+    assert warm.stats()["pending_resolutions"] == 0
+    assert warm._buyers.live and warm._buyers.n_base > 0            # some keys copied, some still shared
+    assert all_profiles(warm, requests) == all_profiles(full, requests)
+    a, b = warm.stats(), full.stats()
+    assert (a["orders"], a["refunds"], a["block_values"]) == (b["orders"], b["refunds"], b["block_values"])
+
+
+def test_snapshot_of_a_warm_started_store_with_later_events(tmp_path) -> None:
+    tables = random_tables(23, n_orders=150, n_refunds=80)
+    hist = fake_history(tables, 23)
+    requests = requests_from_tables(tables)
+    cut = requests["requested_at"].iloc[len(requests) // 3]
+    store = ProfileStore.from_tables(tables, as_of=cut, store_scores=hist, validate_tables=False)
+    plain = ProfileStore.load(store.save(tmp_path / "warm"))                  # the shared buffers, as they are
+    assert all_profiles(plain, requests) == all_profiles(store, requests)
+    feed(store, _rest_after(tables, cut)[:60])                               # live copies and new keys
+    assert store._buyers.live
+    again = ProfileStore.load(store.save(tmp_path / "mixed"))
+    assert not again._buyers.live                                             # loaded into one buffer per kind
+    assert all_profiles(again, requests) == all_profiles(store, requests)
+    a, b = again.stats(), store.stats()
+    a.pop("bytes"), b.pop("bytes")
+    assert a == b
+    for s in (store, again):
+        feed(s, _rest_after(tables, cut)[60:])
+    assert all_profiles(again, requests) == all_profiles(store, requests)
+    everything = ProfileStore.from_tables(tables, store_scores=hist, validate_tables=False)
+    assert all_profiles(store, requests) == all_profiles(everything, requests)
+
+
+def _long_tables(seed: int) -> dict[str, pd.DataFrame]:
+    """Random tables over ~500 days, so that rows older than a floor minus 365 days exist."""
+    return random_tables(seed, n_orders=260, n_refunds=120)
+
+
+@given(seed=st.integers(0, 2**32 - 1), share=st.floats(0.55, 0.95), warm=st.booleans())
+@settings(max_examples=20, deadline=None)
+def test_expire_keeps_every_request_from_before_on_and_drops_rows_and_memory(seed: int, share: float,
+                                                                            warm: bool) -> None:
+    """After expire(before): profiles of requests at or after ``before`` (so also at or after ``before +
+    365 days``) are unchanged, less is held, and a replay of every event changes nothing."""
+    tables = _long_tables(seed)
+    requests = requests_from_tables(tables)
+    span = tables["orders"]["paid_at"]
+    before = span.min() + (span.max() - span.min()) * share
+    full = ProfileStore.from_tables(tables, validate_tables=False)
+    if warm:
+        store = ProfileStore.from_tables(tables, validate_tables=False)
+    else:
+        store = ProfileStore()
+        feed(store, events(tables))
+    later = requests[requests["requested_at"] >= before].reset_index(drop=True)
+    want = all_profiles(full, later)
+    held = store.stats()
+    store.expire(before)
+    after = store.stats()
+    assert all_profiles(store, later) == want
+    far = later[later["requested_at"] >= before + pd.Timedelta(days=365)].reset_index(drop=True)
+    assert all_profiles(store, far) == all_profiles(full, far)
+    assert after["block_values"] <= held["block_values"] and after["orders"] <= held["orders"]
+    old = before - pd.Timedelta(days=365)
+    o = tables["orders"]
+    # rows whose every event is older than before - 365 days go (unless a refund of them is still open)
+    r = tables["refunds"]
+    last_refund = r.groupby("order_id")[["requested_at", "resolved_at"]].max().max(axis=1)
+    open_refund = set(r.loc[r["resolved_at"].isna(), "order_id"])
+    last = pd.concat([o.set_index("order_id")[["paid_at", "shipped_at", "delivered_at"]].max(axis=1),
+                      last_refund], axis=1).max(axis=1)
+    unclaimed = set(r.loc[(r["reason"] == "not_received"), "order_id"]) & set(o.loc[o["delivered_at"].isna(),
+                                                                                   "order_id"])
+    expect_gone = {oid for oid, t in last.items() if t < old and oid not in open_refund and oid not in unclaimed}
+    assert after["orders"] == held["orders"] - len(expect_gone)
+    if expect_gone:
+        assert after["bytes"] < held["bytes"]
+    # replaying everything (at-least-once delivery, a consumer rewound) is ignored where it was expired
+    with np.errstate(all="ignore"):
+        feed(store, events(tables))
+    assert all_profiles(store, later) == want
+    assert store.stats()["orders"] == after["orders"]
+    assert store.stats()["ignored_events"] >= len(expect_gone)
+
+
+def test_expire_drops_rows_and_refuses_new_refunds_of_dropped_orders() -> None:
+    store = ProfileStore()
+    store.observe_order(order("o1", shipped_at=T0 + H, delivered_at=T0 + 2 * H))
+    store.observe_refund(refund("r1", requested_at=T0 + 3 * H, resolved_at=T0 + 4 * H, outcome="rejected"))
+    store.observe_order(order("o2", paid_at=T0 + H))
+    store.observe_refund(refund("r2", order_id="o2", requested_at=T0 + 3 * H, amount=1.0))   # still open
+    store.observe_order(order("o3", paid_at=T0 + 500 * 24 * H))
+    q = query(requested_at=T0 + 600 * 24 * H)
+    want = store.profiles(q)
+    assert store.stats()["orders"] == 3
+    store.expire(T0 + 400 * 24 * H)                  # old = T0 + 35 days
+    s = store.stats()
+    assert (s["orders"], s["refunds"]) == (2, 1)      # o1 and r1 went; o2 stays (r2 may still be resolved)
+    assert store.profiles(q) == want
+    assert store.profiles(q)[0].n_rejected == 1       # all-time facts stay in the blocks
+    store.observe_order(order("o1", shipped_at=T0 + H, delivered_at=T0 + 2 * H))            # replay: ignored
+    store.observe_refund(refund("r1", requested_at=T0 + 3 * H, resolved_at=T0 + 4 * H, outcome="rejected"))
+    store.observe_resolution("r1", T0 + 4 * H, "rejected")
+    assert store.stats()["ignored_events"] == 3 and store.profiles(q) == want
+    with pytest.raises(RequestError, match="expired") as err:
+        store.observe_refund(refund("r9", order_id="o1", requested_at=T0 + 450 * 24 * H, amount=1.0))
+    assert err.value.field == "order_id"
+    store.observe_resolution("r2", T0 + 450 * 24 * H, "rejected")                            # o2 was kept for this
+    assert store.profiles(q)[0].n_rejected == 2
+
+
+def test_horizon_on_ingest_drops_rows_too() -> None:
+    tables = _long_tables(12)
+    stream = events(tables)
+    stream.sort(key=lambda e: e[1]["paid_at"] if e[0] == "order" else
+                (e[1]["requested_at"] if e[0] == "refund" else e[1][1]))
+    plain, bounded = ProfileStore(), ProfileStore(horizon_days=90)
+    for kind, ev in stream:
+        feed(plain, [(kind, ev)])
+        feed(bounded, [(kind, ev)])
+    floor = pd.Timestamp(bounded.stats()["floor"], tz="UTC")
+    assert bounded.stats()["orders"] < plain.stats()["orders"]
+    requests = requests_from_tables(tables)
+    later = requests[requests["requested_at"] >= floor].reset_index(drop=True)
+    assert len(later) >= 3
+    assert all_profiles(bounded, later) == all_profiles(plain, later)
+
+
+def test_shared_buffers_are_rebuilt_once_half_is_superseded(monkeypatch) -> None:
+    import refundguard.online.memory as memory
+
+    monkeypatch.setattr(memory, "_MIN_DEAD", 0)
+    tables = random_tables(24, n_orders=200, n_refunds=90)
+    requests = requests_from_tables(tables)
+    cut = requests["requested_at"].iloc[len(requests) // 4]
+    full = ProfileStore.from_tables(tables, validate_tables=False)
+    store = ProfileStore.from_tables(tables, as_of=cut, validate_tables=False)
+    n0 = len(store._buyers.base_np)
+    shrunk = False
+    for e in _rest_after(tables, cut):
+        feed(store, [e])
+        k = store._buyers
+        assert k.dead <= memory._DEAD_SHARE * len(k.base_np) or k.dead == 0
+        shrunk |= len(k.base_np) < n0
+    assert shrunk
+    assert all_profiles(store, requests) == all_profiles(full, requests)
+
+
+def test_expire_runs_while_events_and_lookups_go_on() -> None:
+    """expire() rebuilds the shared buffers outside the lock: events and lookups meanwhile stay exact."""
+    tables = _long_tables(25)
+    requests = requests_from_tables(tables)
+    span = tables["orders"]["paid_at"]
+    before = span.min() + (span.max() - span.min()) * 0.6
+    cut = before + pd.Timedelta(days=1)
+    later_events = _rest_after(tables, cut)
+    full = ProfileStore.from_tables(tables, validate_tables=False)
+    store = ProfileStore.from_tables(tables, as_of=cut, validate_tables=False)
+    later = requests[requests["requested_at"] >= before].reset_index(drop=True)
+    errors: list[BaseException] = []
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+
+    def run(fn) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    try:
+        threads = [threading.Thread(target=run, args=(lambda: [store.expire(before) for _ in range(5)],)),
+                   threading.Thread(target=run, args=(lambda: feed(store, later_events),)),
+                   threading.Thread(target=run, args=(lambda: all_profiles(store, later),))]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors
+    assert all_profiles(store, later) == all_profiles(full, later)
+
+
+@given(ids=st.lists(st.text(min_size=0, max_size=30), unique=True, max_size=300),
+       probes=st.lists(st.text(max_size=30), max_size=50))
+@settings(max_examples=60, deadline=None)
+def test_id_index_is_an_exact_map(ids: list[str], probes: list[str]) -> None:
+    import pyarrow as pa
+
+    from refundguard.online._ids import IdIndex
+
+    half = len(ids) // 2
+    ix = IdIndex.from_arrow(pa.array(ids[:half], type=pa.string()))
+    for k in ids[half:]:
+        ix.add(k)                                                    # events after a bulk build
+    want = {k: i for i, k in enumerate(ids)}
+    assert [ix.get(k) for k in ids] == list(range(len(ids)))
+    assert [ix.key(i) for i in range(len(ids))] == ids
+    asked = probes + ids[::3] + [None]
+    got = ix.find(pa.array(asked, type=pa.large_string()))
+    assert got.tolist() == [want.get(k, -1) if k is not None else -1 for k in asked]
+    assert [ix.get(k) for k in probes] == [want.get(k, -1) for k in probes]
+    rows = np.arange(len(ids))[::2]
+    sub = ix.take(rows)
+    assert [sub.get(k) for k in ids] == [i // 2 if i % 2 == 0 else -1 for i in range(len(ids))]
+
+
+def test_rows_written_while_expire_plans_are_kept(monkeypatch) -> None:
+    """expire() plans the rows without the lock: events meanwhile (a refund or a delivery that needs an order
+    the plan dropped, a resolution, new orders) are carried over exactly."""
+    import refundguard.online.memory as memory
+
+    day = 24 * H
+
+    def build() -> ProfileStore:
+        s = ProfileStore()
+        s.observe_order(order("o1", shipped_at=T0 + H, delivered_at=T0 + 2 * H, amount=50.0))
+        s.observe_refund(refund("r1", requested_at=T0 + 3 * H, resolved_at=T0 + 4 * H, outcome="rejected",
+                                amount=5.0))
+        s.observe_order(order("o2", paid_at=T0 + H, shipped_at=T0 + 2 * H))                 # not delivered yet
+        s.observe_order(order("o3", paid_at=T0 + 2 * H, buyer_id="b3"))
+        s.observe_refund(refund("r3", order_id="o3", requested_at=T0 + 3 * H))               # still open
+        s.observe_order(order("o4", paid_at=T0 + 3 * H, buyer_id="b4", device_id="d4"))     # goes for good
+        s.observe_order(order("o5", paid_at=T0 + 500 * day))
+        return s
+
+    meanwhile = [
+        ("refund", refund("r1b", order_id="o1", requested_at=T0 + 450 * day, amount=5.0)),
+        ("order", {"order_id": "o2", "shipped_at": T0 + 2 * H, "delivered_at": T0 + 420 * day}),
+        ("resolution", ("r3", T0 + 5 * H, "rejected", True)),
+        ("order", order("o6", paid_at=T0 + 460 * day, buyer_id="b3")),
+        ("refund", refund("r6", order_id="o6", requested_at=T0 + 461 * day, reason="quality")),
+        ("refund", refund("r5", order_id="o5", requested_at=T0 + 501 * day)),
+    ]
+    real = memory.plan_rows
+    store = build()
+
+    def plan_then_events(*args, **kw):
+        plan = real(*args, **kw)
+        feed(store, meanwhile)                     # the lock is free while the plan is made
+        return plan
+
+    monkeypatch.setattr(memory, "plan_rows", plan_then_events)
+    before = T0 + 400 * day                        # old = T0 + 35 days: o1..o4 could go
+    store.expire(before)
+    monkeypatch.setattr(memory, "plan_rows", real)
+    reference = build()
+    feed(reference, meanwhile)
+    reference.expire(before)
+    queries = [query(requested_at=T0 + d * day, buyer_id=b) for d in (401, 455, 470, 510) for b in ("b", "b3", "b4")]
+    assert [store.profiles(q) for q in queries] == [reference.profiles(q) for q in queries]
+    held = {store._orders.ids.key(i) for i in range(store.stats()["orders"])}
+    assert held >= {"o1", "o2", "o5", "o6"} and "o4" not in held
+    assert {reference._orders.ids.key(i) for i in range(reference.stats()["orders"])} <= held
+    # every row carried over is whole: the same events again change nothing, later ones still apply
+    feed(store, meanwhile)
+    assert [store.profiles(q) for q in queries] == [reference.profiles(q) for q in queries]
+    store.observe_resolution("r1b", T0 + 452 * day, "rejected")
+    reference.observe_resolution("r1b", T0 + 452 * day, "rejected")
+    with pytest.raises(RequestError, match="amount"):
+        store.observe_refund(refund("r1c", order_id="o1", requested_at=T0 + 453 * day, amount=45.0))
+    assert [store.profiles(q) for q in queries] == [reference.profiles(q) for q in queries]

@@ -145,3 +145,92 @@ def test_a_lookup_is_one_round_trip(client, monkeypatch) -> None:
     monkeypatch.setattr(type(client), "pipeline", counting)
     a.profiles(query())
     assert calls == [3]                     # buyer, store, device scripts in one pipeline
+
+
+# --------------------------------------------------------------------------- bulk load (issue 9, part 2)
+def _dump(client, prefix: str) -> dict:
+    """Every key under ``prefix`` (prefix removed): type, content, and whether it expires."""
+    out = {}
+    for k in client.scan_iter(match=f"{prefix}:*", count=1000):
+        kind = client.type(k).decode()
+        value = client.hgetall(k) if kind == "hash" else client.zrange(k, 0, -1)
+        out[k.decode()[len(prefix):]] = (kind, value, client.pttl(k) > 0)
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_bulk_load_writes_the_keys_event_replay_writes(client, seed: int) -> None:
+    tables = random_tables(seed, n_orders=90, n_refunds=60)
+    hist = fake_history(tables, seed)
+    replayed = RedisProfileStore(client, prefix=f"ev{seed}", store_scores=hist)
+    replayed.observe_tables(tables)
+    loaded = RedisProfileStore.from_tables(tables, client, prefix=f"bulk{seed}", store_scores=hist,
+                                           batch_size=7)      # many small round trips
+    want = _dump(client, f"ev{seed}")
+    assert len(want) > 100
+    assert _dump(client, f"bulk{seed}") == want
+    requests = requests_from_tables(tables)
+    assert all_profiles(loaded, requests) == all_profiles(replayed, requests)
+    # the same events again on the bulk-written keys change nothing (idempotent updates)
+    feed(loaded, events(tables))
+    assert _dump(client, f"bulk{seed}") == want
+
+
+def test_bulk_load_equals_memory_store_and_batch_on_every_refund_of_a_simulated_marketplace(client) -> None:
+    import refundguard as rg
+
+    tables, _ = rg.validate(rg.simulate(n_buyers=300, n_stores=12, days=120, seed=7))
+    hist = fake_history(tables, 7)
+    requests = requests_from_tables(tables)
+    loaded = RedisProfileStore.from_tables(tables, client, prefix="sim", store_scores=hist)
+    assert loaded.stats()["pending_resolutions"] == 0
+    memory = ProfileStore.from_tables(tables, store_scores=hist)
+    batch = profiles_as_of(tables, requests, store_scores=hist)
+    got = all_profiles(loaded, requests)
+    assert got == all_profiles(memory, requests)
+    assert got == [batch.profile(i) for i in range(len(requests))]
+
+
+def test_bulk_load_as_of_then_later_events_equals_everything(client) -> None:
+    from tests.test_online import _rest_after
+
+    tables = random_tables(5, n_orders=100, n_refunds=60)
+    requests = requests_from_tables(tables)
+    cut = requests["requested_at"].iloc[len(requests) // 2]
+    store = RedisProfileStore.from_tables(tables, client, prefix="asof", as_of=cut)
+    early = ProfileStore.from_tables(tables, as_of=cut)
+    assert all_profiles(store, requests) == all_profiles(early, requests)
+    feed(store, _rest_after(tables, cut))
+    assert all_profiles(store, requests) == all_profiles(ProfileStore.from_tables(tables), requests)
+
+
+def test_bulk_load_through_a_cluster_style_pipeline_writes_the_same_keys(client, monkeypatch) -> None:
+    import refundguard.online.redis_store as rs
+
+    tables = random_tables(8, n_orders=60, n_refunds=40)
+    RedisProfileStore.from_tables(tables, client, prefix="raw")
+    monkeypatch.setattr(rs, "_is_cluster", lambda c: True)        # the path a RedisCluster client takes
+    counts = RedisProfileStore(client, prefix="piped").load_tables(tables, batch_size=5)
+    assert counts["orders"] == 60 and counts["keys"] == len(_dump(client, "piped"))
+    assert _dump(client, "piped") == _dump(client, "raw")
+
+
+def test_bulk_load_refuses_a_used_prefix_and_reports_server_errors(client) -> None:
+    from refundguard.errors import ConfigError, DataError
+
+    tables = random_tables(9, n_orders=40, n_refunds=20)
+    store = RedisProfileStore.from_tables(tables, client, prefix="used")
+    with pytest.raises(DataError, match="already holds keys"):
+        store.load_tables(tables)
+    with pytest.raises(ConfigError, match="batch_size"):
+        RedisProfileStore(client, prefix="x").load_tables(tables, batch_size=0)
+    used = client.info("memory")["used_memory"]
+    client.config_set("maxmemory", str(used + 4096))
+    client.config_set("maxmemory-policy", "noeviction")
+    try:
+        with pytest.raises(DataError, match="OOM"):
+            RedisProfileStore.from_tables(random_tables(10, n_orders=400, n_refunds=100), client, prefix="full")
+    finally:
+        client.config_set("maxmemory", "0")
+    assert client.ping()                                               # the pool still works after the error
+    assert RedisProfileStore(client, prefix="used").profiles(query())[0].n_orders_30d >= 0

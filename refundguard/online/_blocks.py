@@ -1,13 +1,20 @@
-"""Per-key state of the in-memory ProfileStore: one ``array('q')`` block per key (private).
+"""Per-key state of the in-memory ProfileStore: one block of int64 per key (private).
 
 Why blocks: a key (buyer, store, device, address) holds a few sorted sequences of
 int64. Kept as separate Python objects they would cost ~60 bytes of header each,
-plus the objects the garbage collector walks; one ``array('q')`` per key, with a
-header of section lengths and the sections back to back, costs 8 bytes per value
-and one object per key. Sorted sections are searched with :func:`bisect.bisect_left`
-within ``lo``/``hi`` bounds (no copies), so a lookup costs a few binary searches
-whatever the history length; windowed sums use exclusive prefix sums kept beside
-the times.
+plus the objects the garbage collector walks; one block per key, with a header of
+section lengths and the sections back to back, costs 8 bytes per value. Sorted
+sections are searched with :func:`bisect.bisect_left` within ``lo``/``hi`` bounds
+(no copies), so a lookup costs a few binary searches whatever the history length;
+windowed sums use exclusive prefix sums kept beside the times.
+
+Where blocks live (see :class:`refundguard.online._tables.KeyBlocks`): the blocks of
+a key kind built at once (warm start, snapshot load, expiry) sit back to back in one
+shared, read-only int64 buffer, and a lookup reads a ``memoryview`` slice of it; a
+key written by an event gets its own ``array('q')`` copy, which the functions here
+update in place. The read functions take either (:data:`Block`); the ``*_add_*`` and
+``*_trim`` functions take an ``array``; :func:`trim_plan` trims many blocks of a
+shared buffer at once.
 
 Layouts (int64 values; times are UTC ns):
 
@@ -39,6 +46,9 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
+from typing import Union
+
+import numpy as np
 
 from refundguard._time import NEVER, NS_PER_DAY
 
@@ -49,6 +59,7 @@ __all__ = [
     "buyer_add_bad", "buyer_first_bad", "buyer_link", "buyer_trim", "buyer_values",
     "store_add_order", "store_add_refund", "store_values", "store_trim",
     "link_add_seen", "link_move", "link_add_bad", "link_add_refund", "link_values", "link_trim",
+    "buyer_cuts", "store_cuts", "link_cuts", "count_below", "trim_plan", "Block",
     "f2i", "i2f",
 ]
 
@@ -61,6 +72,8 @@ MEDIAN_K = 20
 _DAY = NS_PER_DAY
 _Q = struct.Struct("<q")
 _D = struct.Struct("<d")
+#: A block as the lookups read it: a key's own ``array('q')`` or a slice (memoryview) of a shared buffer.
+Block = Union[array, memoryview]
 
 
 def f2i(x: float) -> int:
@@ -100,7 +113,7 @@ def new_buyer(code: int) -> array:
     return array("q", (code, NEVER, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 
-def buyer_offsets(a: array) -> tuple[int, ...]:
+def buyer_offsets(a: Block) -> tuple[int, ...]:
     """Section starts ``(ot, oc, oa, rt, rk, rm, st, sc, nr, rj, ab, lk, lt, end)`` and counts."""
     n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l = a[2:9]
     ot = B_HEAD
@@ -183,7 +196,7 @@ def buyer_add_bad(a: array, resolved: int, rejected: bool, abuse: bool) -> None:
         a[B_NRJ] += 1
 
 
-def buyer_first_bad(a: array) -> int:
+def buyer_first_bad(a: Block) -> int:
     """Resolution time of the buyer's first rejected or abusive refund (``NEVER`` if none)."""
     off = buyer_offsets(a)
     rj = a[off[9]] if off[18] else NEVER
@@ -209,14 +222,14 @@ def buyer_link(a: array, kcode: int, paid: int) -> int | None:
     return NEVER
 
 
-def buyer_links(a: array) -> list[tuple[int, int]]:
+def buyer_links(a: Block) -> list[tuple[int, int]]:
     """The buyer's ``(kcode, first time)`` pairs."""
     off = buyer_offsets(a)
     lk, lt, n_l = off[11], off[12], off[20]
     return [(a[lk + k], a[lt + k]) for k in range(n_l)]
 
 
-def buyer_values(a: array, t: int) -> dict:
+def buyer_values(a: Block, t: int) -> dict:
     """Every :class:`~refundguard.profiles.BuyerProfile` field at ``t`` except ``first_order_at``'s type."""
     (ot, oc, oa, rt, rk, rm, st, _sc, nr, rj, ab, _lk, _lt, _end,
      n_o, n_r, n_s, n_nr, n_rj, n_ab, _n_l) = buyer_offsets(a)
@@ -266,26 +279,38 @@ def buyer_values(a: array, t: int) -> dict:
     }
 
 
+def buyer_cuts(a: Block, floor: int) -> tuple[int, int]:
+    """How many of the oldest ``(refunds, orders)`` no request at ``t >= floor`` reads (read only).
+
+    Refunds older than ``floor - 365 days`` go; orders too, except the latest
+    :data:`MEDIAN_K` before ``floor`` (the median order amount reads them).
+    """
+    off = buyer_offsets(a)
+    ot, rt, n_o, n_r = off[0], off[3], off[14], off[15]
+    r_cut = bisect_left(a, floor - 365 * _DAY, rt, rt + n_r) - rt
+    kw = bisect_left(a, floor - 365 * _DAY, ot, ot + n_o) - ot
+    m = bisect_left(a, floor, ot, ot + n_o) - ot
+    return r_cut, min(kw, max(0, m - MEDIAN_K))
+
+
 def buyer_trim(a: array, floor: int) -> int:
-    """Drop what no request at ``t >= floor`` reads; return the number of values dropped."""
+    """Drop what no request at ``t >= floor`` reads (:func:`buyer_cuts`); return the number of values dropped."""
+    r_cut, cut = buyer_cuts(a, floor)
+    if not (r_cut or cut):
+        return 0
     off = buyer_offsets(a)
     ot, oc, oa, rt, rk, rm, n_o, n_r = off[0], off[1], off[2], off[3], off[4], off[5], off[14], off[15]
-    before = len(a)
-    r_cut = bisect_left(a, floor - 365 * _DAY, rt, rt + n_r) - rt
     if r_cut:
         del a[rm:rm + r_cut]
         del a[rk:rk + r_cut]
         del a[rt:rt + r_cut]
         a[B_NR] = n_r - r_cut
-    kw = bisect_left(a, floor - 365 * _DAY, ot, ot + n_o) - ot
-    m = bisect_left(a, floor, ot, ot + n_o) - ot
-    cut = min(kw, max(0, m - MEDIAN_K))
     if cut:
         del a[oa:oa + cut]
         del a[oc:oc + cut]
         del a[ot:ot + cut]
         a[B_NO] = n_o - cut
-    return before - len(a)
+    return 3 * (r_cut + cut)
 
 
 # --------------------------------------------------------------------------- store
@@ -306,7 +331,7 @@ def store_add_refund(a: array, requested: int) -> None:
     _insort(a, S_HEAD + a[1], len(a), requested)
 
 
-def store_values(a: array, t: int) -> tuple[int, int, int]:
+def store_values(a: Block, t: int) -> tuple[int, int, int]:
     """``(orders in [t - 30d, t), refunds in [t - 30d, t), refunds in [t - 24h, t))``."""
     e = S_HEAD + a[1]
     hi = bisect_left(a, t, S_HEAD, e)
@@ -316,19 +341,23 @@ def store_values(a: array, t: int) -> tuple[int, int, int]:
     return n_o, rhi - bisect_left(a, t - 30 * _DAY, e, r1), rhi - r1
 
 
+def store_cuts(a: Block, floor: int) -> tuple[int, int]:
+    """How many of the oldest ``(orders, refunds)`` no 30-day window from ``floor`` on reaches (read only)."""
+    e = S_HEAD + a[1]
+    return (bisect_left(a, floor - 30 * _DAY, S_HEAD, e) - S_HEAD,
+            bisect_left(a, floor - 30 * _DAY, e, len(a)) - e)
+
+
 def store_trim(a: array, floor: int) -> int:
     """Drop orders and refunds no 30-day window from ``floor`` on reaches."""
-    before = len(a)
-    n_o = a[1]
-    e = S_HEAD + n_o
-    cut = bisect_left(a, floor - 30 * _DAY, e, len(a)) - e
-    if cut:
-        del a[e:e + cut]
-    cut = bisect_left(a, floor - 30 * _DAY, S_HEAD, e) - S_HEAD
-    if cut:
-        del a[S_HEAD:S_HEAD + cut]
-        a[1] = n_o - cut
-    return before - len(a)
+    o_cut, r_cut = store_cuts(a, floor)
+    e = S_HEAD + a[1]
+    if r_cut:
+        del a[e:e + r_cut]
+    if o_cut:
+        del a[S_HEAD:S_HEAD + o_cut]
+        a[1] -= o_cut
+    return o_cut + r_cut
 
 
 # --------------------------------------------------------------------------- link
@@ -369,7 +398,7 @@ def link_add_refund(a: array, requested: int) -> None:
     _insort(a, L_HEAD + a[1] + a[2], len(a), requested)
 
 
-def link_values(a: array, t: int) -> tuple[int, int, int]:
+def link_values(a: Block, t: int) -> tuple[int, int, int]:
     """``(buyers seen before t, bad buyers known before t, refunds in [t - 24h, t))``."""
     n_s, n_b = a[1], a[2]
     b0 = L_HEAD + n_s
@@ -379,13 +408,76 @@ def link_values(a: array, t: int) -> tuple[int, int, int]:
             rhi - bisect_left(a, t - _DAY, r0, rhi))
 
 
+def link_cuts(a: Block, floor: int) -> int:
+    """How many of the oldest refund times no 24-hour window from ``floor`` on reaches (read only)."""
+    r0 = L_HEAD + a[1] + a[2]
+    return bisect_left(a, floor - _DAY, r0, len(a)) - r0
+
+
 def link_trim(a: array, floor: int) -> int:
     """Drop refund times no 24-hour window from ``floor`` on reaches."""
-    r0 = L_HEAD + a[1] + a[2]
-    cut = bisect_left(a, floor - _DAY, r0, len(a)) - r0
+    cut = link_cuts(a, floor)
     if cut:
+        r0 = L_HEAD + a[1] + a[2]
         del a[r0:r0 + cut]
     return cut
+
+
+# --------------------------------------------------------------------------- many blocks at once
+def count_below(buf: np.ndarray, start: np.ndarray, length: np.ndarray, bound: int) -> np.ndarray:
+    """For sorted sections ``buf[start[i]:start[i] + length[i]]``: how many values are ``< bound``."""
+    total = int(length.sum())
+    if total == 0:
+        return np.zeros(len(start), dtype=np.int64)
+    first = np.cumsum(length) - length
+    idx = np.repeat(start - first, length) + np.arange(total, dtype=np.int64)
+    below = np.zeros(total + 1, dtype=np.int64)
+    np.cumsum(buf[idx] < bound, out=below[1:])
+    return below[first + length] - below[first]
+
+
+def trim_plan(kind: str, buf: np.ndarray, start: np.ndarray, size: np.ndarray,
+              floor: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[tuple[int, np.ndarray]]]:
+    """:func:`buyer_trim` / :func:`store_trim` / :func:`link_trim` of many blocks of one kind, planned at once.
+
+    Parameters
+    ----------
+    kind
+        ``"buyer"``, ``"store"`` or ``"link"``.
+    buf, start, size
+        The blocks ``buf[start[i]:start[i] + size[i]]`` (non-empty, read only).
+    floor
+        As for the scalar functions.
+
+    Returns
+    -------
+    ranges : list of (starts, lengths)
+        The values to delete (absolute positions in ``buf``; ranges do not overlap).
+    header : list of (field, decrement)
+        Subtract ``decrement`` from header field ``field`` of each block.
+    """
+    if kind == "buyer":
+        n_o, n_r = buf[start + B_NO], buf[start + B_NR]
+        ot = start + B_HEAD
+        oc = ot + n_o
+        oa = oc + n_o + 1
+        rt = oa + n_o
+        rk = rt + n_r
+        rm = rk + n_r + 1
+        r_cut = count_below(buf, rt, n_r, floor - 365 * _DAY)
+        kw = count_below(buf, ot, n_o, floor - 365 * _DAY)
+        m = count_below(buf, ot, n_o, floor)
+        cut = np.minimum(kw, np.maximum(0, m - MEDIAN_K))
+        return ([(ot, cut), (oc, cut), (oa, cut), (rt, r_cut), (rk, r_cut), (rm, r_cut)],
+                [(B_NO, cut), (B_NR, r_cut)])
+    if kind == "store":
+        n_o = buf[start + 1]
+        e = start + S_HEAD + n_o
+        o_cut = count_below(buf, start + S_HEAD, n_o, floor - 30 * _DAY)
+        r_cut = count_below(buf, e, size - S_HEAD - n_o, floor - 30 * _DAY)
+        return [(start + S_HEAD, o_cut), (e, r_cut)], [(1, o_cut)]
+    r0 = start + L_HEAD + buf[start + 1] + buf[start + 2]
+    return [(r0, count_below(buf, r0, start + size - r0, floor - _DAY))], []
 
 
 __all__ += ["buyer_links"]

@@ -1,12 +1,15 @@
 """ProfileStore: buyer, store and link profiles kept in process, fed by events (DESIGN.md section 4).
 
-State (see :mod:`refundguard.online._blocks` for the layouts):
+State (see :mod:`refundguard.online._blocks` for the block layouts and
+:mod:`refundguard.online._tables` for the containers):
 
-* one ``array('q')`` block per buyer, store, device and address, holding sorted
-  event times with prefix sums, all-time first times, and for devices and
-  addresses each buyer's first-seen and first-bad time, so every profile field is
-  a few binary searches, however long the history or however many buyers share a
-  key;
+* per key kind (buyer, store, device, address): one block of int64 per key,
+  holding sorted event times with prefix sums, all-time first times, and for
+  devices and addresses each buyer's first-seen and first-bad time, so every
+  profile field is a few binary searches, however long the history or however
+  many buyers share a key. Blocks built at once (warm start, snapshot load,
+  expiry) sit back to back in ONE int64 buffer with an offsets index; a key an
+  event writes gets its own ``array('q')`` copy;
 * the order and refund rows (ids in a compact index, a few numeric columns), so
   that events are idempotent, checked against their order, and can be updated
   later (shipping, delivery, resolution);
@@ -16,14 +19,14 @@ State (see :mod:`refundguard.online._blocks` for the layouts):
 Events may come in any order and more than once: the same order or refund counts
 once (a second sighting with other values is a ``RequestError``), and a query at
 ``t`` reads only what is known strictly before ``t``. :meth:`expire` (and
-``horizon``, on ingest) drops what no request from a given time on can read.
+``horizon_days``, on ingest) drops what no request from a given time on can read,
+order and refund rows included.
 """
 
 from __future__ import annotations
 
 import threading
 import warnings
-from array import array
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -64,6 +67,10 @@ from refundguard.online._tables import (
     OUTCOME_CODES,
     REFUND_COLUMNS,
     Columns,
+    KeyBlocks,
+    finish_rows,
+    plan_rows,
+    rebuild_buffer,
 )
 from refundguard.profiles import BuyerProfile, LinkProfile, StoreProfile
 
@@ -74,6 +81,15 @@ _OUTCOMES = {v: k for k, v in OUTCOME_CODES.items()}
 _EMPTY_LINK = (0, 0, 0)
 _KINDS = ("device", "address")
 _SWEEP_PER_EVENT = 8
+#: The longest window any profile field reads (buyer windows: 365 days).
+LONGEST_WINDOW_NS = 365 * NS_PER_DAY
+#: A key kind's shared buffer is rebuilt when live copies make this share of it dead (and at least _MIN_DEAD values).
+_DEAD_SHARE = 0.5
+_MIN_DEAD = 1 << 16
+#: With ``horizon_days``, rows are compacted when the floor has moved this far since the last time, and if
+#: at least this share of them goes.
+_ROWS_EVERY_NS = NS_PER_DAY
+_ROWS_MIN_SHARE = 0.05
 
 
 def first_order_timestamp(ns: int | None) -> datetime | None:
@@ -83,40 +99,6 @@ def first_order_timestamp(ns: int | None) -> datetime | None:
     if ns % 1000:
         return pd.Timestamp(ns, tz="UTC")
     return _EPOCH + timedelta(microseconds=ns // 1000)
-
-
-class _Keys:
-    """Blocks of one kind of key by name, and names by code."""
-
-    __slots__ = ("blocks", "names", "factory", "cursor")
-
-    def __init__(self, factory: Any) -> None:
-        self.blocks: dict[str, array] = {}
-        self.names: list[str] = []
-        self.factory = factory
-        self.cursor = 0
-
-    def get_or_new(self, name: str) -> array:
-        a = self.blocks.get(name)
-        if a is None:
-            a = self.factory(len(self.names))
-            self.names.append(name)
-            self.blocks[name] = a
-        return a
-
-    def code(self, name: str) -> int:
-        return self.get_or_new(name)[0]
-
-    def by_code(self, code: int) -> array:
-        return self.blocks[self.names[code]]
-
-    def nbytes(self) -> int:
-        import sys
-
-        total = sys.getsizeof(self.blocks) + sys.getsizeof(self.names)
-        for name, a in self.blocks.items():
-            total += sys.getsizeof(name) + sys.getsizeof(a)
-        return total
 
 
 class ProfileStore:
@@ -142,15 +124,20 @@ class ProfileStore:
     horizon_days
         Expire on ingest: keep requests up to this many days older than the newest
         event seen exact, and drop, as events arrive, what no such request can read
-        (requests older than that raise ``RequestError``). ``None`` (default) keeps
-        everything until :meth:`expire` is called.
+        (requests older than that raise ``RequestError``); each time the floor has
+        moved a day, the event that moved it also drops the order and refund rows no
+        later event can need (as :meth:`expire` does; O(rows), vectorised).
+        ``None`` (default) keeps everything until :meth:`expire` is called.
 
     Notes
     -----
     Thread safe: every event checks and inserts in one lock section, and a lookup
-    reads under the same lock. Memory per order kept is about 150-200 bytes
-    (``benchmarks/bench_online.py``); after a warm start or a load, ``gc.freeze()``
-    keeps the garbage collector from walking the state.
+    reads under the same lock; :meth:`expire` rebuilds the shared buffers outside
+    it. Memory per order kept is about 170 bytes (``benchmarks/bench_online.py``);
+    the state holds no Python object per order and none per key beyond its name
+    and code, so the garbage collector has next to nothing to walk. A key written
+    by an event is copied out of its kind's shared buffer; once the copies make
+    half of a buffer dead, the next event rebuilds it (O(buffer), vectorised).
     """
 
     def __init__(self, store_scores: pd.DataFrame | None = None, score_config: ScoreConfig | None = None, *,
@@ -168,13 +155,15 @@ class ProfileStore:
         self._lock = threading.Lock()
         self._orders = Columns(ORDER_COLUMNS)
         self._refunds = Columns(REFUND_COLUMNS)
-        self._buyers = _Keys(B.new_buyer)
-        self._stores = _Keys(B.new_store)
-        self._links = (_Keys(B.new_link), _Keys(B.new_link))
+        self._buyers = KeyBlocks("buyer", B.new_buyer)
+        self._stores = KeyBlocks("store", B.new_store)
+        self._links = (KeyBlocks("link", B.new_link), KeyBlocks("link", B.new_link))
         self._pending: dict[str, Resolution] = {}
         self._floor = NAT
         self._newest = NAT
+        self._rows_floor = NAT
         self._dropped_resolutions = 0
+        self._ignored = 0
         if store_scores is not None:
             self.set_store_scores(store_scores)
 
@@ -240,13 +229,22 @@ class ProfileStore:
             self._scores = table
 
     # ------------------------------------------------------------------ events
+    def _old(self) -> int:
+        """Events before this instant that the store does not hold are ignored (see :meth:`expire`)."""
+        return NAT if self._floor == NAT else self._floor - LONGEST_WINDOW_NS
+
+    def _ignore(self) -> None:
+        self._ignored += 1
+
     def observe_order(self, order: Mapping[str, Any]) -> None:
         """Record an order (``order_id, buyer_id, store_id, category, amount, paid_at`` and optional
         ``ship_by, shipped_at, delivered_at, device_id, address_id``).
 
         Observing a known ``order_id`` again is a no-op, except that it may add its
         ``shipped_at`` / ``delivered_at`` (which become known later than the order):
-        ``{"order_id": ..., "delivered_at": ...}`` is such an update.
+        ``{"order_id": ..., "delivered_at": ...}`` is such an update. After
+        :meth:`expire`, an order the store does not hold whose times are all before
+        the expiry floor minus 365 days is ignored (counted in :meth:`stats`).
 
         Raises
         ------
@@ -259,10 +257,18 @@ class ProfileStore:
             if row >= 0:
                 self._update_order(row, ev)
                 return
+            old = self._old()
             if ev.buyer_id is None:
-                raise RequestError(f"The field 'order_id': order {ev.order_id!r} was not observed, so an update "
-                                   "needs the whole order ('buyer_id', 'store_id', 'category', 'amount', "
+                if max(ev.shipped, ev.delivered) < old:
+                    self._ignore()
+                    return
+                expired = " (or was expired)" if self._floor != NAT else ""
+                raise RequestError(f"The field 'order_id': order {ev.order_id!r} was not observed{expired}, so an "
+                                   "update needs the whole order ('buyer_id', 'store_id', 'category', 'amount', "
                                    "'paid_at').", field="order_id", value=ev.order_id)
+            if ev.paid < old:
+                self._ignore()
+                return
             self._insert_order(ev)
             self._tick(ev.paid)
 
@@ -279,6 +285,7 @@ class ProfileStore:
         stored = self._stored_order(row)
         shipped, delivered = check_order_update(ev, stored)
         c = self._orders.cols
+        self._orders.touch(row)
         c["shipped"][row] = shipped
         if delivered != stored.delivered:
             c["delivered"][row] = delivered
@@ -294,22 +301,24 @@ class ProfileStore:
             req = int(rc["requested"][r])
             if flags & F_NR and not flags & F_CLAIM and delivered < req:
                 if buyer is None:
-                    buyer = self._buyers.by_code(int(self._orders.cols["buyer"][orow]))
+                    buyer = self._buyers.block(int(self._orders.cols["buyer"][orow]))
                 B.buyer_add_claim(buyer, req)
+                self._refunds.touch(r)
                 rc["flags"][r] = flags | F_CLAIM
             r = int(rc["next"][r])
 
     def _insert_order(self, ev: OrderEvent) -> None:
-        b = self._buyers.get_or_new(ev.buyer_id)  # type: ignore[arg-type]
-        s = self._stores.get_or_new(ev.store_id)  # type: ignore[arg-type]
+        b_code = self._buyers.code(ev.buyer_id)  # type: ignore[arg-type]
+        s_code = self._stores.code(ev.store_id)  # type: ignore[arg-type]
         codes = [-1, -1]
         for kind, key in enumerate((ev.device_id, ev.address_id)):
             if key is not None:
                 codes[kind] = self._links[kind].code(key)
-        self._orders.append(ev.order_id, buyer=b[0], store=s[0], device=codes[0], address=codes[1],
+        self._orders.append(ev.order_id, buyer=b_code, store=s_code, device=codes[0], address=codes[1],
                             paid=ev.paid, shipped=ev.shipped, delivered=ev.delivered, amount=ev.amount)
+        b = self._buyers.block(b_code)
         B.buyer_add_order(b, ev.paid, ev.amount, cents(ev.amount))
-        B.store_add_order(s, ev.paid)
+        B.store_add_order(self._stores.block(s_code), ev.paid)
         fb = NEVER
         for kind, code in enumerate(codes):
             if code < 0:
@@ -317,25 +326,29 @@ class ProfileStore:
             old = B.buyer_link(b, 2 * code + kind, ev.paid)
             if old is None:
                 continue
-            link = self._links[kind].by_code(code)
+            link = self._links[kind].block(code)
             B.link_move(link, old, ev.paid, False)
             if fb == NEVER:
                 fb = B.buyer_first_bad(b)
             if fb != NEVER:
                 B.link_move(link, NEVER if old == NEVER else max(old, fb), max(ev.paid, fb), True)
         if self._floor != NAT:
-            self._trim_blocks(b, s, codes)
+            self._trim_keys(b_code, s_code, codes)
 
     def observe_refund(self, refund: Mapping[str, Any]) -> None:
         """Record a refund request (``refund_id, order_id, requested_at, kind, reason, amount``; with
         ``resolved_at`` and ``outcome`` (and ``is_abuse``) its resolution too). Its order must have been
         observed.
 
+        After :meth:`expire`, a refund the store does not hold requested before the
+        expiry floor minus 365 days is ignored (counted in :meth:`stats`).
+
         Raises
         ------
         RequestError
             A field breaks a contract rule (e.g. the order's refunds would exceed its
-            amount), the order is unknown, or the same refund was seen with other values.
+            amount), the order is unknown (or was expired), or the same refund was seen
+            with other values.
         """
         ev = parse_refund(refund)
         with self._lock:
@@ -345,10 +358,16 @@ class ProfileStore:
                 if ev.resolution is not None:
                     self._resolve(row, ev.resolution)
                 return
+            if ev.requested < self._old():
+                self._pending.pop(ev.refund_id, None)
+                self._ignore()
+                return
             orow = self._orders.ids.get(ev.order_id)
             if orow < 0:
+                expired = (" (or was expired: every event of it is older than the store's floor minus 365 days)"
+                           if self._floor != NAT else "")
                 raise RequestError(f"The field 'order_id' of refund {ev.refund_id!r} references the order "
-                                   f"{ev.order_id!r}, which was not observed.", field="order_id",
+                                   f"{ev.order_id!r}, which was not observed{expired}.", field="order_id",
                                    value=ev.order_id)
             oc = self._orders.cols
             check_refund(ev, int(oc["paid"][orow]), float(oc["amount"][orow]), self._refunded(orow))
@@ -392,21 +411,22 @@ class ProfileStore:
         flags = (F_ONLY if ev.refund_only else 0) | (F_NR if ev.not_received else 0) | (F_CLAIM if claim else 0)
         row = self._refunds.append(ev.refund_id, order=orow, requested=ev.requested, amount=ev.amount,
                                    flags=flags, next=int(oc["first_refund"][orow]))
+        self._orders.touch(orow)
         oc["first_refund"][orow] = row
-        b = self._buyers.by_code(int(oc["buyer"][orow]))
+        b_code = int(oc["buyer"][orow])
+        b = self._buyers.block(b_code)
         store_code = int(oc["store"][orow])
         B.buyer_add_refund(b, ev.requested, ev.refund_only, cents(ev.amount))
         B.buyer_add_store(b, store_code, ev.requested)
         if claim:
             B.buyer_add_claim(b, ev.requested)
-        s = self._stores.by_code(store_code)
-        B.store_add_refund(s, ev.requested)
+        B.store_add_refund(self._stores.block(store_code), ev.requested)
         codes = [int(oc["device"][orow]), int(oc["address"][orow])]
         for kind, code in enumerate(codes):
             if code >= 0:
-                B.link_add_refund(self._links[kind].by_code(code), ev.requested)
+                B.link_add_refund(self._links[kind].block(code), ev.requested)
         if self._floor != NAT:
-            self._trim_blocks(b, s, codes)
+            self._trim_keys(b_code, store_code, codes)
 
     def observe_resolution(self, refund_id: str, resolved_at: Any, outcome: str,
                            is_abuse: bool | None = None) -> None:
@@ -414,7 +434,9 @@ class ProfileStore:
 
         A resolution whose refund has not been observed yet is held until the refund
         arrives (see :meth:`stats`); a refund is resolved once (the same resolution
-        again is a no-op, another one a ``RequestError``).
+        again is a no-op, another one a ``RequestError``). After :meth:`expire`, the
+        resolution of a refund the store does not hold, resolved before the expiry
+        floor minus 365 days, is ignored (counted in :meth:`stats`).
 
         Raises
         ------
@@ -426,6 +448,9 @@ class ProfileStore:
         with self._lock:
             row = self._refunds.ids.get(res.refund_id)
             if row < 0:
+                if res.resolved < self._old():
+                    self._ignore()
+                    return
                 held = self._pending.get(res.refund_id)
                 if held is not None:
                     same_resolution(res, held)
@@ -450,19 +475,20 @@ class ProfileStore:
             flags |= F_REJECTED
         if res.is_abuse is not None:
             flags |= F_LABELLED | (F_ABUSE if res.is_abuse else 0)
+        self._refunds.touch(row)
         rc["flags"][row] = flags
         rc["resolved"][row] = res.resolved
         rc["outcome"][row] = OUTCOME_CODES[res.outcome]
         if not res.bad:
             return
         orow = int(rc["order"][row])
-        b = self._buyers.by_code(int(self._orders.cols["buyer"][orow]))
+        b = self._buyers.block(int(self._orders.cols["buyer"][orow]))
         old_fb = B.buyer_first_bad(b)
         B.buyer_add_bad(b, res.resolved, res.rejected, bool(res.is_abuse))
         new_fb = B.buyer_first_bad(b)
         if new_fb != old_fb:
             for kcode, first in B.buyer_links(b):
-                link = self._links[kcode & 1].by_code(kcode >> 1)
+                link = self._links[kcode & 1].block(kcode >> 1)
                 B.link_move(link, NEVER if old_fb == NEVER else max(first, old_fb), max(first, new_fb), True)
 
     def observe_tables(self, tables: Mapping[str, pd.DataFrame], *, validate_tables: bool = True) -> None:
@@ -485,41 +511,94 @@ class ProfileStore:
             self.observe_refund({k: v for k, v in rec.items() if not _null(v)})
 
     # ------------------------------------------------------------------ expiry
+    def _keys(self) -> tuple[tuple[KeyBlocks, Any, Any], ...]:
+        return ((self._buyers, B.buyer_cuts, B.buyer_trim), (self._stores, B.store_cuts, B.store_trim),
+                (self._links[0], B.link_cuts, B.link_trim), (self._links[1], B.link_cuts, B.link_trim))
+
+    @staticmethod
+    def _trim_one(keys: KeyBlocks, cuts: Any, trim: Any, code: int, floor: int) -> int:
+        """Trim one key (caller holds the lock); a key of the shared buffer is copied only if something goes."""
+        a = keys.live.get(code)
+        if a is None:
+            c = cuts(keys.view_code(code), floor)
+            if not (any(c) if isinstance(c, tuple) else c):
+                return 0
+            a = keys.block(code)
+        return trim(a, floor)
+
     def _tick(self, t: int) -> None:
-        """Note an event time; with a horizon, advance the floor and sweep a few keys (caller holds the lock)."""
+        """Note an event time; with a horizon, advance the floor, sweep a few keys and, once the floor has
+        moved a day, drop the rows no later event can need; rebuild a shared buffer once half of it is
+        superseded by copies (caller holds the lock)."""
         if t > self._newest:
             self._newest = t
-        if self._horizon is None:
-            return
-        target = self._newest - self._horizon
-        if target > self._floor:
-            self._floor = target
-        if self._floor != NAT:
-            for keys, trim in ((self._buyers, B.buyer_trim), (self._stores, B.store_trim),
-                               (self._links[0], B.link_trim), (self._links[1], B.link_trim)):
-                n = len(keys.names)
-                if not n:
-                    continue
-                for _ in range(min(_SWEEP_PER_EVENT, n)):
-                    keys.cursor = (keys.cursor + 1) % n
-                    trim(keys.blocks[keys.names[keys.cursor]], self._floor)
+        if self._horizon is not None:
+            target = self._newest - self._horizon
+            if target > self._floor:
+                self._floor = target
+            if self._floor != NAT:
+                for keys, cuts, trim in self._keys():
+                    n = len(keys)
+                    for _ in range(min(_SWEEP_PER_EVENT, n)):
+                        keys.cursor = (keys.cursor + 1) % n
+                        self._trim_one(keys, cuts, trim, keys.cursor, self._floor)
+                if self._floor - self._rows_floor >= _ROWS_EVERY_NS:
+                    self._rows_floor = self._floor
+                    self._compact_rows()
+        for keys in (self._buyers, self._stores, *self._links):
+            if keys.dead > _MIN_DEAD and keys.dead > _DEAD_SHARE * len(keys.base_np):
+                keys.rebuild(None)
 
-    def _trim_blocks(self, b: array, s: array, codes: list[int]) -> None:
-        B.buyer_trim(b, self._floor)
-        B.store_trim(s, self._floor)
+    def _trim_keys(self, b_code: int, s_code: int, codes: list[int]) -> None:
+        floor = self._floor
+        self._trim_one(self._buyers, B.buyer_cuts, B.buyer_trim, b_code, floor)
+        self._trim_one(self._stores, B.store_cuts, B.store_trim, s_code, floor)
         for kind, code in enumerate(codes):
             if code >= 0:
-                B.link_trim(self._links[kind].by_code(code), self._floor)
+                self._trim_one(self._links[kind], B.link_cuts, B.link_trim, code, floor)
+
+    def _drop_held(self, old: int) -> None:
+        """Held resolutions older than ``old`` go: their refund would be ignored (caller holds the lock)."""
+        for rid in [rid for rid, res in self._pending.items() if res.resolved < old]:
+            del self._pending[rid]
+            self._ignore()
+
+    def _compact_rows(self) -> int:
+        """Drop the order and refund rows no event from the floor on can need (caller holds the lock)."""
+        old = self._old()
+        if old == NAT or not self._orders.n:
+            return 0
+        self._drop_held(old)
+        before = self._orders.n + self._refunds.n
+        plan = plan_rows(self._orders, self._refunds, self._orders.n, self._refunds.n, old, _ROWS_MIN_SHARE)
+        if plan is None:
+            return 0
+        self._orders, self._refunds = finish_rows(self._orders, self._refunds, plan, old)
+        return before - self._orders.n - self._refunds.n
 
     def expire(self, before: Any) -> int:
-        """Drop what no request at ``requested_at >= before`` can read; return how many values went.
+        """Drop what no request at ``requested_at >= before`` can read, and the rows no later event can need;
+        return how many block values and rows went.
 
-        Windowed events (orders, refunds, 24-hour bursts) older than their longest
-        window before ``before`` go; all-time facts (first order, distinct stores,
-        first-seen and first-bad times, rejected and abusive counts) stay, and so do
-        the buyer's latest 20 orders (median order amount). Afterwards a request
-        before ``before`` raises ``RequestError``. Keys are swept in small locked
-        chunks, so lookups keep being served meanwhile.
+        Blocks: windowed events (orders, refunds, 24-hour bursts) older than their
+        longest window before ``before`` go; all-time facts (first order, distinct
+        stores, first-seen and first-bad times, "not received" claims, rejected and
+        abusive counts) stay, and so do the buyer's latest 20 orders before
+        ``before`` (median order amount). The keys of the shared buffers are trimmed
+        at once, vectorised, outside the lock; the keys written since it was built,
+        in small locked chunks; so lookups keep being served meanwhile.
+
+        Rows: with ``old = before - 365 days`` (the longest window), an order row
+        goes when its payment, shipping and delivery are before ``old`` and every
+        refund of it was requested and resolved before ``old`` (its refund rows go
+        with it); held resolutions resolved before ``old`` go too. From then on, an
+        event older than ``old`` that the store does not hold (a replay of a dropped
+        row, or data older than the store keeps) is ignored and counted in
+        ``stats()["ignored_events"]``, so replays stay idempotent; a new refund or
+        delivery for a dropped order raises ``RequestError`` (the order is unknown).
+
+        Afterwards a request before ``before`` raises ``RequestError``; every request
+        at or after ``before`` gets the profiles it had before the call.
         """
         floor = parameter_ns(before, "before", "ProfileStore.expire")
         with self._lock:
@@ -527,15 +606,38 @@ class ProfileStore:
                 self._floor = floor  # type: ignore[assignment]
             floor = self._floor
         dropped = 0
-        for keys, trim in ((self._buyers, B.buyer_trim), (self._stores, B.store_trim),
-                           (self._links[0], B.link_trim), (self._links[1], B.link_trim)):
+        for keys, _cuts, trim in self._keys():
             with self._lock:
-                names = list(keys.names)
-            for start in range(0, len(names), 4096):
+                buf, off, live = keys.freeze()
+            new, new_off, n = rebuild_buffer(keys.kind, buf, off, live, floor)  # read only: no lock
+            with self._lock:
+                keys.swap(new, new_off)
+                codes = list(keys.live)
+            dropped += n
+            for start in range(0, len(codes), 4096):
                 with self._lock:
-                    blocks = keys.blocks
-                    for name in names[start:start + 4096]:
-                        dropped += trim(blocks[name], floor)
+                    live_now = keys.live
+                    for code in codes[start:start + 4096]:
+                        a = live_now.get(code)
+                        if a is not None:
+                            dropped += trim(a, floor)
+        # rows: planned without the lock (events meanwhile are marked dirty), finished under it
+        with self._lock:
+            self._rows_floor = self._floor
+            old = self._old()
+            self._drop_held(old)
+            n, m = self._orders.n, self._refunds.n
+            orders, refunds = self._orders, self._refunds
+            orders.dirty, refunds.dirty = set(), set()
+        plan = None
+        try:
+            plan = plan_rows(orders, refunds, n, m, old)
+        finally:
+            with self._lock:
+                if plan is not None and orders is self._orders:
+                    self._orders, self._refunds = finish_rows(orders, refunds, plan, old)
+                    dropped += orders.n + refunds.n - self._orders.n - self._refunds.n
+                orders.dirty = refunds.dirty = None
         return dropped
 
     # ------------------------------------------------------------------ queries
@@ -556,38 +658,37 @@ class ProfileStore:
                 raise RequestError(f"The field 'requested_at' ({t} ns) is before the store's horizon "
                                    f"({self._floor} ns): that history was expired.", field="requested_at",
                                    value=request.get("requested_at"))
-            b = self._buyers.blocks.get(key.buyer_id)
+            b = self._buyers.view(key.buyer_id)
             bv = None if b is None else B.buyer_values(b, t)
-            s = self._stores.blocks.get(key.store_id)
+            s = self._stores.view(key.store_id)
             sv = _EMPTY_LINK if s is None else B.store_values(s, t)
             lv = []
             for kind, name in enumerate((key.device_id, key.address_id)):
                 if name is None:
                     lv.append(None)
                 else:
-                    a = self._links[kind].blocks.get(name)
+                    a = self._links[kind].view(name)
                     lv.append(_EMPTY_LINK if a is None else B.link_values(a, t))
             scores = self._scores
         return make_profiles(bv, scores.values(key.store_id, t, *sv), lv[0], lv[1])
 
     def stats(self) -> dict[str, int]:
-        """Counts of what the store holds: orders, refunds, keys, held resolutions, block values,
-        approximate bytes, and the expiry floor (ns, or ``None``)."""
+        """Counts of what the store holds: orders, refunds, keys, held resolutions, events ignored as
+        expired, block values, approximate bytes, and the expiry floor (ns, or ``None``)."""
         with self._lock:
-            values = sum(len(a) for k in (self._buyers, self._stores, *self._links) for a in k.blocks.values())
-            nbytes = (self._orders.nbytes + self._refunds.nbytes
-                      + sum(k.nbytes() for k in (self._buyers, self._stores, *self._links)))
+            kinds = (self._buyers, self._stores, *self._links)
             return {
                 "orders": self._orders.n,
                 "refunds": self._refunds.n,
-                "buyers": len(self._buyers.names),
-                "stores": len(self._stores.names),
-                "devices": len(self._links[0].names),
-                "addresses": len(self._links[1].names),
+                "buyers": len(self._buyers),
+                "stores": len(self._stores),
+                "devices": len(self._links[0]),
+                "addresses": len(self._links[1]),
                 "pending_resolutions": len(self._pending),
                 "dropped_resolutions": self._dropped_resolutions,
-                "block_values": values,
-                "bytes": nbytes,
+                "ignored_events": self._ignored,
+                "block_values": sum(k.values() for k in kinds),
+                "bytes": self._orders.nbytes + self._refunds.nbytes + sum(k.nbytes() for k in kinds),
                 "floor": None if self._floor == NAT else self._floor,  # type: ignore[dict-item]
             }
 

@@ -5,7 +5,8 @@ A snapshot is a folder::
     meta.json        format version, score configuration, expiry floor, counts
     orders.parquet   order ids and their numeric columns
     refunds.parquet  refund ids and their numeric columns
-    buyers.parquet   one row per buyer: name, block (list of int64, see online._blocks)
+    buyers.parquet   one row per buyer: name, block (list of int64, see online._blocks); the
+                     list column's values are the store's shared buffer, written and read as is
     stores.parquet, devices.parquet, addresses.parquet   the same per key kind
     pending.parquet  resolutions held for refunds not seen yet
     scores.parquet   the store score rows
@@ -38,7 +39,6 @@ from refundguard.config import ScoreConfig
 from refundguard.errors import DataError
 from refundguard.online._events import Resolution
 from refundguard.online._tables import ORDER_COLUMNS, REFUND_COLUMNS
-from refundguard.online._warm import blocks_from_buffer
 
 __all__ = ["FORMAT_VERSION", "SNAPSHOT_FILES", "save_snapshot", "load_snapshot", "snapshot_sha256"]
 
@@ -64,10 +64,7 @@ def snapshot_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def _keys_table(keys: Any) -> pa.Table:
-    blocks = [keys.blocks[name] for name in keys.names]
-    values = np.frombuffer(b"".join(a.tobytes() for a in blocks), dtype=np.int64)
-    offsets = np.zeros(len(blocks) + 1, dtype=np.int64)
-    np.cumsum([len(a) for a in blocks], out=offsets[1:])
+    values, offsets = keys.flat()
     block = pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values))
     return pa.table({"name": pa.array(keys.names, type=pa.large_string()), "block": block})
 
@@ -104,6 +101,7 @@ def save_snapshot(store: Any, path: str | os.PathLike[str]) -> Path:
             "newest": None if store._newest == NAT else store._newest,
             "horizon_ns": store._horizon,
             "dropped_resolutions": store._dropped_resolutions,
+            "ignored_events": store._ignored,
             "orders": store._orders.n,
             "refunds": store._refunds.n,
         }
@@ -192,6 +190,8 @@ def load_snapshot(store_class: Any, path: str | os.PathLike[str], *, expected_sh
     store._floor = NAT if meta["floor"] is None else int(meta["floor"])
     store._newest = NAT if meta["newest"] is None else int(meta["newest"])
     store._dropped_resolutions = int(meta["dropped_resolutions"])
+    store._ignored = int(meta.get("ignored_events", 0))
+    store._rows_floor = store._floor
     for file, cols, id_name, spec in (("orders.parquet", store._orders, "order_id", ORDER_COLUMNS),
                                       ("refunds.parquet", store._refunds, "refund_id", REFUND_COLUMNS)):
         t = pq.read_table(folder / file)
@@ -199,11 +199,9 @@ def load_snapshot(store_class: Any, path: str | os.PathLike[str], *, expected_sh
     for file, keys in zip(_KEY_FILES, (store._buyers, store._stores, *store._links), strict=True):
         t = pq.read_table(folder / f"{file}.parquet")
         block = t.column("block").combine_chunks()
-        names = t.column("name").to_pylist()
-        values = block.values.to_numpy()
         offsets = block.offsets.to_numpy()
-        keys.names = names
-        keys.blocks = blocks_from_buffer(values, offsets, names)
+        values = block.values.to_numpy()[offsets[0]:offsets[-1]]  # one buffer: sliced per key, no object per key
+        keys.set_base(t.column("name").to_pylist(), values, offsets - offsets[0])
     p = pq.read_table(folder / "pending.parquet").to_pylist()
     store._pending = {r["refund_id"]: Resolution(r["refund_id"], int(r["resolved"]), r["outcome"], r["is_abuse"])
                       for r in p}
