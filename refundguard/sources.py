@@ -43,6 +43,7 @@ from refundguard._time import NAT, label_days
 from refundguard.config import ScoreConfig
 from refundguard.errors import DataError, RejectedRowsWarning, SchemaError
 from refundguard.tables import (
+    MAX_AMOUNT,
     KINDS,
     OUTCOMES,
     REASONS,
@@ -652,6 +653,7 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         """Flag null, blank and duplicated ids of a unique id column; return its join keys."""
         keys = _Keys.of(get(table, col))
         flag(table, _blank_or_null(keys.ids))
+        flag(table, _padded(keys.ids))
         flag(table, keys.duplicated())
         return keys
 
@@ -659,8 +661,8 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         keys = ids_screen("orders", "order_id")
         r_oid = get("refunds", "order_id")
         v_oid = get("reviews", "order_id") if n["reviews"] else pa.chunked_array([], type=pa.large_string())
-        flag("refunds", _blank_or_null(r_oid))
-        flag("reviews", _blank_or_null(v_oid))
+        flag("refunds", _blank_or_null(r_oid) | _padded(r_oid))
+        flag("reviews", _blank_or_null(v_oid) | _padded(v_oid))
         refunds["order"] = keys.rows(r_oid) if n["refunds"] else np.zeros(0, dtype=np.int64)
         reviews["order"] = keys.rows(v_oid) if n["reviews"] else np.zeros(0, dtype=np.int64)
         flag("refunds", refunds["order"] < 0)
@@ -674,6 +676,11 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         codes, d = _encode(get(table, col, dictionary=True), *more, sort=sort)
         if required:
             flag(table, codes[0] < 0)  # null or blank
+        padded = np.flatnonzero(_padded(d))
+        if len(padded):  # "s1 " and "s1" would be two keys: validate names the rule (id_whitespace)
+            flag(table, np.isin(codes[0], padded))
+            if more and table == "orders" and col == "store_id":
+                flag("service", np.isin(codes[1], padded))
         return codes, d
 
     def job_buyer() -> None:
@@ -705,7 +712,7 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         deliv, deliv_null = ts_or_nat("orders", "delivered_at")
         amount = _f64(get("orders", "amount"))
         with np.errstate(invalid="ignore"):
-            bad_amount = ~(np.isfinite(amount) & (amount >= 0))
+            bad_amount = ~(np.isfinite(amount) & (amount >= 0) & (amount <= MAX_AMOUNT))
         flag("orders", paid_null | bad_amount
              | (~ship_by_null & ~paid_null & (ship_by < paid))
              | (~shipped_null & ~paid_null & (shipped < paid))
@@ -727,7 +734,7 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         outcome = _enum_codes(out_raw, OUTCOMES)
         outcome_null = _blank_or_null(out_raw)
         with np.errstate(invalid="ignore"):
-            bad_amount = ~(np.isfinite(amount) & (amount > 0))
+            bad_amount = ~(np.isfinite(amount) & (amount > 0) & (amount <= MAX_AMOUNT))
         bad = req_null | bad_amount | (kind < 0) | (reason < 0) | ((outcome < 0) & ~outcome_null)
         bad |= ~res_null & ~req_null & (res < req)
         bad |= ~esc_null & ~req_null & (esc_at < req)
@@ -826,6 +833,22 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
 
 #: Every character Python's ``str.strip()`` removes (``str.isspace``).
 _WHITESPACE = "".join(c for c in map(chr, range(0x110000)) if c.isspace())
+
+
+def _padded(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """Strings with leading or trailing whitespace (``validate``'s ``id_whitespace`` rule); null -> False."""
+    a = _chunked(a).cast(pa.large_string())
+    out = np.zeros(len(a), dtype=bool)
+    if not len(a):
+        return out
+    # plain ASCII letters and digits cannot be padded: trim only the others
+    odd = np.flatnonzero(~np.asarray(pc.ascii_is_alnum(a).fill_null(True).to_numpy(), dtype=bool))
+    if len(odd):
+        sub = a.take(pa.array(odd))
+        trimmed = pc.utf8_trim(sub, characters=_WHITESPACE)
+        diff = pc.not_equal(pc.binary_length(trimmed), pc.binary_length(sub)).fill_null(False)
+        out[odd[np.asarray(diff.to_numpy(), dtype=bool)]] = True
+    return out
 
 
 def _blank_or_null(a: pa.ChunkedArray) -> np.ndarray:

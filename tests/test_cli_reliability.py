@@ -15,12 +15,14 @@ import textwrap
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from refundguard.cli import main
 from refundguard.guard import default_model_path
-from refundguard.tables import load_tables
+from refundguard.errors import RejectedRowsWarning
+from refundguard.tables import load_tables, validate
 from tests.test_tables import make_tables
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,12 +256,30 @@ def test_case12_in_a_real_process_stderr_holds_no_source_line(tmp_path):
 # --------------------------------------------------------------------------- case 4 at the command line
 def test_case4_a_huge_amount_is_bad_data_not_a_silent_decision(simulated, tmp_path, capsys):
     t = load_tables(simulated)
-    t["orders"].loc[t["orders"].index[10], "amount"] = 1e307
+    """``score`` validates in quarantine mode: the huge order and its refunds are set aside, never decided."""
+    huge = t["refunds"]["order_id"].iloc[0]  # an order with a refund: the refund is set aside with it
+    at = int(np.flatnonzero(t["orders"]["order_id"].to_numpy() == huge)[0])
+    t["orders"].loc[t["orders"].index[at], "amount"] = 1e307
+    padded_at = 11 if at != 11 else 12
+    t["orders"].loc[t["orders"].index[padded_at], "device_id"] = "d1 "  # a padded id: id_whitespace, in the screens too
     data = tmp_path / "huge"
     data.mkdir()
     for name, df in t.items():
         df.to_parquet(data / f"{name}.parquet")
-    out = tmp_path / "scored.csv"
-    assert main(["score", "--data", str(data), "--model", MODEL, "--out", str(out), "--quiet"]) == 1
-    _one_error_line(capsys, "'orders'", "'amount'", "'range'", "1e+307")
-    assert not out.exists()
+    out, rejects = tmp_path / "scored.csv", tmp_path / "rejects.csv"
+    assert main(["score", "--data", str(data), "--model", MODEL, "--out", str(out), "--rejects", str(rejects),
+                 "--quiet"]) == 0
+    got = pd.read_csv(rejects)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RejectedRowsWarning)
+        _, expected = validate(t, mode="quarantine")
+    assert set(zip(got["table"], got["row_index"], got["rule"], strict=True)) == set(
+        zip(expected["table"], expected["row_index"], expected["rule"], strict=True))
+    assert ("orders", at, "range") in set(zip(got["table"], got["row_index"], got["rule"], strict=True))
+    assert ("orders", padded_at, "id_whitespace") in set(zip(got["table"], got["row_index"], got["rule"], strict=True))
+    scored = pd.read_csv(out)
+    huge_refunds = set(t["refunds"].loc[t["refunds"]["order_id"] == huge, "refund_id"])
+    assert huge_refunds and not huge_refunds & set(scored["refund_id"])
+    text = capsys.readouterr().out
+    n_in = len(t["refunds"])
+    assert f"in = scored + rejected: {n_in:,} = {len(scored):,} + {n_in - len(scored):,} refunds" in text
