@@ -34,6 +34,7 @@ from refundguard.model import (
     reasons_from_contributions,
 )
 from refundguard.batch import DEFAULT_CHUNK_DAYS, SCORED_COLUMNS
+from refundguard.online._events import check_id
 from refundguard.pipeline import canonical_tables, point_in_time_features
 from refundguard.policy import Decision, PolicyTimeline, decide_one
 from refundguard.profiles import Profiles
@@ -544,10 +545,9 @@ def _check_request(request: Any) -> None:
         raise RequestError(f"A request must be a mapping of field names to values; got {type(request).__name__}.",
                            field=None, value=request)
     for name in ("refund_id", "buyer_id"):
-        value = request.get(name)
-        if not isinstance(value, str) or not value:
-            raise RequestError(f"The request field {name!r} must be a non-empty string; got {value!r}.",
-                               field=name, value=value)
+        check_id(request, name)
+    for name in ("store_id", "device_id", "address_id"):
+        check_id(request, name, optional=True)
 
 
 def _profiles_of(request: Mapping[str, Any], profiles: Any, store: Any) -> tuple[Any, Any, Any]:

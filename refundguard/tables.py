@@ -25,7 +25,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
@@ -403,7 +403,8 @@ def _coerce_ts(s: pd.Series, null: np.ndarray) -> tuple[pd.Series, np.ndarray]:
         text = s.astype(object).where(~null, None)
         if s.dtype == object:
             # only text and datetime objects are timestamps; numbers are refused, not read as epochs
-            odd = text.map(lambda v: v is not None and not isinstance(v, (str, datetime, np.datetime64)))
+            # (a date is its 00:00 UTC, the library's rule for data, as its ISO text "2024-06-01" is)
+            odd = text.map(lambda v: v is not None and not isinstance(v, (str, date, np.datetime64)))
             odd_mask = odd.to_numpy(dtype=bool)
             if odd_mask.any():
                 text = text.where(~odd_mask, None)

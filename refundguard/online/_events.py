@@ -132,7 +132,8 @@ def _missing(v: Any) -> bool:
     return v is None or (isinstance(v, float) and math.isnan(v))
 
 
-def _id(d: Mapping[str, Any], field: str, optional: bool = False) -> str | None:
+def check_id(d: Mapping[str, Any], field: str, optional: bool = False) -> str | None:
+    """An id field: a non-empty string without leading or trailing whitespace (``validate``'s rule)."""
     v = d.get(field)
     if _missing(v):
         if optional:
@@ -204,7 +205,7 @@ def parse_order(order: Any) -> OrderEvent:
     ``delivered_at`` are read.
     """
     d = _mapping(order, "An order event")
-    oid = _id(d, "order_id")
+    oid = check_id(d, "order_id")
     shipped = _time(d, "shipped_at", False)
     delivered = _time(d, "delivered_at", False)
     if "buyer_id" not in d:
@@ -215,8 +216,8 @@ def parse_order(order: Any) -> OrderEvent:
         if delivered != NAT and shipped != NAT and delivered < shipped:
             raise _order_rule("delivered_at", d.get("delivered_at"), "must not be before 'shipped_at'")
         return OrderEvent(oid, None, None, math.nan, NAT, shipped, delivered, None, None)  # type: ignore[arg-type]
-    buyer = _id(d, "buyer_id")
-    store = _id(d, "store_id")
+    buyer = check_id(d, "buyer_id")
+    store = check_id(d, "store_id")
     cat = d.get("category")
     if not isinstance(cat, str) or not cat.strip():
         raise RequestError(f"The field 'category' is required (a non-empty string); got {cat!r}.",
@@ -234,7 +235,7 @@ def parse_order(order: Any) -> OrderEvent:
     if delivered != NAT and delivered < shipped:
         raise _order_rule("delivered_at", d.get("delivered_at"), "must not be before 'shipped_at'")
     return OrderEvent(oid, buyer, store, amount, paid, shipped, delivered,  # type: ignore[arg-type]
-                      _id(d, "device_id", True), _id(d, "address_id", True))
+                      check_id(d, "device_id", True), check_id(d, "address_id", True))
 
 
 def check_order_update(event: OrderEvent, stored: OrderEvent) -> tuple[int, int]:
@@ -274,7 +275,7 @@ def check_order_update(event: OrderEvent, stored: OrderEvent) -> tuple[int, int]
 
 def parse_resolution(refund_id: Any, resolved_at: Any, outcome: Any, is_abuse: Any = None) -> Resolution:
     """Read a refund's resolution (``resolved_at`` required, ``outcome`` one of the contract's)."""
-    rid = _id({"refund_id": refund_id}, "refund_id")
+    rid = check_id({"refund_id": refund_id}, "refund_id")
     res = _time({"resolved_at": resolved_at}, "resolved_at", True)
     out = _enum({"outcome": outcome}, "outcome", OUTCOMES)
     return Resolution(rid, res, out, _label(is_abuse))  # type: ignore[arg-type]
@@ -283,8 +284,8 @@ def parse_resolution(refund_id: Any, resolved_at: Any, outcome: Any, is_abuse: A
 def parse_refund(refund: Any) -> RefundEvent:
     """Read a refund request; with ``resolved_at`` and ``outcome`` it carries its resolution too."""
     d = _mapping(refund, "A refund event")
-    rid = _id(d, "refund_id")
-    oid = _id(d, "order_id")
+    rid = check_id(d, "refund_id")
+    oid = check_id(d, "order_id")
     t = _time(d, "requested_at", True)
     kind = _enum(d, "kind", KINDS)
     reason = _enum(d, "reason", REASONS)
@@ -351,8 +352,8 @@ def parse_request_key(request: Any) -> RequestKey:
     """What a profile lookup needs: ``requested_at, buyer_id, store_id`` and optional ``device_id, address_id``."""
     d = _mapping(request, "A request")
     t = field_ns(d.get("requested_at"), "requested_at", required=True)
-    return RequestKey(t, _id(d, "buyer_id"), _id(d, "store_id"),  # type: ignore[arg-type]
-                      _id(d, "device_id", True), _id(d, "address_id", True))
+    return RequestKey(t, check_id(d, "buyer_id"), check_id(d, "store_id"),  # type: ignore[arg-type]
+                      check_id(d, "device_id", True), check_id(d, "address_id", True))
 
 
 __all__ += ["same_refund", "same_resolution", "NEVER"]
