@@ -143,8 +143,23 @@ def test_a_lookup_is_one_round_trip(client, monkeypatch) -> None:
         return pipe
 
     monkeypatch.setattr(type(client), "pipeline", counting)
-    a.profiles(query())
+    first = a.profiles(query())             # first use: the server lacks the scripts, they are loaded once
+    calls.clear()
+    client.config_resetstat()
+    assert a.profiles(query()) == first
     assert calls == [3]                     # buyer, store, device scripts in one pipeline
+    sent = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
+    # nothing else went to the server: no SCRIPT EXISTS round trip before the pipeline (redis-py's
+    # Script objects add one), only the three EVALSHA (and what the scripts run inside the server)
+    assert sent.get("evalsha") == 3 and not any(k.startswith("script") for k in sent), sent
+
+
+def test_lookups_survive_a_server_that_lost_its_scripts(client) -> None:
+    a = RedisProfileStore(client, prefix="flush")
+    a.observe_order(order())
+    before = a.profiles(query())
+    client.script_flush()                   # a restarted server (or SCRIPT FLUSH) holds no scripts
+    assert a.profiles(query()) == before
 
 
 # --------------------------------------------------------------------------- bulk load (issue 9, part 2)

@@ -255,6 +255,9 @@ class RedisProfileStore:
         self._ttl_set = ttl_days is not None
         reg = client.register_script
         self._read_buyer, self._read_store, self._read_link = reg(_READ_BUYER), reg(_READ_STORE), reg(_READ_LINK)
+        # lookups call EVALSHA themselves: a Script object in a pipeline costs one more round trip
+        # per call (redis-py asks SCRIPT EXISTS before every execute); scripts are loaded on first use
+        self._read_shas = (self._read_buyer.sha, self._read_store.sha, self._read_link.sha)
         self._buyer_order, self._link_merge = reg(_BUYER_ORDER), reg(_LINK_MERGE)
         self._buyer_refund, self._buyer_bad = reg(_BUYER_REFUND), reg(_BUYER_BAD)
         self._refund_accept, self._resolve_script = reg(_REFUND_ACCEPT), reg(_RESOLVE)
@@ -559,16 +562,15 @@ class RedisProfileStore:
         key = parse_request_key(request)
         t = key.t
         th = hx(t)
-        pipe = self.client.pipeline(transaction=False)
-        self._read_buyer(keys=self._k("b", key.buyer_id, "m", "o", "r", "s", "nr", "rj", "ab"),
-                         args=[th, hx(t - 365 * _DAY)], client=pipe)
-        self._read_store(keys=self._k("s", key.store_id, "o", "r"), args=[th, hx(t - 30 * _DAY), hx(t - _DAY)],
-                         client=pipe)
+        buyer_sha, store_sha, link_sha = self._read_shas
+        calls = [(buyer_sha, self._k("b", key.buyer_id, "m", "o", "r", "s", "nr", "rj", "ab"),
+                  (th, hx(t - 365 * _DAY))),
+                 (store_sha, self._k("s", key.store_id, "o", "r"), (th, hx(t - 30 * _DAY), hx(t - _DAY)))]
         links = [name is not None for name in (key.device_id, key.address_id)]
         for tag, name in (("d", key.device_id), ("a", key.address_id)):
             if name is not None:
-                self._read_link(keys=self._k(tag, name, "seen", "bad", "r"), args=[th, hx(t - _DAY)], client=pipe)
-        res = pipe.execute()
+                calls.append((link_sha, self._k(tag, name, "seen", "bad", "r"), (th, hx(t - _DAY))))
+        res = self._read(calls)
         bv = _buyer_values(res[0], t)
         sv = self._scores.values(key.store_id, t, *(int(x) for x in res[1]))
         lv: list[tuple[int, int, int] | None] = []
@@ -580,6 +582,23 @@ class RedisProfileStore:
             else:
                 lv.append(None)
         return make_profiles(bv, sv, lv[0], lv[1])
+
+    def _read(self, calls: list[tuple[str, list[str], tuple[str, ...]]]) -> list[Any]:
+        """Run read-only scripts in one pipelined round trip (loading them once if the server lacks them)."""
+        from redis.exceptions import NoScriptError
+
+        for attempt in (0, 1):
+            pipe = self.client.pipeline(transaction=False)
+            for sha, keys, args in calls:
+                pipe.evalsha(sha, len(keys), *keys, *args)
+            try:
+                return pipe.execute()
+            except NoScriptError:  # first use, or the server restarted: load and run again (reads only)
+                if attempt:
+                    raise
+                for script in (_READ_BUYER, _READ_STORE, _READ_LINK):
+                    self.client.script_load(script)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def stats(self) -> dict[str, int]:
         """Held and dropped resolutions (kept in ``<prefix>:stats``)."""
