@@ -1168,7 +1168,9 @@ def scored_frame(table: pa.Table) -> pd.DataFrame:
     Strings become ``str`` columns and ``reasons`` lists of ``{text, feature, value,
     contribution}`` dicts.
     """
-    df = table.drop_columns(["reasons"]).to_pandas()
+    # pandas' default "str" dtype whatever pyarrow's age (before pyarrow 19, to_pandas gave object columns)
+    text = pd.StringDtype(na_value=np.nan)
+    df = table.drop_columns(["reasons"]).to_pandas(types_mapper={pa.string(): text, pa.large_string(): text}.get)
     df.insert(list(SCORED_COLUMNS).index("reasons"), "reasons", table.column("reasons").to_pylist())
     return df.loc[:, list(SCORED_COLUMNS)]
 
