@@ -271,7 +271,7 @@ class RefundGuard:
             ``store`` are given.
         """
         st = self._state
-        _check_request(request)
+        refund_id, buyer_id = _check_request(request)
         profiles = _profiles_of(request, profiles, store)
         features = build_features_one(request, profiles)
         row: list[np.ndarray] = []
@@ -289,10 +289,10 @@ class RefundGuard:
         store_profile = profiles[1]
         return decide_one(
             st.policy,
-            refund_id=request["refund_id"],
+            refund_id=refund_id,
             requested_at=request["requested_at"],
             kind=request["kind"],
-            buyer_id=request["buyer_id"],
+            buyer_id=buyer_id,
             store_score=store_profile.score,
             provisional=bool(store_profile.provisional),
             store_score_missing=bool(store_profile.score_missing),
@@ -347,10 +347,10 @@ class RefundGuard:
                                field="profiles", value=profiles)
         if not requests:
             return []
-        rows = []
+        rows, ids = [], []
         for i, request in enumerate(requests):
             try:
-                _check_request(request)
+                ids.append(_check_request(request))
                 prof = _profiles_of(request, None if profiles is None else profiles[i], store)
                 features = build_features_one(request, prof)  # the checks of one request, as assess does
             except RequestError as exc:
@@ -374,10 +374,10 @@ class RefundGuard:
 
             out.append(decide_one(
                 st.policy,
-                refund_id=request["refund_id"],
+                refund_id=ids[i][0],
                 requested_at=request["requested_at"],
                 kind=request["kind"],
-                buyer_id=request["buyer_id"],
+                buyer_id=ids[i][1],
                 store_score=store_profile.score,
                 provisional=bool(store_profile.provisional),
                 store_score_missing=bool(store_profile.score_missing),
@@ -539,15 +539,14 @@ class RefundGuard:
         return batch.evaluate(labelled, _proba(st, batch.X.loc[labelled]), th.get("intercept"))
 
 
-def _check_request(request: Any) -> None:
-    """The fields every decision needs, before anything else reads the request."""
+def _check_request(request: Any) -> tuple[str, str]:
+    """The fields every decision needs, before anything else reads the request: ``(refund_id, buyer_id)``."""
     if not isinstance(request, Mapping):
         raise RequestError(f"A request must be a mapping of field names to values; got {type(request).__name__}.",
                            field=None, value=request)
-    for name in ("refund_id", "buyer_id"):
-        check_id(request, name)
     for name in ("store_id", "device_id", "address_id"):
         check_id(request, name, optional=True)
+    return check_id(request, "refund_id"), check_id(request, "buyer_id")  # type: ignore[return-value]
 
 
 def _profiles_of(request: Mapping[str, Any], profiles: Any, store: Any) -> tuple[Any, Any, Any]:

@@ -133,12 +133,17 @@ def _missing(v: Any) -> bool:
 
 
 def check_id(d: Mapping[str, Any], field: str, optional: bool = False) -> str | None:
-    """An id field: a non-empty string without leading or trailing whitespace (``validate``'s rule)."""
+    """An id field: a non-empty string without leading or trailing whitespace (``validate``'s rule).
+
+    An integer (not a bool) is an id written as text, as ``validate`` reads an integer id cell.
+    """
     v = d.get(field)
     if _missing(v):
         if optional:
             return None
         raise RequestError(f"The field {field!r} is required; got {v!r}.", field=field, value=v)
+    if isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)):
+        return str(int(v))
     if not isinstance(v, str):
         raise RequestError(f"The field {field!r} must be a string; got {type(v).__name__} {v!r}.",
                            field=field, value=v)
