@@ -38,6 +38,9 @@ __all__ = [
     "NS_PER_DAY",
     "NAT",
     "NEVER",
+    "MIN_INSTANT_NS",
+    "MAX_INSTANT_NS",
+    "INSTANT_RANGE_TEXT",
     "series_ns",
     "column_ns",
     "instant_ns",
@@ -65,6 +68,13 @@ NO_DAY = NEVER // 4
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _EPOCH_DATE = date(1970, 1, 1)
+
+#: The contract's range for data instants: [1970-01-01, 2200-01-01) UTC. Outside it an instant is a
+#: ``range`` reject (and a ``RequestError`` online): no marketplace event is that old or that far
+#: ahead, and inside it every difference of two instants fits int64 nanoseconds (292 years).
+MIN_INSTANT_NS = 0
+MAX_INSTANT_NS = (date(2200, 1, 1) - _EPOCH_DATE).days * NS_PER_DAY
+INSTANT_RANGE_TEXT = "[1970-01-01, 2200-01-01) UTC"
 _US = 1_000
 _ISO_START = re.compile(r"\s*[0-9]{4}")
 
@@ -173,13 +183,21 @@ def _parse_iso(text: str) -> pd.Timestamp:
 
 def field_ns(value: Any, field: str, *, required: bool) -> int | None:
     """:func:`instant_ns` for one request or event field; a bad value is a ``RequestError`` naming it."""
-    try:
-        ns = instant_ns(value)
-    except TimeValueError as exc:
-        raise RequestError(f"The field {field!r} must be a timestamp (tz-aware, or naive meaning UTC); {exc}.",
-                           field=field, value=value) from None
-    if ns is None and required:
-        raise RequestError(f"The field {field!r} is required; got {value!r}.", field=field, value=value)
+    if isinstance(value, str) and not value.strip():
+        ns = None  # blank text is a missing value, as in validate
+    else:
+        try:
+            ns = instant_ns(value)
+        except TimeValueError as exc:
+            raise RequestError(f"The field {field!r} must be a timestamp (tz-aware, or naive meaning UTC); {exc}.",
+                               field=field, value=value) from None
+    if ns is None:
+        if required:
+            raise RequestError(f"The field {field!r} is required; got {value!r}.", field=field, value=value)
+        return None
+    if not MIN_INSTANT_NS <= ns < MAX_INSTANT_NS:
+        raise RequestError(f"The field {field!r} must be in {INSTANT_RANGE_TEXT}; got {value!r}.",
+                           field=field, value=value)
     return ns
 
 

@@ -61,7 +61,7 @@ SCHEMA_RULES: dict[str, str] = {
     "unique": "an id that must be unique appears more than once",
     "enum": "a value outside the column's levels",
     "min": "a number below its minimum (or not finite)",
-    "range": "a number outside its allowed range (amounts: at most MAX_AMOUNT = 1e12)",
+    "range": "a value outside its allowed range (amounts: at most MAX_AMOUNT = 1e12; instants: 1970-01-01 to 2200-01-01)",
     "id_whitespace": "an id with leading or trailing whitespace",
     "exists": "a reference to an order that is not in orders",
     "parent_rejected": "the order this row references was rejected",

@@ -39,7 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from refundguard._time import NAT, label_days
+from refundguard._time import MAX_INSTANT_NS, MIN_INSTANT_NS, NAT, label_days
 from refundguard.config import ScoreConfig
 from refundguard.errors import DataError, RejectedRowsWarning, SchemaError
 from refundguard.tables import (
@@ -635,7 +635,10 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         if not has(table, col):
             return np.full(n[table], NAT, dtype=np.int64), np.ones(n[table], dtype=bool)
         v = _ns(get(table, col))
-        return v, v == NAT
+        null = v == NAT
+        # outside the contract's range: a suspect (validate names the rule, "range")
+        flag(table, ~null & ((v < MIN_INSTANT_NS) | (v >= MAX_INSTANT_NS)))
+        return v, null
 
     susp = {name: np.zeros(n[name], dtype=bool) for name in TABLES}
     orders: dict[str, np.ndarray] = {}

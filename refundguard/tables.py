@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refundguard._io import atomic_target
-from refundguard._time import _ISO_START, NAT, series_ns
+from refundguard._time import _ISO_START, INSTANT_RANGE_TEXT, MAX_INSTANT_NS, MIN_INSTANT_NS, NAT, series_ns
 from refundguard.config import REFUND_KINDS
 from refundguard.errors import ConfigError, RejectedRowsWarning, SchemaError
 
@@ -513,6 +513,10 @@ def _coerce_column(t: _Table, spec: ColumnSpec) -> None:
         t.reject(bad, spec.name, "type", f"{spec.name} must be a string", raw)
     else:
         t.reject(bad, spec.name, "type", f"{spec.name} cannot be read as {_KIND_TEXT[spec.kind]}", raw)
+    if spec.kind == "ts":
+        ns = out.to_numpy(dtype="datetime64[ns]").view(np.int64)
+        outside = out.notna().to_numpy() & ((ns < MIN_INSTANT_NS) | (ns >= MAX_INSTANT_NS))
+        t.reject(outside, spec.name, "range", f"{spec.name} must be in {INSTANT_RANGE_TEXT}", raw)
     if spec.kind == "id":
         # "o1 " and "o1" would be two different ids: refuse rather than guess which is meant
         padded = (out.notna() & (out.str.strip() != out)).to_numpy(dtype=bool)
@@ -872,6 +876,10 @@ def _bad_cell_rule(name: str, df: pd.DataFrame) -> tuple[str, str] | None:
             return spec.name, "required"
         if spec.kind == "enum" and not bool((s.isin(spec.levels) | s.isna()).all()):
             return spec.name, "enum"
+        if spec.kind == "ts" and len(s):
+            ns = s.to_numpy(dtype="datetime64[ns]").view(np.int64)
+            if bool((s.notna().to_numpy() & ((ns < MIN_INSTANT_NS) | (ns >= MAX_INSTANT_NS))).any()):
+                return spec.name, "range"
     low = {"orders": ("amount", 0.0, True), "refunds": ("amount", 0.0, False), "service": ("first_response_s", 0.0, True)}
     if name in low:
         column, floor, closed = low[name]

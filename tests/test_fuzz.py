@@ -209,6 +209,8 @@ FIELD_AND_VALUE = st.tuples(st.integers(0, 20), HOSTILE)
 @given(st.lists(FIELD_AND_VALUE, min_size=1, max_size=3), st.integers(0, 7))
 @example([(0, 0)], 0)  # an integer id: text, as validate reads an integer id cell (the store refused it)
 @example([(5, date(2000, 1, 1))], 0)  # a date: its 00:00 UTC (validate refused it)
+@example([(7, "")], 0)  # blank text is a missing delivered_at, as in validate (the store refused it)
+@example([(5, datetime(1732, 1, 1))], 0)  # outside the contract's instant range: refused by both
 def test_profile_store_orders_are_refused_with_request_errors_exactly_when_validate_rejects_the_row(edits, which):
     """An order event the store accepts is a row ``validate`` accepts, and the reverse."""
     order = _records(make_tables(8)["orders"], ORDER_FIELDS)[which]
@@ -266,6 +268,7 @@ def warm():
 @given(st.lists(st.tuples(st.integers(0, 40), HOSTILE), min_size=1, max_size=3), st.integers(0, 7))
 @example([(0, "   ")], 0)  # a blank refund_id (assess accepted it)
 @example([(0, 7)], 0)  # an integer refund_id: the decision carries it as text
+@example([(6, datetime(1732, 1, 1))], 0)  # 2024 - 1732 overflowed int64 ns in assess_many, not in assess
 def test_assess_refuses_hostile_requests_and_what_it_accepts_is_what_validate_accepts(warm, edits, which):
     guard, store, requests = warm
     request = dict(requests[which])

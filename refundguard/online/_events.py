@@ -138,7 +138,7 @@ def check_id(d: Mapping[str, Any], field: str, optional: bool = False) -> str | 
     An integer (not a bool) is an id written as text, as ``validate`` reads an integer id cell.
     """
     v = d.get(field)
-    if _missing(v):
+    if _missing(v) or (isinstance(v, str) and not v.strip()):  # blank text is missing, as in validate
         if optional:
             return None
         raise RequestError(f"The field {field!r} is required; got {v!r}.", field=field, value=v)
