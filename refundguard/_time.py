@@ -76,6 +76,7 @@ MIN_INSTANT_NS = 0
 MAX_INSTANT_NS = (date(2200, 1, 1) - _EPOCH_DATE).days * NS_PER_DAY
 INSTANT_RANGE_TEXT = "[1970-01-01, 2200-01-01) UTC"
 _US = 1_000
+_UNIT_NS = {"s": NS_PER_SECOND, "ms": 1_000_000, "us": 1_000, "ns": 1}
 _ISO_START = re.compile(r"\s*[0-9]{4}")
 
 
@@ -145,7 +146,10 @@ def instant_ns(value: Any) -> int | None:
     if value is None or value is pd.NaT:
         return None
     if isinstance(value, pd.Timestamp):
-        return int(value.value)  # ns since the epoch; a naive wall clock reads as UTC
+        try:
+            return int(value.value)  # ns since the epoch; a naive wall clock reads as UTC
+        except OverflowError:  # outside the ns range (pandas 3 keeps it in s/ms/us): exact, as a Python int
+            return int(value.asm8.view("i8")) * _UNIT_NS[value.unit]
     if isinstance(value, datetime):
         if value.tzinfo is None or value.utcoffset() is None:
             value = value.replace(tzinfo=timezone.utc)
@@ -215,7 +219,9 @@ def parameter_ns(value: Any, name: str, owner: str, *, optional: bool = False) -
     if ns is None:
         what = "a date or timestamp" + (" or None" if optional else "")
         raise ConfigError.invalid(owner, name, what, value)
-    return ns
+    # data instants lie in [MIN_INSTANT_NS, MAX_INSTANT_NS): a bound beyond them selects exactly what the
+    # range's end does, and clamping keeps it an int64 ("--to 9999-12-31" means "everything")
+    return min(max(ns, MIN_INSTANT_NS), MAX_INSTANT_NS)
 
 
 def date_ns(d: date) -> int:

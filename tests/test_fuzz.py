@@ -250,7 +250,8 @@ def test_profile_store_refunds_and_resolutions_refuse_hostile_values_with_reques
             store.observe_resolution(*args)
         except RequestError:
             continue
-        assert label is None or isinstance(label, (bool, np.bool_)) or args[3] is None
+        missing = args[3] is None or (isinstance(args[3], float) and np.isnan(args[3]))  # null, as in validate
+        assert missing or isinstance(args[3], (bool, np.bool_)), args
 
 
 @pytest.fixture(scope="module")
@@ -268,6 +269,8 @@ def warm():
 @given(st.lists(st.tuples(st.integers(0, 40), HOSTILE), min_size=1, max_size=3), st.integers(0, 7))
 @example([(0, "   ")], 0)  # a blank refund_id (assess accepted it)
 @example([(0, 7)], 0)  # an integer refund_id: the decision carries it as text
+@example([(24, float("nan"))], 0)  # a missing category: optional online
+@example([(1, "9999-12-31T23:59:59")], 0)  # beyond the ns range: pandas 3 parsed it in us, .value overflowed
 @example([(6, datetime(1732, 1, 1))], 0)  # 2024 - 1732 overflowed int64 ns in assess_many, not in assess
 def test_assess_refuses_hostile_requests_and_what_it_accepts_is_what_validate_accepts(warm, edits, which):
     guard, store, requests = warm
@@ -281,7 +284,8 @@ def test_assess_refuses_hostile_requests_and_what_it_accepts_is_what_validate_ac
     assert decision.action in ACTIONS
     assert decision.abuse_probability is None or 0.0 <= decision.abuse_probability <= 1.0
     assert guard.assess_many([request], store=store)[0] == decision  # the micro-batch path agrees
-    if request.get("category") is None:
+    cat = request.get("category")
+    if cat is None or (isinstance(cat, float) and np.isnan(cat)) or (isinstance(cat, str) and not cat.strip()):
         return  # optional online (scored as missing, like an unseen level); the orders table requires it
     # the clean equivalent: the same request as contract rows, validated, decides the same
     order = {c: request.get(c) for c in ORDER_FIELDS} | {"order_id": "o-req", "amount": request.get("order_amount")}
