@@ -863,7 +863,7 @@ def _bad_cell_rule(name: str, df: pd.DataFrame) -> tuple[str, str] | None:
     """The first per-cell rule a canonical-dtype table breaks, as ``(column, rule)``, or ``None``.
 
     The cheap half of :func:`validate` for tables that already have canonical dtypes:
-    required values present, enums within their levels, amounts, ratings and response
+    required values present, enums within their levels, amounts, instants, ratings and response
     times within range. It reads each column once, vectorised (tens of milliseconds per
     million rows); rules across rows (unique ids, references, the order of instants,
     refund sums) are :func:`validate`'s alone.
