@@ -46,7 +46,7 @@ from __future__ import annotations
 import struct
 from array import array
 from bisect import bisect_left, bisect_right
-from typing import Union
+from typing import Any, Union
 
 import numpy as np
 
@@ -55,7 +55,7 @@ from refundguard._time import NEVER, NS_PER_DAY
 __all__ = [
     "B_FIRST", "B_HEAD", "S_HEAD", "L_HEAD", "MEDIAN_K",
     "new_buyer", "new_store", "new_link",
-    "buyer_offsets", "buyer_add_order", "buyer_add_refund", "buyer_add_store", "buyer_add_claim",
+    "buyer_sections", "buyer_offsets", "buyer_add_order", "buyer_add_refund", "buyer_add_store", "buyer_add_claim",
     "buyer_add_bad", "buyer_first_bad", "buyer_link", "buyer_trim", "buyer_values",
     "store_add_order", "store_add_refund", "store_values", "store_trim",
     "link_add_seen", "link_move", "link_add_bad", "link_add_refund", "link_values", "link_trim",
@@ -113,10 +113,13 @@ def new_buyer(code: int) -> array:
     return array("q", (code, NEVER, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0))
 
 
-def buyer_offsets(a: Block) -> tuple[int, ...]:
-    """Section starts ``(ot, oc, oa, rt, rk, rm, st, sc, nr, rj, ab, lk, lt, end)`` and counts."""
-    n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l = a[2:9]
-    ot = B_HEAD
+def buyer_sections(start: Any, n_o: Any, n_r: Any, n_s: Any = 0, n_nr: Any = 0, n_rj: Any = 0, n_ab: Any = 0,
+                   n_l: Any = 0) -> tuple[Any, ...]:
+    """The buyer block's layout: section starts ``(ot, oc, oa, rt, rk, rm, st, sc, nr, rj, ab, lk, lt, end)``
+    of a block at ``start`` with these counts. Ints or numpy arrays (one block per element) alike: the one
+    definition the scalar updates, the vectorised warm start and expiry all read. The first six starts
+    depend on ``n_o`` and ``n_r`` only."""
+    ot = start + B_HEAD
     oc = ot + n_o
     oa = oc + n_o + 1
     rt = oa + n_o
@@ -129,7 +132,13 @@ def buyer_offsets(a: Block) -> tuple[int, ...]:
     ab = rj + n_rj
     lk = ab + n_ab
     lt = lk + n_l
-    return (ot, oc, oa, rt, rk, rm, st, sc, nr, rj, ab, lk, lt, lt + n_l, n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l)
+    return (ot, oc, oa, rt, rk, rm, st, sc, nr, rj, ab, lk, lt, lt + n_l)
+
+
+def buyer_offsets(a: Block) -> tuple[int, ...]:
+    """Section starts ``(ot, oc, oa, rt, rk, rm, st, sc, nr, rj, ab, lk, lt, end)`` and counts."""
+    n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l = a[2:9]
+    return (*buyer_sections(0, n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l), n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l)
 
 
 def buyer_add_order(a: array, paid: int, amount: float, cents: int) -> None:
@@ -458,12 +467,7 @@ def trim_plan(kind: str, buf: np.ndarray, start: np.ndarray, size: np.ndarray,
     """
     if kind == "buyer":
         n_o, n_r = buf[start + B_NO], buf[start + B_NR]
-        ot = start + B_HEAD
-        oc = ot + n_o
-        oa = oc + n_o + 1
-        rt = oa + n_o
-        rk = rt + n_r
-        rm = rk + n_r + 1
+        ot, oc, oa, rt, rk, rm = buyer_sections(start, n_o, n_r)[:6]
         r_cut = count_below(buf, rt, n_r, floor - 365 * _DAY)
         kw = count_below(buf, ot, n_o, floor - 365 * _DAY)
         m = count_below(buf, ot, n_o, floor)

@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from refundguard._time import NAT, NEVER, series_ns
 from refundguard.errors import DataError
-from refundguard.online._blocks import B_HEAD, L_HEAD, S_HEAD
+from refundguard.online._blocks import L_HEAD, S_HEAD, buyer_sections
 from refundguard.online._ids import IdIndex, radix_order
 from refundguard.online._tables import (
     F_ABUSE,
@@ -224,26 +224,15 @@ def fill_from_tables(store: Any, clean: dict[str, pd.DataFrame], cut: int) -> No
     n_l = np.bincount(pb, minlength=nb)
     pb, pk, pt = pb[p_ord], pk[p_ord], pt[p_ord]
 
-    size = B_HEAD + 3 * n_o + 1 + 3 * n_r + 2 + 2 * n_s + n_nr + n_rj + n_ab + 2 * n_l
+    size = buyer_sections(0, n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l)[-1]
     bstart = np.cumsum(size) - size
     buf = np.zeros(int(size.sum()), dtype=np.int64)
     buf[bstart] = np.arange(nb)
     buf[bstart + 1] = first
     for k, cnt in enumerate((n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l)):
         buf[bstart + 2 + k] = cnt
-    ot = bstart + B_HEAD
-    oc_ = ot + n_o
-    oa_ = oc_ + n_o + 1
-    rt = oa_ + n_o
-    rk = rt + n_r
-    rm = rk + n_r + 1
-    st = rm + n_r + 1
-    sc = st + n_s
-    nr_ = sc + n_s
-    rj = nr_ + n_nr
-    ab = rj + n_rj
-    lk = ab + n_ab
-    lt = lk + n_l
+    ot, oc_, oa_, rt, rk, rm, st, sc, nr_, rj, ab, lk, lt, _end = buyer_sections(
+        bstart, n_o, n_r, n_s, n_nr, n_rj, n_ab, n_l)
 
     def put(section: np.ndarray, groups: np.ndarray, values: np.ndarray, counts: np.ndarray) -> None:
         buf[section[groups] + _rank_in_group(counts)] = values
