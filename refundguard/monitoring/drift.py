@@ -38,7 +38,7 @@ import pandas as pd
 
 from refundguard.errors import DataError, ModelError
 from refundguard.guard import RefundGuard
-from refundguard.monitoring.period import as_guard
+from refundguard.monitoring.period import TableReport, as_guard
 from refundguard.pipeline import canonical_tables, point_in_time_features
 from refundguard.policy import gate_batch
 
@@ -231,7 +231,7 @@ def drift_table(
 
 
 @dataclass(frozen=True, eq=False)
-class DriftReport:
+class DriftReport(TableReport):
     """PSI of one period against a model's training bins.
 
     Attributes
@@ -283,19 +283,6 @@ class DriftReport:
         counts = t["flag"].value_counts()
         out.append(", ".join(f"{counts.get(f, 0):,} {f}" for f in ("significant", "moderate", "stable")))
         return out
-
-    def to_text(self) -> str:
-        """:meth:`lines` joined by newlines."""
-        return "\n".join(self.lines())
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Write :attr:`table` as CSV (atomically)."""
-        from refundguard._io import atomic_target
-
-        target = Path(path)
-        with atomic_target(target) as tmp:
-            self.table.to_csv(tmp, index=False)
-        return target
 
     def plot(self, path: str | Path) -> Path:
         """Draw the PSI bars and the two score histograms into a PNG (needs matplotlib)."""

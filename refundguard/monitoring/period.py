@@ -23,7 +23,29 @@ from refundguard.errors import DataError
 from refundguard.guard import RefundGuard
 from refundguard.pipeline import canonical_tables
 
-__all__ = ["ScoredPeriod", "as_guard", "score_period"]
+__all__ = ["ScoredPeriod", "TableReport", "as_guard", "score_period"]
+
+
+class TableReport:
+    """Text and CSV output of a report holding a ``table`` and its ``lines()`` (drift, what-if)."""
+
+    table: pd.DataFrame
+
+    def lines(self) -> list[str]:  # pragma: no cover - each report writes its own
+        raise NotImplementedError
+
+    def to_text(self) -> str:
+        """:meth:`lines` joined by newlines."""
+        return "\n".join(self.lines())
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write :attr:`table` as CSV (atomically)."""
+        from refundguard._io import atomic_target
+
+        target = Path(path)
+        with atomic_target(target) as tmp:
+            self.table.to_csv(tmp, index=False)
+        return target
 
 
 def as_guard(model: RefundGuard | str | Path) -> RefundGuard:

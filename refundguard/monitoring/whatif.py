@@ -51,7 +51,7 @@ from scipy.stats import beta, chi2
 from refundguard._params import Interval, Options, check_params, is_finite_real
 from refundguard.errors import ConfigError, ModelError
 from refundguard.guard import RefundGuard
-from refundguard.monitoring.period import ScoredPeriod, as_guard, score_period
+from refundguard.monitoring.period import ScoredPeriod, TableReport, as_guard, score_period
 from refundguard.policy import ACTIONS, PolicyTimeline, decide_batch
 
 __all__ = [
@@ -385,7 +385,7 @@ def replay(
 
 
 @dataclass(frozen=True, eq=False)
-class WhatIf:
+class WhatIf(TableReport):
     """The replays of one period.
 
     Attributes
@@ -445,19 +445,6 @@ class WhatIf:
                        f"{merchants:>36s} {r.abuse_stopped:>13,.2f} {r.honest_intercepted:>18,.0f} "
                        f"{r.honest_amount_held:>11,.2f}")
         return out
-
-    def to_text(self) -> str:
-        """:meth:`lines` joined by newlines."""
-        return "\n".join(self.lines())
-
-    def to_csv(self, path: str | Path) -> Path:
-        """Write :attr:`table` as CSV (atomically)."""
-        from refundguard._io import atomic_target
-
-        target = Path(path)
-        with atomic_target(target) as tmp:
-            self.table.to_csv(tmp, index=False)
-        return target
 
     def plot(self, path: str | Path) -> Path:
         """Draw the trade-off plot into a PNG (needs matplotlib)."""
