@@ -75,6 +75,7 @@ __all__ = [
     "build_index",
     "plan_slices",
     "run_batch",
+    "history_result",
     "score_data",
     "score_slice",
 ]
@@ -1173,6 +1174,15 @@ def scored_frame(table: pa.Table) -> pd.DataFrame:
     df = table.drop_columns(["reasons"]).to_pandas(types_mapper={pa.string(): text, pa.large_string(): text}.get)
     df.insert(list(SCORED_COLUMNS).index("reasons"), "reasons", table.column("reasons").to_pylist())
     return df.loc[:, list(SCORED_COLUMNS)]
+
+
+def history_result(result: BatchResult, table: pa.Table | None, out: Any, return_rejects: bool) -> Any:
+    """What ``score_history`` returns: the ``BatchResult`` with ``out``, else the scored frame
+    (and the rejects with ``return_rejects``)."""
+    if out is not None:
+        return result
+    scored = scored_frame(table)  # type: ignore[arg-type]
+    return (scored, result.rejects) if return_rejects else scored
 
 
 def score_data(

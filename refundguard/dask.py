@@ -35,9 +35,9 @@ from refundguard.batch import (
     BatchIndex,
     BatchModel,
     SliceSpec,
+    history_result,
     score_data,
     score_slice,
-    scored_frame,
 )
 from refundguard.guard import RefundGuard
 
@@ -115,7 +115,4 @@ def score_history(
         owner="refundguard.dask.score_history",
     )
     result.jobs = len(client.scheduler_info().get("workers", {})) or 1
-    if out is not None:
-        return result
-    scored = scored_frame(table)
-    return (scored, result.rejects) if return_rejects else scored
+    return history_result(result, table, out, return_rejects)

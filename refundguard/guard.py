@@ -467,17 +467,14 @@ class RefundGuard:
         ConfigError
             A bad parameter.
         """
-        from refundguard.batch import score_data, scored_frame
+        from refundguard.batch import history_result, score_data
 
         model = self.batch_model(always_score=always_score, explain=explain)
         result, table = score_data(
             model, data, start, end, out=out, rejects=rejects, store_scores=store_scores, jobs=jobs,
             chunk_days=chunk_days, validate_tables=validate_tables, progress=progress,
         )
-        if out is not None:
-            return result
-        scored = scored_frame(table)
-        return (scored, result.rejects) if return_rejects else scored
+        return history_result(result, table, out, return_rejects)
 
     def batch_model(self, *, always_score: bool = False, explain: bool = False) -> Any:
         """The serving model as the batch engine's portable :class:`~refundguard.batch.BatchModel`.
