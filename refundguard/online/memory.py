@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from bisect import bisect_left, insort
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from refundguard._time import NAT, NEVER, NS_PER_DAY, parameter_ns
+from refundguard.clusters import CLUSTER_HUB_BUYERS, CLUSTER_MAX_ACCOUNTS, search_one, sorted_members
 from refundguard.config import ScoreConfig
 from refundguard.errors import ConfigError, RefundGuardWarning, RequestError
 import refundguard.online._blocks as B
@@ -159,6 +161,9 @@ class ProfileStore:
         self._stores = KeyBlocks("store", B.new_store)
         self._links = (KeyBlocks("link", B.new_link), KeyBlocks("link", B.new_link))
         self._pending: dict[str, Resolution] = {}
+        # identity clusters: per device / address code, its buyers' (first time, buyer code), sorted; derived
+        # from the buyer blocks' link sections (never saved: rebuilt on warm start and load)
+        self._members: tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]] = ({}, {})
         self._floor = NAT
         self._newest = NAT
         self._rows_floor = NAT
@@ -199,6 +204,7 @@ class ProfileStore:
         cut = parameter_ns(as_of, "as_of", "ProfileStore.from_tables", optional=True)
         store = cls(store_scores, score_config, horizon_days=horizon_days)
         fill_from_tables(store, clean, NEVER if cut is None else cut)
+        store._index_members()
         return store
 
     def save(self, path: str | Path) -> Path:
@@ -218,7 +224,32 @@ class ProfileStore:
         """
         from refundguard.online.snapshot import load_snapshot
 
-        return load_snapshot(cls, path, expected_sha256=expected_sha256)
+        store = load_snapshot(cls, path, expected_sha256=expected_sha256)
+        store._index_members()
+        return store
+
+    def _index_members(self) -> None:
+        """Rebuild the device / address -> buyers index of the cluster search from the buyer blocks (vectorised)."""
+        with self._lock:
+            buf, off = self._buyers.flat()
+            n = len(off) - 1
+            members: tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]] = ({}, {})
+            if n:
+                start = off[:-1]
+                head = [buf[start + j] for j in range(2, 9)]
+                sec = B.buyer_sections(start, *head)
+                lk, lt, n_l = sec[11], sec[12], head[6]
+                idx = np.repeat(lk - np.cumsum(n_l) + n_l, n_l) + np.arange(int(n_l.sum()), dtype=np.int64)
+                buyer = np.repeat(np.arange(n, dtype=np.int64), n_l)
+                key, first = buf[idx], buf[idx + np.repeat(lt - lk, n_l)]
+                order = np.lexsort((buyer, first, key))
+                key, first, buyer = key[order], first[order], buyer[order]
+                cut = np.flatnonzero(np.diff(key)) + 1
+                for k, f, b in zip(np.split(key, cut), np.split(first, cut), np.split(buyer, cut), strict=True):
+                    if len(k):
+                        kk = int(k[0])
+                        members[kk & 1][kk >> 1] = list(zip(f.tolist(), b.tolist(), strict=True))
+            self._members = members
 
     # ------------------------------------------------------------------ store scores
     def set_store_scores(self, history: pd.DataFrame) -> None:
@@ -326,6 +357,10 @@ class ProfileStore:
             old = B.buyer_link(b, 2 * code + kind, ev.paid)
             if old is None:
                 continue
+            mem = self._members[kind].setdefault(code, [])
+            if old != NEVER:
+                mem.remove((old, b_code))
+            insort(mem, (ev.paid, b_code))
             link = self._links[kind].block(code)
             B.link_move(link, old, ev.paid, False)
             if fb == NEVER:
@@ -669,8 +704,27 @@ class ProfileStore:
                 else:
                     a = self._links[kind].view(name)
                     lv.append(_EMPTY_LINK if a is None else B.link_values(a, t))
+            cv = self._cluster_values(self._buyers.index.get(key.buyer_id), t)
             scores = self._scores
-        return make_profiles(bv, scores.values(key.store_id, t, *sv), lv[0], lv[1])
+        return make_profiles(bv, scores.values(key.store_id, t, *sv), lv[0], lv[1], cv)
+
+    def _cluster_values(self, buyer: int | None, t: int) -> tuple[int, int | None, int | None, int | None]:
+        """The cluster fields of a request by ``buyer`` (code) at ``t`` (caller holds the lock)."""
+        view, members = self._buyers.view_code, self._members
+        others = search_one(buyer, t, lambda b: B.buyer_links(view(b)),
+                            lambda k, at: sorted_members(members[k & 1].get(k >> 1, ()), at, CLUSTER_HUB_BUYERS))
+        if others is None:
+            return large_cluster()
+        n24 = n30 = bad = 0
+        for m in others:
+            a = view(m)
+            off = B.buyer_offsets(a)
+            rt, n_r = off[3], off[15]
+            hi = bisect_left(a, t, rt, rt + n_r)
+            n24 += hi - bisect_left(a, t - NS_PER_DAY, rt, hi)
+            n30 += hi - bisect_left(a, t - 30 * NS_PER_DAY, rt, hi)
+            bad += B.buyer_first_bad(a) < t
+        return 1 + len(others), n24, n30, bad
 
     def stats(self) -> dict[str, int]:
         """Counts of what the store holds: orders, refunds, keys, held resolutions, events ignored as
@@ -693,8 +747,15 @@ class ProfileStore:
             }
 
 
+def large_cluster() -> tuple[int, None, None, None]:
+    """The cluster fields of a large cluster (more than ``CLUSTER_MAX_ACCOUNTS`` accounts)."""
+    return CLUSTER_MAX_ACCOUNTS + 1, None, None, None
+
+
 def make_profiles(bv: dict[str, Any] | None, sv: dict[str, Any], device: tuple[int, int, int] | None,
-                  address: tuple[int, int, int] | None) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
+                  address: tuple[int, int, int] | None,
+                  cluster: tuple[int, int | None, int | None, int | None] = (1, 0, 0, 0)
+                  ) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
     """The three profile dataclasses from a backend's values (shared by the backends)."""
     if bv is None:
         bp = BuyerProfile()
@@ -708,6 +769,10 @@ def make_profiles(bv: dict[str, Any] | None, sv: dict[str, Any], device: tuple[i
         address_n_buyers=None if address is None else address[0],
         address_n_bad_buyers=None if address is None else address[1],
         address_n_refunds_24h=None if address is None else address[2],
+        cluster_n_accounts=cluster[0],
+        cluster_n_refunds_24h=cluster[1],
+        cluster_n_refunds_30d=cluster[2],
+        cluster_n_bad_others=cluster[3],
     )
     return bp, StoreProfile(**sv), lk
 
@@ -716,4 +781,4 @@ def _null(v: Any) -> bool:
     return v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and np.isnan(v))
 
 
-__all__ += ["make_profiles"]
+__all__ += ["make_profiles", "large_cluster"]
