@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from array import array
 from bisect import bisect_left, insort
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
@@ -163,7 +164,7 @@ class ProfileStore:
         self._pending: dict[str, Resolution] = {}
         # identity clusters: per device / address code, its buyers' (first time, buyer code), sorted; derived
         # from the buyer blocks' link sections (never saved: rebuilt on warm start and load)
-        self._members: tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]] = ({}, {})
+        self._members = (_Members(), _Members())
         self._floor = NAT
         self._newest = NAT
         self._rows_floor = NAT
@@ -204,7 +205,6 @@ class ProfileStore:
         cut = parameter_ns(as_of, "as_of", "ProfileStore.from_tables", optional=True)
         store = cls(store_scores, score_config, horizon_days=horizon_days)
         fill_from_tables(store, clean, NEVER if cut is None else cut)
-        store._index_members()
         return store
 
     def save(self, path: str | Path) -> Path:
@@ -224,32 +224,23 @@ class ProfileStore:
         """
         from refundguard.online.snapshot import load_snapshot
 
-        store = load_snapshot(cls, path, expected_sha256=expected_sha256)
-        store._index_members()
-        return store
+        return load_snapshot(cls, path, expected_sha256=expected_sha256)
 
     def _index_members(self) -> None:
         """Rebuild the device / address -> buyers index of the cluster search from the buyer blocks (vectorised)."""
         with self._lock:
             buf, off = self._buyers.flat()
             n = len(off) - 1
-            members: tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int]]]] = ({}, {})
-            if n:
-                start = off[:-1]
-                head = [buf[start + j] for j in range(2, 9)]
-                sec = B.buyer_sections(start, *head)
-                lk, lt, n_l = sec[11], sec[12], head[6]
-                idx = np.repeat(lk - np.cumsum(n_l) + n_l, n_l) + np.arange(int(n_l.sum()), dtype=np.int64)
-                buyer = np.repeat(np.arange(n, dtype=np.int64), n_l)
-                key, first = buf[idx], buf[idx + np.repeat(lt - lk, n_l)]
-                order = np.lexsort((buyer, first, key))
-                key, first, buyer = key[order], first[order], buyer[order]
-                cut = np.flatnonzero(np.diff(key)) + 1
-                for k, f, b in zip(np.split(key, cut), np.split(first, cut), np.split(buyer, cut), strict=True):
-                    if len(k):
-                        kk = int(k[0])
-                        members[kk & 1][kk >> 1] = list(zip(f.tolist(), b.tolist(), strict=True))
-            self._members = members
+            start = off[:-1]
+            head = [np.asarray(buf[start + j], dtype=np.int64) for j in range(2, 9)]
+            sec = B.buyer_sections(start, *head)
+            lk, lt, n_l = sec[11], sec[12], head[6]
+            idx = np.repeat(lk - np.cumsum(n_l) + n_l, n_l) + np.arange(int(n_l.sum()), dtype=np.int64)
+            buyer = np.repeat(np.arange(n, dtype=np.int64), n_l)
+            key, first = buf[idx], buf[idx + np.repeat(lt - lk, n_l)]
+            self._members = tuple(_Members.build(key[key & 1 == kind] >> 1, first[key & 1 == kind],
+                                                 buyer[key & 1 == kind], len(self._links[kind]))
+                                  for kind in (0, 1))  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ store scores
     def set_store_scores(self, history: pd.DataFrame) -> None:
@@ -357,7 +348,7 @@ class ProfileStore:
             old = B.buyer_link(b, 2 * code + kind, ev.paid)
             if old is None:
                 continue
-            mem = self._members[kind].setdefault(code, [])
+            mem = self._members[kind].writable(code)
             if old != NEVER:
                 mem.remove((old, b_code))
             insort(mem, (ev.paid, b_code))
@@ -712,7 +703,7 @@ class ProfileStore:
         """The cluster fields of a request by ``buyer`` (code) at ``t`` (caller holds the lock)."""
         view, members = self._buyers.view_code, self._members
         others = search_one(buyer, t, lambda b: B.buyer_links(view(b)),
-                            lambda k, at: sorted_members(members[k & 1].get(k >> 1, ()), at, CLUSTER_HUB_BUYERS))
+                            lambda k, at: members[k & 1].before(k >> 1, at, CLUSTER_HUB_BUYERS))
         if others is None:
             return large_cluster()
         n24 = n30 = bad = 0
@@ -745,6 +736,57 @@ class ProfileStore:
                 "bytes": self._orders.nbytes + self._refunds.nbytes + sum(k.nbytes() for k in kinds),
                 "floor": None if self._floor == NAT else self._floor,  # type: ignore[dict-item]
             }
+
+
+class _Members:
+    """The buyers of each device (or address) code with their first time on it, for the cluster search.
+
+    Derived from the buyer blocks' link sections (so never saved: rebuilt, vectorised, by warm start and
+    load): a shared base sorted by ``(code, time, buyer)`` (``ptr`` gives each code's run), and for the codes
+    an event changed since, their own sorted ``[(time, buyer)]`` list. Link sections are all time (expiry
+    never trims them), so this index never needs trimming either.
+    """
+
+    __slots__ = ("ptr", "times", "buyers", "live")
+
+    def __init__(self) -> None:
+        self.ptr, self.times, self.buyers = array("q", [0]), array("q"), array("q")
+        self.live: dict[int, list[tuple[int, int]]] = {}
+
+    @classmethod
+    def build(cls, code: np.ndarray, time: np.ndarray, buyer: np.ndarray, n_codes: int) -> _Members:
+        order = np.lexsort((buyer, time, code))
+        code = code[order]
+        out = cls()
+        out.ptr = array("q", np.searchsorted(code, np.arange(n_codes + 1, dtype=np.int64)).astype(np.int64).tobytes())
+        out.times = array("q", np.ascontiguousarray(time[order], dtype=np.int64).tobytes())
+        out.buyers = array("q", np.ascontiguousarray(buyer[order], dtype=np.int64).tobytes())
+        return out
+
+    def before(self, code: int, t: int, hub: int) -> list[int] | None:
+        """The buyers first seen on ``code`` before ``t``, or ``None`` when more than ``hub`` (a hub)."""
+        mine = self.live.get(code)
+        if mine is not None:
+            return sorted_members(mine, t, hub)
+        if code + 1 >= len(self.ptr):
+            return []
+        lo, hi = self.ptr[code], self.ptr[code + 1]
+        n = bisect_left(self.times, t, lo, hi) - lo
+        if n > hub:
+            return None
+        return self.buyers[lo:lo + n].tolist()
+
+    def writable(self, code: int) -> list[tuple[int, int]]:
+        """The sorted ``[(time, buyer)]`` list of ``code`` to update (copied from the base on first write)."""
+        mine = self.live.get(code)
+        if mine is None:
+            if code + 1 < len(self.ptr):
+                lo, hi = self.ptr[code], self.ptr[code + 1]
+                mine = list(zip(self.times[lo:hi], self.buyers[lo:hi], strict=True))
+            else:
+                mine = []
+            self.live[code] = mine
+        return mine
 
 
 def large_cluster() -> tuple[int, None, None, None]:
