@@ -13,6 +13,12 @@ State (see :mod:`refundguard.online._blocks` for the block layouts and
 * the order and refund rows (ids in a compact index, a few numeric columns), so
   that events are idempotent, checked against their order, and can be updated
   later (shipping, delivery, resolution);
+* for the identity-cluster search (:mod:`refundguard.clusters`), each device's and address's
+  buyers with their first time on it, derived from the buyer blocks' link sections (rebuilt,
+  vectorised, on warm start and snapshot load; updated by each order). The search reads all-time
+  link times filtered by ``< t``, so a late or out-of-order link event is exact at once (nothing is
+  folded in time order), and expiry never touches it (link sections and first-bad times are all
+  time, refund times are kept 365 days, the search reads 30);
 * resolutions whose refund has not arrived yet (held, counted in :meth:`stats`);
 * the published store score history (:meth:`set_store_scores`).
 

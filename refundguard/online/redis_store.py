@@ -27,6 +27,13 @@ of four read-only Lua scripts (buyer, store, device, address), each on one hash
 slot: counts over ranges (``ZLEXCOUNT``), and the buyer's events of the last 365
 days, from which the profile is computed in Python exactly as in memory.
 
+Identity clusters (:mod:`refundguard.clusters`) read the keys above (each buyer's ``l``
+links with first times, each device's and address's ``seen`` buyers): a capped breadth-first
+search from Python, one pipelined round trip per step, whose first step (the requester's links
+and the request's own device and address) rides in the lookup's round trip, so a buyer whose
+device and address nobody else used before ``t`` costs no extra round trip. Keys expire as
+below: a member whose keys expired leaves the graph, as it leaves ``device_n_buyers``.
+
 Bulk load (:meth:`RedisProfileStore.from_tables`, :meth:`RedisProfileStore.load_tables`): the keys
 event replay would write, computed from tables as columns and sent as raw pipelined
 ``HSET``/``ZADD`` + ``PEXPIRE`` commands encoded with Arrow (tens of thousands of
