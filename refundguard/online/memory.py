@@ -708,19 +708,25 @@ class ProfileStore:
     def _cluster_values(self, buyer: int | None, t: int) -> tuple[int, int | None, int | None, int | None]:
         """The cluster fields of a request by ``buyer`` (code) at ``t`` (caller holds the lock)."""
         view, members = self._buyers.view_code, self._members
-        others = search_one(buyer, t, lambda b: B.buyer_links(view(b)),
-                            lambda k, at: members[k & 1].before(k >> 1, at, CLUSTER_HUB_BUYERS))
+        got: dict[int, tuple[int, int, bool]] = {}
+
+        def links(b: int) -> list[tuple[int, int]]:
+            lks, n24, n30, bad = B.buyer_cluster(view(b), t)
+            got[b] = (n24, n30, bad)
+            return lks
+
+        others = search_one(buyer, t, links, lambda k, at: members[k & 1].before(k >> 1, at, CLUSTER_HUB_BUYERS))
         if others is None:
             return large_cluster()
         n24 = n30 = bad = 0
         for m in others:
-            a = view(m)
-            off = B.buyer_offsets(a)
-            rt, n_r = off[3], off[15]
-            hi = bisect_left(a, t, rt, rt + n_r)
-            n24 += hi - bisect_left(a, t - NS_PER_DAY, rt, hi)
-            n30 += hi - bisect_left(a, t - 30 * NS_PER_DAY, rt, hi)
-            bad += B.buyer_first_bad(a) < t
+            v = got.get(m)
+            if v is None:  # a member the search did not expand (it found no more keys to read)
+                lks, *rest = B.buyer_cluster(view(m), t)
+                v = tuple(rest)  # type: ignore[assignment]
+            n24 += v[0]
+            n30 += v[1]
+            bad += v[2]
         return 1 + len(others), n24, n30, bad
 
     def stats(self) -> dict[str, int]:
