@@ -621,25 +621,25 @@ class RedisProfileStore:
 
     def _cluster_values(self, buyer: str, t: int, mine: list[Any], keys: dict[str, list[Any]]
                         ) -> tuple[int, int | None, int | None, int | None]:
-        """The cluster search of :func:`refundguard.clusters.search_one`, one pipelined round trip per step
-        (the first step came with the lookup)."""
+        """The cluster search of :func:`refundguard.clusters.search_one` in waves: each pipelined round trip
+        reads the keys the last buyers link to AND the buyers the last keys hold (the first wave came with
+        the lookup), so a search costs about one round trip per hop."""
         th = hx(t)
         info = {buyer: mine}
-        comp, frontier, done = {buyer}, [buyer], set()
-        while frontier:
-            want = []
-            for b in frontier:
+        comp, done = {buyer}, set()
+        new_b: list[str] = [buyer]
+        new_k: list[str] = []
+        while True:
+            want_k = []
+            for b in new_b:  # buyers read -> their keys known before t
                 raw = info[b][0]
                 for i in range(0, len(raw), 2):
                     field = _s(raw[i])
                     if field not in done and unhx(raw[i + 1]) < t:
                         done.add(field)
-                        want.append(field)
-            missing = [f for f in want if f not in keys]
-            if missing:
-                keys.update(zip(missing, self._read([self._key_call(f, th) for f in missing]), strict=True))
-            nxt = []
-            for field in want:
+                        (new_k if field in keys else want_k).append(field)
+            want_b = []
+            for field in new_k:  # keys read -> their buyers seen before t (hubs link nobody)
                 got = keys[field]
                 if int(got[0]) > CLUSTER_HUB_BUYERS:
                     continue
@@ -647,12 +647,15 @@ class RedisProfileStore:
                     other = _s(m)[17:]
                     if other not in comp:
                         comp.add(other)
-                        nxt.append(other)
+                        want_b.append(other)
                 if len(comp) > CLUSTER_MAX_ACCOUNTS:
                     return large_cluster()
-            if nxt:
-                info.update(zip(nxt, self._read([self._member_call(b, t) for b in nxt]), strict=True))
-            frontier = nxt
+            if not want_k and not want_b:
+                break
+            res = self._read([self._key_call(f, th) for f in want_k] + [self._member_call(b, t) for b in want_b])
+            keys.update(zip(want_k, res[:len(want_k)], strict=True))
+            info.update(zip(want_b, res[len(want_k):], strict=True))
+            new_b, new_k = want_b, want_k
         n24 = n30 = bad = 0
         for b in comp:
             if b != buyer:
