@@ -165,8 +165,9 @@ def cluster_columns(graph: ClusterGraph, t: np.ndarray, q_buyer: np.ndarray, *, 
     g = graph
     nb, nk = max(g.n_buyers, 1), max(g.n_keys, 1)
     start = np.flatnonzero((q_buyer >= 0) & (q_buyer < g.n_buyers))
-    visited = start * nb + q_buyer[start]  # sorted: one per query, queries ascending
+    visited = start * nb + q_buyer[start]  # of the queries still searching; sorted: queries ascending
     seen_keys = np.zeros(0, dtype=np.int64)
+    finished = []  # visited buyers of the queries done searching
     large = np.zeros(n, dtype=bool)
     fq, fb = start, q_buyer[start]
     while len(fq):
@@ -175,8 +176,7 @@ def cluster_columns(graph: ClusterGraph, t: np.ndarray, q_buyer: np.ndarray, *, 
         qq = fq[rep]
         ok = g.by_buyer.time[idx] < t[qq]
         code = np.unique(qq[ok] * nk + g.pair_key[idx[ok]])
-        if len(seen_keys):
-            code = code[~_isin_sorted(code, seen_keys)]
+        code = code[~_isin_sorted(code, seen_keys)]
         seen_keys = np.union1d(seen_keys, code)
         qq, kk = code // nk, code % nk
         # hubs link nobody; the others link their buyers known before t
@@ -187,10 +187,21 @@ def cluster_columns(graph: ClusterGraph, t: np.ndarray, q_buyer: np.ndarray, *, 
         code = np.unique(qq[keep][rep] * nb + g.key_buyer[idx])
         new = code[~_isin_sorted(code, visited)]
         visited = np.union1d(visited, new)
-        size = np.bincount(visited // nb, minlength=n)
+        vq = visited // nb
+        size = np.bincount(vq, minlength=n)
         large |= size > cap
         new = new[~large[new // nb]]
         fq, fb = new // nb, new % nb
+        # queries without new buyers are done: their rows leave the working sets
+        active = np.zeros(n, dtype=bool)
+        active[fq] = True
+        done = ~active[vq]
+        if done.any():
+            finished.append(visited[done])
+            visited = visited[~done]
+            seen_keys = seen_keys[active[seen_keys // nk]]
+    finished.append(visited)
+    visited = np.concatenate(finished)
     out = {name: np.zeros(n, dtype=np.float64) for name in CLUSTER_FIELDS}
     out["cluster_n_accounts"][:] = 1.0
     qv, bv = visited // nb, visited % nb
