@@ -37,6 +37,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -50,6 +51,7 @@ import pyarrow.compute as pc
 
 from refundguard._io import atomic_target
 from refundguard._time import NAT, NEVER, NS_PER_DAY, day_index, utc_series
+from refundguard.clusters import ClusterGraph
 from refundguard.config import ScoreConfig
 from refundguard.errors import ConfigError, DataError
 from refundguard.features import build_features
@@ -619,6 +621,30 @@ def _coded_history(ix: BatchIndex, o_rows: np.ndarray, r_rows: np.ndarray) -> Co
     )
 
 
+_GRAPH: list[tuple[weakref.ref[BatchIndex], ClusterGraph]] = []  # this process's cluster graph, for its index
+_GRAPH_LOCK = threading.Lock()
+
+
+def _cluster_graph(ix: BatchIndex) -> ClusterGraph:
+    """The identity-cluster graph of the whole index (all-time pairs, refunds, first bad outcomes), built once
+    per process and index: a cluster reaches beyond the keys a slice's history rows hold."""
+    with _GRAPH_LOCK:
+        if _GRAPH and _GRAPH[0][0]() is ix:
+            return _GRAPH[0][1]
+        ob, paid = np.asarray(ix.o_buyer, dtype=np.int64), np.asarray(ix.o_paid, dtype=np.int64)
+        dev, addr = np.asarray(ix.dev_pair_rows, dtype=np.int64), np.asarray(ix.addr_pair_rows, dtype=np.int64)
+        fbr = np.asarray(ix.first_bad_refund, dtype=np.int64)
+        first_bad = np.where(fbr >= 0, np.asarray(ix.r_res, dtype=np.int64)[np.maximum(fbr, 0)], NEVER)
+        graph = ClusterGraph.from_pairs(
+            np.concatenate([ob[dev], ob[addr]]),
+            np.concatenate([2 * np.asarray(ix.o_dev, dtype=np.int64)[dev],
+                            2 * np.asarray(ix.o_addr, dtype=np.int64)[addr] + 1]),
+            np.concatenate([paid[dev], paid[addr]]),
+            np.asarray(ix.r_buyer, dtype=np.int64), np.asarray(ix.r_req, dtype=np.int64), first_bad)
+        _GRAPH[:] = [(weakref.ref(ix), graph)]
+        return graph
+
+
 def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
     """The store score of each request's store and day: published if given, computed otherwise."""
     if ix.published is not None:
@@ -676,7 +702,8 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     history = _coded_history(ix, o_rows, r_rows)
     store_rows = _store_rows(ix, q_store, t, cfg)
     profiles = profiles_from_codes(history, t, q_buyer, q_store, q_dev, q_addr, store_rows,
-                                   store_orders_30d=_store_orders_window(ix, q_store, t, _STORE_NS))
+                                   store_orders_30d=_store_orders_window(ix, q_store, t, _STORE_NS),
+                                   clusters=_cluster_graph(ix))
     clock.lap("profiles")
 
     cat_codes = np.asarray(ix.o_category[orow], dtype=np.int64)

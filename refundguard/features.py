@@ -140,6 +140,11 @@ FEATURES: tuple[Feature, ...] = (
     _f("address_n_buyers", "distinct buyers seen at the request's address"),
     _f("address_n_bad_buyers", "of them, buyers with a rejected or abusive refund known", +1),
     _f("address_n_refunds_24h", "refund requests to the address in the last 24 hours"),
+    # identity cluster (buyers linked through shared devices and addresses; refundguard.clusters)
+    _f("cluster_n_accounts", "buyers in the requester's identity cluster, the requester included"),
+    _f("cluster_n_refunds_24h", "refund requests of the other cluster members in the last 24 hours"),
+    _f("cluster_n_refunds_30d", "refund requests of the other cluster members in the last 30 days"),
+    _f("cluster_n_bad_others", "other cluster members with a rejected or abusive refund known", +1),
 )
 
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
@@ -324,6 +329,10 @@ def build_features_one(request: Mapping[str, Any],
             "address_n_buyers": _opt(lp.address_n_buyers),
             "address_n_bad_buyers": _opt(lp.address_n_bad_buyers),
             "address_n_refunds_24h": _opt(lp.address_n_refunds_24h),
+            "cluster_n_accounts": _opt(lp.cluster_n_accounts),
+            "cluster_n_refunds_24h": _opt(lp.cluster_n_refunds_24h),
+            "cluster_n_refunds_30d": _opt(lp.cluster_n_refunds_30d),
+            "cluster_n_bad_others": _opt(lp.cluster_n_bad_others),
         }
     except (TypeError, ValueError, OverflowError) as exc:
         raise RequestError(f"profiles hold a value of the wrong type: {exc}", field="profiles",
@@ -506,7 +515,9 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
     cols["store_refund_rate_30d"] = s["refund_rate_30d"].to_numpy(np.float64)
     cols["store_n_refunds_24h"] = s["n_refunds_24h"].to_numpy(np.float64)
     for name in ("device_n_buyers", "device_n_bad_buyers", "device_n_refunds_24h",
-                 "address_n_buyers", "address_n_bad_buyers", "address_n_refunds_24h"):
+                 "address_n_buyers", "address_n_bad_buyers", "address_n_refunds_24h",
+                 "cluster_n_accounts", "cluster_n_refunds_24h", "cluster_n_refunds_30d",
+                 "cluster_n_bad_others"):
         cols[name] = lk[name].to_numpy(np.float64)
     return pd.DataFrame({name: cols[name] for name in FEATURE_NAMES}, index=requests.index)
 

@@ -52,6 +52,7 @@ from refundguard._time import (
     parameter_ns,
     utc_series,
 )
+from refundguard.clusters import ClusterGraph, cluster_columns
 from refundguard.config import ScoreConfig
 from refundguard.errors import DataError, SchemaError
 from refundguard.tables import require_columns
@@ -201,6 +202,17 @@ class LinkProfile:
         Refund requests in ``[t - 24h, t)`` on orders placed with this device.
     address_n_buyers, address_n_bad_buyers, address_n_refunds_24h
         The same for the delivery address.
+    cluster_n_accounts
+        Buyers in the requester's identity cluster as of ``t`` (buyers linked
+        transitively through shared devices and addresses, links known before
+        ``t``; :mod:`refundguard.clusters`), the requester included: 1 without
+        links, ``CLUSTER_MAX_ACCOUNTS + 1`` for a large cluster.
+    cluster_n_refunds_24h, cluster_n_refunds_30d
+        Refund requests of the other members in ``[t - 24h, t)`` / ``[t - 30d, t)``.
+    cluster_n_bad_others
+        Other members with a rejected or abusive refund resolved before ``t``.
+
+    The three member counts are ``None`` for a large cluster.
     """
 
     device_n_buyers: int | None = None
@@ -209,6 +221,10 @@ class LinkProfile:
     address_n_buyers: int | None = None
     address_n_bad_buyers: int | None = None
     address_n_refunds_24h: int | None = None
+    cluster_n_accounts: int | None = None
+    cluster_n_refunds_24h: int | None = None
+    cluster_n_refunds_30d: int | None = None
+    cluster_n_bad_others: int | None = None
 
 
 _BUYER_FIELDS = tuple(f.name for f in fields(BuyerProfile))
@@ -838,7 +854,8 @@ def profiles_as_of(tables: dict[str, pd.DataFrame], requests: pd.DataFrame, *,
 def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarray,
                         q_store: np.ndarray, q_dev: np.ndarray, q_addr: np.ndarray,
                         store_rows: pd.DataFrame, *,
-                        store_orders_30d: np.ndarray | None = None) -> Profiles:
+                        store_orders_30d: np.ndarray | None = None,
+                        clusters: ClusterGraph | None = None) -> Profiles:
     """The profile kernel: profiles of requests at ``t`` from an integer-coded history.
 
     Sorted keys and ``np.searchsorted`` (no per-request loop): event times are ranked
@@ -862,6 +879,11 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
         The store's orders paid in ``[t - 30d, t)``, when the caller counted them
         already (the batch engine keeps every store's order times sorted once); the
         history's orders then need not hold the stores' 30 days.
+    clusters
+        The identity-cluster graph (:class:`~refundguard.clusters.ClusterGraph`) of a
+        history holding every link and refund, when the caller built it (the batch
+        engine builds it once from its whole index); ``None`` builds it from
+        ``history``, which must then hold every order and refund before the requests.
 
     Returns
     -------
@@ -955,6 +977,9 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
         lk[f"{name}_n_buyers"] = np.where(missing, np.nan, n_buyers)
         lk[f"{name}_n_bad_buyers"] = np.where(missing, np.nan, n_bad)
         lk[f"{name}_n_refunds_24h"] = np.where(missing, np.nan, n24)
+    if clusters is None:
+        clusters = ClusterGraph.from_orders(o_buyer, o_dev, o_addr, o_paid, r_buyer, r_req, r_res, bad_b)
+    lk.update(cluster_columns(clusters, t, q_buyer))
     link = pd.DataFrame({k: np.asarray(lk[k], dtype=np.float64) for k in _LINK_FIELDS})
     assert len(buyer) == len(store) == len(link) == n
     return Profiles(buyer, store, link)

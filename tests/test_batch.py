@@ -30,6 +30,7 @@ from refundguard.batch import (
     SCORED_SCHEMA,
     BatchResult,
     _coded_history,
+    _cluster_graph,
     _history_rows,
     _store_orders_window,
     _store_rows,
@@ -174,7 +175,8 @@ def test_slice_profiles_equal_profiles_as_of(seed: int, chunk_days: int) -> None
         assert len(o_rows) <= index.n_orders
         store = _store_rows(index, q[1], t, ScoreConfig())
         got.append(profiles_from_codes(_coded_history(index, o_rows, r_rows), t, *q, store,
-                                       store_orders_30d=_store_orders_window(index, q[1], t, 30 * 86_400 * 10**9)))
+                                       store_orders_30d=_store_orders_window(index, q[1], t, 30 * 86_400 * 10**9),
+                                       clusters=_cluster_graph(index)))
     for name in ("buyer", "store", "link"):
         frame = pd.concat([getattr(p, name) for p in got], ignore_index=True)
         pd.testing.assert_frame_equal(frame, getattr(want, name), check_dtype=True)

@@ -16,6 +16,7 @@ LAYERS: list[set[str]] = [
     {"simulate", "datasets", "datasets.conversion", "datasets.olist", "datasets.uci"},
     {"scores"},
     {"sources"},
+    {"clusters"},
     {"profiles"},
     {"features"},
     # model/: one module per job; the estimator builds on the others, __init__ only re-exports.

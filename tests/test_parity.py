@@ -160,9 +160,11 @@ def test_parity_on_simulated_data() -> None:
     assert features_frame(one).equals(batch)
     # the ring, burst and history signals are exercised, not all zero
     for name in ("device_n_bad_buyers", "address_n_refunds_24h", "buyer_n_abuse",
-                 "buyer_n_refunds_1d", "store_n_refunds_24h", "not_received_on_delivered"):
+                 "buyer_n_refunds_1d", "store_n_refunds_24h", "not_received_on_delivered",
+                 "cluster_n_refunds_30d", "cluster_n_bad_others"):
         assert np.nanmax(batch[name].to_numpy()) > 0, name
     assert batch["store_score"].notna().mean() > 0.5
+    assert (batch["cluster_n_accounts"] > 2).any()  # clusters beyond one shared key
 
 
 def test_profile_store_parity_on_simulated_data() -> None:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from refundguard.clusters import CLUSTER_HUB_BUYERS, CLUSTER_MAX_ACCOUNTS
 from refundguard.config import ScoreConfig
 from refundguard.errors import ConfigError, DataError, SchemaError
 from refundguard.profiles import (
@@ -201,7 +202,36 @@ def reference_profiles(tables, req: dict, history: pd.DataFrame):
         lk[f"{name}_n_bad_buyers"] = len(seen & bad_buyers)
         lk[f"{name}_n_refunds_24h"] = sum(x[f"{name}_id"] == key and x["requested_at"] >= t - day
                                           for x in refunds)
+    lk.update(reference_cluster(orders, refunds, bad_buyers, buyer, t))
     return bp, sp, LinkProfile(**lk)
+
+
+def reference_cluster(orders, refunds, bad_buyers, buyer, t, hub=CLUSTER_HUB_BUYERS, cap=CLUSTER_MAX_ACCOUNTS):
+    """Identity cluster fields by brute force: breadth first over the links of ``orders`` (paid before t)."""
+    key_buyers, buyer_keys = {}, {}
+    for x in orders:
+        for kind in ("device_id", "address_id"):
+            if not _null(x[kind]):
+                key_buyers.setdefault((kind, x[kind]), set()).add(x["buyer_id"])
+                buyer_keys.setdefault(x["buyer_id"], set()).add((kind, x[kind]))
+    comp, frontier = {buyer}, [buyer]
+    while frontier:
+        nxt = []
+        for b in frontier:
+            for k in buyer_keys.get(b, ()):
+                if len(key_buyers[k]) <= hub:
+                    nxt += [m for m in key_buyers[k] if m not in comp]
+                    comp |= key_buyers[k]
+        frontier = nxt
+    if len(comp) > cap:
+        return {"cluster_n_accounts": cap + 1}
+    others = comp - {buyer}
+    day = pd.Timedelta(days=1)
+    return {"cluster_n_accounts": len(comp),
+            "cluster_n_refunds_24h": sum(x["buyer_id"] in others and x["requested_at"] >= t - day for x in refunds),
+            "cluster_n_refunds_30d": sum(x["buyer_id"] in others and x["requested_at"] >= t - 30 * day
+                                         for x in refunds),
+            "cluster_n_bad_others": len(others & bad_buyers)}
 
 
 # --------------------------------------------------------------------------- tests

@@ -16,7 +16,9 @@ from refundguard.errors import RequestError
 from refundguard.online import ProfileStore, RedisProfileStore
 from refundguard.profiles import profiles_as_of, requests_from_tables
 from tests.test_online import all_profiles, events, feed, order, query, refund, T0, H
-from tests.test_profiles import fake_history, random_tables
+from tests.test_clusters import CHAIN, CHAIN_REFUNDS, CHAIN_WANT, _check, _hub, _long_chain, _tables
+from tests.test_profiles import BASE, fake_history, random_tables
+from refundguard.clusters import CLUSTER_HUB_BUYERS, CLUSTER_MAX_ACCOUNTS
 
 pytestmark = pytest.mark.extras
 
@@ -147,11 +149,13 @@ def test_a_lookup_is_one_round_trip(client, monkeypatch) -> None:
     calls.clear()
     client.config_resetstat()
     assert a.profiles(query()) == first
-    assert calls == [3]                     # buyer, store, device scripts in one pipeline
+    # buyer, store, device scripts, and the cluster search's first step (the buyer's links, the request's
+    # device): a buyer alone on its device and address is one round trip
+    assert calls == [5]
     sent = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
     # nothing else went to the server: no SCRIPT EXISTS round trip before the pipeline (redis-py's
-    # Script objects add one), only the three EVALSHA (and what the scripts run inside the server)
-    assert sent.get("evalsha") == 3 and not any(k.startswith("script") for k in sent), sent
+    # Script objects add one), only the five EVALSHA (and what the scripts run inside the server)
+    assert sent.get("evalsha") == 5 and not any(k.startswith("script") for k in sent), sent
 
 
 def test_lookups_survive_a_server_that_lost_its_scripts(client) -> None:
@@ -249,3 +253,14 @@ def test_bulk_load_refuses_a_used_prefix_and_reports_server_errors(client) -> No
         client.config_set("maxmemory", "0")
     assert client.ping()                                               # the pool still works after the error
     assert RedisProfileStore(client, prefix="used").profiles(query())[0].n_orders_30d >= 0
+
+
+# --------------------------------------------------------------------------- identity clusters
+def test_redis_store_agrees_on_the_hand_built_graphs(client, tmp_path) -> None:
+    tables = _tables(CHAIN + _hub(CLUSTER_HUB_BUYERS + 2, tie=True) + _long_chain(CLUSTER_MAX_ACCOUNTS + 2),
+                     CHAIN_REFUNDS)
+    k, m = CLUSTER_HUB_BUYERS, CLUSTER_MAX_ACCOUNTS
+    points = [p for p, _ in CHAIN_WANT] + [("hb0", BASE + (100 + k - 0.5) * H), ("hb0", BASE + (100 + k + 0.5) * H),
+                                           ("c0", BASE + (200 + m - 0.5) * H), ("c0", BASE + (200 + m + 0.5) * H)]
+    want = [w for _, w in CHAIN_WANT] + [(k, 0, 0, 0), (1, 0, 0, 0), (m, 0, 0, 0), (m + 1, None, None, None)]
+    _check(tables, points, want, tmp_path, redis_client=client)

@@ -56,7 +56,7 @@ __all__ = [
     "B_FIRST", "B_HEAD", "S_HEAD", "L_HEAD", "MEDIAN_K",
     "new_buyer", "new_store", "new_link",
     "buyer_sections", "buyer_offsets", "buyer_add_order", "buyer_add_refund", "buyer_add_store", "buyer_add_claim",
-    "buyer_add_bad", "buyer_first_bad", "buyer_link", "buyer_trim", "buyer_values",
+    "buyer_add_bad", "buyer_first_bad", "buyer_link", "buyer_cluster", "buyer_trim", "buyer_values",
     "store_add_order", "store_add_refund", "store_values", "store_trim",
     "link_add_seen", "link_move", "link_add_bad", "link_add_refund", "link_values", "link_trim",
     "buyer_cuts", "store_cuts", "link_cuts", "count_below", "trim_plan", "Block",
@@ -236,6 +236,17 @@ def buyer_links(a: Block) -> list[tuple[int, int]]:
     off = buyer_offsets(a)
     lk, lt, n_l = off[11], off[12], off[20]
     return [(a[lk + k], a[lt + k]) for k in range(n_l)]
+
+
+def buyer_cluster(a: Block, t: int) -> tuple[list[tuple[int, int]], int, int, bool]:
+    """For the cluster search: the buyer's ``(kcode, first time)`` links, its refund requests in
+    ``[t - 24h, t)`` and ``[t - 30d, t)``, and whether it had a bad outcome before ``t`` (one layout read)."""
+    _ot, _oc, _oa, rt, _rk, _rm, _st, _sc, _nr, rj, ab, lk, lt, _end, _n_o, n_r, _n_s, _n_nr, n_rj, n_ab, n_l = \
+        buyer_offsets(a)
+    hi = bisect_left(a, t, rt, rt + n_r)
+    bad = (n_rj and a[rj] < t) or (n_ab and a[ab] < t)
+    return ([(a[lk + k], a[lt + k]) for k in range(n_l)], hi - bisect_left(a, t - _DAY, rt, hi),
+            hi - bisect_left(a, t - 30 * _DAY, rt, hi), bool(bad))
 
 
 def buyer_values(a: Block, t: int) -> dict:

@@ -299,5 +299,6 @@ def fill_from_tables(store: Any, clean: dict[str, pd.DataFrame], cut: int) -> No
         buf[(s0 + n_seen)[bk[bad_ord]] + _rank_in_group(n_bad)] = bv[bad_ord]
         buf[(s0 + n_seen + n_bad)[rk_[ref_ord]] + _rank_in_group(n_ref)] = rq_[ref_ord]
         store._links[kind_code].set_base(names, buf, np.append(lstart, len(buf)))
+    store._index_members()  # the cluster search's key -> buyers index is derived from the buyer blocks
     newest = max(int(paid.max(initial=NAT)), int(req.max(initial=NAT)), int(resolved.max(initial=NAT)))
     store._newest = newest

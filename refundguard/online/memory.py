@@ -13,6 +13,12 @@ State (see :mod:`refundguard.online._blocks` for the block layouts and
 * the order and refund rows (ids in a compact index, a few numeric columns), so
   that events are idempotent, checked against their order, and can be updated
   later (shipping, delivery, resolution);
+* for the identity-cluster search (:mod:`refundguard.clusters`), each device's and address's
+  buyers with their first time on it, derived from the buyer blocks' link sections (rebuilt,
+  vectorised, on warm start and snapshot load; updated by each order). The search reads all-time
+  link times filtered by ``< t``, so a late or out-of-order link event is exact at once (nothing is
+  folded in time order), and expiry never touches it (link sections and first-bad times are all
+  time, refund times are kept 365 days, the search reads 30);
 * resolutions whose refund has not arrived yet (held, counted in :meth:`stats`);
 * the published store score history (:meth:`set_store_scores`).
 
@@ -27,6 +33,8 @@ from __future__ import annotations
 
 import threading
 import warnings
+from array import array
+from bisect import bisect_left, insort
 from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -36,6 +44,7 @@ import numpy as np
 import pandas as pd
 
 from refundguard._time import NAT, NEVER, NS_PER_DAY, parameter_ns
+from refundguard.clusters import CLUSTER_HUB_BUYERS, CLUSTER_MAX_ACCOUNTS, search_one, sorted_members
 from refundguard.config import ScoreConfig
 from refundguard.errors import ConfigError, RefundGuardWarning, RequestError
 import refundguard.online._blocks as B
@@ -159,6 +168,9 @@ class ProfileStore:
         self._stores = KeyBlocks("store", B.new_store)
         self._links = (KeyBlocks("link", B.new_link), KeyBlocks("link", B.new_link))
         self._pending: dict[str, Resolution] = {}
+        # identity clusters: per device / address code, its buyers' (first time, buyer code), sorted; derived
+        # from the buyer blocks' link sections (never saved: rebuilt on warm start and load)
+        self._members = (_Members(), _Members())
         self._floor = NAT
         self._newest = NAT
         self._rows_floor = NAT
@@ -219,6 +231,22 @@ class ProfileStore:
         from refundguard.online.snapshot import load_snapshot
 
         return load_snapshot(cls, path, expected_sha256=expected_sha256)
+
+    def _index_members(self) -> None:
+        """Rebuild the device / address -> buyers index of the cluster search from the buyer blocks (vectorised)."""
+        with self._lock:
+            buf, off = self._buyers.flat()
+            n = len(off) - 1
+            start = off[:-1]
+            head = [np.asarray(buf[start + j], dtype=np.int64) for j in range(2, 9)]
+            sec = B.buyer_sections(start, *head)
+            lk, lt, n_l = sec[11], sec[12], head[6]
+            idx = np.repeat(lk - np.cumsum(n_l) + n_l, n_l) + np.arange(int(n_l.sum()), dtype=np.int64)
+            buyer = np.repeat(np.arange(n, dtype=np.int64), n_l)
+            key, first = buf[idx], buf[idx + np.repeat(lt - lk, n_l)]
+            self._members = tuple(_Members.build(key[key & 1 == kind] >> 1, first[key & 1 == kind],
+                                                 buyer[key & 1 == kind], len(self._links[kind]))
+                                  for kind in (0, 1))  # type: ignore[assignment]
 
     # ------------------------------------------------------------------ store scores
     def set_store_scores(self, history: pd.DataFrame) -> None:
@@ -326,6 +354,10 @@ class ProfileStore:
             old = B.buyer_link(b, 2 * code + kind, ev.paid)
             if old is None:
                 continue
+            mem = self._members[kind].writable(code)
+            if old != NEVER:
+                mem.remove((old, b_code))
+            insort(mem, (ev.paid, b_code))
             link = self._links[kind].block(code)
             B.link_move(link, old, ev.paid, False)
             if fb == NEVER:
@@ -669,8 +701,33 @@ class ProfileStore:
                 else:
                     a = self._links[kind].view(name)
                     lv.append(_EMPTY_LINK if a is None else B.link_values(a, t))
+            cv = self._cluster_values(self._buyers.index.get(key.buyer_id), t)
             scores = self._scores
-        return make_profiles(bv, scores.values(key.store_id, t, *sv), lv[0], lv[1])
+        return make_profiles(bv, scores.values(key.store_id, t, *sv), lv[0], lv[1], cv)
+
+    def _cluster_values(self, buyer: int | None, t: int) -> tuple[int, int | None, int | None, int | None]:
+        """The cluster fields of a request by ``buyer`` (code) at ``t`` (caller holds the lock)."""
+        view, members = self._buyers.view_code, self._members
+        got: dict[int, tuple[int, int, bool]] = {}
+
+        def links(b: int) -> list[tuple[int, int]]:
+            lks, n24, n30, bad = B.buyer_cluster(view(b), t)
+            got[b] = (n24, n30, bad)
+            return lks
+
+        others = search_one(buyer, t, links, lambda k, at: members[k & 1].before(k >> 1, at, CLUSTER_HUB_BUYERS))
+        if others is None:
+            return large_cluster()
+        n24 = n30 = bad = 0
+        for m in others:
+            v = got.get(m)
+            if v is None:  # a member the search did not expand (it found no more keys to read)
+                lks, *rest = B.buyer_cluster(view(m), t)
+                v = tuple(rest)  # type: ignore[assignment]
+            n24 += v[0]
+            n30 += v[1]
+            bad += v[2]
+        return 1 + len(others), n24, n30, bad
 
     def stats(self) -> dict[str, int]:
         """Counts of what the store holds: orders, refunds, keys, held resolutions, events ignored as
@@ -693,8 +750,66 @@ class ProfileStore:
             }
 
 
+class _Members:
+    """The buyers of each device (or address) code with their first time on it, for the cluster search.
+
+    Derived from the buyer blocks' link sections (so never saved: rebuilt, vectorised, by warm start and
+    load): a shared base sorted by ``(code, time, buyer)`` (``ptr`` gives each code's run), and for the codes
+    an event changed since, their own sorted ``[(time, buyer)]`` list. Link sections are all time (expiry
+    never trims them), so this index never needs trimming either.
+    """
+
+    __slots__ = ("ptr", "times", "buyers", "live")
+
+    def __init__(self) -> None:
+        self.ptr, self.times, self.buyers = array("q", [0]), array("q"), array("q")
+        self.live: dict[int, list[tuple[int, int]]] = {}
+
+    @classmethod
+    def build(cls, code: np.ndarray, time: np.ndarray, buyer: np.ndarray, n_codes: int) -> _Members:
+        order = np.lexsort((buyer, time, code))
+        code = code[order]
+        out = cls()
+        out.ptr = array("q", np.searchsorted(code, np.arange(n_codes + 1, dtype=np.int64)).astype(np.int64).tobytes())
+        out.times = array("q", np.ascontiguousarray(time[order], dtype=np.int64).tobytes())
+        out.buyers = array("q", np.ascontiguousarray(buyer[order], dtype=np.int64).tobytes())
+        return out
+
+    def before(self, code: int, t: int, hub: int) -> list[int] | None:
+        """The buyers first seen on ``code`` before ``t``, or ``None`` when more than ``hub`` (a hub)."""
+        mine = self.live.get(code)
+        if mine is not None:
+            return sorted_members(mine, t, hub)
+        if code + 1 >= len(self.ptr):
+            return []
+        lo, hi = self.ptr[code], self.ptr[code + 1]
+        n = bisect_left(self.times, t, lo, hi) - lo
+        if n > hub:
+            return None
+        return self.buyers[lo:lo + n].tolist()
+
+    def writable(self, code: int) -> list[tuple[int, int]]:
+        """The sorted ``[(time, buyer)]`` list of ``code`` to update (copied from the base on first write)."""
+        mine = self.live.get(code)
+        if mine is None:
+            if code + 1 < len(self.ptr):
+                lo, hi = self.ptr[code], self.ptr[code + 1]
+                mine = list(zip(self.times[lo:hi], self.buyers[lo:hi], strict=True))
+            else:
+                mine = []
+            self.live[code] = mine
+        return mine
+
+
+def large_cluster() -> tuple[int, None, None, None]:
+    """The cluster fields of a large cluster (more than ``CLUSTER_MAX_ACCOUNTS`` accounts)."""
+    return CLUSTER_MAX_ACCOUNTS + 1, None, None, None
+
+
 def make_profiles(bv: dict[str, Any] | None, sv: dict[str, Any], device: tuple[int, int, int] | None,
-                  address: tuple[int, int, int] | None) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
+                  address: tuple[int, int, int] | None,
+                  cluster: tuple[int, int | None, int | None, int | None] = (1, 0, 0, 0)
+                  ) -> tuple[BuyerProfile, StoreProfile, LinkProfile]:
     """The three profile dataclasses from a backend's values (shared by the backends)."""
     if bv is None:
         bp = BuyerProfile()
@@ -708,6 +823,10 @@ def make_profiles(bv: dict[str, Any] | None, sv: dict[str, Any], device: tuple[i
         address_n_buyers=None if address is None else address[0],
         address_n_bad_buyers=None if address is None else address[1],
         address_n_refunds_24h=None if address is None else address[2],
+        cluster_n_accounts=cluster[0],
+        cluster_n_refunds_24h=cluster[1],
+        cluster_n_refunds_30d=cluster[2],
+        cluster_n_bad_others=cluster[3],
     )
     return bp, StoreProfile(**sv), lk
 
@@ -716,4 +835,4 @@ def _null(v: Any) -> bool:
     return v is None or v is pd.NaT or v is pd.NA or (isinstance(v, float) and np.isnan(v))
 
 
-__all__ += ["make_profiles"]
+__all__ += ["make_profiles", "large_cluster"]

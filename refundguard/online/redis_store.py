@@ -27,6 +27,13 @@ of four read-only Lua scripts (buyer, store, device, address), each on one hash
 slot: counts over ranges (``ZLEXCOUNT``), and the buyer's events of the last 365
 days, from which the profile is computed in Python exactly as in memory.
 
+Identity clusters (:mod:`refundguard.clusters`) read the keys above (each buyer's ``l``
+links with first times, each device's and address's ``seen`` buyers): a capped breadth-first
+search from Python, one pipelined round trip per step, whose first step (the requester's links
+and the request's own device and address) rides in the lookup's round trip, so a buyer whose
+device and address nobody else used before ``t`` costs no extra round trip. Keys expire as
+below: a member whose keys expired leaves the graph, as it leaves ``device_n_buyers``.
+
 Bulk load (:meth:`RedisProfileStore.from_tables`, :meth:`RedisProfileStore.load_tables`): the keys
 event replay would write, computed from tables as columns and sent as raw pipelined
 ``HSET``/``ZADD`` + ``PEXPIRE`` commands encoded with Arrow (tens of thousands of
@@ -53,6 +60,7 @@ import pyarrow.compute as pc
 
 import refundguard.online._blocks as B
 from refundguard._time import NAT, NEVER, NS_PER_DAY, parameter_ns
+from refundguard.clusters import CLUSTER_HUB_BUYERS, CLUSTER_MAX_ACCOUNTS
 from refundguard.config import ScoreConfig
 from refundguard.errors import ConfigError, DataError, RequestError
 from refundguard.online._events import (
@@ -70,7 +78,7 @@ from refundguard.online._events import (
     same_resolution,
 )
 from refundguard.online._scores import ScoreTable
-from refundguard.online.memory import make_profiles
+from refundguard.online.memory import large_cluster, make_profiles
 from refundguard.profiles import BuyerProfile, LinkProfile, StoreProfile
 
 __all__ = ["RedisProfileStore"]
@@ -108,6 +116,19 @@ _READ_LINK = """#!lua flags=no-writes
 local t = '(' .. ARGV[1]
 return {redis.call('ZLEXCOUNT', KEYS[1], '-', t), redis.call('ZLEXCOUNT', KEYS[2], '-', t),
   redis.call('ZLEXCOUNT', KEYS[3], '[' .. ARGV[2], t)}
+"""
+# identity clusters (refundguard.clusters): KEYS: l, m, r of a buyer; ARGV: t, t - 24h, t - 30d (hex)
+_READ_MEMBER = """#!lua flags=no-writes
+local t = '(' .. ARGV[1]
+return {redis.call('HGETALL', KEYS[1]), redis.call('HGET', KEYS[2], 'fb') or '',
+  redis.call('ZLEXCOUNT', KEYS[3], '[' .. ARGV[2], t), redis.call('ZLEXCOUNT', KEYS[3], '[' .. ARGV[3], t)}
+"""
+# KEYS: seen of a device or address; ARGV: t (hex), hub. Its buyers seen before t, or only their count past the hub.
+_READ_KEY = """#!lua flags=no-writes
+local t = '(' .. ARGV[1]
+local n = redis.call('ZLEXCOUNT', KEYS[1], '-', t)
+if n > tonumber(ARGV[2]) then return {n} end
+return {n, redis.call('ZRANGEBYLEX', KEYS[1], '-', t)}
 """
 # KEYS: m, o, l, each key of the buyer; ARGV: ttl_ms, member, paid, then pairs (link field, ...)
 _BUYER_ORDER = """
@@ -258,6 +279,7 @@ class RedisProfileStore:
         # lookups call EVALSHA themselves: a Script object in a pipeline costs one more round trip
         # per call (redis-py asks SCRIPT EXISTS before every execute); scripts are loaded on first use
         self._read_shas = (self._read_buyer.sha, self._read_store.sha, self._read_link.sha)
+        self._member_sha, self._key_sha = reg(_READ_MEMBER).sha, reg(_READ_KEY).sha
         self._buyer_order, self._link_merge = reg(_BUYER_ORDER), reg(_LINK_MERGE)
         self._buyer_refund, self._buyer_bad = reg(_BUYER_REFUND), reg(_BUYER_BAD)
         self._refund_accept, self._resolve_script = reg(_REFUND_ACCEPT), reg(_RESOLVE)
@@ -570,7 +592,14 @@ class RedisProfileStore:
         for tag, name in (("d", key.device_id), ("a", key.address_id)):
             if name is not None:
                 calls.append((link_sha, self._k(tag, name, "seen", "bad", "r"), (th, hx(t - _DAY))))
+        # the cluster search's first step rides along: the requester's links, and (most often its only links)
+        # the request's device and address
+        n_fixed = len(calls)
+        calls.append(self._member_call(key.buyer_id, t))
+        guess = [f"{tag}:{name}" for tag, name in (("d", key.device_id), ("a", key.address_id)) if name is not None]
+        calls += [self._key_call(field, th) for field in guess]
         res = self._read(calls)
+        cv = self._cluster_values(key.buyer_id, t, res[n_fixed], dict(zip(guess, res[n_fixed + 1:], strict=True)))
         bv = _buyer_values(res[0], t)
         sv = self._scores.values(key.store_id, t, *(int(x) for x in res[1]))
         lv: list[tuple[int, int, int] | None] = []
@@ -581,7 +610,60 @@ class RedisProfileStore:
                 k += 1
             else:
                 lv.append(None)
-        return make_profiles(bv, sv, lv[0], lv[1])
+        return make_profiles(bv, sv, lv[0], lv[1], cv)
+
+    def _member_call(self, buyer: str, t: int) -> tuple[str, list[str], tuple[str, ...]]:
+        return (self._member_sha, self._k("b", buyer, "l", "m", "r"), (hx(t), hx(t - _DAY), hx(t - 30 * _DAY)))
+
+    def _key_call(self, field: str, th: str) -> tuple[str, list[str], tuple[str, ...]]:
+        tag, _, name = field.partition(":")
+        return (self._key_sha, self._k(tag, name, "seen"), (th, str(CLUSTER_HUB_BUYERS)))
+
+    def _cluster_values(self, buyer: str, t: int, mine: list[Any], keys: dict[str, list[Any]]
+                        ) -> tuple[int, int | None, int | None, int | None]:
+        """The cluster search of :func:`refundguard.clusters.search_one` in waves: each pipelined round trip
+        reads the keys the last buyers link to AND the buyers the last keys hold (the first wave came with
+        the lookup), so a search costs about one round trip per hop."""
+        th = hx(t)
+        info = {buyer: mine}
+        comp, done = {buyer}, set()
+        new_b: list[str] = [buyer]
+        new_k: list[str] = []
+        while True:
+            want_k = []
+            for b in new_b:  # buyers read -> their keys known before t
+                raw = info[b][0]
+                for i in range(0, len(raw), 2):
+                    field = _s(raw[i])
+                    if field not in done and unhx(raw[i + 1]) < t:
+                        done.add(field)
+                        (new_k if field in keys else want_k).append(field)
+            want_b = []
+            for field in new_k:  # keys read -> their buyers seen before t (hubs link nobody)
+                got = keys[field]
+                if int(got[0]) > CLUSTER_HUB_BUYERS:
+                    continue
+                for m in got[1]:
+                    other = _s(m)[17:]
+                    if other not in comp:
+                        comp.add(other)
+                        want_b.append(other)
+                if len(comp) > CLUSTER_MAX_ACCOUNTS:
+                    return large_cluster()
+            if not want_k and not want_b:
+                break
+            res = self._read([self._key_call(f, th) for f in want_k] + [self._member_call(b, t) for b in want_b])
+            keys.update(zip(want_k, res[:len(want_k)], strict=True))
+            info.update(zip(want_b, res[len(want_k):], strict=True))
+            new_b, new_k = want_b, want_k
+        n24 = n30 = bad = 0
+        for b in comp:
+            if b != buyer:
+                _links, fb, c24, c30 = info[b]
+                n24 += int(c24)
+                n30 += int(c30)
+                bad += bool(fb) and unhx(fb) < t
+        return len(comp), n24, n30, bad
 
     def _read(self, calls: list[tuple[str, list[str], tuple[str, ...]]]) -> list[Any]:
         """Run read-only scripts in one pipelined round trip (loading them once if the server lacks them)."""
@@ -596,7 +678,7 @@ class RedisProfileStore:
             except NoScriptError:  # first use, or the server restarted: load and run again (reads only)
                 if attempt:
                     raise
-                for script in (_READ_BUYER, _READ_STORE, _READ_LINK):
+                for script in (_READ_BUYER, _READ_STORE, _READ_LINK, _READ_MEMBER, _READ_KEY):
                     self.client.script_load(script)
         raise AssertionError("unreachable")  # pragma: no cover
 

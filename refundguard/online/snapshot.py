@@ -208,6 +208,7 @@ def load_snapshot(store_class: Any, path: str | os.PathLike[str], *, expected_sh
     frame["category"] = frame["category"].astype("str")
     frame["store_id"] = frame["store_id"].astype("str")
     store._scores.set_frame(frame)
+    store._index_members()  # the cluster search's key -> buyers index is derived from the buyer blocks
     return store
 
 
