@@ -343,7 +343,14 @@ class _Columns:
                 import pyarrow.dataset as ds
 
                 fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=[col]))
-                source = ds.dataset(self.dataset.files, format=fmt, schema=self.dataset.schema)
+                schema = self.dataset.schema
+                f = schema.field(col)
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                    # the dataset's schema must say dictionary too, or the scan casts the
+                    # dictionaries back to strings (and every row is hashed again)
+                    schema = schema.set(schema.get_field_index(col),
+                                        pa.field(col, pa.dictionary(pa.int32(), f.type), f.nullable))
+                source = ds.dataset(self.dataset.files, format=fmt, schema=schema)
             return source.to_table(columns=[col], use_threads=threads).column(0)
         assert self.frame is not None
         return _chunked(pa.array(self.frame[col], from_pandas=True))

@@ -509,3 +509,26 @@ def test_store_scores_per_block_equal_the_reference(seed: int, chunk_days: int) 
     ref = rg.scores.store_scores_for_requests(tables, requests[["requested_at", "store_id"]])
     np.testing.assert_array_equal(got["score"].to_numpy(), ref["score"].to_numpy(dtype=np.float64))
     np.testing.assert_array_equal(got["provisional"].to_numpy(), ref["provisional"].to_numpy(dtype=bool))
+
+
+def test_id_columns_are_read_as_parquet_dictionaries(folder, tmp_path):
+    """dictionary=True really reads Parquet's dictionaries (no per-row hashing), and codes them as the strings would."""
+    from refundguard.sources import _Columns, _dataset, _encode
+
+    t = pq.read_table(folder / "orders" if (folder / "orders").is_dir() else folder / "orders.parquet")
+    ids = t.column("store_id").combine_chunks()
+    rows = len(ids)
+    col = pa.array([None if i % 97 == 0 else ("  " if i % 89 == 0 else v) for i, v in enumerate(ids.to_pylist())],
+                   type=pa.string())
+    (tmp_path / "t").mkdir()
+    for k, part in enumerate((col.slice(0, rows // 3), col.slice(rows // 3))):  # two files, two dictionaries
+        pq.write_table(pa.table({"store_id": part}), tmp_path / "t" / f"part-{k}.parquet", row_group_size=500)
+    cols = _Columns("orders", dataset=_dataset(tmp_path / "t"))
+    got = cols.get("store_id", dictionary=True)
+    assert pa.types.is_dictionary(got.type)
+    (codes,), d = _encode(got)
+    (want,), dw = _encode(cols.get("store_id"))
+    assert d.equals(dw)
+    np.testing.assert_array_equal(codes, want)
+    back = np.asarray(d.to_pylist() + [None], dtype=object)[codes]
+    assert back.tolist() == [None if v is None or not v.strip() else v for v in col.to_pylist()]
