@@ -335,8 +335,9 @@ class _Columns:
             return self.dataset.schema.field(col).type
         return pa.array(self.frame[col].iloc[:0]).type if self.frame is not None else pa.null()
 
-    def get(self, col: str, *, threads: bool = True, dictionary: bool = False) -> pa.ChunkedArray:
-        """One column (``dictionary``: a string column as Parquet's dictionaries, no per-row strings)."""
+    def get(self, col: str, *, threads: bool = True, dictionary: bool = False, where: Any = None) -> pa.ChunkedArray:
+        """One column (``dictionary``: a string column as Parquet's dictionaries, no per-row strings;
+        ``where``: a ``pyarrow.dataset`` filter, for a Parquet dataset only)."""
         if self.dataset is not None:
             source = self.dataset
             if dictionary:
@@ -351,7 +352,9 @@ class _Columns:
                     schema = schema.set(schema.get_field_index(col),
                                         pa.field(col, pa.dictionary(pa.int32(), f.type), f.nullable))
                 source = ds.dataset(self.dataset.files, format=fmt, schema=schema)
-            return source.to_table(columns=[col], use_threads=threads).column(0)
+            return source.to_table(columns=[col], filter=where, use_threads=threads).column(0)
+        if where is not None:
+            raise ValueError("a filter needs a Parquet dataset")
         assert self.frame is not None
         return _chunked(pa.array(self.frame[col], from_pandas=True))
 
@@ -1050,6 +1053,20 @@ def read_published_scores(source: pd.DataFrame | str | Path, store_ids: pa.Array
 
 
 # --------------------------------------------------------------------------- store score inputs only
+def _window_filter(c: _Columns, col: str, window: tuple[int, int] | None) -> Any:
+    """A ``pyarrow.dataset`` filter keeping the rows with ``lo <= col < hi`` (nulls dropped), or ``None``
+    (no window, not a Parquet dataset, or a time column that is not nanoseconds: then rows are masked after reading)."""
+    if window is None or c.dataset is None or not c.has(col):
+        return None
+    t = c.type(col)
+    if not (pa.types.is_timestamp(t) and t.unit == "ns"):
+        return None
+    import pyarrow.dataset as ds
+
+    lo, hi = (pa.scalar(int(x), type=t) for x in window)  # naive means UTC: the same instants
+    return (ds.field(col) >= lo) & (ds.field(col) < hi)
+
+
 def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int, int] | None = None) -> Any:
     """Read only the store score's columns of a validated Parquet data folder, as integer codes.
 
@@ -1093,26 +1110,32 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
     s = cols.get("service") or _Columns("service")
     out: dict[str, Any] = {}
 
-    def ts(c: _Columns, col: str) -> np.ndarray:
-        return _ns(c.get(col, threads=use)) if c.has(col) else np.full(c.n, NAT, dtype=np.int64)
+    # reviews and chats: only the window's rows are read (a scan filter on their time; nothing
+    # outside it counts). Refunds are read whole: the first request of all gates the refund indicators.
+    v_where, s_where = _window_filter(v, "created_at", window), _window_filter(s, "started_at", window)
+
+    def ts(c: _Columns, col: str, where: Any = None) -> np.ndarray:
+        return _ns(c.get(col, threads=use, where=where)) if c.has(col) else np.full(c.n, NAT, dtype=np.int64)
 
     def inside(ns: np.ndarray) -> np.ndarray | None:
         return None if window is None else (ns >= window[0]) & (ns < window[1])
 
-    def rows_of(c: _Columns, mask: np.ndarray | None) -> pa.ChunkedArray:
-        ids = c.get("order_id", threads=use)
+    def rows_of(c: _Columns, mask: np.ndarray | None, where: Any = None) -> pa.ChunkedArray:
+        ids = c.get("order_id", threads=use, where=where)
         return ids if mask is None else ids.filter(pa.array(mask))
 
     def job_keys() -> None:
         out["r_requested"] = ts(r, "requested_at")
-        out["v_created"] = ts(v, "created_at")
-        out["r_in"], out["v_in"] = inside(out["r_requested"]), inside(out["v_created"])
+        out["v_created"] = ts(v, "created_at", v_where)
+        out["r_in"] = inside(out["r_requested"])
+        out["v_in"] = inside(out["v_created"]) if v_where is None else None  # None: already the window's rows
         keys = _Keys.of(o.get("order_id", threads=use))
         out["r_order"] = keys.rows(rows_of(r, out["r_in"]))
-        out["v_order"] = keys.rows(rows_of(v, out["v_in"])) if v.n else np.zeros(0, dtype=np.int64)
+        out["v_order"] = keys.rows(rows_of(v, out["v_in"], v_where)) if v.n else np.zeros(0, dtype=np.int64)
 
     def job_store() -> None:
-        srv = s.get("store_id", threads=use, dictionary=True) if s.n else pa.chunked_array([], type=pa.large_string())
+        srv = (s.get("store_id", threads=use, dictionary=True, where=s_where) if s.n
+               else pa.chunked_array([], type=pa.large_string()))
         (out["o_store"], out["s_store"]), d = _encode(o.get("store_id", threads=use, dictionary=True), srv)
         out["store_ids"] = np.asarray(d.to_pylist(), dtype=object)
 
@@ -1134,9 +1157,10 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
         out["r_reason"] = _enum_codes(r.get("reason", threads=use), REASONS).astype(np.int8)
         out["r_escalated"] = (np.asarray(r.get("escalated", threads=use).fill_null(False).to_numpy(), dtype=bool)
                               if r.has("escalated") else np.zeros(r.n, dtype=bool))
-        out["v_rating"] = _f64(v.get("rating", threads=use)) if v.n else np.zeros(0)
-        out["s_started"] = ts(s, "started_at") if s.n else np.zeros(0, dtype=np.int64)
-        out["s_first_response"] = _f64(s.get("first_response_s", threads=use)) if s.n else np.zeros(0)
+        out["v_rating"] = _f64(v.get("rating", threads=use, where=v_where)) if v.n else np.zeros(0)
+        out["s_started"] = ts(s, "started_at", s_where) if s.n else np.zeros(0, dtype=np.int64)
+        out["s_first_response"] = (_f64(s.get("first_response_s", threads=use, where=s_where)) if s.n
+                                   else np.zeros(0))
 
     jobs = [job_keys, job_store, job_category, job_order_times, job_rest]
     if use:
@@ -1155,12 +1179,12 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
     req = out["r_requested"]
     first = int(req[req != NAT].min()) if (req != NAT).any() else NAT
     if window is not None:  # keep the refunds, reviews and chats of the window
-        for key, mask in (("r", out["r_in"]), ("v", out["v_in"])):
+        for key, mask in (("r", out["r_in"]), ("v", out["v_in"]), ("s", None if s_where is not None else
+                                                                    inside(out["s_started"]))):
+            if mask is None:  # read through the window's scan filter
+                continue
             for name in [k for k in out if k.startswith(key + "_") and k not in (f"{key}_order", f"{key}_in")]:
                 out[name] = out[name][mask]
-        s_in = inside(out["s_started"])
-        for name in ("s_store", "s_started", "s_first_response"):
-            out[name] = out[name][s_in]
         req = out["r_requested"]
     return CodedStoreEvents(
         store_ids=out["store_ids"], categories=out["categories"], o_store=out["o_store"],
