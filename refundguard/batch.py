@@ -60,7 +60,7 @@ from refundguard.profiles import (
     CodedHistory,
     profiles_from_codes,
 )
-from refundguard.scores import CodedStoreEvents, coded_store_score_table
+from refundguard.scores import CodedStoreEvents, coded_store_scores
 from refundguard.sources import PublishedScores, SourceTables
 from refundguard.tables import KINDS, OUTCOMES, REASONS
 
@@ -619,67 +619,12 @@ def _coded_history(ix: BatchIndex, o_rows: np.ndarray, r_rows: np.ndarray) -> Co
     )
 
 
-_SCORE_BLOCK_DAYS = 21  # store scores are computed once per block of this many local days (per process)
-_BLOCKS_LOCK = threading.Lock()
-
-
-def _computed_scores(ix: BatchIndex, q_store: np.ndarray, day: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
-    """Computed store scores of requests at ``(store code, local day)``, through per-block tables.
-
-    The decided refunds' days are cut into blocks of :data:`_SCORE_BLOCK_DAYS` from the
-    first one; a block's table (:func:`refundguard.scores.coded_store_score_table`, for
-    every decided refund of the block) is built the first time a slice of this
-    process needs it and kept (the last two) on the index, so the rolling window
-    statistics of a day are computed once per block instead of once per slice. A
-    pair's score depends only on its store and day, so the result equals
-    :func:`refundguard.scores.coded_store_scores` on the slice.
-    """
-    with _BLOCKS_LOCK:
-        state = ix.__dict__.get("_score_blocks")
-        if state is None or state["config"] != cfg:
-            rows = np.asarray(ix.q_rows, dtype=np.int64)
-            q_days = day_index(np.asarray(ix.r_req[rows], dtype=np.int64), cfg.timezone) if len(rows) else rows
-            state = {"config": cfg, "days": q_days, "stores": np.asarray(ix.r_store[rows], dtype=np.int64),
-                     "first": int(q_days.min()) if len(q_days) else 0, "tables": {}}
-            ix.__dict__["_score_blocks"] = state
-        blocks = (day - state["first"]) // _SCORE_BLOCK_DAYS
-        last = (int(state["days"].max()) - state["first"]) // _SCORE_BLOCK_DAYS if len(state["days"]) else -1
-        # days outside the decided refunds' days (score_slice never asks them): a table of their own
-        outside = (blocks < 0) | (blocks > last)
-        parts: list[tuple[np.ndarray, Any]] = []
-        for b in np.unique(blocks[~outside]):
-            table = state["tables"].get(int(b))
-            if table is None:
-                in_block = (state["days"] - state["first"]) // _SCORE_BLOCK_DAYS == b
-                table = coded_store_score_table(ix.store_events(), state["stores"][in_block],
-                                                state["days"][in_block], cfg)
-                while len(state["tables"]) >= 2:
-                    state["tables"].pop(next(iter(state["tables"])))
-                state["tables"][int(b)] = table
-            parts.append((np.flatnonzero(~outside & (blocks == b)), table))
-    if outside.any():
-        parts.append((np.flatnonzero(outside), coded_store_score_table(ix.store_events(), q_store[outside],
-                                                                       day[outside], cfg)))
-    if not parts:  # no request
-        return coded_store_score_table(ix.store_events(), q_store, day, cfg).lookup(q_store, day, cfg)
-    if len(parts) == 1:
-        return parts[0][1].lookup(q_store, day, cfg)
-    pieces = [table.lookup(q_store[at], day[at], cfg).set_axis(at) for at, table in parts]
-    return pd.concat(pieces).sort_index().reset_index(drop=True)
-
-
-def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig,
-                blocks: bool = True) -> pd.DataFrame:
-    """The store score of each request's store and day: published if given, computed otherwise
-    (``blocks``: through the per-block tables of :func:`_computed_scores`, else for these requests alone)."""
-    day = day_index(t, cfg.timezone)
+def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
+    """The store score of each request's store and day: published if given, computed otherwise."""
     if ix.published is not None:
-        res = ix.published.lookup(q_store, day, cfg)
-    elif blocks:
-        res = _computed_scores(ix, np.asarray(q_store, dtype=np.int64), day, cfg)
+        res = ix.published.lookup(q_store, day_index(t, cfg.timezone), cfg)
     else:
-        q_store = np.asarray(q_store, dtype=np.int64)
-        res = coded_store_score_table(ix.store_events(), q_store, day, cfg).lookup(q_store, day, cfg)
+        res = coded_store_scores(ix.store_events(), q_store, t, cfg)
     out = pd.DataFrame({c: res[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")})
     out["provisional"] = res["provisional"].to_numpy(dtype=bool)
     out["category"] = res["category"].astype("str").to_numpy()
@@ -695,8 +640,7 @@ def _strings(levels: Sequence[str], codes: np.ndarray) -> pa.Array:
 
 
 def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, threads: int = 1,
-                timings: dict[str, float] | None = None, matrices: list[np.ndarray] | None = None,
-                score_blocks: bool = False) -> pa.Table:
+                timings: dict[str, float] | None = None, matrices: list[np.ndarray] | None = None) -> pa.Table:
     """Decide the refunds of one slice; an Arrow table of :data:`SCORED_SCHEMA`.
 
     Parameters
@@ -715,12 +659,6 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     matrices
         If given, the slice's encoded feature matrix is appended to it (benchmarks
         time the plain ``Booster.predict`` on exactly these rows).
-    score_blocks
-        Compute store scores per block of days, cached on ``index`` for the next
-        slices (:func:`_computed_scores`): for a process that scores consecutive
-        slices (the in-process runner). Processes that receive every other slice
-        (joblib, Dask workers) would compute every block anyway and score per slice.
-        The result is the same either way.
     """
     clock = _Clock(timings)
     ix = index
@@ -736,7 +674,7 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
 
     o_rows, r_rows = _history_rows(ix, spec.t0, spec.t1, q_buyer, q_store, q_dev, q_addr)
     history = _coded_history(ix, o_rows, r_rows)
-    store_rows = _store_rows(ix, q_store, t, cfg, blocks=score_blocks)
+    store_rows = _store_rows(ix, q_store, t, cfg)
     profiles = profiles_from_codes(history, t, q_buyer, q_store, q_dev, q_addr, store_rows,
                                    store_orders_30d=_store_orders_window(ix, q_store, t, _STORE_NS))
     clock.lap("profiles")
@@ -1074,8 +1012,8 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     memory-mapped by every worker; results stream back in slice order.
     """
     if jobs == 1 or len(slices) <= 1:
-        for spec in slices:  # consecutive slices: store scores once per block of days
-            yield score_slice(index, model, spec, threads=1, timings=timings, score_blocks=True)
+        for spec in slices:
+            yield score_slice(index, model, spec, threads=1, timings=timings)
         return
     from joblib import Parallel, delayed
 

@@ -66,8 +66,6 @@ __all__ = [
     "calibrate_bands",
     "excellent_share",
     "ExcellentShare",
-    "CodedScoreTable",
-    "coded_store_score_table",
     "coded_store_scores",
     "coded_store_scores_as_of",
     "explain_store",
@@ -1364,93 +1362,6 @@ def coded_store_scores_as_of(events: CodedStoreEvents, as_of: Any, config: Score
     )
 
 
-@dataclass(frozen=True)
-class CodedScoreTable:
-    """Store scores of chosen (store code, local day) pairs, for lookups by request.
-
-    Built by :func:`coded_store_score_table`; :meth:`lookup` gives the rows of
-    :func:`coded_store_scores`. A batch process builds one table per block of days
-    and looks every request of those days up in it, instead of recomputing the
-    rolling window statistics per slice.
-    """
-
-    key: np.ndarray  # sorted int64: store code * (ndays of the table) + (day - d0)
-    d0: int
-    ndays: int
-    n_stores: int
-    frame: pd.DataFrame  # score, product, logistics, service, category, n_orders; one row per key
-
-    def covers(self, day: np.ndarray) -> bool:
-        """Whether every day of ``day`` lies in the table's days."""
-        return bool(((day >= self.d0) & (day < self.d0 + self.ndays)).all())
-
-    def lookup(self, store: np.ndarray, day: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
-        """The :func:`coded_store_scores` rows of requests at ``(store code, local day)``.
-
-        Pairs that were not asked for when the table was built (or stores without
-        any event) come back as missing scores, as in :func:`coded_store_scores`.
-        """
-        store = np.asarray(store, dtype=np.int64)
-        day = np.asarray(day, dtype=np.int64)
-        n = len(store)
-        out = pd.DataFrame(index=pd.RangeIndex(n))
-        for c in ("score", "product", "logistics", "service"):
-            out[c] = np.full(n, np.nan)
-        out["category"] = pd.array(np.full(n, None, dtype=object), dtype="str")
-        out["n_orders"] = np.zeros(n, dtype=np.int32)
-        if n and len(self.key):
-            inside = (store >= 0) & (day >= self.d0) & (day < self.d0 + self.ndays)
-            req_key = np.where(inside, store * self.ndays + (day - self.d0), -1)
-            pos = np.minimum(np.searchsorted(self.key, req_key), len(self.key) - 1)
-            found = inside & (self.key[pos] == req_key)
-            safe = np.where(found, pos, 0)
-            df = self.frame
-            for c in ("score", "product", "logistics", "service"):
-                out[c] = np.where(found, df[c].to_numpy(dtype="float64")[safe], np.nan)
-            cat = df["category"].to_numpy(dtype=object)[safe]
-            out["category"] = pd.array(np.where(found, cat, None), dtype="str")
-            out["n_orders"] = np.where(found, df["n_orders"].to_numpy()[safe], 0).astype(np.int32)
-        out["provisional"] = out["n_orders"].to_numpy() < cfg.min_orders
-        out["score_missing"] = out["score"].isna().to_numpy()
-        return out
-
-
-def coded_store_score_table(
-    events: CodedStoreEvents, store: np.ndarray, day: np.ndarray, config: ScoreConfig | None = None
-) -> CodedScoreTable:
-    """Store scores of the pairs ``(store[i], day[i])`` (codes, local day numbers), computed once.
-
-    The rolling window statistics are computed over the days ``min(day) ..
-    max(day)`` and scored for the asked pairs only. A pair's score depends on its
-    store and day alone (never on the other pairs or on the range of days), so
-    looking a request up here equals :func:`coded_store_scores` on that request.
-    """
-    cfg = _check_config(config, "coded_store_score_table")
-    tz = cfg.timezone
-    store = np.asarray(store, dtype=np.int64)
-    day = np.asarray(day, dtype=np.int64)
-    nst = len(events.store_ids)
-    cols = ("score", "product", "logistics", "service", "category", "n_orders")
-    if not len(day):
-        return CodedScoreTable(np.zeros(0, dtype=np.int64), 0, 0, nst, pd.DataFrame(columns=list(cols)))
-    d0, d1 = int(day.min()), int(day.max())
-    ndays = d1 - d0 + 1
-    lo, hi = _history_range(d0, d1, cfg)
-    h = _history_from_sources(_coded_sources(events, lo, hi), d0, d1, cfg)
-    wanted = np.zeros(nst * ndays + 1, dtype=bool)  # last slot: requests without a store code
-    wanted[np.where(store >= 0, store * ndays + (day - d0), nst * ndays)] = True
-    keep = wanted[h.st_idx.astype(np.int64) * ndays + h.day_idx]
-    day_start = day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
-    df = _score_frame(
-        np.asarray(events.store_ids, dtype=object)[h.st_idx], day_start[h.day_idx], h.day_idx, h.category,
-        h.stats, h.refunds_known[h.day_idx], cfg, keep=keep,
-    )
-    sel = np.flatnonzero(keep)
-    key = h.st_idx[sel].astype(np.int64) * ndays + h.day_idx[sel]  # (store, day) row-major: sorted
-    frame = df.loc[:, list(cols)].reset_index(drop=True) if len(df) else pd.DataFrame(columns=list(cols))
-    return CodedScoreTable(key, d0, ndays, nst, frame)
-
-
 def coded_store_scores(
     events: CodedStoreEvents, store: np.ndarray, t: np.ndarray, config: ScoreConfig | None = None
 ) -> pd.DataFrame:
@@ -1475,9 +1386,45 @@ def coded_store_scores(
         score_missing``, one row per request (``RangeIndex``).
     """
     cfg = _check_config(config, "coded_store_scores")
+    tz = cfg.timezone
+    n = len(t)
     store = np.asarray(store, dtype=np.int64)
-    day = day_index(np.asarray(t, dtype=np.int64), cfg.timezone) if len(t) else np.zeros(0, dtype=np.int64)
-    return coded_store_score_table(events, store, day, cfg).lookup(store, day, cfg)
+    out = pd.DataFrame(index=pd.RangeIndex(n))
+    for c in ("score", "product", "logistics", "service"):
+        out[c] = np.full(n, np.nan)
+    out["category"] = pd.array(np.full(n, None, dtype=object), dtype="str")
+    out["n_orders"] = np.zeros(n, dtype=np.int32)
+    if n:
+        day = day_index(np.asarray(t, dtype=np.int64), tz)
+        d0, d1 = int(day.min()), int(day.max())
+        lo, hi = _history_range(d0, d1, cfg)
+        h = _history_from_sources(_coded_sources(events, lo, hi), d0, d1, cfg)
+        ndays = d1 - d0 + 1
+        nst = len(events.store_ids)
+        wanted = np.zeros(nst * ndays + 1, dtype=bool)  # last slot: requests without a store code
+        req_key = np.where(store >= 0, store * ndays + (day - d0), nst * ndays)
+        wanted[req_key] = True
+        keep = wanted[h.st_idx.astype(np.int64) * ndays + h.day_idx]
+        day_start = day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
+        df = _score_frame(
+            np.asarray(events.store_ids, dtype=object)[h.st_idx], day_start[h.day_idx], h.day_idx, h.category,
+            h.stats, h.refunds_known[h.day_idx], cfg, keep=keep,
+        )
+        sel = np.flatnonzero(keep)
+        row_of = np.full(nst * ndays + 1, -1, dtype=np.int64)
+        row_of[h.st_idx[sel].astype(np.int64) * ndays + h.day_idx[sel]] = np.arange(len(sel))
+        pos = row_of[req_key]
+        found = pos >= 0
+        safe = np.where(found, pos, 0)
+        if len(df):
+            for c in ("score", "product", "logistics", "service"):
+                out[c] = np.where(found, df[c].to_numpy(dtype="float64")[safe], np.nan)
+            cat = df["category"].to_numpy(dtype=object)[safe]
+            out["category"] = pd.array(np.where(found, cat, None), dtype="str")
+            out["n_orders"] = np.where(found, df["n_orders"].to_numpy()[safe], 0).astype(np.int32)
+    out["provisional"] = out["n_orders"].to_numpy() < cfg.min_orders
+    out["score_missing"] = out["score"].isna().to_numpy()
+    return out
 
 
 # --------------------------------------------------------------------------- calibration

@@ -462,55 +462,6 @@ def test_store_scores_from_parquet_columns_equal_store_scores(folder):
     pd.testing.assert_frame_equal(got, ref.drop(columns="score_day"), check_dtype=False)
 
 
-# --------------------------------------------------------------------------- store scores per block of days
-def _assert_block_scores_equal_per_slice(index, chunk_days: int, cfg: ScoreConfig) -> int:
-    """Every slice's computed store scores (per-block tables, cached on the index) equal
-    coded_store_scores on that slice alone; returns the number of blocks built."""
-    from refundguard.scores import coded_store_scores
-
-    index.__dict__.pop("_score_blocks", None)
-    blocks: set[int] = set()
-    for spec in plan_slices(index, chunk_days):
-        rows = index.q_rows[spec.lo:spec.hi]
-        store = np.asarray(index.r_store[rows], dtype=np.int64)
-        t = np.asarray(index.r_req[rows], dtype=np.int64)
-        got = _store_rows(index, store, t, cfg)
-        blocks |= set(index.__dict__["_score_blocks"]["tables"])
-        want = coded_store_scores(index.store_events(), store, t, cfg)
-        want_rows = pd.DataFrame({c: want[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics",
-                                                                                  "service")})
-        want_rows["provisional"] = want["provisional"].to_numpy(dtype=bool)
-        want_rows["category"] = want["category"].astype("str").to_numpy()
-        want_rows["category"] = want_rows["category"].astype("str")
-        pd.testing.assert_frame_equal(got, want_rows)
-    return len(blocks)
-
-
-def test_store_scores_per_block_equal_per_slice(folder):
-    """A long period (several 21-day blocks, slices across block edges) scores each request as its slice alone."""
-    index = build_index(read_source(folder), pd.Timestamp("2024-07-20", tz="UTC").value,
-                        pd.Timestamp("2024-10-19", tz="UTC").value)
-    assert len(index.q_rows) > 1_000
-    assert _assert_block_scores_equal_per_slice(index, 5, ScoreConfig()) >= 4
-    assert _assert_block_scores_equal_per_slice(index, 30, ScoreConfig(timezone="America/Sao_Paulo")) >= 4
-
-
-@given(seed=st.integers(0, 2**32 - 1), chunk_days=st.integers(1, 60))
-@settings(max_examples=20)
-def test_store_scores_per_block_equal_the_reference(seed: int, chunk_days: int) -> None:
-    """Per-block store scores equal store_scores_for_requests (the tables' reference) on every request."""
-    tables = random_tables(seed, n_orders=120, n_refunds=80)
-    requests = requests_from_tables(tables)
-    index = build_index(code_tables(tables, validate_tables=False), None, None)
-    _assert_block_scores_equal_per_slice(index, chunk_days, ScoreConfig())
-    index.__dict__.pop("_score_blocks", None)
-    t = np.asarray(index.r_req[index.q_rows], dtype=np.int64)
-    got = _store_rows(index, np.asarray(index.r_store[index.q_rows], dtype=np.int64), t, ScoreConfig())
-    ref = rg.scores.store_scores_for_requests(tables, requests[["requested_at", "store_id"]])
-    np.testing.assert_array_equal(got["score"].to_numpy(), ref["score"].to_numpy(dtype=np.float64))
-    np.testing.assert_array_equal(got["provisional"].to_numpy(), ref["provisional"].to_numpy(dtype=bool))
-
-
 def test_id_columns_are_read_as_parquet_dictionaries(folder, tmp_path):
     """dictionary=True really reads Parquet's dictionaries (no per-row hashing), and codes them as the strings would."""
     from refundguard.sources import _Columns, _dataset, _encode
