@@ -527,11 +527,12 @@ def test_store_events_window_filter_keeps_exactly_the_window_rows(tmp_path_facto
     edges = np.sort(rng.choice(np.arange(40), 2, replace=False)) * six_h + base + nudge
     whole = read_store_events(folder)
     got = read_store_events(folder, window=(int(edges[0]), int(edges[1])))
-    from refundguard.sources import _parquet_tables, _window_filter
+    from refundguard.sources import _orders_window_filter, _parquet_tables, _window_filter
 
     cols = _parquet_tables(folder)
     assert _window_filter(cols["reviews"], "created_at", (0, 1)) is not None  # the scan filter is what is tested
     assert _window_filter(cols["service"], "started_at", (0, 1)) is not None
+    assert _orders_window_filter(cols["orders"], (0, 1)) is not None
     for prefix, col in (("v", "v_created"), ("s", "s_started")):
         keep = (getattr(whole, col) >= edges[0]) & (getattr(whole, col) < edges[1])
         assert keep.any() or len(getattr(got, col)) == 0
@@ -543,3 +544,18 @@ def test_store_events_window_filter_keeps_exactly_the_window_rows(tmp_path_facto
                 assert have.tolist() == want[keep].tolist(), name
             else:
                 np.testing.assert_array_equal(getattr(got, name), want[keep], err_msg=name)
+    # refunds of the window keep their order's store; the orders kept include every order anchored in it
+    r_keep = (whole.r_requested >= edges[0]) & (whole.r_requested < edges[1])
+    ids = lambda ev, codes: np.asarray(ev.store_ids, dtype=object)[codes].tolist()  # noqa: E731
+    assert ids(got, got.r_store) == ids(whole, whole.r_store[r_keep])
+
+    def anchored(ev) -> list:
+        m = np.zeros(len(ev.o_paid), dtype=bool)
+        for a in (ev.o_paid, ev.o_ship_by, ev.o_delivered):
+            m |= (a >= edges[0]) & (a < edges[1])
+        cats = np.asarray(ev.categories, dtype=object)[ev.o_category[m]]
+        return sorted(zip(ids(ev, ev.o_store[m]), cats, ev.o_paid[m], ev.o_ship_by[m], ev.o_shipped[m],
+                          ev.o_delivered[m]))
+
+    assert len(got.o_paid) <= len(whole.o_paid)
+    assert anchored(got) == anchored(whole)
