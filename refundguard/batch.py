@@ -294,17 +294,24 @@ class BatchIndex:
         )
 
     # -- sharing with worker processes: one .npy per array (memory-mapped), Arrow IPC for strings
-    def save(self, folder: Path) -> None:
-        """Write every array to ``folder`` (read back memory-mapped by :meth:`load`)."""
+    def save(self, folder: Path, threads: int = 1) -> None:
+        """Write every array to ``folder`` (read back memory-mapped by :meth:`load`), in ``threads`` threads."""
         import json
 
         import pyarrow.ipc as ipc
 
         folder.mkdir(parents=True, exist_ok=True)
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if isinstance(v, np.ndarray):
-                np.save(folder / f"{f.name}.npy", v, allow_pickle=False)
+        arrays = [(f.name, getattr(self, f.name)) for f in fields(self) if isinstance(getattr(self, f.name), np.ndarray)]
+
+        def write(item: tuple[str, np.ndarray]) -> None:
+            np.save(folder / f"{item[0]}.npy", item[1], allow_pickle=False)
+
+        if threads > 1:  # the copies into the page cache release the GIL
+            with ThreadPoolExecutor(max_workers=threads) as pool:
+                list(pool.map(write, arrays))
+        else:
+            for item in arrays:
+                write(item)
         strings = pa.table({"refund_ids": self.refund_ids})
         with ipc.new_file(folder / "refund_ids.arrow", strings.schema) as w:
             w.write_table(strings)
@@ -1022,7 +1029,7 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     folder = Path(tempfile.mkdtemp(prefix="refundguard-batch-"))
     try:
         t = time.perf_counter()
-        index.save(folder)
+        index.save(folder, threads=jobs)
         del index  # the workers read the saved copy; this process needs nothing more of it
         timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t
         run = Parallel(n_jobs=jobs, return_as="generator", max_nbytes=None)
