@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -335,18 +335,51 @@ class _Columns:
             return self.dataset.schema.field(col).type
         return pa.array(self.frame[col].iloc[:0]).type if self.frame is not None else pa.null()
 
-    def get(self, col: str, *, threads: bool = True, dictionary: bool = False) -> pa.ChunkedArray:
-        """One column (``dictionary``: a string column as Parquet's dictionaries, no per-row strings)."""
+    def get(self, col: str, *, threads: bool = True, dictionary: bool = False, where: Any = None) -> pa.ChunkedArray:
+        """One column (``dictionary``: a string column as Parquet's dictionaries, no per-row strings;
+        ``where``: a ``pyarrow.dataset`` filter, for a Parquet dataset only)."""
         if self.dataset is not None:
-            source = self.dataset
-            if dictionary:
-                import pyarrow.dataset as ds
-
-                fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=[col]))
-                source = ds.dataset(self.dataset.files, format=fmt, schema=self.dataset.schema)
-            return source.to_table(columns=[col], use_threads=threads).column(0)
+            return self.scan([col], where=where, dictionary=[col] if dictionary else (), threads=threads).column(0)
+        if where is not None:
+            raise ValueError("a filter needs a Parquet dataset")
         assert self.frame is not None
         return _chunked(pa.array(self.frame[col], from_pandas=True))
+
+    def scan(self, cols: Sequence[str], *, where: Any = None, dictionary: Sequence[str] = (),
+             threads: bool = True) -> pa.Table:
+        """Columns of the Parquet dataset in one scan (``where``, a filter, is evaluated once for all;
+        ``dictionary``: string columns kept as Parquet's dictionaries)."""
+        import pyarrow.dataset as ds
+
+        source = self.dataset
+        if dictionary:
+            fmt = ds.ParquetFileFormat(read_options=ds.ParquetReadOptions(dictionary_columns=list(dictionary)))
+            schema = self.dataset.schema
+            for col in dictionary:
+                f = schema.field(col)
+                if pa.types.is_string(f.type) or pa.types.is_large_string(f.type):
+                    # the dataset's schema must say dictionary too, or the scan casts the
+                    # dictionaries back to strings (and every row is hashed again)
+                    schema = schema.set(schema.get_field_index(col),
+                                        pa.field(col, pa.dictionary(pa.int32(), f.type), f.nullable))
+            source = ds.dataset(self.dataset.files, format=fmt, schema=schema)
+        return source.to_table(columns=list(cols), filter=where, use_threads=threads)
+
+
+class _Scanned:
+    """The columns of one filtered scan of a Parquet table, served like :class:`_Columns` (``n``, ``has``, ``get``)."""
+
+    def __init__(self, c: _Columns, cols: Sequence[str], where: Any, dictionary: Sequence[str], threads: bool) -> None:
+        present = [x for x in cols if c.has(x)]
+        self.name = c.name
+        self.table = c.scan(present, where=where, dictionary=[x for x in dictionary if x in present], threads=threads)
+        self.n = self.table.num_rows
+
+    def has(self, col: str) -> bool:
+        return col in self.table.column_names
+
+    def get(self, col: str, *, threads: bool = True, dictionary: bool = False) -> pa.ChunkedArray:
+        return self.table.column(col)
 
 
 def _dataset(path: Path) -> Any:
@@ -1043,6 +1076,38 @@ def read_published_scores(source: pd.DataFrame | str | Path, store_ids: pa.Array
 
 
 # --------------------------------------------------------------------------- store score inputs only
+def _window_filter(c: _Columns, col: str, window: tuple[int, int] | None) -> Any:
+    """A ``pyarrow.dataset`` filter keeping the rows with ``lo <= col < hi`` (nulls dropped), or ``None``
+    (no window, not a Parquet dataset, or a time column that is not nanoseconds: then rows are masked after reading)."""
+    if window is None or c.dataset is None or not c.has(col):
+        return None
+    t = c.type(col)
+    if not (pa.types.is_timestamp(t) and t.unit == "ns"):
+        return None
+    import pyarrow.dataset as ds
+
+    lo, hi = (pa.scalar(int(x), type=t) for x in window)  # naive means UTC: the same instants
+    return (ds.field(col) >= lo) & (ds.field(col) < hi)
+
+
+def _orders_window_filter(o: _Columns, window: tuple[int, int] | None) -> Any:
+    """A scan filter keeping every order that may be anchored in ``[lo, hi)``: paid, ship-by
+    (``paid_at + 48 h`` when null) or delivered inside. ``None`` when the columns are not ns instants."""
+    if window is None or o.dataset is None:
+        return None
+    names = ["paid_at", "delivered_at"] + (["ship_by"] if o.has("ship_by") else [])
+    if not all(o.has(c) and pa.types.is_timestamp(o.type(c)) and o.type(c).unit == "ns" for c in names):
+        return None
+    import pyarrow.dataset as ds
+
+    lo, hi = int(window[0]), int(window[1])
+    paid = _window_filter(o, "paid_at", (lo - _SHIP_BY_DEFAULT_NS, hi))  # paid or the default ship-by inside
+    where = paid | _window_filter(o, "delivered_at", (lo, hi))
+    if o.has("ship_by"):
+        where = where | _window_filter(o, "ship_by", (lo, hi))
+    return where if isinstance(where, ds.Expression) else None
+
+
 def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int, int] | None = None) -> Any:
     """Read only the store score's columns of a validated Parquet data folder, as integer codes.
 
@@ -1054,7 +1119,11 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
     for :func:`refundguard.scores.store_scores`): rows are not validated here.
 
     With ``window=(lo, hi)`` (UTC ns; e.g. one ``as_of``'s 30 days) only the refunds,
-    reviews and chats anchored in it are kept and joined (the others cannot count).
+    reviews and chats anchored in it are kept and joined (the others cannot count),
+    and the ``o_*`` arrays hold only the orders that may be anchored in it (paid,
+    ship-by or delivered inside; a superset, read through a scan filter). Every
+    order's id and store are still read: refunds and reviews of the window take
+    their order's store from them.
 
     Returns
     -------
@@ -1086,39 +1155,58 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
     s = cols.get("service") or _Columns("service")
     out: dict[str, Any] = {}
 
-    def ts(c: _Columns, col: str) -> np.ndarray:
+    # With a window, the reviews, chats and orders that may count are read by one filtered scan per
+    # table (the filter on their time evaluated once; row-group statistics can skip). Refunds are read
+    # whole (the first request of all gates the refund indicators), and so are every order's id and
+    # store (the window's refunds and reviews take their order's store from them).
+    v_where, s_where = _window_filter(v, "created_at", window), _window_filter(s, "started_at", window)
+    o_where = _orders_window_filter(o, window)
+    vw: Any = v if v_where is None else _Scanned(v, ("order_id", "rating", "created_at"), v_where, (), use)
+    sw: Any = s if s_where is None else _Scanned(s, ("store_id", "started_at", "first_response_s"), s_where,
+                                                 ("store_id",), use)
+    ow: Any = o if o_where is None else _Scanned(
+        o, ("store_id", "category", "paid_at", "ship_by", "shipped_at", "delivered_at"), o_where,
+        ("store_id", "category"), use)
+
+    def ts(c: Any, col: str) -> np.ndarray:
         return _ns(c.get(col, threads=use)) if c.has(col) else np.full(c.n, NAT, dtype=np.int64)
 
     def inside(ns: np.ndarray) -> np.ndarray | None:
         return None if window is None else (ns >= window[0]) & (ns < window[1])
 
-    def rows_of(c: _Columns, mask: np.ndarray | None) -> pa.ChunkedArray:
+    def rows_of(c: Any, mask: np.ndarray | None) -> pa.ChunkedArray:
         ids = c.get("order_id", threads=use)
         return ids if mask is None else ids.filter(pa.array(mask))
 
     def job_keys() -> None:
         out["r_requested"] = ts(r, "requested_at")
-        out["v_created"] = ts(v, "created_at")
-        out["r_in"], out["v_in"] = inside(out["r_requested"]), inside(out["v_created"])
+        out["v_created"] = ts(vw, "created_at")
+        out["r_in"] = inside(out["r_requested"])
+        out["v_in"] = inside(out["v_created"]) if vw is v else None  # None: already the window's rows
         keys = _Keys.of(o.get("order_id", threads=use))
         out["r_order"] = keys.rows(rows_of(r, out["r_in"]))
-        out["v_order"] = keys.rows(rows_of(v, out["v_in"])) if v.n else np.zeros(0, dtype=np.int64)
+        out["v_order"] = keys.rows(rows_of(vw, out["v_in"])) if vw.n else np.zeros(0, dtype=np.int64)
 
     def job_store() -> None:
-        srv = s.get("store_id", threads=use, dictionary=True) if s.n else pa.chunked_array([], type=pa.large_string())
-        (out["o_store"], out["s_store"]), d = _encode(o.get("store_id", threads=use, dictionary=True), srv)
+        srv = sw.get("store_id", threads=use, dictionary=True) if sw.n else pa.chunked_array([], type=pa.large_string())
+        every = o.get("store_id", threads=use, dictionary=True)
+        if ow is o:
+            (out["o_store"], out["s_store"]), d = _encode(every, srv)
+            out["ref_store"] = out["o_store"]
+        else:  # one code space: every order's store (for the joins), the chats, the window's orders
+            (out["ref_store"], out["s_store"], out["o_store"]), d = _encode(every, srv, ow.get("store_id"))
         out["store_ids"] = np.asarray(d.to_pylist(), dtype=object)
 
     def job_category() -> None:
-        (codes,), d = _encode(o.get("category", threads=use, dictionary=True), sort=True)
+        (codes,), d = _encode(ow.get("category", threads=use, dictionary=True), sort=True)
         out["o_category"], out["categories"] = codes, np.asarray(d.to_pylist(), dtype=object)
 
     def job_order_times() -> None:
-        out["o_paid"] = ts(o, "paid_at")
-        ship_by = ts(o, "ship_by")
+        out["o_paid"] = ts(ow, "paid_at")
+        ship_by = ts(ow, "ship_by")
         out["o_ship_by"] = np.where(ship_by == NAT, out["o_paid"] + _SHIP_BY_DEFAULT_NS, ship_by)
-        out["o_shipped"] = ts(o, "shipped_at")
-        out["o_delivered"] = ts(o, "delivered_at")
+        out["o_shipped"] = ts(ow, "shipped_at")
+        out["o_delivered"] = ts(ow, "delivered_at")
 
     def job_rest() -> None:
         out["r_resolved"] = ts(r, "resolved_at")
@@ -1127,9 +1215,9 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
         out["r_reason"] = _enum_codes(r.get("reason", threads=use), REASONS).astype(np.int8)
         out["r_escalated"] = (np.asarray(r.get("escalated", threads=use).fill_null(False).to_numpy(), dtype=bool)
                               if r.has("escalated") else np.zeros(r.n, dtype=bool))
-        out["v_rating"] = _f64(v.get("rating", threads=use)) if v.n else np.zeros(0)
-        out["s_started"] = ts(s, "started_at") if s.n else np.zeros(0, dtype=np.int64)
-        out["s_first_response"] = _f64(s.get("first_response_s", threads=use)) if s.n else np.zeros(0)
+        out["v_rating"] = _f64(vw.get("rating", threads=use)) if vw.n else np.zeros(0)
+        out["s_started"] = ts(sw, "started_at") if sw.n else np.zeros(0, dtype=np.int64)
+        out["s_first_response"] = _f64(sw.get("first_response_s", threads=use)) if sw.n else np.zeros(0)
 
     jobs = [job_keys, job_store, job_category, job_order_times, job_rest]
     if use:
@@ -1148,19 +1236,19 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
     req = out["r_requested"]
     first = int(req[req != NAT].min()) if (req != NAT).any() else NAT
     if window is not None:  # keep the refunds, reviews and chats of the window
-        for key, mask in (("r", out["r_in"]), ("v", out["v_in"])):
+        for key, mask in (("r", out["r_in"]), ("v", out["v_in"]), ("s", None if sw is not s else
+                                                                    inside(out["s_started"]))):
+            if mask is None:  # read through the window's scan filter
+                continue
             for name in [k for k in out if k.startswith(key + "_") and k not in (f"{key}_order", f"{key}_in")]:
                 out[name] = out[name][mask]
-        s_in = inside(out["s_started"])
-        for name in ("s_store", "s_started", "s_first_response"):
-            out[name] = out[name][s_in]
         req = out["r_requested"]
     return CodedStoreEvents(
         store_ids=out["store_ids"], categories=out["categories"], o_store=out["o_store"],
         o_category=out["o_category"], o_paid=out["o_paid"], o_ship_by=out["o_ship_by"], o_shipped=out["o_shipped"],
-        o_delivered=out["o_delivered"], r_store=out["o_store"][out["r_order"]], r_requested=out["r_requested"],
+        o_delivered=out["o_delivered"], r_store=out["ref_store"][out["r_order"]], r_requested=out["r_requested"],
         r_resolved=out["r_resolved"], r_escalation_known=out["r_escalation_known"], r_reason=out["r_reason"],
-        r_escalated=out["r_escalated"], v_store=out["o_store"][out["v_order"]], v_created=out["v_created"],
+        r_escalated=out["r_escalated"], v_store=out["ref_store"][out["v_order"]], v_created=out["v_created"],
         v_rating=out["v_rating"], s_store=out["s_store"], s_started=out["s_started"],
         s_first_response=out["s_first_response"], first_refund_ns=first,
     )

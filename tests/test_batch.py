@@ -462,3 +462,102 @@ def test_store_scores_from_parquet_columns_equal_store_scores(folder):
     got = coded_store_scores(events, codes, req["requested_at"].array.asi8)
     ref = rg.scores.store_scores_for_requests(tables, req[["requested_at", "store_id"]]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, ref.drop(columns="score_day"), check_dtype=False)
+
+
+def test_id_columns_are_read_as_parquet_dictionaries(folder, tmp_path):
+    """dictionary=True really reads Parquet's dictionaries (no per-row hashing), and codes them as the strings would."""
+    from refundguard.sources import _Columns, _dataset, _encode
+
+    t = pq.read_table(folder / "orders" if (folder / "orders").is_dir() else folder / "orders.parquet")
+    ids = t.column("store_id").combine_chunks()
+    rows = len(ids)
+    col = pa.array([None if i % 97 == 0 else ("  " if i % 89 == 0 else v) for i, v in enumerate(ids.to_pylist())],
+                   type=pa.string())
+    (tmp_path / "t").mkdir()
+    for k, part in enumerate((col.slice(0, rows // 3), col.slice(rows // 3))):  # two files, two dictionaries
+        pq.write_table(pa.table({"store_id": part}), tmp_path / "t" / f"part-{k}.parquet", row_group_size=500)
+    cols = _Columns("orders", dataset=_dataset(tmp_path / "t"))
+    got = cols.get("store_id", dictionary=True)
+    assert pa.types.is_dictionary(got.type)
+    (codes,), d = _encode(got)
+    (want,), dw = _encode(cols.get("store_id"))
+    assert d.equals(dw)
+    np.testing.assert_array_equal(codes, want)
+    back = np.asarray(d.to_pylist() + [None], dtype=object)[codes]
+    assert back.tolist() == [None if v is None or not v.strip() else v for v in col.to_pylist()]
+
+
+@given(seed=st.integers(0, 2**32 - 1), naive=st.booleans(), nudge=st.sampled_from([-1, 0, 1]))
+@settings(max_examples=25, deadline=None)
+def test_store_events_window_filter_keeps_exactly_the_window_rows(tmp_path_factory, seed: int, naive: bool,
+                                                                  nudge: int) -> None:
+    """read_store_events(window=...) reads reviews and chats through a scan filter: it keeps exactly the rows a
+    mask over everything keeps, with edges on event times (ties on a 6-hour grid), ids not in time order, and
+    naive (UTC) or tz-aware columns."""
+    from refundguard.sources import read_store_events
+
+    rng = np.random.default_rng(seed)
+    base = pd.Timestamp("2024-06-01", tz="UTC").value
+    six_h = 6 * 3_600 * 10**9
+
+    def times(n: int) -> pd.Series:
+        s = pd.Series(pd.to_datetime(base + rng.integers(0, 40, n) * six_h, utc=True))
+        s[rng.random(n) < 0.05] = pd.NaT
+        return s.dt.tz_localize(None) if naive else s
+
+    n_o = 60
+    paid = pd.Series(pd.to_datetime(base + rng.integers(0, 30, n_o) * six_h, utc=True))
+    orders = pd.DataFrame({"order_id": [f"o{i}" for i in rng.permutation(n_o)], "store_id": [f"s{i}" for i in
+                           rng.integers(0, 4, n_o)], "category": rng.choice(["a", "b"], n_o), "paid_at": paid,
+                           "ship_by": paid + pd.Timedelta(hours=48), "shipped_at": paid + pd.Timedelta(hours=30),
+                           "delivered_at": paid + pd.Timedelta(hours=90)})
+    n_r, n_v, n_s = 15, 40, 40
+    refunds = pd.DataFrame({"order_id": orders["order_id"].to_numpy()[rng.integers(0, n_o, n_r)],
+                            "requested_at": paid.to_numpy()[:n_r], "reason": ["quality"] * n_r,
+                            "resolved_at": pd.Series(paid.to_numpy()[:n_r]) + pd.Timedelta(hours=20),
+                            "escalated": rng.random(n_r) < 0.3})
+    reviews = pd.DataFrame({"order_id": orders["order_id"].to_numpy()[rng.integers(0, n_o, n_v)],
+                            "rating": rng.integers(1, 6, n_v), "created_at": times(n_v)})
+    service = pd.DataFrame({"store_id": [f"s{i}" for i in rng.integers(0, 5, n_s)], "started_at": times(n_s),
+                            "first_response_s": rng.exponential(100.0, n_s)})
+    folder = tmp_path_factory.mktemp("window")
+    for name, df in {"orders": orders, "refunds": refunds, "reviews": reviews, "service": service}.items():
+        (folder / name).mkdir()
+        t = pa.Table.from_pandas(df, preserve_index=False)
+        for k, part in enumerate((t.slice(0, len(df) // 2), t.slice(len(df) // 2))):
+            pq.write_table(part, folder / name / f"part-{k}.parquet")
+    edges = np.sort(rng.choice(np.arange(40), 2, replace=False)) * six_h + base + nudge
+    whole = read_store_events(folder)
+    got = read_store_events(folder, window=(int(edges[0]), int(edges[1])))
+    from refundguard.sources import _orders_window_filter, _parquet_tables, _window_filter
+
+    cols = _parquet_tables(folder)
+    assert _window_filter(cols["reviews"], "created_at", (0, 1)) is not None  # the scan filter is what is tested
+    assert _window_filter(cols["service"], "started_at", (0, 1)) is not None
+    assert _orders_window_filter(cols["orders"], (0, 1)) is not None
+    for prefix, col in (("v", "v_created"), ("s", "s_started")):
+        keep = (getattr(whole, col) >= edges[0]) & (getattr(whole, col) < edges[1])
+        assert keep.any() or len(getattr(got, col)) == 0
+        for name in [f.name for f in __import__("dataclasses").fields(whole) if f.name.startswith(prefix + "_")]:
+            want = getattr(whole, name)
+            if name in ("s_store", "v_store"):  # store codes: compare the ids (the dictionaries may differ)
+                want = np.asarray(whole.store_ids, dtype=object)[want]
+                have = np.asarray(got.store_ids, dtype=object)[getattr(got, name)]
+                assert have.tolist() == want[keep].tolist(), name
+            else:
+                np.testing.assert_array_equal(getattr(got, name), want[keep], err_msg=name)
+    # refunds of the window keep their order's store; the orders kept include every order anchored in it
+    r_keep = (whole.r_requested >= edges[0]) & (whole.r_requested < edges[1])
+    ids = lambda ev, codes: np.asarray(ev.store_ids, dtype=object)[codes].tolist()  # noqa: E731
+    assert ids(got, got.r_store) == ids(whole, whole.r_store[r_keep])
+
+    def anchored(ev) -> list:
+        m = np.zeros(len(ev.o_paid), dtype=bool)
+        for a in (ev.o_paid, ev.o_ship_by, ev.o_delivered):
+            m |= (a >= edges[0]) & (a < edges[1])
+        cats = np.asarray(ev.categories, dtype=object)[ev.o_category[m]]
+        return sorted(zip(ids(ev, ev.o_store[m]), cats, ev.o_paid[m], ev.o_ship_by[m], ev.o_shipped[m],
+                          ev.o_delivered[m]))
+
+    assert len(got.o_paid) <= len(whole.o_paid)
+    assert anchored(got) == anchored(whole)
