@@ -127,10 +127,9 @@ def test_one_buyers_keys_share_a_cluster_hash_slot(client) -> None:
     assert len({key_slot(k.encode()) for k in keys}) == 1
 
 
-def test_a_lookup_is_one_round_trip(client, monkeypatch) -> None:
-    a = RedisProfileStore(client, prefix="rt")
-    a.observe_order(order())
-    calls = []
+def _count_pipelines(client, monkeypatch) -> list[int]:
+    """Each pipeline executed on ``client`` from now on, as its number of commands."""
+    calls: list[int] = []
     real = type(client).pipeline
 
     def counting(self, *args, **kw):
@@ -145,17 +144,71 @@ def test_a_lookup_is_one_round_trip(client, monkeypatch) -> None:
         return pipe
 
     monkeypatch.setattr(type(client), "pipeline", counting)
+    return calls
+
+
+def _sent(client) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
+
+
+def test_a_lookup_is_one_round_trip(client, monkeypatch) -> None:
+    a = RedisProfileStore(client, prefix="rt")
+    a.observe_order(order())
+    # b2 shares b's device, b3 shares b2's address: b's cluster has three accounts, two hops away
+    a.observe_order(order("o2", buyer_id="b2", address_id="a2", paid_at=T0 - 2 * H))
+    a.observe_order(order("o3", buyer_id="b3", device_id="d3", address_id="a2", paid_at=T0 - 2 * H))
+    calls = _count_pipelines(client, monkeypatch)
     first = a.profiles(query())             # first use: the server lacks the scripts, they are loaded once
+    assert first[2].cluster_n_accounts == 3
+    for request in (query(), query(buyer_id="b3", device_id="d3", address_id=None),
+                    query(buyer_id="nobody", device_id=None, address_id=None)):
+        calls.clear()
+        client.config_resetstat()
+        got = a.profiles(request)
+        # buyer, store, device/address scripts, and the whole cluster search: one pipeline, whatever the cluster
+        n = 3 + sum(request.get(f) is not None for f in ("device_id", "address_id"))
+        assert calls == [n], request
+        sent = _sent(client)
+        # nothing else went to the server: no SCRIPT EXISTS round trip before the pipeline (redis-py's
+        # Script objects add one), only the EVALSHA calls (and what the scripts run inside the server)
+        assert sent.get("evalsha") == n and not any(k.startswith("script") for k in sent), sent
+        if request == query():
+            assert got == first
+    assert a.profiles(query(buyer_id="b3", device_id="d3", address_id=None))[2].cluster_n_accounts == 3
+
+
+def test_a_lookup_in_a_chain_of_many_hops_is_one_round_trip(client, monkeypatch) -> None:
+    """A chain c0 - cd1 - c1 - cd2 - ... of CLUSTER_MAX_ACCOUNTS - 2 buyers: c0's search walks every hop in the
+    server; the Redis Cluster path (a round trip per hop) gives the same profiles."""
+    import refundguard.online.redis_store as rs
+    from tests.test_clusters import _queries
+    from refundguard.profiles import request_record
+
+    n = CLUSTER_MAX_ACCOUNTS - 2
+    tables = _tables(_long_chain(n), [("r0", "x5", 240, 250, "rejected"), ("r1", f"x{n - 1}", 241, None, None),
+                                      ("r2", "x0", 241, None, None)])
+    memory = ProfileStore.from_tables(tables, validate_tables=False)
+    points = [("c0", BASE + (200 + n) * H), ("c0", BASE + 242 * H), ("c0", BASE + 251 * H),
+              (f"c{n - 1}", BASE + 251 * H), ("c7", BASE + 207.5 * H), ("c0", BASE + 24 * 40 * H)]
+    q = _queries(points)
+    requests = [request_record(q, i) for i in range(len(q))]
+    want = [memory.profiles(r) for r in requests]
+    assert [w[2].cluster_n_accounts for w in want] == [n, n, n, n, 8, n]
+    # r0 and r1 (c0's own r2 is not another member's); r0 rejected at 250 h
+    assert (want[1][2].cluster_n_refunds_24h, want[1][2].cluster_n_bad_others, want[2][2].cluster_n_bad_others) \
+        == (2, 0, 1)
+    store = RedisProfileStore.from_tables(tables, client, prefix="hops", validate_tables=False)
+    store.profiles(requests[0])                                   # loads the scripts
+    calls = _count_pipelines(client, monkeypatch)
+    for r, w in zip(requests, want, strict=True):
+        calls.clear()
+        assert store.profiles(r) == w
+        assert calls == [3]                                       # buyer, store, cluster search: one pipeline
+    monkeypatch.setattr(rs, "_is_cluster", lambda c: True)        # the path a RedisCluster client takes
+    waves = RedisProfileStore(client, prefix="hops")
     calls.clear()
-    client.config_resetstat()
-    assert a.profiles(query()) == first
-    # buyer, store, device scripts, and the cluster search's first step (the buyer's links, the request's
-    # device): a buyer alone on its device and address is one round trip
-    assert calls == [5]
-    sent = {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
-    # nothing else went to the server: no SCRIPT EXISTS round trip before the pipeline (redis-py's
-    # Script objects add one), only the five EVALSHA (and what the scripts run inside the server)
-    assert sent.get("evalsha") == 5 and not any(k.startswith("script") for k in sent), sent
+    assert [waves.profiles(r) for r in requests] == want
+    assert len(calls) > 2 * len(requests)                         # a round trip per hop: the test can tell
 
 
 def test_lookups_survive_a_server_that_lost_its_scripts(client) -> None:
@@ -256,7 +309,7 @@ def test_bulk_load_refuses_a_used_prefix_and_reports_server_errors(client) -> No
 
 
 # --------------------------------------------------------------------------- identity clusters
-def test_redis_store_agrees_on_the_hand_built_graphs(client, tmp_path) -> None:
+def test_redis_store_agrees_on_the_hand_built_graphs(client, tmp_path, monkeypatch) -> None:
     tables = _tables(CHAIN + _hub(CLUSTER_HUB_BUYERS + 2, tie=True) + _long_chain(CLUSTER_MAX_ACCOUNTS + 2),
                      CHAIN_REFUNDS)
     k, m = CLUSTER_HUB_BUYERS, CLUSTER_MAX_ACCOUNTS
@@ -264,3 +317,10 @@ def test_redis_store_agrees_on_the_hand_built_graphs(client, tmp_path) -> None:
                                            ("c0", BASE + (200 + m - 0.5) * H), ("c0", BASE + (200 + m + 0.5) * H)]
     want = [w for _, w in CHAIN_WANT] + [(k, 0, 0, 0), (1, 0, 0, 0), (m, 0, 0, 0), (m + 1, None, None, None)]
     _check(tables, points, want, tmp_path, redis_client=client)
+    # the path a RedisCluster client takes (the search from Python, a round trip per hop) agrees too
+    import refundguard.online.redis_store as rs
+
+    client.flushall()
+    monkeypatch.setattr(rs, "_is_cluster", lambda c: True)
+    (tmp_path / "piped").mkdir()
+    _check(tables, points, want, tmp_path / "piped", redis_client=client)

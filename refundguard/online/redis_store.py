@@ -23,16 +23,23 @@ order, refund) share a cluster hash slot:
 Sorted sets are lexicographic (score 0): members start with the event time as 16
 hex digits of ``t + 2**63``, so every window bound is an exact integer comparison
 (a float score would round nanosecond times). A lookup is one pipelined round trip
-of four read-only Lua scripts (buyer, store, device, address), each on one hash
-slot: counts over ranges (``ZLEXCOUNT``), and the buyer's events of the last 365
-days, from which the profile is computed in Python exactly as in memory.
+of read-only Lua scripts (buyer, store, device, address, each on one hash slot, and
+the cluster search below): counts over ranges (``ZLEXCOUNT``), and the buyer's events
+of the last 365 days, from which the profile is computed in Python exactly as in memory.
 
 Identity clusters (:mod:`refundguard.clusters`) read the keys above (each buyer's ``l``
-links with first times, each device's and address's ``seen`` buyers): a capped breadth-first
-search from Python, one pipelined round trip per step, whose first step (the requester's links
-and the request's own device and address) rides in the lookup's round trip, so a buyer whose
-device and address nobody else used before ``t`` costs no extra round trip. Keys expire as
-below: a member whose keys expired leaves the graph, as it leaves ``device_n_buyers``.
+links with first times, each device's and address's ``seen`` buyers). On a standalone server
+the whole capped search (hub rule, size cap, then the other members' refund counts and first
+bad times) is one more read-only Lua script in the lookup's round trip, so a lookup stays one
+round trip whatever the cluster. The server runs it alone (scripts are atomic) and its
+cost is bounded by the caps: the links of at most ``CLUSTER_MAX_ACCOUNTS + 1`` buyers,
+at most ``CLUSTER_HUB_BUYERS`` buyers read per device or address. That
+script reads keys it finds during the search, which are not declared in ``KEYS``: a standalone
+server allows it, Redis Cluster does not (they may live on other nodes). With a Redis Cluster
+client the search runs from Python instead, one pipelined round trip per hop, whose first
+step (the requester's links and the request's own device and address) rides in the lookup's
+round trip. Keys expire as below: a member whose keys expired leaves the graph, as it leaves
+``device_n_buyers``.
 
 Bulk load (:meth:`RedisProfileStore.from_tables`, :meth:`RedisProfileStore.load_tables`): the keys
 event replay would write, computed from tables as columns and sent as raw pipelined
@@ -129,6 +136,49 @@ local t = '(' .. ARGV[1]
 local n = redis.call('ZLEXCOUNT', KEYS[1], '-', t)
 if n > tonumber(ARGV[2]) then return {n} end
 return {n, redis.call('ZRANGEBYLEX', KEYS[1], '-', t)}
+"""
+# The whole capped cluster search of a buyer, server side (standalone servers only: it reads keys it finds during
+# the search, which are not in KEYS). KEYS: the requester's l; ARGV: prefix, buyer, t, t - 24h, t - 30d (hex), hub,
+# cap. Returns {size, refunds 24h, refunds 30d, bad others} of the other members, or {size} once size > cap (large).
+_READ_CLUSTER = """#!lua flags=no-writes
+local p, me, t, d1, d30 = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local hub, cap = tonumber(ARGV[6]), tonumber(ARGV[7])
+local lt = '(' .. t
+local comp, queue, done = {[me] = true}, {me}, {}
+local head = 1
+while head <= #queue do
+  local b = queue[head]
+  local raw
+  if head == 1 then raw = redis.call('HGETALL', KEYS[1]) else raw = redis.call('HGETALL', p .. ':{b:' .. b .. '}:l') end
+  head = head + 1
+  for i = 1, #raw, 2 do
+    local field = raw[i]
+    if raw[i + 1] < t and not done[field] then
+      done[field] = true
+      local seen = p .. ':{' .. field .. '}:seen'
+      if redis.call('ZLEXCOUNT', seen, '-', lt) <= hub then
+        local got = redis.call('ZRANGEBYLEX', seen, '-', lt)
+        for j = 1, #got do
+          local other = string.sub(got[j], 18)
+          if not comp[other] then
+            comp[other] = true
+            queue[#queue + 1] = other
+          end
+        end
+        if #queue > cap then return {#queue} end
+      end
+    end
+  end
+end
+local n24, n30, bad = 0, 0, 0
+for i = 2, #queue do
+  local base = p .. ':{b:' .. queue[i] .. '}:'
+  local fb = redis.call('HGET', base .. 'm', 'fb')
+  if fb and fb ~= '' and fb < t then bad = bad + 1 end
+  n24 = n24 + redis.call('ZLEXCOUNT', base .. 'r', '[' .. d1, lt)
+  n30 = n30 + redis.call('ZLEXCOUNT', base .. 'r', '[' .. d30, lt)
+end
+return {#queue, n24, n30, bad}
 """
 # KEYS: m, o, l, each key of the buyer; ARGV: ttl_ms, member, paid, then pairs (link field, ...)
 _BUYER_ORDER = """
@@ -280,6 +330,10 @@ class RedisProfileStore:
         # per call (redis-py asks SCRIPT EXISTS before every execute); scripts are loaded on first use
         self._read_shas = (self._read_buyer.sha, self._read_store.sha, self._read_link.sha)
         self._member_sha, self._key_sha = reg(_READ_MEMBER).sha, reg(_READ_KEY).sha
+        self._cluster_sha = reg(_READ_CLUSTER).sha
+        # a standalone server runs the whole cluster search in the lookup's round trip; Redis Cluster cannot (the
+        # search reads keys found on the way, on any node): there it runs from Python, a round trip per hop
+        self._server_search = not _is_cluster(client)
         self._buyer_order, self._link_merge = reg(_BUYER_ORDER), reg(_LINK_MERGE)
         self._buyer_refund, self._buyer_bad = reg(_BUYER_REFUND), reg(_BUYER_BAD)
         self._refund_accept, self._resolve_script = reg(_REFUND_ACCEPT), reg(_RESOLVE)
@@ -592,14 +646,24 @@ class RedisProfileStore:
         for tag, name in (("d", key.device_id), ("a", key.address_id)):
             if name is not None:
                 calls.append((link_sha, self._k(tag, name, "seen", "bad", "r"), (th, hx(t - _DAY))))
-        # the cluster search's first step rides along: the requester's links, and (most often its only links)
-        # the request's device and address
         n_fixed = len(calls)
-        calls.append(self._member_call(key.buyer_id, t))
-        guess = [f"{tag}:{name}" for tag, name in (("d", key.device_id), ("a", key.address_id)) if name is not None]
-        calls += [self._key_call(field, th) for field in guess]
-        res = self._read(calls)
-        cv = self._cluster_values(key.buyer_id, t, res[n_fixed], dict(zip(guess, res[n_fixed + 1:], strict=True)))
+        if self._server_search:  # the whole cluster search, server side, in this round trip
+            calls.append((self._cluster_sha, self._k("b", key.buyer_id, "l"),
+                          (self.prefix, key.buyer_id, th, hx(t - _DAY), hx(t - 30 * _DAY), str(CLUSTER_HUB_BUYERS),
+                           str(CLUSTER_MAX_ACCOUNTS))))
+            res = self._read(calls)
+            found = [int(x) for x in res[n_fixed]]
+            cv = large_cluster() if len(found) == 1 else (found[0], found[1], found[2], found[3])
+        else:
+            # Redis Cluster: the search's first step rides along (the requester's links, and, most often its only
+            # links, the request's device and address), then one round trip per hop
+            calls.append(self._member_call(key.buyer_id, t))
+            guess = [f"{tag}:{name}" for tag, name in (("d", key.device_id), ("a", key.address_id))
+                     if name is not None]
+            calls += [self._key_call(field, th) for field in guess]
+            res = self._read(calls)
+            cv = self._cluster_values(key.buyer_id, t, res[n_fixed],
+                                      dict(zip(guess, res[n_fixed + 1:], strict=True)))
         bv = _buyer_values(res[0], t)
         sv = self._scores.values(key.store_id, t, *(int(x) for x in res[1]))
         lv: list[tuple[int, int, int] | None] = []
@@ -621,7 +685,8 @@ class RedisProfileStore:
 
     def _cluster_values(self, buyer: str, t: int, mine: list[Any], keys: dict[str, list[Any]]
                         ) -> tuple[int, int | None, int | None, int | None]:
-        """The cluster search of :func:`refundguard.clusters.search_one` in waves: each pipelined round trip
+        """The cluster search of :func:`refundguard.clusters.search_one` in waves (Redis Cluster clients; a
+        standalone server runs ``_READ_CLUSTER`` in the lookup instead): each pipelined round trip
         reads the keys the last buyers link to AND the buyers the last keys hold (the first wave came with
         the lookup), so a search costs about one round trip per hop."""
         th = hx(t)
@@ -678,7 +743,7 @@ class RedisProfileStore:
             except NoScriptError:  # first use, or the server restarted: load and run again (reads only)
                 if attempt:
                     raise
-                for script in (_READ_BUYER, _READ_STORE, _READ_LINK, _READ_MEMBER, _READ_KEY):
+                for script in (_READ_BUYER, _READ_STORE, _READ_LINK, _READ_MEMBER, _READ_KEY, _READ_CLUSTER):
                     self.client.script_load(script)
         raise AssertionError("unreachable")  # pragma: no cover
 
