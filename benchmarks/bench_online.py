@@ -255,6 +255,12 @@ def main() -> None:
                           "orders/s)")
             rows.append(("Redis store (loopback), lookup only (store.profiles), 1 thread",
                          _pct(_timed_calls(shared.profiles, plain + flagged, n, 1))))
+            # the same lookups with the cluster search from Python, a round trip per hop (the path of a
+            # RedisCluster client, forced here on the standalone server)
+            waves = RedisProfileStore(client, prefix="bench", score_config=cfg, store_scores=hist)
+            waves._server_search = False
+            rows.append(("Redis store (loopback), lookup only, cluster search from Python (Redis Cluster path)",
+                         _pct(_timed_calls(waves.profiles, plain + flagged, n, 1))))
             for threads in (1, 4):
                 rows.append((f"Redis store (loopback), no reasons, {threads} thread(s)",
                              _pct(_timed_calls(lambda r: guard.assess(r, store=shared), plain, n, threads))))
