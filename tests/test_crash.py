@@ -40,16 +40,19 @@ def _run(args: list[str]) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
-def _kill_at(args: list[str], delay: float) -> bool:
-    """Start the command, SIGKILL it after ``delay`` seconds; whether it was killed (not finished)."""
+def _kill_at(args: list[str], delay: float) -> float | None:
+    """Start the command, SIGKILL it after ``delay`` seconds: ``None`` if it was killed, else how long
+    the run took (it finished first; a successful exit is asserted)."""
+    started = time.perf_counter()
     proc = _run(args)
     try:
-        proc.wait(timeout=delay)
-        return False
+        code = proc.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        return True
+        return None
+    assert code == 0, proc.stderr.read().decode()
+    return time.perf_counter() - started
 
 
 def _digest(path: Path) -> str:
@@ -88,13 +91,15 @@ def test_sigkill_half_way_leaves_nothing_and_the_rerun_is_identical(data, tmp_pa
             else:
                 pd.testing.assert_frame_equal(pd.read_parquet(out), pd.read_parquet(reference))
 
-        # On a loaded machine a run can finish sooner than the reference suggested: then the
-        # kill comes earlier (half the delay, up to four tries), so the kill still lands mid-run.
+        # On a shared machine a run can be much faster than the reference runs were: when it
+        # finishes before the kill, the next try kills at the same share of the time it just took.
         landed = False
-        for attempt in range(4):
-            if _kill_at(args(out), full * share / 2 ** attempt):
+        for _attempt in range(5):
+            took = _kill_at(args(out), full * share)
+            if took is None:
                 landed = True
                 break
+            full = min(full, took)
             same_as_reference()  # it finished whole: the result is right; try again, earlier
             if out.is_dir():
                 shutil.rmtree(out)
