@@ -251,7 +251,8 @@ def search_one(buyer: int | None, t: int, links: Callable[[int], Iterable[tuple[
     Returns
     -------
     list or None
-        The other members' codes, or ``None`` when the cluster is large.
+        The other members' codes, or ``None`` when the cluster is large. ``links``
+        has been called for the requester and for every member returned.
     """
     if buyer is None:
         return []

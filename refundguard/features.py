@@ -514,10 +514,7 @@ def build_features(requests: pd.DataFrame, profiles: Profiles, *,
     cols["store_score_missing"] = s["score_missing"].to_numpy(bool).astype(np.float64)
     cols["store_refund_rate_30d"] = s["refund_rate_30d"].to_numpy(np.float64)
     cols["store_n_refunds_24h"] = s["n_refunds_24h"].to_numpy(np.float64)
-    for name in ("device_n_buyers", "device_n_bad_buyers", "device_n_refunds_24h",
-                 "address_n_buyers", "address_n_bad_buyers", "address_n_refunds_24h",
-                 "cluster_n_accounts", "cluster_n_refunds_24h", "cluster_n_refunds_30d",
-                 "cluster_n_bad_others"):
+    for name in lk.columns:  # LinkProfile's fields are named as their features
         cols[name] = lk[name].to_numpy(np.float64)
     return pd.DataFrame({name: cols[name] for name in FEATURE_NAMES}, index=requests.index)
 

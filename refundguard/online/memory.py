@@ -718,15 +718,10 @@ class ProfileStore:
         others = search_one(buyer, t, links, lambda k, at: members[k & 1].before(k >> 1, at, CLUSTER_HUB_BUYERS))
         if others is None:
             return large_cluster()
-        n24 = n30 = bad = 0
-        for m in others:
-            v = got.get(m)
-            if v is None:  # a member the search did not expand (it found no more keys to read)
-                lks, *rest = B.buyer_cluster(view(m), t)
-                v = tuple(rest)  # type: ignore[assignment]
-            n24 += v[0]
-            n30 += v[1]
-            bad += v[2]
+        # search_one reads the links of every member it returns, so each one's counts are in ``got``
+        n24 = sum(got[m][0] for m in others)
+        n30 = sum(got[m][1] for m in others)
+        bad = sum(got[m][2] for m in others)
         return 1 + len(others), n24, n30, bad
 
     def stats(self) -> dict[str, int]:
