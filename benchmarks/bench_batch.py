@@ -164,8 +164,8 @@ def predict_baseline(guard, data: Path, chunk_days: int) -> dict:
 
     source = read_source(data, threads=1)
     lo, hi = (parameter_ns(x, "period", "bench") for x in PERIOD)
-    index = build_index(source, lo, hi)
     model = guard.batch_model()
+    index = build_index(source, lo, hi, config=model.score_config)
     matrices: list = []
     for spec in plan_slices(index, chunk_days, lo):
         score_slice(index, model, spec, matrices=matrices)

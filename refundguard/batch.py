@@ -1,7 +1,7 @@
 """Batch scoring of historical refunds at scale: time slices, all cores, every row accounted for.
 
 The engine behind :meth:`refundguard.RefundGuard.score_history` and ``refundguard score``
-(DESIGN.md sections 1, 6 and 9). Four steps:
+(DESIGN.md sections 1, 6 and 9). Five steps:
 
 1. **Index** (:func:`build_index`, once): the tables are read with only the columns
    the features and the store score need, validated in quarantine mode
@@ -11,7 +11,12 @@ The engine behind :meth:`refundguard.RefundGuard.score_history` and ``refundguar
    after this step.
 2. **Plan** (:func:`plan_slices`): the refunds to decide, sorted by
    ``(requested_at, refund_id)``, are cut into time slices of ``chunk_days``.
-3. **Slices** (:func:`score_slice`, in any process): for one slice, the rows its
+3. **Run parts** (:func:`add_run_parts`, once per run; the local runner's workers
+   compute them when there are several): the first order of every device and address
+   pair, the stores' sorted order times, the identity-cluster graph, and the store
+   score of every decided request's store and day (blocks of days, see
+   :data:`STORE_BLOCK_ORDERS`).
+4. **Slices** (:func:`score_slice`, in any process): for one slice, the rows its
    profiles read are selected from the index (the buyers' window of 365 days plus
    their all-time rows, the stores' 30 days, the devices' and addresses' first
    orders per buyer), the profiles come from the same kernel as
@@ -21,7 +26,7 @@ The engine behind :meth:`refundguard.RefundGuard.score_history` and ``refundguar
    the policy (:func:`refundguard.policy.decide_batch`) and the reasons of all
    rows at once (:func:`refundguard.model.explain.reasons_columns`). The result is
    an Arrow table of :data:`SCORED_COLUMNS`.
-4. **Output**: slices come back in order (joblib streams them) and are appended to
+5. **Output**: slices come back in order (joblib streams them) and are appended to
    one Parquet (or CSV) file under a temporary name, renamed at the end.
 
 A request's decision depends only on the history before it, never on the slice it
@@ -37,7 +42,6 @@ import shutil
 import tempfile
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields
@@ -74,6 +78,7 @@ __all__ = [
     "SCORED_SCHEMA",
     "SliceSpec",
     "STAGES",
+    "add_run_parts",
     "build_index",
     "plan_slices",
     "run_batch",
@@ -221,6 +226,10 @@ class BatchIndex:
     ``store_ids`` and ``categories`` (-1 for none); ``kind``/``reason`` codes index
     :data:`refundguard.tables.KINDS` / :data:`~refundguard.tables.REASONS`.
     ``q_rows`` are the refunds to decide, sorted by ``(requested_at, refund_id)``.
+
+    Two parts are computed once for the whole run, not per slice: the store score of
+    every decided request's store and day (``q_score`` ... ``q_category``, aligned with
+    ``q_rows``; published or computed) and the identity-cluster ``graph``.
     """
 
     # orders
@@ -260,10 +269,6 @@ class BatchIndex:
     s_first_response: np.ndarray
     # all-time per-key rows
     first_bad_refund: np.ndarray  # per buyer: refund row of the first rejected/abusive outcome, -1 none
-    dev_pair_rows: np.ndarray  # order rows that are the first of their (device, buyer) pair
-    addr_pair_rows: np.ndarray  # order rows that are the first of their (address, buyer) pair
-    store_times: np.ndarray  # every order's paid_at, sorted by (store, paid_at)
-    store_ptr: np.ndarray  # store code -> its run in store_times
     # the refunds to decide
     q_rows: np.ndarray
     # dictionaries (Arrow arrays of strings) and scalars
@@ -275,6 +280,27 @@ class BatchIndex:
     n_addresses: int = 0
     first_refund_ns: int = NAT
     published: PublishedScores | None = None
+    # run parts (:func:`add_run_parts`, or the local runner's workers), computed once per run:
+    # the order-sized per-key tables
+    dev_pair_rows: np.ndarray | None = None  # order rows that are the first of their (device, buyer) pair
+    addr_pair_rows: np.ndarray | None = None  # order rows that are the first of their (address, buyer) pair
+    store_times: np.ndarray | None = None  # every order's paid_at, sorted by (store, paid_at)
+    store_ptr: np.ndarray | None = None  # store code -> its run in store_times
+    # each decided request's store row, aligned with q_rows
+    q_score: np.ndarray | None = None
+    q_product: np.ndarray | None = None
+    q_logistics: np.ndarray | None = None
+    q_service: np.ndarray | None = None
+    q_provisional: np.ndarray | None = None
+    q_category: np.ndarray | None = None  # codes into store_categories, -1 none
+    store_categories: tuple[str, ...] = ()
+    score_config_hash: str = ""  # the configuration the store rows were computed with
+    graph: ClusterGraph | None = field(default=None, repr=False)
+
+    @property
+    def has_run_parts(self) -> bool:
+        """Whether the run parts (:func:`add_run_parts`) are here: slices need them."""
+        return all(getattr(self, name) is not None for name in ("dev_pair_rows", "store_times", "graph", "q_score"))
 
     @property
     def n_orders(self) -> int:
@@ -322,10 +348,15 @@ class BatchIndex:
             with ipc.new_file(folder / f"{name}.arrow", t.schema) as w:
                 w.write_table(t)
         scalars = {"categories": list(self.categories), "n_devices": self.n_devices,
-                   "n_addresses": self.n_addresses, "first_refund_ns": int(self.first_refund_ns)}
+                   "n_addresses": self.n_addresses, "first_refund_ns": int(self.first_refund_ns),
+                   "store_categories": list(self.store_categories), "score_config_hash": self.score_config_hash}
         (folder / "scalars.json").write_text(json.dumps(scalars))
         if self.published is not None:
             self.published.save(folder / "published")
+        if self.graph is not None:
+            (folder / "graph").mkdir()
+            for name, a in self.graph.arrays().items():
+                np.save(folder / "graph" / f"{name}.npy", a, allow_pickle=False)
 
     @classmethod
     def load(cls, folder: Path) -> BatchIndex:
@@ -347,8 +378,14 @@ class BatchIndex:
         kw["n_devices"] = int(scalars["n_devices"])
         kw["n_addresses"] = int(scalars["n_addresses"])
         kw["first_refund_ns"] = int(scalars["first_refund_ns"])
+        kw["store_categories"] = tuple(scalars["store_categories"])
+        kw["score_config_hash"] = str(scalars["score_config_hash"])
         pub = folder / "published"
         kw["published"] = PublishedScores.load(pub) if pub.exists() else None
+        graph = folder / "graph"
+        if graph.exists():
+            kw["graph"] = ClusterGraph.from_arrays(
+                {p.name[:-4]: np.load(p, mmap_mode="r", allow_pickle=False) for p in graph.glob("*.npy")})
         return cls(**kw)
 
 
@@ -424,8 +461,9 @@ def _first_per_pair_flags(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int)
     return out
 
 
-def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, *,
-                published: PublishedScores | None = None, threads: int = 1) -> BatchIndex:
+def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, *, config: ScoreConfig,
+                published: PublishedScores | None = None, threads: int = 1,
+                timings: dict[str, float] | None = None, run_parts: bool = True) -> BatchIndex:
     """Turn clean, integer-coded source tables into the :class:`BatchIndex`.
 
     Parameters
@@ -434,11 +472,162 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
         Clean tables as integer-coded columns (:mod:`refundguard.sources`).
     start_ns, end_ns
         Half-open bounds on ``requested_at`` of the refunds to decide (``None``: unbounded).
+    config
+        The store score's configuration (the model's): the decided requests' store
+        scores are computed (or looked up in ``published``) once, here.
     published
         Published daily store scores, if given.
     threads
-        Threads for the per-key tables.
+        Threads for the per-key tables, the store scores and the cluster graph.
+    timings
+        If given, seconds are added to ``index`` and ``profiles`` (see :func:`add_run_parts`).
+    run_parts
+        Compute the run parts here (:func:`add_run_parts`); ``False`` leaves them to
+        the caller (the local runner computes them in its worker processes).
     """
+    t_start = time.perf_counter()
+    index = _base_index(tables, start_ns, end_ns, published, threads)
+    if timings is not None:
+        timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t_start
+    if run_parts:
+        add_run_parts(index, config, threads, timings)
+    return index
+
+
+#: Store-days the run's store scores compute at once: each statistic is one int64 per
+#: store-day, so a block of days holds at most ``max(1, this // stores)`` days.
+STORE_BLOCK_STORE_DAYS = 1_000_000
+#: Orders a block of the run's store scores may reach (its days plus the score's window
+#: before them; ~180 bytes each while the block is computed): this bounds the block's
+#: memory whatever the marketplace's size, at the cost of more blocks (each re-reads
+#: the window before it) on a dense one. A block still holds at least
+#: :data:`STORE_BLOCK_MIN_DAYS` (what each 7-day slice computed before the run parts),
+#: so a very dense marketplace is never slower than that.
+STORE_BLOCK_ORDERS = 3_000_000
+STORE_BLOCK_MIN_DAYS = 7
+
+
+def _store_blocks(ix: BatchIndex, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
+    """The decided requests' times and store codes, and the ``q_rows`` spans of the store-score blocks."""
+    rows = np.asarray(ix.q_rows, dtype=np.int64)
+    t = np.asarray(ix.r_req[rows], dtype=np.int64)
+    store = np.asarray(ix.o_store[np.asarray(ix.r_order[rows], dtype=np.int64)], dtype=np.int64)
+    if not len(rows):
+        return t, store, [(0, 0)]
+    day = day_index(t, cfg.timezone)  # non-decreasing: q_rows are sorted by requested_at
+    paid = np.asarray(ix.o_paid)
+    span_days = max(1, int((int(paid.max()) - int(paid.min())) // NS_PER_DAY) + 1) if len(paid) else 1
+    reach = max(1, int(STORE_BLOCK_ORDERS // max(1.0, len(paid) / span_days)))  # days of orders a block may read
+    block = max(1, min(STORE_BLOCK_STORE_DAYS // max(len(ix.store_ids), 1),
+                       max(STORE_BLOCK_MIN_DAYS, reach - cfg.window_days - 1)))
+    cuts = np.searchsorted(day, np.arange(int(day[0]) + block, int(day[-1]) + 1, block)).tolist()
+    bounds = [0, *cuts, len(rows)]
+    return t, store, list(zip(bounds[:-1], bounds[1:]))
+
+
+def _store_block(ix: BatchIndex, cfg: ScoreConfig, t: np.ndarray, store: np.ndarray,
+                 timings: dict[str, float]) -> dict[str, Any]:
+    """One block of the requests' store rows as arrays (categories as codes into ``levels``; ``profiles``)."""
+    clock = _Clock(timings)
+    frame = _store_rows(ix, store, t, cfg)
+    codes, levels = pd.factorize(frame["category"], use_na_sentinel=True)
+    out: dict[str, Any] = {c: frame[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")}
+    out["provisional"] = frame["provisional"].to_numpy(dtype=bool)
+    out["category"] = np.asarray(codes, dtype=np.int32)
+    out["levels"] = [str(x) for x in levels]
+    clock.lap("profiles")
+    return out
+
+
+def _merge_store_blocks(blocks: Sequence[dict[str, Any]], cfg: ScoreConfig) -> dict[str, Any]:
+    """The blocks in order as the index's ``q_*`` arrays, ``store_categories`` and ``score_config_hash``."""
+    levels: dict[str, int] = {}
+    cats = []
+    for b in blocks:
+        remap = np.array([levels.setdefault(x, len(levels)) for x in b["levels"]] + [-1], dtype=np.int32)
+        cats.append(remap[np.where(b["category"] >= 0, b["category"], len(b["levels"]))])
+    out: dict[str, Any] = {f"q_{c}": np.concatenate([b[c] for b in blocks])
+                           for c in ("score", "product", "logistics", "service", "provisional")}
+    out["q_category"] = np.concatenate(cats).astype(np.int32)
+    out["store_categories"] = tuple(levels)
+    out["score_config_hash"] = cfg.config_hash()
+    return out
+
+
+def _links_and_graph(ix: BatchIndex, timings: dict[str, float]) -> dict[str, Any]:
+    """Run part: the first order of every (device, buyer) and (address, buyer) pair (timed as ``index``),
+    and the cluster graph (``profiles``)."""
+    clock = _Clock(timings)
+    n_b = len(ix.buyer_ids)
+    ob, paid = np.asarray(ix.o_buyer), np.asarray(ix.o_paid)
+    dev = _first_per_pair_rows(np.asarray(ix.o_dev), ob, paid, n_b)  # one order-sized table at a time
+    addr = _first_per_pair_rows(np.asarray(ix.o_addr), ob, paid, n_b)
+    clock.lap("index")
+    graph = _build_graph(ix, dev, addr)
+    clock.lap("profiles")
+    return {"dev_pair_rows": dev, "addr_pair_rows": addr, "graph": graph}
+
+
+def _store_order_part(ix: BatchIndex, timings: dict[str, float]) -> dict[str, Any]:
+    """Run part: every order's ``paid_at`` sorted by (store, paid_at), and each store's run in it (``index``)."""
+    clock = _Clock(timings)
+    times, ptr = _store_order_times(np.asarray(ix.o_store), np.asarray(ix.o_paid), len(ix.store_ids))
+    clock.lap("index")
+    return {"store_times": times, "store_ptr": ptr}
+
+
+def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: dict[str, float] | None = None
+                  ) -> None:
+    """Compute, in this process, the parts every slice reads (once per run).
+
+    They are the first orders of the device and address pairs and the stores' sorted
+    order times (timed as ``index``), the cluster graph and the decided requests'
+    store rows (``profiles``). :func:`iter_slices_local` with several jobs computes
+    them in its workers instead.
+    """
+    t, store, spans = _store_blocks(ix, cfg)
+    clocks: list[dict[str, float]] = []
+
+    def timed(f: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        own: dict[str, float] = {}
+        clocks.append(own)
+        return f(*args, own)
+
+    def block(ab: tuple[int, int], own: dict[str, float]) -> dict[str, Any]:
+        return _store_block(ix, cfg, t[ab[0]:ab[1]], store[ab[0]:ab[1]], own)
+
+    if threads <= 1:  # one at a time; the store blocks first, before the graph's arrays exist
+        blocks = [timed(block, ab) for ab in spans]
+        parts = [timed(_store_order_part, ix), timed(_links_and_graph, ix)]
+    else:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            links_f = pool.submit(timed, _links_and_graph, ix)
+            times_f = pool.submit(timed, _store_order_part, ix)
+            blocks = list(pool.map(lambda ab: timed(block, ab), spans))
+            parts = [times_f.result(), links_f.result()]
+    if timings is not None:
+        for own in clocks:
+            for k, v in own.items():
+                timings[k] = timings.get(k, 0.0) + v
+    for part in [*parts, _merge_store_blocks(blocks, cfg)]:
+        for name, value in part.items():
+            setattr(ix, name, value)
+
+
+def _slice_store_rows(ix: BatchIndex, lo: int, hi: int) -> pd.DataFrame:
+    """The store rows of the decided requests ``q_rows[lo:hi]`` (as :func:`_store_rows` returns them)."""
+    out = pd.DataFrame({c: np.asarray(getattr(ix, f"q_{c}")[lo:hi], dtype=np.float64)
+                        for c in ("score", "product", "logistics", "service")})
+    out["provisional"] = np.asarray(ix.q_provisional[lo:hi], dtype=bool)
+    codes = np.asarray(ix.q_category[lo:hi], dtype=np.int64)
+    levels = np.asarray([*ix.store_categories, None], dtype=object)
+    out["category"] = pd.array(levels[np.where(codes >= 0, codes, len(ix.store_categories))], dtype="str")
+    return out
+
+
+def _base_index(tables: SourceTables, start_ns: int | None, end_ns: int | None,
+                published: PublishedScores | None, threads: int) -> BatchIndex:
+    """The :class:`BatchIndex` arrays (without the run parts :func:`add_run_parts` adds)."""
     o, r = tables.orders, tables.refunds
     n_b = len(tables.buyer_ids)
     o_buyer = o["buyer"]
@@ -452,26 +641,17 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
     deliv = o["delivered_at"][r_order]
     r_nr = (r["reason"] == REASONS.index("not_received")) & (deliv != NAT) & (deliv < r_req)
 
-    with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-        # one per-order table at a time (each holds several order-sized temporaries: two at once
-        # raised the peak by ~450 MB at 10M orders); the refund-sized work runs beside them
-        def per_order() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-            links = (_first_per_pair_rows(o["device"], o_buyer, o["paid_at"], n_b),
-                     _first_per_pair_rows(o["address"], o_buyer, o["paid_at"], n_b))
-            return links, _store_order_times(o["store"], o["paid_at"], len(tables.store_ids))
-
-        order_f = pool.submit(per_order)
-        pair_f = pool.submit(_first_per_pair_flags, r_buyer, r_store, r_req, len(tables.store_ids))
-        bad = np.flatnonzero(r_rej | r_abuse)
-        first_bad = np.full(n_b, -1, dtype=np.int64)
-        if len(bad):
-            order = np.lexsort((r_res[bad], r_buyer[bad]))
-            rows = bad[order]
-            b_sorted = r_buyer[rows]
-            head = np.ones(len(rows), dtype=bool)
-            head[1:] = b_sorted[1:] != b_sorted[:-1]
-            first_bad[b_sorted[head]] = rows[head]
-        ((dev_pairs, addr_pairs), (store_times, store_ptr)), pair_first = order_f.result(), pair_f.result()
+    # (the order-sized per-key tables are run parts: add_run_parts, or the local runner's workers)
+    pair_first = _first_per_pair_flags(r_buyer, r_store, r_req, len(tables.store_ids))
+    bad = np.flatnonzero(r_rej | r_abuse)
+    first_bad = np.full(n_b, -1, dtype=np.int64)
+    if len(bad):
+        order = np.lexsort((r_res[bad], r_buyer[bad]))
+        rows = bad[order]
+        b_sorted = r_buyer[rows]
+        head = np.ones(len(rows), dtype=bool)
+        head[1:] = b_sorted[1:] != b_sorted[:-1]
+        first_bad[b_sorted[head]] = rows[head]
 
     sel = np.ones(len(r_req), dtype=bool)
     if start_ns is not None:
@@ -497,8 +677,7 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
         r_pair_first=pair_first,
         v_store=o["store"][v["order"]], v_created=v["created_at"], v_rating=v["rating"],
         s_store=s["store"], s_started=s["started_at"], s_first_response=s["first_response_s"],
-        first_bad_refund=first_bad, dev_pair_rows=dev_pairs, addr_pair_rows=addr_pairs,
-        store_times=store_times, store_ptr=store_ptr,
+        first_bad_refund=first_bad,
         q_rows=q.astype(np.int64),
         refund_ids=tables.refund_ids, buyer_ids=tables.buyer_ids, store_ids=tables.store_ids,
         categories=tuple(tables.categories), n_devices=tables.n_devices, n_addresses=tables.n_addresses,
@@ -628,28 +807,20 @@ def _coded_history(ix: BatchIndex, o_rows: np.ndarray, r_rows: np.ndarray) -> Co
     )
 
 
-_GRAPH: list[tuple[weakref.ref[BatchIndex], ClusterGraph]] = []  # this process's cluster graph, for its index
-_GRAPH_LOCK = threading.Lock()
-
-
-def _cluster_graph(ix: BatchIndex) -> ClusterGraph:
+def _build_graph(ix: BatchIndex, dev: np.ndarray, addr: np.ndarray) -> ClusterGraph:
     """The identity-cluster graph of the whole index (all-time pairs, refunds, first bad outcomes), built once
-    per process and index: a cluster reaches beyond the keys a slice's history rows hold."""
-    with _GRAPH_LOCK:
-        if _GRAPH and _GRAPH[0][0]() is ix:
-            return _GRAPH[0][1]
-        ob, paid = np.asarray(ix.o_buyer, dtype=np.int64), np.asarray(ix.o_paid, dtype=np.int64)
-        dev, addr = np.asarray(ix.dev_pair_rows, dtype=np.int64), np.asarray(ix.addr_pair_rows, dtype=np.int64)
-        fbr = np.asarray(ix.first_bad_refund, dtype=np.int64)
-        first_bad = np.where(fbr >= 0, np.asarray(ix.r_res, dtype=np.int64)[np.maximum(fbr, 0)], NEVER)
-        graph = ClusterGraph.from_pairs(
-            np.concatenate([ob[dev], ob[addr]]),
-            np.concatenate([2 * np.asarray(ix.o_dev, dtype=np.int64)[dev],
-                            2 * np.asarray(ix.o_addr, dtype=np.int64)[addr] + 1]),
-            np.concatenate([paid[dev], paid[addr]]),
-            np.asarray(ix.r_buyer, dtype=np.int64), np.asarray(ix.r_req, dtype=np.int64), first_bad)
-        _GRAPH[:] = [(weakref.ref(ix), graph)]
-        return graph
+    per run: a cluster reaches beyond the keys a slice's history rows hold. ``dev``/``addr``: the pairs'
+    first order rows."""
+    dev, addr = np.asarray(dev, dtype=np.int64), np.asarray(addr, dtype=np.int64)
+    ob, paid = np.asarray(ix.o_buyer), np.asarray(ix.o_paid)
+    fbr = np.asarray(ix.first_bad_refund, dtype=np.int64)
+    first_bad = np.where(fbr >= 0, np.asarray(ix.r_res, dtype=np.int64)[np.maximum(fbr, 0)], NEVER)
+    return ClusterGraph.from_pairs(
+        np.concatenate([ob[dev], ob[addr]]),
+        np.concatenate([2 * np.asarray(ix.o_dev)[dev].astype(np.int64),
+                        2 * np.asarray(ix.o_addr)[addr].astype(np.int64) + 1]),
+        np.concatenate([paid[dev], paid[addr]]),
+        np.asarray(ix.r_buyer, dtype=np.int64), np.asarray(ix.r_req, dtype=np.int64), first_bad)
 
 
 def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
@@ -695,7 +866,14 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     """
     clock = _Clock(timings)
     ix = index
-    cfg = model.score_config
+    if not ix.has_run_parts:
+        raise ConfigError.invalid("score_slice", "index", "a BatchIndex with its run parts (per-key tables, "
+                                  "cluster graph, store rows): call add_run_parts(index, model.score_config)",
+                                  "an index without them")
+    if ix.score_config_hash != model.score_config.config_hash():
+        raise ConfigError.invalid("score_slice", "index", "built with the model's store score configuration "
+                                  f"({model.score_config.config_hash()}): build_index(..., config=model.score_config)",
+                                  f"an index built with another store score configuration ({ix.score_config_hash})")
     rows = np.asarray(ix.q_rows[spec.lo:spec.hi], dtype=np.int64)
     n = len(rows)
     t = np.asarray(ix.r_req[rows], dtype=np.int64)
@@ -707,10 +885,9 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
 
     o_rows, r_rows = _history_rows(ix, spec.t0, spec.t1, q_buyer, q_store, q_dev, q_addr)
     history = _coded_history(ix, o_rows, r_rows)
-    store_rows = _store_rows(ix, q_store, t, cfg)
-    profiles = profiles_from_codes(history, t, q_buyer, q_store, q_dev, q_addr, store_rows,
+    profiles = profiles_from_codes(history, t, q_buyer, q_store, q_dev, q_addr, _slice_store_rows(ix, spec.lo, spec.hi),
                                    store_orders_30d=_store_orders_window(ix, q_store, t, _STORE_NS),
-                                   clusters=_cluster_graph(ix))
+                                   clusters=ix.graph)
     clock.lap("profiles")
 
     cat_codes = np.asarray(ix.o_category[orow], dtype=np.int64)
@@ -999,15 +1176,82 @@ class _Writer:
 _INDEX_CACHE: dict[str, BatchIndex] = {}
 
 
-def _score_saved(folder: str, model: BatchModel, spec: SliceSpec) -> tuple[pa.Table, dict[str, float]]:
-    """Worker side: score one slice of the index saved in ``folder`` (memory-mapped, loaded once)."""
+def _saved_index(folder: str, complete: bool) -> BatchIndex:
+    """The index saved in ``folder``, memory-mapped and loaded once per worker (again once its run parts are
+    saved, when ``complete``)."""
     ix = _INDEX_CACHE.get(folder)
-    if ix is None:
+    if ix is None or (complete and not ix.has_run_parts):
         _INDEX_CACHE.clear()
         ix = _INDEX_CACHE[folder] = BatchIndex.load(Path(folder))
+        _allow_mapped_pages(Path(folder))
+    return ix
+
+
+def _allow_mapped_pages(folder: Path) -> None:
+    """Tell loky's leak check (this worker) that the memory-mapped index is not a leak.
+
+    A loky worker with ``psutil`` measures its RSS after its first task and exits as
+    "leaking" once it has grown by more than 300 MB. Pages of the memory-mapped index
+    count in the RSS as a worker reads them, so without this every worker was replaced
+    (a new process: imports and model parsed again, the index mapped again) after a
+    few slices, several times a run. The allowance becomes 300 MB plus the index's size;
+    nothing else about the check changes.
+    """
+    try:
+        from joblib.externals.loky import process_executor
+    except ImportError:  # pragma: no cover - joblib without its vendored loky
+        return
+    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    limit = int(3e8) + size
+    if isinstance(getattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", None), int):
+        process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, limit)
+
+
+def _score_saved(folder: str, model: BatchModel, spec: SliceSpec) -> tuple[pa.Table, dict[str, float]]:
+    """Worker side: score one slice of the index saved in ``folder``."""
     timings: dict[str, float] = {}
-    table = score_slice(ix, model, spec, threads=1, timings=timings)
+    table = score_slice(_saved_index(folder, complete=True), model, spec, threads=1, timings=timings)
     return table, timings
+
+
+def _run_part_saved(folder: str, cfg: ScoreConfig, span: tuple[int, int] | str
+                    ) -> tuple[dict[str, Any] | None, dict[str, float]]:
+    """Worker side: one run part of the index saved in ``folder``: ``"links"`` (pair rows and cluster
+    graph) and ``"store_times"`` are saved into the folder; a span ``(a, b)`` returns the store rows
+    of the decided requests ``q_rows[a:b]``."""
+    timings: dict[str, float] = {}
+    ix = _saved_index(folder, complete=False)
+    if isinstance(span, str):
+        base = Path(folder)
+        part = (_links_and_graph if span == "links" else _store_order_part)(ix, timings)
+        for name, value in part.items():
+            if isinstance(value, ClusterGraph):
+                tmp = base / f"graph.{os.getpid()}"
+                tmp.mkdir()
+                for key, a in value.arrays().items():
+                    np.save(tmp / f"{key}.npy", a, allow_pickle=False)
+                os.replace(tmp, base / "graph")
+            else:
+                with open(base / f"{name}.npy.{os.getpid()}", "wb") as f:
+                    np.save(f, value, allow_pickle=False)
+                os.replace(base / f"{name}.npy.{os.getpid()}", base / f"{name}.npy")
+        return None, timings
+    rows = np.asarray(ix.q_rows[span[0]:span[1]], dtype=np.int64)
+    t = np.asarray(ix.r_req[rows], dtype=np.int64)
+    store = np.asarray(ix.o_store[np.asarray(ix.r_order[rows], dtype=np.int64)], dtype=np.int64)
+    return _store_block(ix, cfg, t, store, timings), timings
+
+
+def _save_store_rows(folder: Path, merged: dict[str, Any]) -> None:
+    """Add the merged store rows (:func:`_merge_store_blocks`) to the index saved in ``folder``."""
+    import json
+
+    for name, value in merged.items():
+        if isinstance(value, np.ndarray):
+            np.save(folder / f"{name}.npy", value, allow_pickle=False)
+    scalars = json.loads((folder / "scalars.json").read_text())
+    scalars.update(store_categories=list(merged["store_categories"]), score_config_hash=merged["score_config_hash"])
+    (folder / "scalars.json").write_text(json.dumps(scalars))
 
 
 def _warm(model: BatchModel) -> int:
@@ -1043,9 +1287,14 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     """Score ``slices`` in order: in this process (``jobs == 1``) or in ``jobs`` joblib processes.
 
     With several processes the index is written once to a temporary folder and
-    memory-mapped by every worker; results stream back in slice order.
+    memory-mapped by every worker; its run parts (:func:`add_run_parts`), if missing,
+    are computed by the workers too (the graph in one, the store-score blocks in the
+    others) and saved beside it; results stream back in slice order.
     """
+    cfg = model.score_config
     if jobs == 1 or len(slices) <= 1:
+        if not index.has_run_parts:
+            add_run_parts(index, cfg, threads=1, timings=timings)
         for spec in slices:
             yield score_slice(index, model, spec, threads=1, timings=timings)
         return
@@ -1057,8 +1306,16 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     try:
         t = time.perf_counter()
         index.save(folder, threads=jobs)
+        spans = _store_blocks(index, cfg)[2] if not index.has_run_parts else None
         del index  # the workers read the saved copy; this process needs nothing more of it
         timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t
+        if spans is not None:
+            parts = Parallel(n_jobs=jobs, max_nbytes=None)(
+                delayed(_run_part_saved)(str(folder), cfg, span) for span in ["links", "store_times", *spans])
+            _save_store_rows(folder, _merge_store_blocks([block for block, _ in parts[2:]], cfg))
+            for _, own in parts:
+                for k, v in own.items():
+                    timings[k] = timings.get(k, 0.0) + v
         run = Parallel(n_jobs=jobs, return_as="generator", max_nbytes=None)
         for table, part in run(delayed(_score_saved)(str(folder), model, spec) for spec in slices):
             for k, v in part.items():
@@ -1116,9 +1373,10 @@ def run_batch(
     from refundguard.policy import ACTIONS
 
     timings: dict[str, float] = {k: float(v) for k, v in source.timings.items()}
-    t = time.perf_counter()
-    index = build_index(source, start_ns, end_ns, published=published, threads=jobs)
-    timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t
+    # the run parts (store rows, cluster graph) are left to the runner: the local one
+    # computes them in its worker processes when it has several
+    index = build_index(source, start_ns, end_ns, config=model.score_config, published=published, threads=jobs,
+                        timings=timings, run_parts=False)
     slices = plan_slices(index, chunk_days, start_ns)
     n_scored_expected = len(index.q_rows)
     runner = runner or iter_slices_local

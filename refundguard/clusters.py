@@ -82,14 +82,30 @@ def _ranges(start: np.ndarray, stop: np.ndarray) -> tuple[np.ndarray, np.ndarray
 class _Sorted:
     """Times per group, sorted by (group, time): counts of a group's times ``< x`` in one search."""
 
+    #: The arrays the searches read (what :meth:`ClusterGraph.arrays` saves).
+    ARRAYS = ("time", "utimes", "keys", "ptr")
+
     def __init__(self, group: np.ndarray, time: np.ndarray, n_groups: int) -> None:
         order = np.lexsort((time, group))
-        self.group, self.time = group[order], time[order]
-        self.order = order
+        group = group[order]
+        self.time = time[order]
+        self.order = order  # for building only (emptied once the graph is built)
         self.utimes = np.unique(self.time)
-        self.span = np.int64(len(self.utimes) + 1)
-        self.keys = self.group * self.span + np.searchsorted(self.utimes, self.time)
-        self.ptr = np.searchsorted(self.group, np.arange(n_groups + 1, dtype=np.int64))
+        self.keys = group * np.int64(len(self.utimes) + 1) + np.searchsorted(self.utimes, self.time)
+        self.ptr = np.searchsorted(group, np.arange(n_groups + 1, dtype=np.int64))
+
+    @classmethod
+    def restore(cls, arrays: dict[str, np.ndarray]) -> _Sorted:
+        """From the :data:`ARRAYS` of a built one (e.g. memory-mapped)."""
+        out = cls.__new__(cls)
+        for name in cls.ARRAYS:
+            setattr(out, name, arrays[name])
+        out.order = np.zeros(0, dtype=np.int64)
+        return out
+
+    @property
+    def span(self) -> np.int64:
+        return np.int64(len(self.utimes) + 1)
 
     def before(self, group: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Position after the group's times ``< x``."""
@@ -129,7 +145,28 @@ class ClusterGraph:
         refunds = _Sorted(np.asarray(r_buyer[ok], dtype=np.int64), np.asarray(r_time[ok], dtype=np.int64), nb)
         fb = np.full(nb, NEVER, dtype=np.int64)
         fb[:len(first_bad)] = first_bad
-        return cls(nb, nk, by_buyer, key[by_buyer.order], by_key, buyer[by_key.order], refunds, fb)
+        pair_key, key_buyer = key[by_buyer.order], buyer[by_key.order]
+        for part in (by_buyer, by_key, refunds):
+            part.order = np.zeros(0, dtype=np.int64)  # needed for building only
+        return cls(nb, nk, by_buyer, pair_key, by_key, key_buyer, refunds, fb)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """Every array the searches read, by name (:meth:`from_arrays` rebuilds the graph from them)."""
+        out = {"pair_key": self.pair_key, "key_buyer": self.key_buyer, "first_bad": self.first_bad,
+               "sizes": np.array([self.n_buyers, self.n_keys], dtype=np.int64)}
+        for part in ("by_buyer", "by_key", "refunds"):
+            for name in _Sorted.ARRAYS:
+                out[f"{part}.{name}"] = getattr(getattr(self, part), name)
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> ClusterGraph:
+        """The graph whose :meth:`arrays` these are (they may be memory-mapped: nothing is copied)."""
+        parts = {part: _Sorted.restore({name: arrays[f"{part}.{name}"] for name in _Sorted.ARRAYS})
+                 for part in ("by_buyer", "by_key", "refunds")}
+        n_buyers, n_keys = (int(x) for x in arrays["sizes"])
+        return cls(n_buyers, n_keys, parts["by_buyer"], arrays["pair_key"], parts["by_key"], arrays["key_buyer"],
+                   parts["refunds"], arrays["first_bad"])
 
     @classmethod
     def from_orders(cls, o_buyer: np.ndarray, o_dev: np.ndarray, o_addr: np.ndarray, o_paid: np.ndarray,

@@ -34,6 +34,7 @@ from refundguard.batch import (
     DEFAULT_CHUNK_DAYS,
     BatchIndex,
     BatchModel,
+    add_run_parts,
     SliceSpec,
     history_result,
     score_data,
@@ -55,6 +56,8 @@ def _runner(client: Any) -> Any:
             timings: dict[str, float]) -> Iterator[pa.Table]:
         if not slices:
             return
+        if not index.has_run_parts:  # the run parts, once, here: every task reads them
+            add_run_parts(index, model.score_config, threads=1, timings=timings)
         index_f = client.scatter(index, broadcast=True)
         model_f = client.scatter(model, broadcast=True)
         futures = [client.submit(slice_task, index_f, model_f, spec, pure=False) for spec in slices]

@@ -30,9 +30,9 @@ from refundguard.batch import (
     SCORED_SCHEMA,
     BatchResult,
     _coded_history,
-    _cluster_graph,
     _history_rows,
     _store_orders_window,
+    _slice_store_rows,
     _store_rows,
     build_index,
     plan_slices,
@@ -106,6 +106,62 @@ def test_output_is_the_same_for_every_jobs_and_chunk_days(guard, folder, tmp_pat
     assert (back["refund_id"] == mem["refund_id"]).all() and (back["action"] == mem["action"]).all()
 
 
+def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_path, monkeypatch):
+    """The decided requests' store scores are computed once per run, in blocks of days: one block,
+    a block per day, five or seven days per block give the same bytes (and workers read them saved)."""
+    real, calls = refundguard.batch._store_rows, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(refundguard.batch, "_store_rows", counted)
+    digests, blocks = [], []
+    # <= 90 stores: 1 and 5 days per block by store-days; 1,000 orders' reach: the 7-day floor
+    for store_days, orders, jobs in ((10**9, 10**9, 1), (1, 10**9, 1), (5 * 90, 10**9, 1), (10**9, 1_000, 1),
+                                     (1, 10**9, 2)):
+        monkeypatch.setattr(refundguard.batch, "STORE_BLOCK_STORE_DAYS", store_days)
+        monkeypatch.setattr(refundguard.batch, "STORE_BLOCK_ORDERS", orders)
+        calls.clear()
+        out = tmp_path / f"b{store_days}-{orders}-{jobs}.parquet"
+        guard.score_history(folder, "2024-08-01", "2024-10-19", out=out, jobs=jobs, chunk_days=7)
+        digests.append(_sha(out))
+        blocks.append(len(calls))
+    assert len(set(digests)) == 1
+    assert blocks[0] == 1 and blocks[1] >= 70 and 1 < blocks[2] < blocks[1], blocks  # (jobs 2: in the workers)
+    assert blocks[3] == len(range(0, 79, 7)), blocks  # 2024-08-01 .. 2024-10-18 in 7-day blocks
+
+
+def test_workers_do_not_take_the_memory_mapped_index_for_a_leak(tmp_path, monkeypatch):
+    """loky replaces a worker whose RSS grew 300 MB past its first task; the mapped index's pages are allowed."""
+    from joblib.externals.loky import process_executor
+
+    monkeypatch.setattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", int(3e8))
+    (tmp_path / "graph").mkdir()
+    (tmp_path / "o_paid.npy").write_bytes(b"x" * 4_000_000)
+    (tmp_path / "graph" / "keys.npy").write_bytes(b"x" * 1_000_000)
+    refundguard.batch._allow_mapped_pages(tmp_path)
+    assert process_executor._MAX_MEMORY_LEAK_SIZE == int(3e8) + 5_000_000
+
+
+def test_an_index_scores_only_with_the_score_config_it_was_built_with(guard, folder):
+    from refundguard.batch import score_slice
+    from refundguard.sources import read_source
+
+    source = read_source(folder)
+    model = guard.batch_model()
+    other = build_index(source, None, None, config=model.score_config.replace(window_days=20))
+    spec = plan_slices(other, 7)[0]
+    with pytest.raises(ConfigError, match="another store score configuration") as err:
+        score_slice(other, model, spec)
+    assert err.value.owner == "score_slice" and err.value.field == "index"
+    bare = build_index(source, None, None, config=model.score_config, run_parts=False)
+    with pytest.raises(ConfigError, match="run parts"):
+        score_slice(bare, model, spec)
+    same = build_index(source, None, None, config=model.score_config)
+    assert score_slice(same, model, plan_slices(same, 7)[0]).num_rows == len(spec)
+
+
 # --------------------------------------------------------------------------- parity with assess
 def _assert_equals_assess(guard: RefundGuard, scored: pd.DataFrame, tables, store_scores=None,
                           explain: bool = True) -> None:
@@ -163,7 +219,8 @@ def test_slice_profiles_equal_profiles_as_of(seed: int, chunk_days: int) -> None
     requests = requests_from_tables(tables)
     want = profiles_as_of(tables, requests, store_scores=hist)
     source = code_tables(tables, validate_tables=False)
-    index = build_index(source, None, None, published=read_published_scores(hist, source.store_ids, ScoreConfig()))
+    index = build_index(source, None, None, config=ScoreConfig(),
+                        published=read_published_scores(hist, source.store_ids, ScoreConfig()))
     assert (source.refund_ids.take(pa.array(index.q_rows)).to_pylist() == requests["refund_id"].tolist())
     got = []
     for spec in plan_slices(index, chunk_days):
@@ -173,10 +230,11 @@ def test_slice_profiles_equal_profiles_as_of(seed: int, chunk_days: int) -> None
         q = [np.asarray(a[orow], dtype=np.int64) for a in (index.o_buyer, index.o_store, index.o_dev, index.o_addr)]
         o_rows, r_rows = _history_rows(index, spec.t0, spec.t1, *q)
         assert len(o_rows) <= index.n_orders
-        store = _store_rows(index, q[1], t, ScoreConfig())
+        store = _slice_store_rows(index, spec.lo, spec.hi)
+        pd.testing.assert_frame_equal(store, _store_rows(index, q[1], t, ScoreConfig()))
         got.append(profiles_from_codes(_coded_history(index, o_rows, r_rows), t, *q, store,
                                        store_orders_30d=_store_orders_window(index, q[1], t, 30 * 86_400 * 10**9),
-                                       clusters=_cluster_graph(index)))
+                                       clusters=index.graph))
     for name in ("buyer", "store", "link"):
         frame = pd.concat([getattr(p, name) for p in got], ignore_index=True)
         pd.testing.assert_frame_equal(frame, getattr(want, name), check_dtype=True)
