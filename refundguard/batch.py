@@ -411,22 +411,29 @@ def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) 
 
 
 def _store_order_times(store: np.ndarray, paid: np.ndarray, n_stores: int) -> tuple[np.ndarray, np.ndarray]:
-    """Orders' ``paid_at`` sorted by (store, paid_at), and each store's run in it."""
+    """Orders' ``paid_at`` sorted by (store, paid_at), and each store's run in it.
+
+    A stable radix sort by store (16-bit passes) keeps the file order inside each
+    store's run; exports are nearly in time order, so only the runs that are not
+    sorted then are sorted (exact for any order).
+    """
     valid = (store >= 0) & (paid != NAT)
     s, p = store[valid], paid[valid]
     ptr = np.concatenate([[0], np.cumsum(np.bincount(s, minlength=n_stores))]).astype(np.int64)
     if not len(p):
         return p, ptr
-    # one int64 sort key: the store in the high bits, the time (coarsened to fit) in the low ones
-    store_bits = max(int(n_stores).bit_length(), 1)
-    span = int(p.max()) - int(p.min())
-    shift = max(0, span.bit_length() - (62 - store_bits))
-    key = s.astype(np.int64) << (62 - store_bits)
-    key |= (p - p.min()) >> shift
-    times = p[np.argsort(key)]
-    del key
-    if shift and bool((np.diff(times) < 0)[np.diff(np.repeat(np.arange(n_stores), np.diff(ptr))) == 0].any()):
-        times = p[np.lexsort((p, s))]  # two orders within 2**shift ns of each other: sort exactly
+    s = s.astype(np.int64)
+    order = np.argsort((s & 0xFFFF).astype(np.uint16), kind="stable")  # radix sort: O(n)
+    if n_stores > 0xFFFF:
+        order = order[np.argsort((s[order] >> 16).astype(np.uint16), kind="stable")]
+    times = p[order]
+    del order
+    desc = times[1:] < times[:-1]
+    edges = ptr[1:-1] - 1  # position i where a new store's run starts at i + 1
+    desc[edges[(edges >= 0) & (edges < len(desc))]] = False
+    down = np.flatnonzero(desc)
+    for st in np.unique(np.searchsorted(ptr, down, side="right") - 1):  # stores not in time order in the file
+        times[ptr[st]:ptr[st + 1]].sort()
     return times, ptr
 
 

@@ -132,6 +132,26 @@ def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_
     assert blocks[3] == len(range(0, 79, 7)), blocks  # 2024-08-01 .. 2024-10-18 in 7-day blocks
 
 
+@given(data=st.data(), n_stores=st.sampled_from([1, 3, 200, 70_000]), presorted=st.booleans())
+@settings(max_examples=60, deadline=None)
+def test_store_order_times_equal_a_full_sort(data, n_stores: int, presorted: bool) -> None:
+    """The radix sort by store plus the re-sort of the runs not in time order equals a full (store, time) sort,
+    for file orders sorted or not, missing stores and times, and more than 2**16 stores."""
+    from refundguard.batch import _store_order_times
+
+    nat = np.iinfo(np.int64).min
+    m = data.draw(st.integers(0, 300))
+    store = np.array(data.draw(st.lists(st.integers(-1, n_stores - 1), min_size=m, max_size=m)), dtype=np.int32)
+    paid = np.array(data.draw(st.lists(st.one_of(st.integers(0, 40), st.just(nat)), min_size=m, max_size=m)),
+                    dtype=np.int64)
+    if presorted:
+        paid = np.sort(paid)
+    times, ptr = _store_order_times(store, paid, n_stores)
+    ok = (store >= 0) & (paid != nat)
+    assert np.array_equal(times, paid[ok][np.lexsort((paid[ok], store[ok]))])
+    assert np.array_equal(ptr, np.concatenate([[0], np.cumsum(np.bincount(store[ok], minlength=n_stores))]))
+
+
 def test_workers_do_not_take_the_memory_mapped_index_for_a_leak(tmp_path, monkeypatch):
     """loky replaces a worker whose RSS grew 300 MB past its first task; the mapped index's pages are allowed."""
     from joblib.externals.loky import process_executor
