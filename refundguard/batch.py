@@ -1208,7 +1208,13 @@ def _allow_mapped_pages(folder: Path) -> None:
         from joblib.externals.loky import process_executor
     except ImportError:  # pragma: no cover - joblib without its vendored loky
         return
-    size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+    size = 0
+    for root, _, files in os.walk(folder):  # (another worker may be renaming a part it just wrote)
+        for name in files:
+            try:
+                size += os.stat(os.path.join(root, name)).st_size
+            except OSError:
+                pass
     limit = int(3e8) + size
     if isinstance(getattr(process_executor, "_MAX_MEMORY_LEAK_SIZE", None), int):
         process_executor._MAX_MEMORY_LEAK_SIZE = max(process_executor._MAX_MEMORY_LEAK_SIZE, limit)

@@ -164,6 +164,38 @@ def test_workers_do_not_take_the_memory_mapped_index_for_a_leak(tmp_path, monkey
     assert process_executor._MAX_MEMORY_LEAK_SIZE == int(3e8) + 5_000_000
 
 
+def test_the_leak_allowance_reads_a_folder_other_workers_are_writing(tmp_path):
+    """Workers size the index while another one writes a part under a temporary name and renames it
+    (a FileNotFoundError here once failed a run)."""
+    import shutil
+    import threading
+
+    (tmp_path / "o_paid.npy").write_bytes(b"x" * 1000)
+    stop = threading.Event()
+
+    def churn() -> None:
+        k = 0
+        while not stop.is_set():
+            part = tmp_path / f"graph.{k}"
+            part.mkdir()
+            for j in range(20):
+                (part / f"{j}.npy").write_bytes(b"x")
+            final = tmp_path / f"graph-{k}"
+            os.replace(part, final)
+            shutil.rmtree(final)
+            k += 1
+
+    thread = threading.Thread(target=churn)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            refundguard.batch._allow_mapped_pages(tmp_path)
+    finally:
+        stop.set()
+        thread.join()
+
+
 def test_an_index_scores_only_with_the_score_config_it_was_built_with(guard, folder):
     from refundguard.batch import score_slice
     from refundguard.sources import read_source
