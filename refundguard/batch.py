@@ -1301,8 +1301,9 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
 
     With several processes the index is written once to a temporary folder and
     memory-mapped by every worker; its run parts (:func:`add_run_parts`), if missing,
-    are computed by the workers too (the graph in one, the store-score blocks in the
-    others) and saved beside it; results stream back in slice order.
+    are computed by the workers too (the device and address pairs and the graph in one
+    task, the stores' sorted order times in another, one task per store-score block)
+    and saved beside it; results stream back in slice order.
     """
     cfg = model.score_config
     if jobs == 1 or len(slices) <= 1:

@@ -3,6 +3,9 @@ batch (profiles_as_of), the in-memory ProfileStore (events in any order, snapsho
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pandas as pd
 from hypothesis import given, settings, strategies as st
@@ -176,6 +179,15 @@ def test_vectorised_search_equals_brute_force_for_any_caps(seed: int, hub: int, 
     t = ns(req["requested_at"])
     q = pd.Index(uniq).get_indexer(req["buyer_id"])
     got = cluster_columns(graph, t, q, hub=hub, cap=cap)
+    # the batch workers read the graph saved as .npy files and memory-mapped: the same answers
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, a in graph.arrays().items():
+            np.save(os.path.join(tmp, f"{name}.npy"), a, allow_pickle=False)
+        saved = ClusterGraph.from_arrays({name: np.load(os.path.join(tmp, f"{name}.npy"), mmap_mode="r")
+                                          for name in graph.arrays()})
+        again = cluster_columns(saved, t, q, hub=hub, cap=cap)
+    for name in CLUSTER_FIELDS:
+        np.testing.assert_array_equal(again[name], got[name])
     orders = o.to_dict("records")
     refunds = r.to_dict("records")
     for i in range(len(req)):
