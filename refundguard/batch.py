@@ -1306,6 +1306,8 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     and saved beside it; results stream back in slice order.
     """
     cfg = model.score_config
+    if not slices:  # nothing to decide: no run parts either
+        return
     if jobs == 1 or len(slices) <= 1:
         if not index.has_run_parts:
             add_run_parts(index, cfg, threads=1, timings=timings)

@@ -196,6 +196,19 @@ def test_the_leak_allowance_reads_a_folder_other_workers_are_writing(tmp_path):
         thread.join()
 
 
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_period_without_refunds_writes_an_empty_file_and_computes_nothing(guard, folder, tmp_path, monkeypatch,
+                                                                            jobs):
+    called = []
+    monkeypatch.setattr(refundguard.batch, "add_run_parts", lambda *a, **k: called.append("run parts"))
+    out = tmp_path / "none.parquet"
+    res = guard.score_history(folder, "2020-01-01", "2020-02-01", out=out, jobs=jobs)
+    assert (res.rows_in, res.scored, res.rejected, res.slices) == (0, 0, 0, 0)
+    table = pq.read_table(out)
+    assert table.num_rows == 0 and table.schema.equals(SCORED_SCHEMA)
+    assert called == []
+
+
 def test_an_index_scores_only_with_the_score_config_it_was_built_with(guard, folder):
     from refundguard.batch import score_slice
     from refundguard.sources import read_source
