@@ -227,9 +227,10 @@ class BatchIndex:
     :data:`refundguard.tables.KINDS` / :data:`~refundguard.tables.REASONS`.
     ``q_rows`` are the refunds to decide, sorted by ``(requested_at, refund_id)``.
 
-    Two parts are computed once for the whole run, not per slice: the store score of
-    every decided request's store and day (``q_score`` ... ``q_category``, aligned with
-    ``q_rows``; published or computed) and the identity-cluster ``graph``.
+    The run parts (:func:`add_run_parts`) are computed once for the whole run, not per
+    slice: the device and address pairs' first orders, the stores' sorted order times,
+    the identity-cluster ``graph``, and the store score of every decided request's store
+    and day (``q_score`` ... ``q_category``, aligned with ``q_rows``; published or computed).
     """
 
     # orders
@@ -354,9 +355,7 @@ class BatchIndex:
         if self.published is not None:
             self.published.save(folder / "published")
         if self.graph is not None:
-            (folder / "graph").mkdir()
-            for name, a in self.graph.arrays().items():
-                np.save(folder / "graph" / f"{name}.npy", a, allow_pickle=False)
+            _save_graph(self.graph, folder)
 
     @classmethod
     def load(cls, folder: Path) -> BatchIndex:
@@ -387,6 +386,16 @@ class BatchIndex:
             kw["graph"] = ClusterGraph.from_arrays(
                 {p.name[:-4]: np.load(p, mmap_mode="r", allow_pickle=False) for p in graph.glob("*.npy")})
         return cls(**kw)
+
+
+def _save_graph(graph: ClusterGraph, folder: Path) -> None:
+    """Write the graph's arrays to ``folder/graph`` (under a temporary name, renamed whole:
+    another worker may load the index meanwhile)."""
+    tmp = folder / f"graph.{os.getpid()}"
+    tmp.mkdir()
+    for name, a in graph.arrays().items():
+        np.save(tmp / f"{name}.npy", a, allow_pickle=False)
+    os.replace(tmp, folder / "graph")
 
 
 def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) -> np.ndarray:
@@ -514,13 +523,18 @@ STORE_BLOCK_ORDERS = 3_000_000
 STORE_BLOCK_MIN_DAYS = 7
 
 
-def _store_blocks(ix: BatchIndex, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int]]]:
-    """The decided requests' times and store codes, and the ``q_rows`` spans of the store-score blocks."""
-    rows = np.asarray(ix.q_rows, dtype=np.int64)
+def _request_times_stores(ix: BatchIndex, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+    """``requested_at`` and store code of the decided requests ``q_rows[lo:hi]``."""
+    rows = np.asarray(ix.q_rows[lo:hi], dtype=np.int64)
     t = np.asarray(ix.r_req[rows], dtype=np.int64)
-    store = np.asarray(ix.o_store[np.asarray(ix.r_order[rows], dtype=np.int64)], dtype=np.int64)
-    if not len(rows):
-        return t, store, [(0, 0)]
+    return t, np.asarray(ix.o_store[np.asarray(ix.r_order[rows], dtype=np.int64)], dtype=np.int64)
+
+
+def _store_blocks(ix: BatchIndex, cfg: ScoreConfig) -> list[tuple[int, int]]:
+    """The ``q_rows`` spans of the store-score blocks."""
+    if not len(ix.q_rows):
+        return [(0, 0)]
+    t = np.asarray(ix.r_req[np.asarray(ix.q_rows, dtype=np.int64)], dtype=np.int64)
     day = day_index(t, cfg.timezone)  # non-decreasing: q_rows are sorted by requested_at
     paid = np.asarray(ix.o_paid)
     span_days = max(1, int((int(paid.max()) - int(paid.min())) // NS_PER_DAY) + 1) if len(paid) else 1
@@ -528,14 +542,16 @@ def _store_blocks(ix: BatchIndex, cfg: ScoreConfig) -> tuple[np.ndarray, np.ndar
     block = max(1, min(STORE_BLOCK_STORE_DAYS // max(len(ix.store_ids), 1),
                        max(STORE_BLOCK_MIN_DAYS, reach - cfg.window_days - 1)))
     cuts = np.searchsorted(day, np.arange(int(day[0]) + block, int(day[-1]) + 1, block)).tolist()
-    bounds = [0, *cuts, len(rows)]
-    return t, store, list(zip(bounds[:-1], bounds[1:]))
+    bounds = [0, *cuts, len(t)]
+    return list(zip(bounds[:-1], bounds[1:]))
 
 
-def _store_block(ix: BatchIndex, cfg: ScoreConfig, t: np.ndarray, store: np.ndarray,
-                 timings: dict[str, float]) -> dict[str, Any]:
-    """One block of the requests' store rows as arrays (categories as codes into ``levels``; ``profiles``)."""
+def _store_block(ix: BatchIndex, cfg: ScoreConfig, span: tuple[int, int], timings: dict[str, float]
+                 ) -> dict[str, Any]:
+    """The store rows of the decided requests ``q_rows[a:b]`` as arrays (categories as codes into
+    ``levels``; timed as ``profiles``)."""
     clock = _Clock(timings)
+    t, store = _request_times_stores(ix, *span)
     frame = _store_rows(ix, store, t, cfg)
     codes, levels = pd.factorize(frame["category"], use_na_sentinel=True)
     out: dict[str, Any] = {c: frame[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")}
@@ -592,7 +608,7 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
     store rows (``profiles``). :func:`iter_slices_local` with several jobs computes
     them in its workers instead.
     """
-    t, store, spans = _store_blocks(ix, cfg)
+    spans = _store_blocks(ix, cfg)
     clocks: list[dict[str, float]] = []
 
     def timed(f: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -600,22 +616,17 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
         clocks.append(own)
         return f(*args, own)
 
-    def block(ab: tuple[int, int], own: dict[str, float]) -> dict[str, Any]:
-        return _store_block(ix, cfg, t[ab[0]:ab[1]], store[ab[0]:ab[1]], own)
-
     if threads <= 1:  # one at a time; the store blocks first, before the graph's arrays exist
-        blocks = [timed(block, ab) for ab in spans]
+        blocks = [timed(_store_block, ix, cfg, span) for span in spans]
         parts = [timed(_store_order_part, ix), timed(_links_and_graph, ix)]
     else:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             links_f = pool.submit(timed, _links_and_graph, ix)
             times_f = pool.submit(timed, _store_order_part, ix)
-            blocks = list(pool.map(lambda ab: timed(block, ab), spans))
+            blocks = list(pool.map(lambda span: timed(_store_block, ix, cfg, span), spans))
             parts = [times_f.result(), links_f.result()]
-    if timings is not None:
-        for own in clocks:
-            for k, v in own.items():
-                timings[k] = timings.get(k, 0.0) + v
+    for own in clocks:
+        _add_timings(timings, own)
     for part in [*parts, _merge_store_blocks(blocks, cfg)]:
         for name, value in part.items():
             setattr(ix, name, value)
@@ -1056,6 +1067,13 @@ class _Clock:
             self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
 
+def _add_timings(timings: dict[str, float] | None, part: Mapping[str, float]) -> None:
+    """Add the seconds per stage of ``part`` (a worker's, a task's) to ``timings``."""
+    clock = _Clock(timings)
+    for stage, seconds in part.items():
+        clock.add(stage, seconds)
+
+
 # --------------------------------------------------------------------------- running
 @dataclass
 class BatchResult:
@@ -1239,20 +1257,13 @@ def _run_part_saved(folder: str, cfg: ScoreConfig, span: tuple[int, int] | str
         part = (_links_and_graph if span == "links" else _store_order_part)(ix, timings)
         for name, value in part.items():
             if isinstance(value, ClusterGraph):
-                tmp = base / f"graph.{os.getpid()}"
-                tmp.mkdir()
-                for key, a in value.arrays().items():
-                    np.save(tmp / f"{key}.npy", a, allow_pickle=False)
-                os.replace(tmp, base / "graph")
+                _save_graph(value, base)
             else:
                 with open(base / f"{name}.npy.{os.getpid()}", "wb") as f:
                     np.save(f, value, allow_pickle=False)
                 os.replace(base / f"{name}.npy.{os.getpid()}", base / f"{name}.npy")
         return None, timings
-    rows = np.asarray(ix.q_rows[span[0]:span[1]], dtype=np.int64)
-    t = np.asarray(ix.r_req[rows], dtype=np.int64)
-    store = np.asarray(ix.o_store[np.asarray(ix.r_order[rows], dtype=np.int64)], dtype=np.int64)
-    return _store_block(ix, cfg, t, store, timings), timings
+    return _store_block(ix, cfg, span, timings), timings
 
 
 def _save_store_rows(folder: Path, merged: dict[str, Any]) -> None:
@@ -1322,7 +1333,7 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     try:
         t = time.perf_counter()
         index.save(folder, threads=jobs)
-        spans = _store_blocks(index, cfg)[2] if not index.has_run_parts else None
+        spans = _store_blocks(index, cfg) if not index.has_run_parts else None
         del index  # the workers read the saved copy; this process needs nothing more of it
         # some index arrays were zero-copy views of Arrow buffers: Arrow's pool keeps them once
         # freed (~600 MB at 10M orders) unless told to hand them back now
@@ -1333,12 +1344,10 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
                 delayed(_run_part_saved)(str(folder), cfg, span) for span in ["links", "store_times", *spans])
             _save_store_rows(folder, _merge_store_blocks([block for block, _ in parts[2:]], cfg))
             for _, own in parts:
-                for k, v in own.items():
-                    timings[k] = timings.get(k, 0.0) + v
+                _add_timings(timings, own)
         run = Parallel(n_jobs=jobs, return_as="generator", max_nbytes=None)
         for table, part in run(delayed(_score_saved)(str(folder), model, spec) for spec in slices):
-            for k, v in part.items():
-                timings[k] = timings.get(k, 0.0) + v
+            _add_timings(timings, part)
             yield table
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -35,6 +35,7 @@ from refundguard.batch import (
     BatchIndex,
     BatchModel,
     SliceSpec,
+    _add_timings,
     add_run_parts,
     history_result,
     score_data,
@@ -64,8 +65,7 @@ def _runner(client: Any) -> Any:
         try:
             for fut in futures:
                 table, part = fut.result()
-                for k, v in part.items():
-                    timings[k] = timings.get(k, 0.0) + v
+                _add_timings(timings, part)
                 yield table
         finally:
             client.cancel(futures)
