@@ -229,10 +229,6 @@ class _Keys:
         widths = {v.dtype.itemsize for v in views if v is not None}
         if any(v is None for v in views) or len(widths) > 1:
             return cls(a, None, None)
-        ordered = all(len(v) < 2 or bool((v[1:] > v[:-1]).all()) for v in views)
-        ordered = ordered and all(bytes(x[-1]) < bytes(y[0]) for x, y in zip(views, views[1:]))
-        if not ordered:
-            return cls(a, None, None)
         if not views:
             return cls(a, np.zeros(0, dtype="S1"), None)
         w = widths.pop()
@@ -240,10 +236,20 @@ class _Keys:
         k = 0
         while k < min(len(lo), len(hi)) and lo[k] == hi[k]:
             k += 1
-        prefix = lo[:k]  # sorted: every id lies between the first and the last, so shares it
+        prefix = lo[:k]  # if sorted, every id lies between the first and the last, so shares it
         if w - k <= 8:
+            # sorted ids <=> all share the prefix and their packed suffixes strictly increase
+            # (comparing uint64 keys, not the strings)
+            if not all(bool((v.view(np.uint8)[j::w] == prefix[j]).all()) for v in views for j in range(k)):
+                return cls(a, None, None)  # (byte by byte: a strided 1-d compare is the fast one)
             packed = np.concatenate([_pack(v, k) for v in views])
+            if len(packed) > 1 and not bool((packed[1:] > packed[:-1]).all()):
+                return cls(a, None, None)
             return cls(a, np.zeros(0, dtype=f"S{w}"), packed, prefix, w)
+        ordered = all(len(v) < 2 or bool((v[1:] > v[:-1]).all()) for v in views)
+        ordered = ordered and all(bytes(x[-1]) < bytes(y[0]) for x, y in zip(views, views[1:]))
+        if not ordered:
+            return cls(a, None, None)
         return cls(a, np.concatenate(views), None, prefix, w)
 
     def rows(self, refs: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -285,6 +291,15 @@ class _Keys:
 def _pack(fixed: np.ndarray, skip: int) -> np.ndarray:
     """Big-endian uint64 of the bytes after ``skip`` (at most 8): same order as the strings."""
     w = fixed.dtype.itemsize
+    n = w - skip
+    if w >= 8 and len(fixed) and fixed.flags.c_contiguous:
+        # the last 8 bytes of each row, read in place as big-endian (one gather-and-swap pass), keeping
+        # the low n bytes: the suffix after ``skip``
+        tail = np.ndarray((len(fixed),), dtype=">u8", buffer=fixed.view(np.uint8), offset=w - 8, strides=(w,))
+        out = tail.astype(np.uint64)
+        if n < 8:
+            out &= np.uint64((1 << (8 * n)) - 1)
+        return out
     raw = fixed.view(np.uint8).reshape(-1, w)[:, skip:]
     buf = np.zeros((len(fixed), 8), dtype=np.uint8)
     buf[:, : w - skip] = raw
@@ -1136,8 +1151,6 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
     SchemaError
         A table is missing, not Parquet, or lacks a column.
     """
-    from refundguard.scores import CodedStoreEvents
-
     path = Path(folder)
     cols = _parquet_tables(path) if path.is_dir() else None
     if cols is None:
@@ -1153,12 +1166,29 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
     use = threads > 1
     o, r, v = cols["orders"], cols["refunds"], cols["reviews"]
     s = cols.get("service") or _Columns("service")
+    pool = ThreadPoolExecutor(max_workers=threads) if use else None
+    try:
+        return _read_store_events(o, r, v, s, use, window, pool)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+
+
+def _read_store_events(o: _Columns, r: _Columns, v: _Columns, s: _Columns, use: bool,
+                       window: tuple[int, int] | None, pool: ThreadPoolExecutor | None) -> Any:
+    from refundguard.scores import CodedStoreEvents
+
     out: dict[str, Any] = {}
+
+    def order_keys() -> _Keys:
+        return _Keys.of(o.get("order_id", threads=use))
 
     # With a window, the reviews, chats and orders that may count are read by one filtered scan per
     # table (the filter on their time evaluated once; row-group statistics can skip). Refunds are read
     # whole (the first request of all gates the refund indicators), and so are every order's id and
-    # store (the window's refunds and reviews take their order's store from them).
+    # store (the window's refunds and reviews take their order's store from them). Every order's id,
+    # the longest job, starts first, while the window's scans run.
+    keys_f = pool.submit(order_keys) if pool is not None else None
     v_where, s_where = _window_filter(v, "created_at", window), _window_filter(s, "started_at", window)
     o_where = _orders_window_filter(o, window)
     vw: Any = v if v_where is None else _Scanned(v, ("order_id", "rating", "created_at"), v_where, (), use)
@@ -1183,7 +1213,7 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
         out["v_created"] = ts(vw, "created_at")
         out["r_in"] = inside(out["r_requested"])
         out["v_in"] = inside(out["v_created"]) if vw is v else None  # None: already the window's rows
-        keys = _Keys.of(o.get("order_id", threads=use))
+        keys = keys_f.result() if keys_f is not None else order_keys()
         out["r_order"] = keys.rows(rows_of(r, out["r_in"]))
         out["v_order"] = keys.rows(rows_of(vw, out["v_in"])) if vw.n else np.zeros(0, dtype=np.int64)
 
@@ -1220,10 +1250,9 @@ def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int
         out["s_first_response"] = _f64(sw.get("first_response_s", threads=use)) if sw.n else np.zeros(0)
 
     jobs = [job_keys, job_store, job_category, job_order_times, job_rest]
-    if use:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            for f in [pool.submit(j) for j in jobs]:
-                f.result()
+    if pool is not None:
+        for f in [pool.submit(j) for j in jobs]:
+            f.result()
     else:
         for j in jobs:
             j()

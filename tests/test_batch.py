@@ -566,6 +566,39 @@ def test_order_id_joins_are_exact_for_any_id_shape(shape):
     assert not keys.duplicated().any()
 
 
+@settings(max_examples=150, deadline=None)
+@given(width=st.integers(1, 20), data=st.data())
+def test_order_id_joins_are_exact_for_random_fixed_width_ids(width, data):
+    """Any ids of one width (a shared prefix or none, sorted or not, across chunks) join exactly: the
+    packed uint64 keys (suffix up to 8 bytes, read in place when ids have 8 bytes or more), the
+    string search, or the hash table."""
+    from refundguard.sources import _Keys, _pack
+
+    alphabet = data.draw(st.sampled_from(["01", "0123456789", "ab~"]))
+    prefix = data.draw(st.text(alphabet, min_size=0, max_size=width - 1))
+    tails = data.draw(st.lists(st.text(alphabet, min_size=width - len(prefix), max_size=width - len(prefix)),
+                               min_size=0, max_size=60, unique=True))
+    ids = [prefix + x for x in tails]
+    if data.draw(st.booleans()):
+        ids.sort()
+    if len(ids) >= 3 and data.draw(st.booleans()):  # an id inside breaks the prefix its neighbours share
+        k = data.draw(st.integers(1, len(ids) - 2))
+        ids[k] = ("~" if ids[k][0] != "~" else "0") + ids[k][1:]
+        ids = list(dict.fromkeys(ids))
+    cut = data.draw(st.integers(0, len(ids)))
+    keys = _Keys.of(pa.chunked_array([pa.array(ids[:cut], type=pa.string()), pa.array(ids[cut:], type=pa.string())]))
+    want = {v: i for i, v in enumerate(ids)}
+    # references of the ids' width take the fast paths; any other width, the hash table
+    for refs in (ids + [prefix + "~" * (width - len(prefix)), "0" * width], ids[:3] + ["x" * (width + 1)]):
+        got = keys.rows(pa.chunked_array([pa.array(refs, type=pa.string())]))
+        assert got.tolist() == [want.get(r, -1) for r in refs]
+    if keys.packed is not None:  # packing keeps the order of the suffixes
+        raw = np.array([x.encode() for x in ids], dtype=f"S{width}")
+        suffix = [x.encode()[len(keys.prefix):] for x in ids]
+        packed = _pack(raw, len(keys.prefix))
+        assert np.argsort(packed, kind="stable").tolist() == sorted(range(len(ids)), key=lambda i: suffix[i])
+
+
 def test_store_scores_from_parquet_columns_equal_store_scores(folder):
     """Reading only the score's columns as integer codes gives exactly store_scores (and the history)."""
     from refundguard.scores import coded_store_scores, coded_store_scores_as_of
