@@ -3,26 +3,27 @@
 For each simulated marketplace (about 2.5M, 5M and 10M orders over 150 days; the
 simulator's default rate gives about 16 orders per buyer over 150 days, so
 buyers = orders / 16 and stores = orders / 333), decides the refunds of its last
-two months with the bundled default model, Parquet in to Parquet out, once with
-``--jobs 1`` and once with ``--jobs 2``, each run in a fresh process. It prints:
+two months with the bundled default model, Parquet in to Parquet out, with ``--jobs 1``,
+``--jobs 2`` (threads, the default backend) and ``--jobs 2 --backend processes`` (shown
+as ``2p``), each run in a fresh process. It prints:
 
 * wall time and refunds per second of the whole run (``refundguard.RefundGuard.score_history``
   with ``out=``, i.e. what ``refundguard score`` does), and per stage: read (and
   code) the Parquet columns, validate (the suspect rows through the contract's
   validator), index, profiles, features, model, policy, reasons, write (slice
-  stages summed over the worker processes);
+  stages summed over the worker threads or processes);
 * the baseline in the same run: a plain ``lightgbm.Booster.predict`` (one thread) on
   exactly the feature matrix the run built (collected after the timed run);
 * peak memory: the main process's peak RSS and the peak of the summed PSS of the
   main process and its workers (PSS counts shared, memory-mapped pages once);
-* the ``--jobs 2`` speed-up and the peak growth from 5M to 10M orders;
+* each parallel run's speed-up over ``--jobs 1`` and the peak growth from 5M to 10M orders;
 * the load average before and after each run (the machine is shared).
 
 Usage::
 
-    python benchmarks/bench_batch.py --quick                 # ~250k orders, jobs 1 and 2
+    python benchmarks/bench_batch.py --quick                 # ~250k orders, jobs 1, 2 and 2p
     python benchmarks/bench_batch.py                         # 2.5M, 5M, 10M orders
-    python benchmarks/bench_batch.py --sizes 10000000 --jobs 2
+    python benchmarks/bench_batch.py --sizes 10000000 --jobs 2 2p   # 2p: 2 worker processes
 
 Simulated data is written once under ``--data-root`` (default
 ``$TMPDIR/refundguard-bench-batch``) and reused.
@@ -133,8 +134,14 @@ class Sampler(threading.Thread):
 
 
 # --------------------------------------------------------------------------- one run (child process)
-def child(data: Path, jobs: int, chunk_days: int, baseline: bool) -> dict:
+def _jobs_label(label: str) -> tuple[int, str]:
+    """``"2"``: 2 threads; ``"2p"``: 2 worker processes."""
+    return (int(label[:-1]), "processes") if label.endswith("p") else (int(label), "threads")
+
+
+def child(data: Path, label: str, chunk_days: int, baseline: bool) -> dict:
     """One timed run in this (fresh) process; returns its figures."""
+    jobs, backend = _jobs_label(label)
     from refundguard.guard import RefundGuard
 
     load_before = os.getloadavg()
@@ -144,13 +151,13 @@ def child(data: Path, jobs: int, chunk_days: int, baseline: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         out = Path(tmp) / "scored.parquet"
         t = time.perf_counter()
-        res = guard.score_history(data, *PERIOD, out=out, jobs=jobs, chunk_days=chunk_days)
+        res = guard.score_history(data, *PERIOD, out=out, jobs=jobs, chunk_days=chunk_days, backend=backend)
         wall = time.perf_counter() - t
         sampler.stop.set()
         sampler.join()
         size_mb = out.stat().st_size / 1e6
     figures = {
-        "data": str(data), "jobs": jobs, "chunk_days": chunk_days, "wall_s": wall, "refunds": res.scored,
+        "data": str(data), "jobs": label, "chunk_days": chunk_days, "wall_s": wall, "refunds": res.scored,
         "rows_in": res.rows_in, "rejected": res.rejected, "slices": res.slices,
         "timings": {k: float(v) for k, v in res.timings.items()},
         "peak_main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -192,8 +199,8 @@ def _timed(f) -> float:
 
 
 # --------------------------------------------------------------------------- report
-def run_child(data: Path, jobs: int, chunk_days: int, baseline: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(data), "--jobs", str(jobs), "--chunk-days", str(chunk_days)]
+def run_child(data: Path, jobs: str, chunk_days: int, baseline: bool) -> dict:
+    cmd = [sys.executable, __file__, "--child", str(data), "--jobs", jobs, "--chunk-days", str(chunk_days)]
     if baseline:
         cmd.append("--baseline")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -207,7 +214,8 @@ def report(rows: list[dict]) -> None:
     head = (f"{'orders':>11} {'refunds':>8} {'jobs':>4} {'wall s':>7} {'refunds/s':>10} | "
             + " ".join(f"{s:>8}" for s in STAGES) + f" | {'predict':>8} | {'RSS main':>8} {'PSS all':>8}")
     print()
-    print("seconds per stage (slice stages summed over processes); refunds/s = refunds / seconds")
+    print("seconds per stage (slice stages summed over threads or processes); refunds/s = refunds / seconds; "
+          "jobs 2p: 2 worker processes")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -225,17 +233,18 @@ def report(rows: list[dict]) -> None:
     by = {(r["orders"], r["jobs"]): r for r in rows}
     print()
     for (orders, jobs), r in sorted(by.items()):
-        if jobs == 2 and (orders, 1) in by:
-            one = by[(orders, 1)]
-            print(f"{orders:>11,} orders: --jobs 2 is {one['wall_s'] / r['wall_s']:.2f}x faster than --jobs 1 "
-                  f"({one['wall_s']:.1f} s -> {r['wall_s']:.1f} s; goal >= 1.7x)")
+        if jobs != "1" and (orders, "1") in by:
+            one = by[(orders, "1")]
+            n, backend = _jobs_label(jobs)
+            print(f"{orders:>11,} orders: --jobs {n} --backend {backend} is {one['wall_s'] / r['wall_s']:.2f}x faster "
+                  f"than --jobs 1 ({one['wall_s']:.1f} s -> {r['wall_s']:.1f} s; goal >= 1.7x)")
         if "predict" in r:
             p = r["predict"]
             print(f"{orders:>11,} orders, jobs {jobs}: model stage {r['timings'].get('model', 0):.2f} s vs plain "
                   f"Booster.predict on the same {p['rows']:,} x {p['features']} matrix {p['seconds_1_thread']:.2f} s "
                   f"(1 thread); whole run {r['wall_s'] / p['seconds_1_thread']:.1f}x the plain predict")
     sizes = sorted({o for o, _ in by})
-    for jobs in (1, 2):
+    for jobs in sorted({j for _, j in by}):
         have = [o for o in sizes if (o, jobs) in by]
         if len(have) >= 2:
             a, b = by[(have[-2], jobs)], by[(have[-1], jobs)]
@@ -251,7 +260,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="about 250k orders only")
     ap.add_argument("--sizes", type=lambda s: [int(float(x)) for x in s.split(",")],
                     default=[2_500_000, 5_000_000, 10_000_000], help="orders per marketplace, comma separated")
-    ap.add_argument("--jobs", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--jobs", nargs="+", default=["1", "2", "2p"],
+                    help="runs per size: N threads, or Np for N worker processes (default: 1 2 2p)")
     ap.add_argument("--chunk-days", type=int, default=7)
     ap.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()) / "refundguard-bench-batch")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)

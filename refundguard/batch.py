@@ -129,10 +129,22 @@ _REASONS_K = 3
 
 # --------------------------------------------------------------------------- parameters
 def check_jobs(jobs: Any, owner: str = "score_history") -> int:
-    """``jobs`` as a number of processes: an int >= 1, or -1 for every core."""
+    """``jobs`` as a number of workers (threads or processes): an int >= 1, or -1 for every core."""
     if isinstance(jobs, bool) or not isinstance(jobs, (int, np.integer)) or (jobs < 1 and jobs != -1):
         raise ConfigError.invalid(owner, "jobs", "an int >= 1 or -1 (all cores)", jobs)
     return (os.cpu_count() or 1) if jobs == -1 else int(jobs)
+
+
+#: How ``jobs > 1`` runs on one machine: ``"threads"`` (one process; the slices share the
+#: index in memory) or ``"processes"`` (joblib's loky workers memory-map a saved copy).
+BACKENDS = ("threads", "processes")
+
+
+def check_backend(backend: Any, owner: str = "score_history") -> str:
+    """``backend``: one of :data:`BACKENDS`."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ConfigError.invalid(owner, "backend", f"one of {list(BACKENDS)}", backend)
+    return backend
 
 
 def check_chunk_days(chunk_days: Any, owner: str = "score_history") -> int:
@@ -431,10 +443,10 @@ def _store_order_times(store: np.ndarray, paid: np.ndarray, n_stores: int) -> tu
     ptr = np.concatenate([[0], np.cumsum(np.bincount(s, minlength=n_stores))]).astype(np.int64)
     if not len(p):
         return p, ptr
-    s = s.astype(np.int64)
     order = np.argsort((s & 0xFFFF).astype(np.uint16), kind="stable")  # radix sort: O(n)
     if n_stores > 0xFFFF:
         order = order[np.argsort((s[order] >> 16).astype(np.uint16), kind="stable")]
+    del s
     times = p[order]
     del order
     desc = times[1:] < times[:-1]
@@ -530,15 +542,17 @@ def _request_times_stores(ix: BatchIndex, lo: int, hi: int) -> tuple[np.ndarray,
     return t, np.asarray(ix.o_store[np.asarray(ix.r_order[rows], dtype=np.int64)], dtype=np.int64)
 
 
-def _store_blocks(ix: BatchIndex, cfg: ScoreConfig) -> list[tuple[int, int]]:
-    """The ``q_rows`` spans of the store-score blocks."""
+def _store_blocks(ix: BatchIndex, cfg: ScoreConfig, workers: int = 1) -> list[tuple[int, int]]:
+    """The ``q_rows`` spans of the store-score blocks (``workers`` computing them at once share the
+    :data:`STORE_BLOCK_ORDERS` budget)."""
+    budget = max(1, STORE_BLOCK_ORDERS // max(1, workers))
     if not len(ix.q_rows):
         return [(0, 0)]
     t = np.asarray(ix.r_req[np.asarray(ix.q_rows, dtype=np.int64)], dtype=np.int64)
     day = day_index(t, cfg.timezone)  # non-decreasing: q_rows are sorted by requested_at
     paid = np.asarray(ix.o_paid)
     span_days = max(1, int((int(paid.max()) - int(paid.min())) // NS_PER_DAY) + 1) if len(paid) else 1
-    reach = max(1, int(STORE_BLOCK_ORDERS // max(1.0, len(paid) / span_days)))  # days of orders a block may read
+    reach = max(1, int(budget // max(1.0, len(paid) / span_days)))  # days of orders a block may read
     block = max(1, min(STORE_BLOCK_STORE_DAYS // max(len(ix.store_ids), 1),
                        max(STORE_BLOCK_MIN_DAYS, reach - cfg.window_days - 1)))
     cuts = np.searchsorted(day, np.arange(int(day[0]) + block, int(day[-1]) + 1, block)).tolist()
@@ -605,10 +619,9 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
 
     They are the first orders of the device and address pairs and the stores' sorted
     order times (timed as ``index``), the cluster graph and the decided requests'
-    store rows (``profiles``). :func:`iter_slices_local` with several jobs computes
-    them in its workers instead.
+    store rows (``profiles``), on ``threads`` threads. :func:`iter_slices_local` with
+    several processes computes them in its workers instead.
     """
-    spans = _store_blocks(ix, cfg)
     clocks: list[dict[str, float]] = []
 
     def timed(f: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
@@ -617,13 +630,21 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
         return f(*args, own)
 
     if threads <= 1:  # one at a time; the store blocks first, before the graph's arrays exist
-        blocks = [timed(_store_block, ix, cfg, span) for span in spans]
+        blocks = [timed(_store_block, ix, cfg, span) for span in _store_blocks(ix, cfg)]
         parts = [timed(_store_order_part, ix), timed(_links_and_graph, ix)]
     else:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
-            links_f = pool.submit(timed, _links_and_graph, ix)
-            times_f = pool.submit(timed, _store_order_part, ix)
-            blocks = list(pool.map(lambda span: timed(_store_block, ix, cfg, span), spans))
+        # one thread: the stores' order times, then the pairs and the graph; the others share the store
+        # blocks, whose budget is divided among them; each thread trims its heap after a part
+        def trimmed(f: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+            part = timed(f, *args)
+            _trim_heap()
+            return part
+
+        spans = _store_blocks(ix, cfg, workers=threads - 1)
+        with ThreadPoolExecutor(max_workers=1) as one, ThreadPoolExecutor(max_workers=threads - 1) as pool:
+            times_f = one.submit(trimmed, _store_order_part, ix)
+            links_f = one.submit(trimmed, _links_and_graph, ix)
+            blocks = list(pool.map(lambda span: trimmed(_store_block, ix, cfg, span), spans))
             parts = [times_f.result(), links_f.result()]
     for own in clocks:
         _add_timings(timings, own)
@@ -1306,24 +1327,77 @@ def warm_workers(model: BatchModel, jobs: int) -> threading.Thread | None:
     return thread
 
 
-def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[SliceSpec], jobs: int,
-                      timings: dict[str, float], warm: threading.Thread | None = None) -> Iterator[pa.Table]:
-    """Score ``slices`` in order: in this process (``jobs == 1``) or in ``jobs`` joblib processes.
+def _trim_heap() -> None:
+    """Hand glibc's free heap memory back to the system (``malloc_trim``; nothing elsewhere).
 
-    With several processes the index is written once to a temporary folder and
-    memory-mapped by every worker; its run parts (:func:`add_run_parts`), if missing,
-    are computed by the workers too (the device and address pairs and the graph in one
+    Each thread allocates from its own glibc arena, and an arena keeps what a finished
+    slice freed: with two threads that was ~400 MB of RSS held for nothing at 10M
+    orders. Dask's workers trim the same way.
+    """
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim.argtypes = [ctypes.c_size_t]
+        return libc
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        return None
+
+
+_LIBC = _libc()
+
+
+def _score_timed(index: BatchIndex, model: BatchModel, spec: SliceSpec) -> tuple[pa.Table, dict[str, float]]:
+    """One slice and its own stage timings (a thread's, merged by the caller)."""
+    timings: dict[str, float] = {}
+    table = score_slice(index, model, spec, threads=1, timings=timings)
+    _trim_heap()
+    return table, timings
+
+
+def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[SliceSpec], jobs: int,
+                      timings: dict[str, float], warm: threading.Thread | None = None,
+                      backend: str = "threads") -> Iterator[pa.Table]:
+    """Score ``slices`` in order: in this process (``jobs == 1``), or on ``jobs`` threads or processes.
+
+    ``backend="threads"`` (default): the run parts (:func:`add_run_parts`) and then
+    the slices run on ``jobs`` threads of this process, all reading the one index in
+    memory: numpy, Arrow and LightGBM release the GIL for their work, and nothing is
+    started, saved, mapped or copied.
+
+    ``backend="processes"``: the index is written once to a temporary folder and
+    memory-mapped by ``jobs`` joblib (loky) workers; its run parts, if missing, are
+    computed by the workers too (the device and address pairs and the graph in one
     task, the stores' sorted order times in another, one task per store-score block)
-    and saved beside it; results stream back in slice order.
+    and saved beside it. Each worker starts Python, imports the engine and parses the
+    model, so this pays off only where the threads' share of GIL-held work limits them
+    (many cores).
+
+    Either way, results stream back in slice order and are the same bytes.
     """
     cfg = model.score_config
     if not slices:  # nothing to decide: no run parts either
         return
-    if jobs == 1 or len(slices) <= 1:
+    if jobs == 1 or len(slices) <= 1 or backend == "threads":
         if not index.has_run_parts:
-            add_run_parts(index, cfg, threads=1, timings=timings)
-        for spec in slices:
-            yield score_slice(index, model, spec, threads=1, timings=timings)
+            add_run_parts(index, cfg, threads=jobs, timings=timings)
+        if jobs == 1 or len(slices) <= 1:
+            for spec in slices:
+                yield score_slice(index, model, spec, threads=1, timings=timings)
+            return
+        from joblib import Parallel, delayed
+
+        # at most 2 * jobs slices in flight (joblib's pre_dispatch): memory stays bounded
+        run = Parallel(n_jobs=jobs, backend="threading", return_as="generator")
+        for table, part in run(delayed(_score_timed)(index, model, spec) for spec in slices):
+            _add_timings(timings, part)
+            yield table
         return
     from joblib import Parallel, delayed
 
@@ -1520,6 +1594,7 @@ def score_data(
     progress: bool = False,
     runner: Callable[..., Iterator[pa.Table]] | None = None,
     owner: str = "score_history",
+    backend: str = "threads",
 ) -> tuple[BatchResult, pa.Table | None]:
     """Read, validate and code the input, then :func:`run_batch` (the options of ``score_history``).
 
@@ -1540,12 +1615,13 @@ def score_data(
     rejects_path = None if rejects is None else Path(rejects)
     if rejects_path is not None and rejects_path.suffix not in (".parquet", ".csv"):
         raise ConfigError.invalid(owner, "rejects", "a file ending in .parquet or .csv", str(rejects))
+    n_backend = check_backend(backend, owner)
     if runner is None:
         import functools
 
-        # the workers start (import, parse the model: ~1.7 s of CPU each) while this process
-        # reads: the read leaves part of the second core idle, the index build much less
-        runner = functools.partial(iter_slices_local, warm=warm_workers(model, n_jobs))
+        # process workers start (import, parse the model: ~2 s of CPU each) while this process reads
+        warm = warm_workers(model, n_jobs) if n_backend == "processes" else None
+        runner = functools.partial(iter_slices_local, warm=warm, backend=n_backend)
     if isinstance(data, Mapping):
         source = code_tables(data, validate_tables=validate_tables, canonical=canonical_tables, threads=n_jobs)
     else:

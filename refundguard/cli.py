@@ -194,7 +194,7 @@ def _output_option(p: argparse.ArgumentParser, *flags: str, kind: str = "file", 
 
 
 def _jobs_arg(value: str) -> int:
-    """``--jobs``: a positive number of processes, or -1 for every core (joblib's rule)."""
+    """``--jobs``: a positive number of workers, or -1 for every core (joblib's rule)."""
     try:
         n = int(value)
     except ValueError:
@@ -630,9 +630,10 @@ def _add_score(sub: Any) -> None:
             "Decide the refunds requested in [--from, --to): merchant_handles (store gate), approve, review or "
             "intercept, with the probability, reasons, model and policy versions; sorted by requested_at, "
             "refund_id. The input is validated in quarantine mode: rejected rows are never decided, they go to "
-            "--rejects, and the summary prints in = scored + rejected. Work runs in time slices of --chunk-days "
-            "on --jobs processes; the output (Parquet or CSV by the extension of --out) is the same for any "
-            "--jobs and --chunk-days, written under a temporary name and renamed at the end."
+            "--rejects, and the summary prints in = scored + rejected. Work runs in time slices of --chunk-days, "
+            "--jobs at once (threads of one process, or --backend processes); the output (Parquet or CSV by the "
+            "extension of --out) is the same for any --jobs, --backend and --chunk-days, written under a "
+            "temporary name and renamed at the end."
         ),
     )
     _data_option(p)
@@ -643,7 +644,10 @@ def _add_score(sub: Any) -> None:
                    help="published daily store scores (as store-scores --history writes) to gate on instead of "
                         "recomputing them; a (store, day) absent from the file is a missing score")
     _output_option(p, "--rejects", metavar="FILE", help="write the rejected input rows here (.parquet or .csv)")
-    p.add_argument("--jobs", type=_jobs_arg, default=1, help="processes (-1: every core; default 1)")
+    p.add_argument("--jobs", type=_jobs_arg, default=1, help="slices at once (-1: every core; default 1)")
+    p.add_argument("--backend", choices=("threads", "processes"), default="threads",
+                   help="with --jobs > 1: threads of this process sharing the index (default), or joblib worker "
+                        "processes memory-mapping a copy (each starts Python and parses the model: for many cores)")
     p.add_argument("--chunk-days", type=_int_at_least(1), default=DEFAULT_CHUNK_DAYS,
                    help=f"days per time slice (default {DEFAULT_CHUNK_DAYS})")
     p.add_argument("--always-score", action="store_true", help="score gated requests too (monitoring)")
@@ -659,6 +663,7 @@ def _run_score(args: argparse.Namespace) -> int:
     result = guard.score_history(
         args.data, args.start, args.end, out=args.out, rejects=args.rejects, store_scores=args.store_scores,
         jobs=args.jobs, chunk_days=args.chunk_days, always_score=args.always_score, progress=_progress(args),
+        backend=args.backend,
     )
     print(result.to_text())
     print(f"written to {args.out}")

@@ -410,13 +410,14 @@ class RefundGuard:
         validate_tables: bool = True,
         progress: bool = False,
         return_rejects: bool = False,
+        backend: str = "threads",
     ) -> Any:
         """Decide every refund requested in ``[start, end)``, point in time, slice by slice.
 
         The batch engine (:mod:`refundguard.batch`): the tables are read once with
         only the columns needed, validated in quarantine mode (bad rows are set aside
         and reported, never decided), coded into integers, then decided in time
-        slices of ``chunk_days`` on ``jobs`` processes. Every decision equals
+        slices of ``chunk_days`` on ``jobs`` threads (or processes). Every decision equals
         :meth:`assess` on the same request and profiles, and the output is the same
         for every ``jobs`` and ``chunk_days``.
 
@@ -438,7 +439,8 @@ class RefundGuard:
             columns ``store-scores --history`` writes) to gate on instead of
             recomputing; a (store, day) absent from it is a missing score.
         jobs
-            Processes (``-1``: every core). LightGBM uses one thread per process.
+            Slices decided at once (``-1``: every core), each on one thread of this
+            process, LightGBM included (see ``backend``).
         chunk_days
             Days per slice (the unit of work and of memory).
         always_score
@@ -452,6 +454,12 @@ class RefundGuard:
             Show a progress bar, advanced slice by slice.
         return_rejects
             Without ``out``: return ``(scored, rejects)``.
+        backend
+            With ``jobs > 1``: ``"threads"`` (default; one process, the slices share
+            the index in memory) or ``"processes"`` (joblib workers memory-map a saved
+            copy; each starts Python and parses the model, ~2 s of CPU, so it pays off
+            only on many cores, where the threads' GIL-held share limits them). The
+            output is the same bytes either way.
 
         Returns
         -------
@@ -472,7 +480,7 @@ class RefundGuard:
         model = self.batch_model(always_score=always_score, explain=explain)
         result, table = score_data(
             model, data, start, end, out=out, rejects=rejects, store_scores=store_scores, jobs=jobs,
-            chunk_days=chunk_days, validate_tables=validate_tables, progress=progress,
+            chunk_days=chunk_days, validate_tables=validate_tables, progress=progress, backend=backend,
         )
         return history_result(result, table, out, return_rejects)
 

@@ -81,24 +81,27 @@ def _same_rows(a: pd.DataFrame, b: pd.DataFrame) -> None:
 
 # --------------------------------------------------------------------------- invariance
 def test_output_is_the_same_for_every_jobs_and_chunk_days(guard, folder, tmp_path):
-    runs = [(1, 7), (2, 3), (2, 30), (1, 1)]
+    """Byte for byte, on one thread, on threads sharing the index, and on worker processes."""
+    runs = [(1, 7, "threads"), (2, 3, "threads"), (3, 2, "threads"), (2, 30, "processes"), (2, 4, "processes"),
+            (1, 1, "threads")]
     digests, results = [], []
-    for jobs, days in runs:
-        out = tmp_path / f"s-{jobs}-{days}.parquet"
-        res = guard.score_history(folder, "2024-08-01", "2024-10-19", out=out, jobs=jobs, chunk_days=days)
+    for jobs, days, backend in runs:
+        out = tmp_path / f"s-{jobs}-{days}-{backend}.parquet"
+        res = guard.score_history(folder, "2024-08-01", "2024-10-19", out=out, jobs=jobs, chunk_days=days,
+                                  backend=backend)
         assert isinstance(res, BatchResult) and res.jobs == jobs
         digests.append(_sha(out))
         results.append(res)
     assert len(set(digests)) == 1, digests  # byte for byte: row groups are cut at fixed row counts
     assert len({r.slices for r in results}) > 1
-    table = pq.read_table(tmp_path / "s-1-7.parquet")
+    table = pq.read_table(tmp_path / "s-1-7-threads.parquet")
     assert table.schema.equals(SCORED_SCHEMA)
     keys = list(zip(table.column("requested_at").to_pylist(), table.column("refund_id").to_pylist()))
     assert keys == sorted(keys) and len(keys) == results[0].scored > 1_000
     assert results[0].rows_in == results[0].scored + results[0].rejected
     # the in-memory result is the same rows, and so is a CSV written by the same engine
     mem = guard.score_history(rg.load_tables(folder), "2024-08-01", "2024-10-19", jobs=2, chunk_days=5)
-    _same_rows(mem, pd.read_parquet(tmp_path / "s-1-7.parquet"))
+    _same_rows(mem, pd.read_parquet(tmp_path / "s-1-7-threads.parquet"))
     csv = tmp_path / "s.csv"
     guard.score_history(folder, "2024-08-01", "2024-10-19", out=csv, chunk_days=9)
     back = pd.read_csv(csv)
@@ -118,18 +121,20 @@ def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_
     monkeypatch.setattr(refundguard.batch, "_store_rows", counted)
     digests, blocks = [], []
     # <= 90 stores: 1 and 5 days per block by store-days; 1,000 orders' reach: the 7-day floor
-    for store_days, orders, jobs in ((10**9, 10**9, 1), (1, 10**9, 1), (5 * 90, 10**9, 1), (10**9, 1_000, 1),
-                                     (1, 10**9, 2)):
+    for store_days, orders, jobs, backend in ((10**9, 10**9, 1, "threads"), (1, 10**9, 1, "threads"),
+                                              (5 * 90, 10**9, 1, "threads"), (10**9, 1_000, 1, "threads"),
+                                              (1, 10**9, 2, "processes"), (5 * 90, 10**9, 3, "threads")):
         monkeypatch.setattr(refundguard.batch, "STORE_BLOCK_STORE_DAYS", store_days)
         monkeypatch.setattr(refundguard.batch, "STORE_BLOCK_ORDERS", orders)
         calls.clear()
-        out = tmp_path / f"b{store_days}-{orders}-{jobs}.parquet"
-        guard.score_history(folder, "2024-08-01", "2024-10-19", out=out, jobs=jobs, chunk_days=7)
+        out = tmp_path / f"b{store_days}-{orders}-{jobs}-{backend}.parquet"
+        guard.score_history(folder, "2024-08-01", "2024-10-19", out=out, jobs=jobs, chunk_days=7, backend=backend)
         digests.append(_sha(out))
         blocks.append(len(calls))
     assert len(set(digests)) == 1
-    assert blocks[0] == 1 and blocks[1] >= 70 and 1 < blocks[2] < blocks[1], blocks  # (jobs 2: in the workers)
+    assert blocks[0] == 1 and blocks[1] >= 70 and 1 < blocks[2] < blocks[1], blocks  # (processes: in the workers)
     assert blocks[3] == len(range(0, 79, 7)), blocks  # 2024-08-01 .. 2024-10-18 in 7-day blocks
+    assert blocks[5] == blocks[2], blocks  # 3 threads: 2 share the blocks, each at the budget of one
 
 
 @given(data=st.data(), n_stores=st.sampled_from([1, 3, 200, 70_000]), presorted=st.booleans())
@@ -196,13 +201,13 @@ def test_the_leak_allowance_reads_a_folder_other_workers_are_writing(tmp_path):
         thread.join()
 
 
-@pytest.mark.parametrize("jobs", [1, 2])
+@pytest.mark.parametrize("jobs,backend", [(1, "threads"), (2, "threads"), (2, "processes")])
 def test_a_period_without_refunds_writes_an_empty_file_and_computes_nothing(guard, folder, tmp_path, monkeypatch,
-                                                                            jobs):
+                                                                            jobs, backend):
     called = []
     monkeypatch.setattr(refundguard.batch, "add_run_parts", lambda *a, **k: called.append("run parts"))
     out = tmp_path / "none.parquet"
-    res = guard.score_history(folder, "2020-01-01", "2020-02-01", out=out, jobs=jobs)
+    res = guard.score_history(folder, "2020-01-01", "2020-02-01", out=out, jobs=jobs, backend=backend)
     assert (res.rows_in, res.scored, res.rejected, res.slices) == (0, 0, 0, 0)
     table = pq.read_table(out)
     assert table.num_rows == 0 and table.schema.equals(SCORED_SCHEMA)
@@ -522,11 +527,12 @@ def test_duplicated_published_rows_are_refused(guard, folder):
 
 # --------------------------------------------------------------------------- options
 def test_bad_options_are_config_errors(guard, folder, tmp_path, capsys):
-    for kw in ({"jobs": 0}, {"jobs": 1.5}, {"chunk_days": 0}, {"out": tmp_path / "x.json"}):
+    for kw in ({"jobs": 0}, {"jobs": 1.5}, {"chunk_days": 0}, {"out": tmp_path / "x.json"}, {"backend": "fork"}):
         with pytest.raises(ConfigError):
             guard.score_history(folder, "2024-08-01", "2024-08-02", **kw)
     args = ["score", "--data", str(folder), "--model", str(default_model_path()), "--out", str(tmp_path / "o.parquet")]
-    for bad in (["--jobs", "0"], ["--jobs", "-2"], ["--chunk-days", "0"], ["--store-scores", str(tmp_path / "no.csv")]):
+    for bad in (["--jobs", "0"], ["--jobs", "-2"], ["--chunk-days", "0"], ["--store-scores", str(tmp_path / "no.csv")],
+                ["--backend", "fork"]):
         with pytest.raises(SystemExit) as info:  # refused while parsing, before any work
             main([*args, *bad])
         assert info.value.code == 2, bad
