@@ -415,18 +415,23 @@ def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) 
     keep = np.flatnonzero((a >= 0) & (b >= 0) & (t != NAT))
     if not len(keep):
         return np.zeros(0, dtype=np.int64)
+    if len(a) < 2**31:  # (int32 rows and codes: this runs beside other run parts, so its peak counts)
+        keep = keep.astype(np.int32)
     key = a[keep].astype(np.int64)
     key *= max(n_b, 1)
     key += b[keep]
     codes, uniq = pd.factorize(key, sort=False)
-    del key
+    n_pairs = len(uniq)
+    del key, uniq
+    if n_pairs < 2**31:
+        codes = codes.astype(np.int32)
     tk = t[keep]
-    first = np.full(len(uniq), NEVER, dtype=np.int64)
+    first = np.full(n_pairs, NEVER, dtype=np.int64)
     np.minimum.at(first, codes, tk)
     hit = np.flatnonzero(tk == first[codes])
     del tk, first
     # one row per pair: the first hit (assignments in reverse order leave the first one)
-    row_of = np.empty(len(uniq), dtype=np.int64)
+    row_of = np.empty(n_pairs, dtype=np.int64)
     row_of[codes[hit[::-1]]] = keep[hit[::-1]]
     return np.sort(row_of)
 

@@ -137,6 +137,29 @@ def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_
     assert blocks[5] == blocks[2], blocks  # 3 threads: 2 share the blocks, each at the budget of one
 
 
+@given(data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_first_order_per_pair_is_the_earliest_row_of_every_pair(data) -> None:
+    """_first_per_pair_rows: for every (a, b) pair with both codes >= 0 and a known time, the row of its
+    earliest time (ties: the first such row), sorted; as a plain loop finds it."""
+    from refundguard._time import NAT
+    from refundguard.batch import _first_per_pair_rows
+
+    n = data.draw(st.integers(0, 120))
+    a = np.array(data.draw(st.lists(st.integers(-1, 6), min_size=n, max_size=n)), dtype=np.int32)
+    b = np.array(data.draw(st.lists(st.integers(-1, 5), min_size=n, max_size=n)), dtype=np.int32)
+    t = np.array(data.draw(st.lists(st.sampled_from([NAT, 5, 6, 7, 10**18]), min_size=n, max_size=n)),
+                 dtype=np.int64)
+    best: dict[tuple[int, int], int] = {}
+    for i in range(n):
+        if a[i] >= 0 and b[i] >= 0 and t[i] != NAT:
+            k = (int(a[i]), int(b[i]))
+            if k not in best or t[i] < t[best[k]]:
+                best[k] = i
+    got = _first_per_pair_rows(a, b, t, n_b=6)
+    assert got.dtype == np.int64 and got.tolist() == sorted(best.values())
+
+
 @given(data=st.data(), n_stores=st.sampled_from([1, 3, 200, 70_000]), presorted=st.booleans())
 @settings(max_examples=60, deadline=None)
 def test_store_order_times_equal_a_full_sort(data, n_stores: int, presorted: bool) -> None:
