@@ -14,8 +14,10 @@ as ``2p``), each run in a fresh process. It prints:
   stages summed over the worker threads or processes);
 * the baseline in the same run: a plain ``lightgbm.Booster.predict`` (one thread) on
   exactly the feature matrix the run built (collected after the timed run);
-* peak memory: the main process's peak RSS and the peak of the summed PSS of the
-  main process and its workers (PSS counts shared, memory-mapped pages once);
+* peak memory: the main process's peak RSS (``ru_maxrss``, exact) and, for worker
+  processes, the peak of the summed PSS of the main process and its workers (PSS counts
+  shared, memory-mapped pages once; sampled, see :class:`Sampler`); a run in one process
+  (``--jobs 1``, threads) is not sampled: its "PSS all" is its peak RSS, an upper bound;
 * each parallel run's speed-up over ``--jobs 1`` and the peak growth from 5M to 10M orders;
 * the load average before and after each run (the machine is shared).
 
@@ -146,22 +148,29 @@ def child(data: Path, label: str, chunk_days: int, baseline: bool) -> dict:
 
     load_before = os.getloadavg()
     guard = RefundGuard.default()
+    # one process (jobs 1, threads): its peak RSS comes exact from the kernel (ru_maxrss) and bounds its
+    # PSS; sampling /proc would only slow it (smaps_rollup holds the memory map's lock while the threads
+    # fault pages: 2-5 s of a 10M-order --jobs 2 run). Worker processes need the sampler to sum their PSS.
     sampler = Sampler()
-    sampler.start()
+    if backend == "processes":
+        sampler.start()
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         out = Path(tmp) / "scored.parquet"
         t = time.perf_counter()
         res = guard.score_history(data, *PERIOD, out=out, jobs=jobs, chunk_days=chunk_days, backend=backend)
         wall = time.perf_counter() - t
-        sampler.stop.set()
-        sampler.join()
+        if sampler.is_alive():
+            sampler.stop.set()
+            sampler.join()
         size_mb = out.stat().st_size / 1e6
+    peak_main = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     figures = {
         "data": str(data), "jobs": label, "chunk_days": chunk_days, "wall_s": wall, "refunds": res.scored,
         "rows_in": res.rows_in, "rejected": res.rejected, "slices": res.slices,
         "timings": {k: float(v) for k, v in res.timings.items()},
-        "peak_main_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "peak_total_pss_mb": sampler.peak_pss_kb / 1024, "peak_total_rss_mb": sampler.peak_rss_kb / 1024,
+        "peak_main_rss_mb": peak_main,
+        "peak_total_pss_mb": sampler.peak_pss_kb / 1024 if backend == "processes" else peak_main,
+        "peak_total_rss_mb": sampler.peak_rss_kb / 1024 if backend == "processes" else peak_main,
         "peak_worker_rss_mb": sampler.peak_worker_rss_kb / 1024, "out_mb": size_mb,
         "load_before": load_before[0], "load_after": os.getloadavg()[0],
     }
