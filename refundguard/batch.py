@@ -37,6 +37,7 @@ groups are cut at fixed row counts, so even the Parquet bytes are the same).
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -1339,23 +1340,22 @@ def _trim_heap() -> None:
     slice freed: with two threads that was ~400 MB of RSS held for nothing at 10M
     orders. Dask's workers trim the same way.
     """
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-def _libc() -> Any:
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or ``None`` (not glibc: macOS, musl, Windows)."""
     import ctypes
-    import ctypes.util
 
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.malloc_trim.argtypes = [ctypes.c_size_t]
-        return libc
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        trim = ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
         return None
-
-
-_LIBC = _libc()
+    trim.argtypes = [ctypes.c_size_t]
+    return trim
 
 
 def _score_timed(index: BatchIndex, model: BatchModel, spec: SliceSpec) -> tuple[pa.Table, dict[str, float]]:
@@ -1622,8 +1622,6 @@ def score_data(
         raise ConfigError.invalid(owner, "rejects", "a file ending in .parquet or .csv", str(rejects))
     n_backend = check_backend(backend, owner)
     if runner is None:
-        import functools
-
         # process workers start (import, parse the model: ~2 s of CPU each) while this process reads
         warm = warm_workers(model, n_jobs) if n_backend == "processes" else None
         runner = functools.partial(iter_slices_local, warm=warm, backend=n_backend)
