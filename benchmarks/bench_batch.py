@@ -151,15 +151,16 @@ def child(data: Path, label: str, chunk_days: int, baseline: bool) -> dict:
     # one process (jobs 1, threads): its peak RSS comes exact from the kernel (ru_maxrss) and bounds its
     # PSS; sampling /proc would only slow it (smaps_rollup holds the memory map's lock while the threads
     # fault pages: 2-5 s of a 10M-order --jobs 2 run). Worker processes need the sampler to sum their PSS.
+    sampled = backend == "processes"
     sampler = Sampler()
-    if backend == "processes":
+    if sampled:
         sampler.start()
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         out = Path(tmp) / "scored.parquet"
         t = time.perf_counter()
         res = guard.score_history(data, *PERIOD, out=out, jobs=jobs, chunk_days=chunk_days, backend=backend)
         wall = time.perf_counter() - t
-        if sampler.is_alive():
+        if sampled:
             sampler.stop.set()
             sampler.join()
         size_mb = out.stat().st_size / 1e6
@@ -169,8 +170,8 @@ def child(data: Path, label: str, chunk_days: int, baseline: bool) -> dict:
         "rows_in": res.rows_in, "rejected": res.rejected, "slices": res.slices,
         "timings": {k: float(v) for k, v in res.timings.items()},
         "peak_main_rss_mb": peak_main,
-        "peak_total_pss_mb": sampler.peak_pss_kb / 1024 if backend == "processes" else peak_main,
-        "peak_total_rss_mb": sampler.peak_rss_kb / 1024 if backend == "processes" else peak_main,
+        "peak_total_pss_mb": sampler.peak_pss_kb / 1024 if sampled else peak_main,
+        "peak_total_rss_mb": sampler.peak_rss_kb / 1024 if sampled else peak_main,
         "peak_worker_rss_mb": sampler.peak_worker_rss_kb / 1024, "out_mb": size_mb,
         "load_before": load_before[0], "load_after": os.getloadavg()[0],
     }

@@ -404,11 +404,10 @@ class BatchIndex:
 def _save_graph(graph: ClusterGraph, folder: Path) -> None:
     """Write the graph's arrays to ``folder/graph`` (under a temporary name, renamed whole:
     another worker may load the index meanwhile)."""
-    tmp = folder / f"graph.{os.getpid()}"
-    tmp.mkdir()
-    for name, a in graph.arrays().items():
-        np.save(tmp / f"{name}.npy", a, allow_pickle=False)
-    os.replace(tmp, folder / "graph")
+    with atomic_target(folder / "graph") as tmp:
+        tmp.mkdir()
+        for name, a in graph.arrays().items():
+            np.save(tmp / f"{name}.npy", a, allow_pickle=False)
 
 
 def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) -> np.ndarray:
@@ -1286,9 +1285,8 @@ def _run_part_saved(folder: str, cfg: ScoreConfig, span: tuple[int, int] | str
             if isinstance(value, ClusterGraph):
                 _save_graph(value, base)
             else:
-                with open(base / f"{name}.npy.{os.getpid()}", "wb") as f:
+                with atomic_target(base / f"{name}.npy") as tmp, open(tmp, "wb") as f:
                     np.save(f, value, allow_pickle=False)
-                os.replace(base / f"{name}.npy.{os.getpid()}", base / f"{name}.npy")
         return None, timings
     return _store_block(ix, cfg, span, timings), timings
 
@@ -1389,10 +1387,11 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     cfg = model.score_config
     if not slices:  # nothing to decide: no run parts either
         return
-    if jobs == 1 or len(slices) <= 1 or backend == "threads":
+    serial = jobs == 1 or len(slices) <= 1
+    if serial or backend == "threads":
         if not index.has_run_parts:
             add_run_parts(index, cfg, threads=jobs, timings=timings)
-        if jobs == 1 or len(slices) <= 1:
+        if serial:
             for spec in slices:
                 yield score_slice(index, model, spec, threads=1, timings=timings)
             return

@@ -41,7 +41,7 @@ from refundguard.errors import (
     RefundGuardError,
     RequestError,
 )
-from refundguard.batch import DEFAULT_CHUNK_DAYS
+from refundguard.batch import BACKENDS, DEFAULT_CHUNK_DAYS
 from refundguard.guard import SCORED_FORMATS, RefundGuard
 from refundguard.monitoring import FIGURES, drift, whatif, write_report
 from refundguard.monitoring.drift import PSI_MODERATE, PSI_SIGNIFICANT
@@ -645,7 +645,7 @@ def _add_score(sub: Any) -> None:
                         "recomputing them; a (store, day) absent from the file is a missing score")
     _output_option(p, "--rejects", metavar="FILE", help="write the rejected input rows here (.parquet or .csv)")
     p.add_argument("--jobs", type=_jobs_arg, default=1, help="slices at once (-1: every core; default 1)")
-    p.add_argument("--backend", choices=("threads", "processes"), default="threads",
+    p.add_argument("--backend", choices=BACKENDS, default="threads",
                    help="with --jobs > 1: threads of this process sharing the index (default), or joblib worker "
                         "processes memory-mapping a copy (each starts Python and parses the model: for many cores)")
     p.add_argument("--chunk-days", type=_int_at_least(1), default=DEFAULT_CHUNK_DAYS,
