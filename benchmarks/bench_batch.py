@@ -225,7 +225,7 @@ def report(rows: list[dict]) -> None:
             + " ".join(f"{s:>8}" for s in STAGES) + f" | {'predict':>8} | {'RSS main':>8} {'PSS all':>8}")
     print()
     print("seconds per stage (slice stages summed over threads or processes); refunds/s = refunds / seconds; "
-          "jobs 2p: 2 worker processes")
+          "jobs 2p: 2 worker processes; memory in MiB (2**20 bytes: 2 GB = 1,907 MiB)")
     print(head)
     print("-" * len(head))
     for r in rows:
@@ -259,7 +259,7 @@ def report(rows: list[dict]) -> None:
         if len(have) >= 2:
             a, b = by[(have[-2], jobs)], by[(have[-1], jobs)]
             for key, name in (("peak_main_rss_mb", "main RSS"), ("peak_total_pss_mb", "total PSS")):
-                print(f"peak {name}, jobs {jobs}: {a[key]:,.0f} MB at {have[-2]:,} orders -> {b[key]:,.0f} MB at "
+                print(f"peak {name}, jobs {jobs}: {a[key]:,.0f} MiB at {have[-2]:,} orders -> {b[key]:,.0f} MiB at "
                       f"{have[-1]:,} orders ({100 * (b[key] / a[key] - 1):+.0f}%)")
     loads = [f"{r['load_before']:.1f}->{r['load_after']:.1f}" for r in rows]
     print(f"load average (1 min) before->after each run: {', '.join(loads)}")

@@ -253,9 +253,9 @@ class BatchIndex:
     o_addr: np.ndarray
     o_category: np.ndarray
     o_paid: np.ndarray
-    o_ship_by: np.ndarray
-    o_shipped: np.ndarray
-    o_delivered: np.ndarray
+    o_ship_by: np.ndarray | None  # these three: None once released (:meth:`release_store_inputs`)
+    o_shipped: np.ndarray | None
+    o_delivered: np.ndarray | None
     o_amount: np.ndarray
     # refunds
     r_order: np.ndarray
@@ -263,6 +263,8 @@ class BatchIndex:
     r_store: np.ndarray
     r_dev: np.ndarray
     r_addr: np.ndarray
+    r_shipped: np.ndarray  # the refund's order's shipped_at and delivered_at
+    r_delivered: np.ndarray
     r_req: np.ndarray
     r_res: np.ndarray
     r_esc_known: np.ndarray
@@ -274,13 +276,13 @@ class BatchIndex:
     r_escalated: np.ndarray
     r_nr_deliv: np.ndarray
     r_pair_first: np.ndarray
-    # reviews and service
-    v_store: np.ndarray
-    v_created: np.ndarray
-    v_rating: np.ndarray
-    s_store: np.ndarray
-    s_started: np.ndarray
-    s_first_response: np.ndarray
+    # reviews and service (read by the store scores only: None once released)
+    v_store: np.ndarray | None
+    v_created: np.ndarray | None
+    v_rating: np.ndarray | None
+    s_store: np.ndarray | None
+    s_started: np.ndarray | None
+    s_first_response: np.ndarray | None
     # all-time per-key rows
     first_bad_refund: np.ndarray  # per buyer: refund row of the first rejected/abusive outcome, -1 none
     # the refunds to decide
@@ -321,8 +323,24 @@ class BatchIndex:
         """Clean orders."""
         return len(self.o_paid)
 
+    def release_store_inputs(self) -> None:
+        """Let go of the columns that only the store scores read (:data:`STORE_ONLY`).
+
+        The runners call this once the run parts are computed: the slices read each
+        decided request's ``shipped_at`` and ``delivered_at`` from ``r_shipped`` and
+        ``r_delivered``, and no review or chat, so ~35 bytes per order are freed
+        before any slice runs.
+        :meth:`store_events` raises afterwards.
+        """
+        for name in STORE_ONLY:
+            setattr(self, name, None)
+
     def store_events(self) -> CodedStoreEvents:
         """The store score's inputs, sharing this index's arrays."""
+        if any(getattr(self, name) is None for name in STORE_ONLY):
+            raise ConfigError.invalid("BatchIndex.store_events", "index",
+                                      f"an index that still holds {', '.join(STORE_ONLY)}",
+                                      "an index whose store score inputs were released (release_store_inputs)")
         return CodedStoreEvents(
             store_ids=np.asarray(self.store_ids.to_numpy(zero_copy_only=False), dtype=object),
             categories=np.asarray(self.categories, dtype=object),
@@ -392,6 +410,8 @@ class BatchIndex:
         kw["first_refund_ns"] = int(scalars["first_refund_ns"])
         kw["store_categories"] = tuple(scalars["store_categories"])
         kw["score_config_hash"] = str(scalars["score_config_hash"])
+        for name in STORE_ONLY:  # (not saved once released)
+            kw.setdefault(name, None)
         pub = folder / "published"
         kw["published"] = PublishedScores.load(pub) if pub.exists() else None
         graph = folder / "graph"
@@ -399,6 +419,11 @@ class BatchIndex:
             kw["graph"] = ClusterGraph.from_arrays(
                 {p.name[:-4]: np.load(p, mmap_mode="r", allow_pickle=False) for p in graph.glob("*.npy")})
         return cls(**kw)
+
+
+#: :class:`BatchIndex` columns that only the store scores (a run part) read.
+STORE_ONLY = ("o_ship_by", "o_shipped", "o_delivered", "v_store", "v_created", "v_rating",
+              "s_store", "s_started", "s_first_response")
 
 
 def _save_graph(graph: ClusterGraph, folder: Path) -> None:
@@ -412,27 +437,29 @@ def _save_graph(graph: ClusterGraph, folder: Path) -> None:
 
 def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) -> np.ndarray:
     """Row of the earliest ``t`` of every distinct ``(a, b)`` pair with ``a, b >= 0`` (ties: the first row)."""
-    keep = np.flatnonzero((a >= 0) & (b >= 0) & (t != NAT))
-    if not len(keep):
+    ok = (a >= 0) & (b >= 0) & (t != NAT)
+    # (int32 rows and codes, and no copies when every row counts: this runs beside other run parts,
+    # so its peak counts)
+    keep = None if ok.all() else np.flatnonzero(ok).astype(np.int32 if len(a) < 2**31 else np.int64)
+    del ok
+    if keep is not None and not len(keep):
         return np.zeros(0, dtype=np.int64)
-    if len(a) < 2**31:  # (int32 rows and codes: this runs beside other run parts, so its peak counts)
-        keep = keep.astype(np.int32)
-    key = a[keep].astype(np.int64)
+    key = a.astype(np.int64) if keep is None else a[keep].astype(np.int64)
     key *= max(n_b, 1)
-    key += b[keep]
+    key += b if keep is None else b[keep]
     codes, uniq = pd.factorize(key, sort=False)
     n_pairs = len(uniq)
     del key, uniq
     if n_pairs < 2**31:
         codes = codes.astype(np.int32)
-    tk = t[keep]
+    tk = t if keep is None else t[keep]
     first = np.full(n_pairs, NEVER, dtype=np.int64)
     np.minimum.at(first, codes, tk)
     hit = np.flatnonzero(tk == first[codes])
     del tk, first
     # one row per pair: the first hit (assignments in reverse order leave the first one)
     row_of = np.empty(n_pairs, dtype=np.int64)
-    row_of[codes[hit[::-1]]] = keep[hit[::-1]]
+    row_of[codes[hit[::-1]]] = hit[::-1] if keep is None else keep[hit[::-1]]
     return np.sort(row_of)
 
 
@@ -444,7 +471,8 @@ def _store_order_times(store: np.ndarray, paid: np.ndarray, n_stores: int) -> tu
     sorted then are sorted (exact for any order).
     """
     valid = (store >= 0) & (paid != NAT)
-    s, p = store[valid], paid[valid]
+    s, p = (store, paid) if valid.all() else (store[valid], paid[valid])  # (no copies when all are valid)
+    del valid
     ptr = np.concatenate([[0], np.cumsum(np.bincount(s, minlength=n_stores))]).astype(np.int64)
     if not len(p):
         return p, ptr
@@ -638,7 +666,7 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
         blocks = [timed(_store_block, ix, cfg, span) for span in _store_blocks(ix, cfg)]
         parts = [timed(_store_order_part, ix), timed(_links_and_graph, ix)]
     else:
-        # one thread: the stores' order times, then the pairs and the graph; the others share the store
+        # one thread: the pairs and the graph, then the stores' order times; the others share the store
         # blocks, whose budget is divided among them; each thread trims its heap after a part
         def trimmed(f: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
             part = timed(f, *args)
@@ -647,8 +675,9 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
 
         spans = _store_blocks(ix, cfg, workers=threads - 1)
         with ThreadPoolExecutor(max_workers=1) as one, ThreadPoolExecutor(max_workers=threads - 1) as pool:
-            times_f = one.submit(trimmed, _store_order_part, ix)
+            # (the pairs before the stores' order times: their temporaries then overlap no kept run part)
             links_f = one.submit(trimmed, _links_and_graph, ix)
+            times_f = one.submit(trimmed, _store_order_part, ix)
             blocks = list(pool.map(lambda span: trimmed(_store_block, ix, cfg, span), spans))
             parts = [times_f.result(), links_f.result()]
     for own in clocks:
@@ -716,6 +745,7 @@ def _base_index(tables: SourceTables, start_ns: int | None, end_ns: int | None,
         o_paid=o["paid_at"], o_ship_by=o["ship_by"], o_shipped=o["shipped_at"], o_delivered=o["delivered_at"],
         o_amount=o["amount"],
         r_order=r_order, r_buyer=r_buyer, r_store=r_store, r_dev=o["device"][r_order], r_addr=o["address"][r_order],
+        r_shipped=o["shipped_at"][r_order], r_delivered=deliv,
         r_req=r_req, r_res=r_res, r_esc_known=r["escalation_known"], r_amount=r["amount"], r_kind=r["kind"],
         r_reason=r["reason"], r_rej=r_rej, r_abuse=r_abuse, r_escalated=r["escalated"], r_nr_deliv=r_nr,
         r_pair_first=pair_first,
@@ -940,8 +970,8 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     requests = pd.DataFrame({
         "requested_at": utc_series(t),
         "paid_at": utc_series(np.asarray(ix.o_paid[orow], dtype=np.int64)),
-        "shipped_at": utc_series(np.asarray(ix.o_shipped[orow], dtype=np.int64)),
-        "delivered_at": utc_series(np.asarray(ix.o_delivered[orow], dtype=np.int64)),
+        "shipped_at": utc_series(np.asarray(ix.r_shipped[rows], dtype=np.int64)),
+        "delivered_at": utc_series(np.asarray(ix.r_delivered[rows], dtype=np.int64)),
         "kind": pd.array(kind, dtype="str"),
         "reason": pd.array(np.asarray(REASONS, dtype=object)[np.asarray(ix.r_reason[rows], dtype=np.int64)], dtype="str"),
         "amount": np.asarray(ix.r_amount[rows], dtype=np.float64),
@@ -1331,6 +1361,13 @@ def warm_workers(model: BatchModel, jobs: int) -> threading.Thread | None:
     return thread
 
 
+def _release_store_inputs(index: BatchIndex) -> None:
+    """After the run parts: free the columns only they read (350 MB at 10M orders), now."""
+    index.release_store_inputs()
+    pa.default_memory_pool().release_unused()  # (some were views of Arrow's buffers)
+    _trim_heap()
+
+
 def _trim_heap() -> None:
     """Hand glibc's free heap memory back to the system (``malloc_trim``; nothing elsewhere).
 
@@ -1391,6 +1428,7 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     if serial or backend == "threads":
         if not index.has_run_parts:
             add_run_parts(index, cfg, threads=jobs, timings=timings)
+            _release_store_inputs(index)
         if serial:
             for spec in slices:
                 yield score_slice(index, model, spec, threads=1, timings=timings)
@@ -1488,6 +1526,7 @@ def run_batch(
     runner = runner or iter_slices_local
     source.release()  # the index holds what the slices read
     pa.default_memory_pool().release_unused()  # Arrow keeps freed buffers of the read otherwise
+    _trim_heap()  # and glibc the read's freed temporaries (~120 MB at 10M orders)
     stream = runner(index, model, slices, jobs, timings)
     del index  # the runner holds it now (and may let it go once shared with its workers)
     actions = dict.fromkeys(ACTIONS, 0)

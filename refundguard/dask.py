@@ -36,6 +36,7 @@ from refundguard.batch import (
     BatchModel,
     SliceSpec,
     _add_timings,
+    _release_store_inputs,
     add_run_parts,
     history_result,
     score_data,
@@ -59,6 +60,7 @@ def _runner(client: Any) -> Any:
             return
         if not index.has_run_parts:  # the run parts, once, here: every task reads them
             add_run_parts(index, model.score_config, threads=1, timings=timings)
+            _release_store_inputs(index)  # (nor are they sent to the workers)
         index_f = client.scatter(index, broadcast=True)
         model_f = client.scatter(model, broadcast=True)
         futures = [client.submit(slice_task, index_f, model_f, spec, pure=False) for spec in slices]

@@ -974,6 +974,11 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         m = ok if d.where is None else ok & d.where(ev)
         value = None if d.value is None else np.asarray(d.value(ev), dtype=np.int64)[m]
         acc.add_spans(d.name, start[m], stop[m], value)
+    # below, only the paid events are read: the others' rows go now (they would add to the peak below)
+    spans.clear()
+    days_of.clear()
+    for name in [k for k in src.events if k != "paid"]:
+        del src.events[name]
 
     # refunds known before D: any refund requested on a day before D
     days = np.arange(d0, d1 + 1, dtype=np.int64)
@@ -985,7 +990,7 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
 
     # modal category per (store, day): rolling counts per (store, category)
     paid = src.events["paid"]
-    p_day = day_of("paid", "paid_at")
+    p_day = day_index(paid.anchor, tz)
     cat_codes, cat_uniques = src.paid_categories()
     if (cat_codes < 0).any():
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
@@ -999,8 +1004,12 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         pair_idx = rank[pair_key]
     else:
         upair, pair_idx = np.unique(pair_key, return_inverse=True)
+    del pair_key
     pacc = _Rolling(len(upair), d0, ndays)
-    pacc.add("n", pair_idx.astype(np.int64), p_day + 1, p_day + wd, None)
+    first = p_day + 1
+    p_day += wd  # (in place: the last day; a batch store block peaked here)
+    pacc.add("n", pair_idx, first, p_day, None)
+    del first, p_day, pair_idx
     pcounts = pacc.result("n")  # (n_pairs, ndays); pairs sorted by store then category (alphabetical)
     pair_store = upair // ncat
     pair_cat = upair % ncat
@@ -1076,28 +1085,48 @@ class _Rolling:
         self.diffs: dict[str, np.ndarray] = {}
 
     def add(self, name: str, rows: np.ndarray, s: np.ndarray, e: np.ndarray, value: np.ndarray | None) -> None:
-        s = np.maximum(s - self.d0, 0)
-        e = np.minimum(e - self.d0, self.ndays - 1)
+        """Record events of ``rows`` active on days ``[s, e]``.
+
+        ``rows``, ``s`` and ``e`` are int64 arrays of the caller's that this overwrites
+        (no temporaries of their size: the batch store blocks peak here).
+        """
+        s -= self.d0
+        np.maximum(s, 0, out=s)
+        e -= self.d0
+        np.minimum(e, self.ndays - 1, out=e)
         m = s <= e
-        width = self.ndays + 1
-        rows = rows[m].astype(np.int64)
-        v = None if value is None else np.asarray(value, dtype=np.int64)[m]
-        self.add_spans(name, rows * width + s[m], rows * width + e[m] + 1, v)
+        rows *= self.ndays + 1
+        s += rows
+        e += rows
+        e += 1
+        del rows
+        v = None if value is None else np.asarray(value, dtype=np.int64)
+        if not m.all():
+            s, e, v = s[m], e[m], None if v is None else v[m]
+        self.add_spans(name, s, e, v)
 
     def spans(self, rows: np.ndarray, s: np.ndarray, e: np.ndarray, ok: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Flat start and stop positions of events active on days ``[s, e]`` (for :meth:`add_spans`).
 
+        ``s`` and ``e`` are int64 arrays of the caller's that this overwrites.
+
         Returns ``(start, stop, ok)``: ``ok`` is false for events outside the days kept.
         """
-        s = np.maximum(s - self.d0, 0)
-        e = np.minimum(e - self.d0, self.ndays - 1)
-        small = self.nrows * (self.ndays + 1) < 2**31
-        base = rows.astype(np.int32 if small else np.int64) * (self.ndays + 1)
-        start, stop = base + s, base + e + 1
-        if small:
-            start, stop = start.astype(np.int32), stop.astype(np.int32)
-        return start, stop, ok & (s <= e)
+        s -= self.d0  # (in place, as in add)
+        np.maximum(s, 0, out=s)
+        e -= self.d0
+        np.minimum(e, self.ndays - 1, out=e)
+        ok = ok & (s <= e)
+        base = rows.astype(np.int64)
+        base *= self.ndays + 1
+        s += base
+        e += base
+        e += 1
+        del base
+        if self.nrows * (self.ndays + 1) < 2**31:
+            return s.astype(np.int32), e.astype(np.int32), ok
+        return s, e, ok
 
     def add_spans(self, name: str, start: np.ndarray, stop: np.ndarray, value: np.ndarray | None) -> None:
         """Record events by their :meth:`spans` positions (already restricted to the kept ones).

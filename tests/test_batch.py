@@ -255,6 +255,33 @@ def test_an_index_scores_only_with_the_score_config_it_was_built_with(guard, fol
     assert score_slice(same, model, plan_slices(same, 7)[0]).num_rows == len(spec)
 
 
+def test_the_slices_do_not_read_the_store_score_inputs_once_released(guard, folder, tmp_path, monkeypatch):
+    """The runner lets the store-only columns go after the run parts; the slices' output is the same."""
+    from refundguard.batch import STORE_ONLY, iter_slices_local, score_slice
+    from refundguard.sources import read_source
+
+    model = guard.batch_model()
+    index = build_index(read_source(folder), None, None, config=model.score_config)
+    specs = plan_slices(index, 7)
+    kept = [score_slice(index, model, spec) for spec in specs]
+    index.release_store_inputs()
+    assert all(getattr(index, name) is None for name in STORE_ONLY)
+    with pytest.raises(ConfigError, match="released"):
+        index.store_events()
+    for spec, want in zip(specs, kept):
+        pd.testing.assert_frame_equal(score_slice(index, model, spec).to_pandas(), want.to_pandas())
+    index.save(tmp_path / "saved")  # a released index saves and loads without them
+    loaded = refundguard.batch.BatchIndex.load(tmp_path / "saved")
+    assert loaded.o_ship_by is None and loaded.has_run_parts
+
+    # the local runner releases them once it has computed the run parts (threads and one job)
+    for jobs in (1, 2):
+        fresh = build_index(read_source(folder), None, None, config=model.score_config, run_parts=False)
+        for got, want in zip(iter_slices_local(fresh, model, specs, jobs, {}), kept, strict=True):
+            pd.testing.assert_frame_equal(got.to_pandas(), want.to_pandas())
+        assert all(getattr(fresh, name) is None for name in STORE_ONLY)
+
+
 # --------------------------------------------------------------------------- parity with assess
 def _assert_equals_assess(guard: RefundGuard, scored: pd.DataFrame, tables, store_scores=None,
                           explain: bool = True) -> None:
