@@ -1118,13 +1118,14 @@ class _Rolling:
         e -= self.d0
         np.minimum(e, self.ndays - 1, out=e)
         ok = ok & (s <= e)
-        base = rows.astype(np.int64)
+        small = self.nrows * (self.ndays + 1) < 2**31
+        base = rows.astype(np.int32 if small else np.int64)  # (small: every position fits int32)
         base *= self.ndays + 1
         s += base
         e += base
         e += 1
         del base
-        if self.nrows * (self.ndays + 1) < 2**31:
+        if small:
             return s.astype(np.int32), e.astype(np.int32), ok
         return s, e, ok
 
@@ -1318,6 +1319,18 @@ class _LazyFrame(dict):
         return value
 
 
+def _rows(mask: np.ndarray) -> np.ndarray:
+    """The rows where ``mask`` holds, as int32 when the table is that small."""
+    rows = np.flatnonzero(mask)
+    return rows.astype(np.int32) if len(mask) < 2**31 else rows
+
+
+def _store_codes_of(codes: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """``codes[rows]`` as int32 or int64 (store codes are non-negative integers)."""
+    out = np.asarray(codes)[rows]
+    return out if out.dtype in (np.int32, np.int64) else out.astype(np.int64)
+
+
 def _coded_sources(ev: CodedStoreEvents, lo: int, hi: int, union_orders: bool = True) -> _Sources:
     """Every event source for anchors in ``[lo, hi)``, from codes (see :func:`_event_sources`)."""
     from refundguard.tables import REASONS
@@ -1344,21 +1357,23 @@ def _coded_sources(ev: CodedStoreEvents, lo: int, hi: int, union_orders: bool = 
                              {"first_response_s": lambda: pd.Series(np.asarray(ev.s_first_response, dtype=np.float64))})
     anchors = {src: inside(getattr(ev, {"paid": "o_paid", "ship_by": "o_ship_by", "delivered": "o_delivered"}[src]))
                for src in _ORDER_SOURCES}
+    # rows and store codes stay 32-bit where they fit (a batch store block holds them while it computes)
     if union_orders:
-        o_rows = np.flatnonzero(anchors["paid"] | anchors["ship_by"] | anchors["delivered"])
-        o_store = np.asarray(ev.o_store[o_rows], dtype=np.int64)
+        o_rows = _rows(anchors["paid"] | anchors["ship_by"] | anchors["delivered"])
+        del anchors
+        o_store = _store_codes_of(ev.o_store, o_rows)
         events = {src: _Events(orders, o_rows, _SOURCES[src][1], o_store) for src in _ORDER_SOURCES}
     else:
         events = {}
         for src in _ORDER_SOURCES:
-            rows = np.flatnonzero(anchors[src])
-            events[src] = _Events(orders, rows, _SOURCES[src][1], np.asarray(ev.o_store[rows], dtype=np.int64))
-    rf = np.flatnonzero(inside(ev.r_requested))
-    events["refund"] = _Events(refunds, rf, "requested_at", np.asarray(ev.r_store, dtype=np.int64)[rf])
-    rv = np.flatnonzero(inside(ev.v_created))
-    events["review"] = _Events(reviews, rv, "created_at", np.asarray(ev.v_store, dtype=np.int64)[rv])
-    sv = np.flatnonzero(inside(ev.s_started))
-    events["chat"] = _Events(service, sv, "started_at", np.asarray(ev.s_store, dtype=np.int64)[sv])
+            rows = _rows(anchors[src])
+            events[src] = _Events(orders, rows, _SOURCES[src][1], _store_codes_of(ev.o_store, rows))
+    rf = _rows(inside(ev.r_requested))
+    events["refund"] = _Events(refunds, rf, "requested_at", _store_codes_of(ev.r_store, rf))
+    rv = _rows(inside(ev.v_created))
+    events["review"] = _Events(reviews, rv, "created_at", _store_codes_of(ev.v_store, rv))
+    sv = _rows(inside(ev.s_started))
+    events["chat"] = _Events(service, sv, "started_at", _store_codes_of(ev.s_store, sv))
     return _Sources(
         events=events,
         store_ids=np.asarray(ev.store_ids, dtype=object),
