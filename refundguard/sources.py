@@ -845,11 +845,14 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
     susp["reviews"] |= v_ok & susp["orders"][np.maximum(v_order, 0)]
     susp["reviews"] |= v_ok & (reviews["created_at"] < paid[np.maximum(v_order, 0)])
     if n["refunds"]:
+        # summed over the refunded orders only (not an order-sized array: that took 0.7 s at 10M orders);
+        # each order's sum adds its refunds in row order, as a bincount over all orders would
         amount = refunds["amount"]
-        pos = np.where(r_ok & np.isfinite(amount) & (amount > 0), r_order, -1)
-        total = np.bincount(pos[pos >= 0], weights=amount[pos >= 0], minlength=n["orders"])
-        over = total > orders["amount"] + 0.01 - 1e-6 * np.maximum(1.0, np.abs(total))
-        susp["refunds"] |= r_ok & over[np.maximum(r_order, 0)]
+        counted = r_ok & np.isfinite(amount) & (amount > 0)
+        refunded, inv = np.unique(np.maximum(r_order, 0), return_inverse=True)
+        total = np.bincount(inv[counted], weights=amount[counted], minlength=len(refunded))
+        over = total > orders["amount"][refunded] + 0.01 - 1e-6 * np.maximum(1.0, np.abs(total))
+        susp["refunds"] |= r_ok & over[inv]
 
     rejects = _validate_suspects(cols, susp, r_order, v_order)
     rejected = {name: np.zeros(n[name], dtype=bool) for name in TABLES}
@@ -861,13 +864,14 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
 
     # keep the clean rows; a refund's or review's order row is renumbered among clean orders
     keep = {name: ~rejected[name] for name in TABLES}
-    new_row = np.cumsum(keep["orders"]) - 1
     for name, table in (("orders", orders), ("refunds", refunds), ("reviews", reviews), ("service", service)):
         if not keep[name].all():
             for k in list(table):
                 table[k] = table[k][keep[name]]
-    refunds["order"] = new_row[refunds["order"]] if len(refunds["order"]) else refunds["order"]
-    reviews["order"] = new_row[reviews["order"]] if len(reviews["order"]) else reviews["order"]
+    if not keep["orders"].all():  # (nothing to renumber when every order is clean)
+        new_row = np.cumsum(keep["orders"]) - 1
+        refunds["order"] = new_row[refunds["order"]] if len(refunds["order"]) else refunds["order"]
+        reviews["order"] = new_row[reviews["order"]] if len(reviews["order"]) else reviews["order"]
     refund_ids = extra["refund_ids"]
     if not keep["refunds"].all():
         refund_ids = refund_ids.filter(pa.array(keep["refunds"]))
