@@ -559,7 +559,7 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
 #: store-day, so a block of days holds at most ``max(1, this // stores)`` days.
 STORE_BLOCK_STORE_DAYS = 1_000_000
 #: Orders a block of the run's store scores may reach (its days plus the score's window
-#: before them; ~180 bytes each while the block is computed): this bounds the block's
+#: before them; ~115 bytes each while the block is computed): this bounds the block's
 #: memory whatever the marketplace's size, at the cost of more blocks (each re-reads
 #: the window before it) on a dense one. A block still holds at least
 #: :data:`STORE_BLOCK_MIN_DAYS` (what each 7-day slice computed before the run parts),
