@@ -444,15 +444,16 @@ def _first_per_pair_rows(a: np.ndarray, b: np.ndarray, t: np.ndarray, n_b: int) 
     del ok
     if keep is not None and not len(keep):
         return np.zeros(0, dtype=np.int64)
-    key = a.astype(np.int64) if keep is None else a[keep].astype(np.int64)
+    take = slice(None) if keep is None else keep  # (a slice: views, not copies)
+    key = a[take].astype(np.int64)
     key *= max(n_b, 1)
-    key += b if keep is None else b[keep]
+    key += b[take]
     codes, uniq = pd.factorize(key, sort=False)
     n_pairs = len(uniq)
     del key, uniq
     if n_pairs < 2**31:
         codes = codes.astype(np.int32)
-    tk = t if keep is None else t[keep]
+    tk = t[take]
     first = np.full(n_pairs, NEVER, dtype=np.int64)
     np.minimum.at(first, codes, tk)
     hit = np.flatnonzero(tk == first[codes])
@@ -1364,7 +1365,12 @@ def warm_workers(model: BatchModel, jobs: int) -> threading.Thread | None:
 def _release_store_inputs(index: BatchIndex) -> None:
     """After the run parts: free the columns only they read (350 MB at 10M orders), now."""
     index.release_store_inputs()
-    pa.default_memory_pool().release_unused()  # (some were views of Arrow's buffers)
+    _give_back_memory()  # (some were views of Arrow's buffers)
+
+
+def _give_back_memory() -> None:
+    """Hand what was just freed back to the system: Arrow's pool keeps freed buffers, glibc its heap."""
+    pa.default_memory_pool().release_unused()
     _trim_heap()
 
 
@@ -1525,8 +1531,7 @@ def run_batch(
     n_scored_expected = len(index.q_rows)
     runner = runner or iter_slices_local
     source.release()  # the index holds what the slices read
-    pa.default_memory_pool().release_unused()  # Arrow keeps freed buffers of the read otherwise
-    _trim_heap()  # and glibc the read's freed temporaries (~120 MB at 10M orders)
+    _give_back_memory()  # the read's freed buffers and temporaries (~120 MB of heap at 10M orders)
     stream = runner(index, model, slices, jobs, timings)
     del index  # the runner holds it now (and may let it go once shared with its workers)
     actions = dict.fromkeys(ACTIONS, 0)

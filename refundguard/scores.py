@@ -1085,25 +1085,15 @@ class _Rolling:
         self.diffs: dict[str, np.ndarray] = {}
 
     def add(self, name: str, rows: np.ndarray, s: np.ndarray, e: np.ndarray, value: np.ndarray | None) -> None:
-        """Record events of ``rows`` active on days ``[s, e]``.
+        """Record events of ``rows`` active on days ``[s, e]`` (:meth:`spans`, then :meth:`add_spans`).
 
-        ``rows``, ``s`` and ``e`` are int64 arrays of the caller's that this overwrites
-        (no temporaries of their size: the batch store blocks peak here).
+        ``s`` and ``e`` are int64 arrays of the caller's that this overwrites.
         """
-        s -= self.d0
-        np.maximum(s, 0, out=s)
-        e -= self.d0
-        np.minimum(e, self.ndays - 1, out=e)
-        m = s <= e
-        rows *= self.ndays + 1
-        s += rows
-        e += rows
-        e += 1
-        del rows
+        start, stop, ok = self.spans(rows, s, e, np.ones(len(s), dtype=bool))
         v = None if value is None else np.asarray(value, dtype=np.int64)
-        if not m.all():
-            s, e, v = s[m], e[m], None if v is None else v[m]
-        self.add_spans(name, s, e, v)
+        if not ok.all():
+            start, stop, v = start[ok], stop[ok], None if v is None else v[ok]
+        self.add_spans(name, start, stop, v)
 
     def spans(self, rows: np.ndarray, s: np.ndarray, e: np.ndarray, ok: np.ndarray
               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -1113,7 +1103,7 @@ class _Rolling:
 
         Returns ``(start, stop, ok)``: ``ok`` is false for events outside the days kept.
         """
-        s -= self.d0  # (in place, as in add)
+        s -= self.d0  # (in place: no temporaries of their size, the batch store blocks peak here)
         np.maximum(s, 0, out=s)
         e -= self.d0
         np.minimum(e, self.ndays - 1, out=e)
