@@ -533,11 +533,22 @@ def _first_time_per_pair(a: np.ndarray, b: np.ndarray, t: np.ndarray, queried: n
     if not keep.any():
         e = np.empty(0, dtype=np.int64)
         return e, e, e
-    df = pd.DataFrame({"a": a[keep], "b": b[keep], "t": t[keep]})
-    first = df.groupby(["a", "b"], sort=False)["t"].min()
-    return (first.index.get_level_values(0).to_numpy(np.int64),
-            first.index.get_level_values(1).to_numpy(np.int64),
-            first.to_numpy(np.int64))
+    # one int64 key per pair (codes are < 2**31), sorted: each pair's rows form a run.
+    # (A pandas groupby on the two columns cost twice the memory: ~75 B per row.)
+    a, b, t = a[keep].astype(np.int64, copy=False), b[keep], t[keep]
+    width = np.int64(int(b.max()) + 1)
+    key = a
+    key *= width
+    key += b
+    del a, b
+    order = np.argsort(key)
+    key = key[order]
+    t = t[order]
+    del order
+    start = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1])))
+    first = np.minimum.reduceat(t, start).astype(np.int64)
+    key = key[start]
+    return key // width, key % width, first
 
 
 def _median_last(amounts_sorted: np.ndarray, hi: np.ndarray, n: np.ndarray,

@@ -556,3 +556,19 @@ def test_choose_calibrator_takes_y_true_then_y_score():
     np.testing.assert_array_equal(cal.transform(p), Calibrator(report["chosen"]).fit(p, y).transform(p))
     with pytest.raises(DataError, match=re.escape("Calibration labels must be 0/1")):
         choose_calibrator(p, y)  # the old (p, y) order: probabilities are not labels
+
+
+def test_path_explainer_leaf_blocks_do_not_change_the_sums(fitted, data, monkeypatch):
+    """Leaves are predicted in row blocks (bounded memory): any block size gives the same contributions."""
+    import refundguard.model.explain as explain_mod
+    from refundguard.model import PathExplainer
+
+    X, _ = data
+    explainer = PathExplainer(fitted.booster_)
+    encoded, _ = fitted.encoder_.transform(X.head(301))
+    whole = explainer.contributions(encoded)
+    monkeypatch.setattr(explain_mod, "_LEAF_ROWS", 7)
+    blocked = explainer.contributions(encoded)
+    np.testing.assert_array_equal(blocked, whole)
+    for i in (0, 6, 7, 8, 300):
+        np.testing.assert_array_equal(explainer.contributions_one(encoded[i]), blocked[i])

@@ -430,3 +430,55 @@ def test_real_store_score_history_is_read_at_the_request_day() -> None:
     row = hist[(hist["store_id"] == req["store_id"][i]) & (hist["as_of"] == t[i].floor("D"))]
     assert computed.store_profile(i).score == (None if row["score"].isna().all()
                                                else float(row["score"].iloc[0]))
+
+
+# --------------------------------------------------------------------------- kernel pieces
+_codes = st.lists(st.integers(-1, 6), min_size=0, max_size=60)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_time_base_ranks_are_the_searches_into_the_distinct_times(data):
+    """One sort gives each event's rank: the number of distinct known times before it (-1 for NaT)."""
+    from refundguard._time import NAT
+    from refundguard.profiles import _TimeBase
+
+    times = st.lists(st.one_of(st.just(NAT), st.integers(0, 20)), max_size=40)
+    arrays = [np.asarray(data.draw(times), dtype=np.int64) for _ in range(3)]
+    tb = _TimeBase(np.zeros(1, dtype=np.int64), *arrays)
+    allt = np.concatenate(arrays)
+    distinct = np.unique(allt[allt != NAT])
+    np.testing.assert_array_equal(tb.utimes, distinct)
+    for arr, ranks in zip(arrays, tb.ranks):
+        expected = np.where(arr == NAT, -1, np.searchsorted(distinct, arr))
+        np.testing.assert_array_equal(ranks, expected)
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.lists(st.integers(0, 5), max_size=50), data=st.data())
+def test_break_ties_equals_lexsort(key, data):
+    from refundguard.profiles import _break_ties
+
+    key = np.asarray(key, dtype=np.int64)
+    tiebreak = np.asarray(data.draw(st.lists(st.sampled_from([0.5, 1.0, 2.0, np.nan]), min_size=len(key),
+                                             max_size=len(key))), dtype=np.float64)
+    got = _break_ties(np.argsort(key, kind="stable"), key, tiebreak)
+    np.testing.assert_array_equal(got, np.lexsort((tiebreak, key)))
+
+
+@settings(max_examples=150, deadline=None)
+@given(a=_codes, data=st.data())
+def test_first_time_per_pair_is_the_groupby_min(a, data):
+    from refundguard.profiles import _first_time_per_pair
+
+    n = len(a)
+    b = data.draw(st.lists(st.integers(-1, 4), min_size=n, max_size=n))
+    t = data.draw(st.lists(st.integers(-1, 9), min_size=n, max_size=n))
+    queried = np.asarray(data.draw(st.lists(st.integers(-1, 6), max_size=5)), dtype=np.int64)
+    a, b, t = (np.asarray(x, dtype=np.int64) for x in (a, b, t))
+    ka, kb, kt = _first_time_per_pair(a, b, t, queried=queried)
+    keep = (a >= 0) & (b >= 0) & (t >= 0) & np.isin(a, queried[queried >= 0])
+    expected = (pd.DataFrame({"a": a[keep], "b": b[keep], "t": t[keep]}).groupby(["a", "b"])["t"].min())
+    got = pd.Series(kt, index=pd.MultiIndex.from_arrays([ka, kb], names=["a", "b"]), name="t").sort_index()
+    assert got.index.is_unique
+    pd.testing.assert_series_equal(got, expected, check_index_type=False, check_dtype=False)

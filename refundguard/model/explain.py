@@ -20,6 +20,8 @@ from refundguard.model.encoder import FeatureEncoder
 
 __all__ = ["PathExplainer", "ReasonColumns", "reasons_columns", "reasons_from_contributions"]
 
+_LEAF_ROWS = 16_384  # rows per leaf prediction in PathExplainer.contributions
+
 
 def reasons_from_contributions(
     encoder: FeatureEncoder, row: np.ndarray, contributions: np.ndarray, *, k: int = 3
@@ -121,14 +123,19 @@ class PathExplainer:
         if not len(X) or not len(self.offsets_):
             return out
         threads = (1 if len(X) == 1 else 0) if num_threads is None else int(num_threads)
-        leaves = np.asarray(self._booster.predict(X, pred_leaf=True, num_threads=threads),
-                            dtype=np.int64).reshape(len(X), -1)
-        idx = leaves + self.offsets_[None, :]
-        block = 2048  # rows per block: the block's sums stay in cache while the trees are added
-        for s in range(0, len(X), block):
-            acc = out[s:s + block]
-            for t in range(idx.shape[1]):
-                acc += self.table_[idx[s:s + block, t]]
+        n_trees = len(self.offsets_)
+        # leaves are predicted _LEAF_ROWS rows at a time: LightGBM returns them as float64,
+        # 8 B per row and tree (a 60k-row batch on 228 trees would hold 110 MB, three times over)
+        for lo in range(0, len(X), _LEAF_ROWS):
+            hi = min(lo + _LEAF_ROWS, len(X))
+            idx = np.asarray(self._booster.predict(X[lo:hi], pred_leaf=True, num_threads=threads),
+                             dtype=np.int64).reshape(hi - lo, n_trees)
+            idx += self.offsets_[None, :]
+            block = 2048  # rows per block: the block's sums stay in cache while the trees are added
+            for s in range(lo, hi, block):
+                acc = out[s:min(s + block, hi)]
+                for t in range(n_trees):
+                    acc += self.table_[idx[s - lo:s - lo + len(acc), t]]
         return out
 
     def contributions_one(self, row: np.ndarray) -> np.ndarray:
