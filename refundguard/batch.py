@@ -863,18 +863,21 @@ def _history_rows(ix: BatchIndex, t0: int, t1: int, q_buyer: np.ndarray, q_store
 
 
 def _coded_history(ix: BatchIndex, o_rows: np.ndarray, r_rows: np.ndarray) -> CodedHistory:
-    """The kernel's input for the selected rows (codes as int64)."""
+    """The kernel's input for the selected rows (codes in the index's dtype, int32; instants int64)."""
     from refundguard.profiles import _cents
 
     def i64(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
         return np.asarray(a[rows], dtype=np.int64)
 
+    def code(a: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        return np.asarray(a[rows])  # in the index's dtype (int32 from the sources: half the bytes of int64)
+
     amount = np.asarray(ix.o_amount[o_rows], dtype=np.float64)
     return CodedHistory(
-        o_buyer=i64(ix.o_buyer, o_rows), o_store=i64(ix.o_store, o_rows), o_dev=i64(ix.o_dev, o_rows),
-        o_addr=i64(ix.o_addr, o_rows), o_paid=i64(ix.o_paid, o_rows), o_cents=_cents(amount), o_amount=amount,
-        r_buyer=i64(ix.r_buyer, r_rows), r_store=i64(ix.r_store, r_rows), r_dev=i64(ix.r_dev, r_rows),
-        r_addr=i64(ix.r_addr, r_rows), r_req=i64(ix.r_req, r_rows), r_res=i64(ix.r_res, r_rows),
+        o_buyer=code(ix.o_buyer, o_rows), o_store=code(ix.o_store, o_rows), o_dev=code(ix.o_dev, o_rows),
+        o_addr=code(ix.o_addr, o_rows), o_paid=i64(ix.o_paid, o_rows), o_cents=_cents(amount), o_amount=amount,
+        r_buyer=code(ix.r_buyer, r_rows), r_store=code(ix.r_store, r_rows), r_dev=code(ix.r_dev, r_rows),
+        r_addr=code(ix.r_addr, r_rows), r_req=i64(ix.r_req, r_rows), r_res=i64(ix.r_res, r_rows),
         r_cents=_cents(np.asarray(ix.r_amount[r_rows], dtype=np.float64)),
         r_only=np.asarray(ix.r_kind[r_rows]) == KINDS.index("refund_only"),
         r_nr_deliv=np.asarray(ix.r_nr_deliv[r_rows], dtype=bool),

@@ -969,6 +969,7 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
     hi = ev_orders.hi(0)
     b["median_order_amount"] = _median_last(o_amount[ev_orders.order_kept], hi,
                                             hi - ev_orders.lo())
+    del ev_orders, ev_ref, ev_only  # (sorted event sets: ~24 B per event each; the link part needs the room)
     buyer = pd.DataFrame({k: b[k] for k in _BUYER_FIELDS})
     for c in _BUYER_INT:
         buyer[c] = buyer[c].astype(np.int64)
@@ -991,6 +992,7 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
         s["refund_rate_30d"] = np.where(s_orders > 0, s_ref / np.maximum(s_orders, 1), np.nan)
     s["n_refunds_24h"] = ev_sref.window(day)[0]
     s["category"] = sc["category"].astype("str").to_numpy()
+    del ev_sref
     store = pd.DataFrame({k: s[k] for k in _STORE_FIELDS})
     store["category"] = store["category"].astype("str")
 
