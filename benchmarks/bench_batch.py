@@ -1,9 +1,8 @@
 """Batch scoring at scale: Parquet in to Parquet out, refunds per second by stage, peak memory.
 
-For each simulated marketplace (about 2.5M, 5M and 10M orders over 150 days; the
-simulator's default rate gives about 16 orders per buyer over 150 days, so
-buyers = orders / 16 and stores = orders / 333), decides the refunds of its last
-two months with the bundled default model, Parquet in to Parquet out, with ``--jobs 1``,
+For each simulated marketplace (about 2.5M, 5M and 10M orders over 150 days), decides
+the refunds of its last two months with the bundled default model, Parquet in to Parquet
+out, with ``--jobs 1``,
 ``--jobs 2`` (threads, the default backend) and ``--jobs 2 --backend processes`` (shown
 as ``2p``), each run in a fresh process. It prints:
 
@@ -29,6 +28,14 @@ Usage::
 
 Simulated data is written once under ``--data-root`` (default
 ``$TMPDIR/refundguard-bench-batch``) and reused.
+
+The marketplaces have the shape of issue 8's (9.9M orders, 1.15M refunds, 4.3M reviews,
+467k refunds decided in the last two months): the simulator's default rate gives about
+16.5 orders per buyer over 150 days, so buyers = orders / 16.5 and stores = orders / 347,
+with the buyer mix and abuse rates of :data:`ISSUE_SHAPE`. At 10M orders that is 1.18M
+refunds and 555k decided, more than the issue's 467k. ``--shape light`` gives the earlier,
+lighter marketplaces (buyers = orders / 16, stores = orders / 333, the simulator's default
+mix: 672k refunds and 312k decided at 10M orders), kept to compare with earlier notes.
 """
 
 from __future__ import annotations
@@ -45,31 +52,39 @@ import threading
 import time
 from pathlib import Path
 
-ORDERS_PER_BUYER = 16.0  # the simulator's default rate over 150 days
 DAYS = 150
 START = "2024-06-01"
 PERIOD = ("2024-08-29", "2024-10-29")  # the last two months of the 150 days
 STAGES = ("read", "validate", "index", "profiles", "features", "model", "policy", "reasons", "write")
+#: Orders per buyer and per store, and the simulator settings of each ``--shape``.
+SHAPES = {
+    "issue": (16.5, 347, {"share_opportunist": 0.35, "share_serial": 0.065, "opportunist_abuse_rate": 0.07,
+                          "misdelivery_rate": 0.02}),
+    "light": (16.0, 333, {}),
+}
+ISSUE_SHAPE = SHAPES["issue"][2]
 
 
 # --------------------------------------------------------------------------- data
-def ensure_data(root: Path, orders: int) -> Path:
+def ensure_data(root: Path, orders: int, shape: str = "issue") -> Path:
     """The simulated marketplace of about ``orders`` orders (written once, then reused)."""
     from refundguard.simulate import SimulationConfig, simulate_to_parquet
 
-    buyers = max(1, round(orders / ORDERS_PER_BUYER))
-    stores = max(10, round(orders / 333))
-    folder = root / f"sim{orders}"
+    per_buyer, per_store, mix = SHAPES[shape]
+    buyers = max(1, round(orders / per_buyer))
+    stores = max(10, round(orders / per_store))
+    folder = root / (f"sim{orders}" if shape == "light" else f"{shape}{orders}")
     marker = folder / "bench.json"
-    spec = {"buyers": buyers, "stores": stores, "days": DAYS, "start": START, "seed": 0}
+    spec = {"buyers": buyers, "stores": stores, "days": DAYS, "start": START, "seed": 0, **mix}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return folder
     if folder.exists():
         shutil.rmtree(folder)
     t = time.perf_counter()
-    print(f"simulating {orders:,} orders ({buyers:,} buyers, {stores:,} stores, {DAYS} days) into {folder} ...",
-          flush=True)
-    simulate_to_parquet(SimulationConfig(n_buyers=buyers, n_stores=stores, days=DAYS, start=START, seed=0), folder)
+    print(f"simulating {orders:,} orders ({buyers:,} buyers, {stores:,} stores, {DAYS} days, {shape} shape) "
+          f"into {folder} ...", flush=True)
+    simulate_to_parquet(SimulationConfig(n_buyers=buyers, n_stores=stores, days=DAYS, start=START, seed=0, **mix),
+                        folder)
     marker.write_text(json.dumps(spec))
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
     return folder
@@ -273,6 +288,8 @@ def main() -> None:
     ap.add_argument("--jobs", nargs="+", default=["1", "2", "2p"],
                     help="runs per size: N threads, or Np for N worker processes (default: 1 2 2p)")
     ap.add_argument("--chunk-days", type=int, default=7)
+    ap.add_argument("--shape", choices=sorted(SHAPES), default="issue",
+                    help="marketplace shape: issue 8's (default) or the lighter one of earlier notes")
     ap.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()) / "refundguard-bench-batch")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
@@ -284,7 +301,7 @@ def main() -> None:
     sizes = [250_000] if args.quick else args.sizes
     rows = []
     for orders in sizes:
-        folder = ensure_data(args.data_root, orders)
+        folder = ensure_data(args.data_root, orders, args.shape)
         for k, jobs in enumerate(args.jobs):
             r = run_child(folder, jobs, args.chunk_days, baseline=k == 0)
             r["orders"] = r.get("predict", {}).get("orders") or next(
