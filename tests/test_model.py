@@ -572,3 +572,28 @@ def test_path_explainer_leaf_blocks_do_not_change_the_sums(fitted, data, monkeyp
     np.testing.assert_array_equal(blocked, whole)
     for i in (0, 6, 7, 8, 300):
         np.testing.assert_array_equal(explainer.contributions_one(encoded[i]), blocked[i])
+
+
+def test_reasons_columns_equal_the_per_row_reasons(fitted, data):
+    """The batch's columnar reasons are, row by row, the online ``reasons_from_contributions``
+    (values formatted once per distinct value, -0.0 and NaN included)."""
+    from refundguard.model.explain import reasons_columns
+
+    X, _ = data
+    encoded, _ = fitted.encoder_.transform(X.head(400))
+    encoded = encoded.copy()
+    rng = np.random.default_rng(3)
+    encoded[rng.random(encoded.shape) < 0.05] = np.nan
+    numeric = [j for j, f in enumerate(fitted.encoder_.features) if f not in fitted.encoder_.categories]
+    encoded[::7, numeric[0]] = -0.0
+    encoded[1::7, numeric[0]] = 0.0
+    contrib = np.round(rng.normal(size=encoded.shape), 1)  # ties and zeros
+    contrib[::5] = -np.abs(contrib[::5])  # rows without any positive contribution
+    cols = reasons_columns(fitted.encoder_, encoded, contrib, k=3)
+    for i in range(len(encoded)):
+        want = reasons_from_contributions(fitted.encoder_, encoded[i], contrib[i], k=3)
+        lo, hi = cols.offsets[i], cols.offsets[i + 1]
+        assert cols.text[lo:hi] == [r["text"] for r in want]
+        assert cols.feature[lo:hi] == [r["feature"] for r in want]
+        assert cols.value[lo:hi] == [None if r["value"] is None else str(r["value"]) for r in want]
+        assert cols.contribution[lo:hi].tolist() == [r["contribution"] for r in want]

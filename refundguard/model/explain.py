@@ -212,23 +212,33 @@ def reasons_columns(encoder: FeatureEncoder, X: np.ndarray, contributions: np.nd
     contrib = c_top[valid]
     raw = X[rows, feats]
     m = len(feats)
-    shown: list[str] = [""] * m
-    value: list[str | None] = [None] * m
+    shown = np.empty(m, dtype=object)
+    value = np.full(m, None, dtype=object)
     names = encoder.features
     for j in np.unique(feats):
         at = np.flatnonzero(feats == j)
-        name = names[int(j)]
-        vals = raw[at]
-        levels = encoder.categories.get(name)
-        for p, v in zip(at.tolist(), vals.tolist()):
+        levels = encoder.categories.get(names[int(j)])
+        # each distinct value is formatted once (counts and levels repeat across rows); distinct
+        # bit patterns, so that -0.0 and 0.0 keep their own text
+        bits, inverse = np.unique(np.ascontiguousarray(raw[at], dtype=np.float64).view(np.int64),
+                                  return_inverse=True)
+        distinct = bits.view(np.float64)
+        d_shown: list[str] = []
+        d_value: list[str | None] = []
+        for v in distinct.tolist():
             if v != v:
-                shown[p] = "missing"
+                d_shown.append("missing")
+                d_value.append(None)
             elif levels is None:
-                shown[p] = f"{v:.4g}"
-                value[p] = str(v)
+                d_shown.append(f"{v:.4g}")
+                d_value.append(str(v))
             else:
-                level = levels[int(v)]
-                shown[p] = value[p] = str(level)
-    feature = [names[int(j)] for j in feats.tolist()]
-    text = [f"{f} = {s} raises the abuse risk (+{c:.3f} log-odds)" for f, s, c in zip(feature, shown, contrib.tolist())]
-    return ReasonColumns(offsets, text, feature, value, contrib)
+                level = str(levels[int(v)])
+                d_shown.append(level)
+                d_value.append(level)
+        shown[at] = np.asarray(d_shown, dtype=object)[inverse]
+        value[at] = np.asarray(d_value, dtype=object)[inverse]
+    feature = np.asarray(names, dtype=object)[feats].tolist()
+    text = [f"{f} = {s} raises the abuse risk (+{c:.3f} log-odds)"
+            for f, s, c in zip(feature, shown.tolist(), contrib.tolist())]
+    return ReasonColumns(offsets, text, feature, value.tolist(), contrib)
