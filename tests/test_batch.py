@@ -160,11 +160,13 @@ def test_first_order_per_pair_is_the_earliest_row_of_every_pair(data) -> None:
     assert got.dtype == np.int64 and got.tolist() == sorted(best.values())
 
 
-@given(data=st.data(), n_stores=st.sampled_from([1, 3, 200, 70_000]), presorted=st.booleans())
-@settings(max_examples=60, deadline=None)
-def test_store_order_times_equal_a_full_sort(data, n_stores: int, presorted: bool) -> None:
-    """The radix sort by store plus the re-sort of the runs not in time order equals a full (store, time) sort,
-    for file orders sorted or not, missing stores and times, and more than 2**16 stores."""
+@given(data=st.data(), n_stores=st.sampled_from([1, 3, 200, 70_000]), presorted=st.booleans(),
+       chunk=st.sampled_from([1, 7, 64, 1 << 20]))
+@settings(max_examples=80, deadline=None)
+def test_store_order_times_equal_a_full_sort(data, n_stores: int, presorted: bool, chunk: int) -> None:
+    """The chunked counting sort by store plus the re-sort of the runs not in time order equals a full
+    (store, time) sort, for file orders sorted or not, missing stores and times, more than 2**16 stores and
+    any chunk size."""
     from refundguard.batch import _store_order_times
 
     nat = np.iinfo(np.int64).min
@@ -174,7 +176,7 @@ def test_store_order_times_equal_a_full_sort(data, n_stores: int, presorted: boo
                     dtype=np.int64)
     if presorted:
         paid = np.sort(paid)
-    times, ptr = _store_order_times(store, paid, n_stores)
+    times, ptr = _store_order_times(store, paid, n_stores, chunk=chunk)
     ok = (store >= 0) & (paid != nat)
     assert np.array_equal(times, paid[ok][np.lexsort((paid[ok], store[ok]))])
     assert np.array_equal(ptr, np.concatenate([[0], np.cumsum(np.bincount(store[ok], minlength=n_stores))]))
