@@ -624,7 +624,9 @@ def decide_batch(
             raise DataError(f"explain(mask) returned {len(got_reasons)} reason lists for {int(want.sum())} rows.")
         for j, rs in zip(np.flatnonzero(want), got_reasons):
             reasons[j].extend(dict(r) for r in rs)
-    reasons = [r[:_MAX_REASONS] for r in reasons]
+    for j in np.flatnonzero(block_rows | want):  # (only these rows got reasons)
+        if len(reasons[j]) > _MAX_REASONS:
+            reasons[j] = reasons[j][:_MAX_REASONS]
 
     out = pd.DataFrame(
         {

@@ -938,15 +938,18 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
 
     # --- buyer ----------------------------------------------------------------------------
     b: dict[str, Any] = {}
-    known = o_paid != NAT
     nb = int(max(o_buyer.max(initial=-1), q_buyer.max(initial=-1), r_buyer.max(initial=-1))) + 1
-    first_arr = np.full(nb, NEVER, dtype=np.int64)
-    np.minimum.at(first_arr, o_buyer[known & (o_buyer >= 0)], o_paid[known & (o_buyer >= 0)])
-    qf = np.where(q_buyer >= 0, first_arr[np.maximum(q_buyer, 0)], NEVER)
+    ev_orders = _Events(tb, o_buyer, o_rank, q_buyer, h.o_cents, tiebreak=o_amount)
+    # a queried buyer's first order is the first of its events (sorted by time rank; only
+    # known times): one search per request instead of a minimum over every order
+    lo_orders = ev_orders.lo()
+    has = ~ev_orders.qmissing & (lo_orders < len(ev_orders.keys))
+    has[has] = ev_orders.keys[lo_orders[has]] // tb.span == q_buyer[has]
+    qf = np.full(n, NEVER, dtype=np.int64)
+    qf[has] = o_paid[ev_orders.order_kept[lo_orders[has]]]
     qf = np.where(qf < t, qf, NAT)
     b["first_order_at"] = pd.Series(qf.view("datetime64[ns]")).dt.tz_localize("UTC")
 
-    ev_orders = _Events(tb, o_buyer, o_rank, q_buyer, h.o_cents, tiebreak=o_amount)
     for w in ORDER_WINDOWS_DAYS:
         cnt, cents = ev_orders.window(w * day)
         b[f"n_orders_{w}d"] = cnt
@@ -967,8 +970,7 @@ def profiles_from_codes(history: CodedHistory, t: np.ndarray, q_buyer: np.ndarra
     b["n_rejected"] = _Events(tb, np.where(h.r_rej, r_buyer, -1), r_res_rank, q_buyer).count()
     b["n_abuse"] = _Events(tb, np.where(h.r_abuse, r_buyer, -1), r_res_rank, q_buyer).count()
     hi = ev_orders.hi(0)
-    b["median_order_amount"] = _median_last(o_amount[ev_orders.order_kept], hi,
-                                            hi - ev_orders.lo())
+    b["median_order_amount"] = _median_last(o_amount[ev_orders.order_kept], hi, hi - lo_orders)
     del ev_orders, ev_ref, ev_only  # (sorted event sets: ~24 B per event each; the link part needs the room)
     buyer = pd.DataFrame({k: b[k] for k in _BUYER_FIELDS})
     for c in _BUYER_INT:
