@@ -214,7 +214,7 @@ def cluster_columns(graph: ClusterGraph, t: np.ndarray, q_buyer: np.ndarray, *, 
         ok = g.by_buyer.time[idx] < t[qq]
         code = np.unique(qq[ok] * nk + g.pair_key[idx[ok]])
         code = code[~_isin_sorted(code, seen_keys)]
-        seen_keys = np.union1d(seen_keys, code)
+        seen_keys = _merge_disjoint(seen_keys, code)
         qq, kk = code // nk, code % nk
         # hubs link nobody; the others link their buyers known before t
         hi = g.by_key.before(kk, t[qq])
@@ -223,7 +223,7 @@ def cluster_columns(graph: ClusterGraph, t: np.ndarray, q_buyer: np.ndarray, *, 
         idx, rep = _ranges(lo[keep], hi[keep])
         code = np.unique(qq[keep][rep] * nb + g.key_buyer[idx])
         new = code[~_isin_sorted(code, visited)]
-        visited = np.union1d(visited, new)
+        visited = _merge_disjoint(visited, new)
         vq = visited // nb
         size = np.bincount(vq, minlength=n)
         large |= size > cap
@@ -257,6 +257,12 @@ def cluster_columns(graph: ClusterGraph, t: np.ndarray, q_buyer: np.ndarray, *, 
     for name in CLUSTER_FIELDS[1:]:
         out[name][large] = np.nan
     return out
+
+
+def _merge_disjoint(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``np.union1d(a, b)`` for sorted, unique, disjoint ``a`` and ``b``: a merge of two sorted runs
+    (the stable sort finds the runs), not a unique over both."""
+    return np.sort(np.concatenate([a, b]), kind="stable")
 
 
 def _isin_sorted(x: np.ndarray, sorted_ref: np.ndarray) -> np.ndarray:

@@ -223,3 +223,12 @@ def test_events_at_or_after_t_never_change_the_cluster_at_t(seed: int, cut: floa
     past = profiles_as_of(kept, at)
     for i in range(len(at)):
         assert _cluster(full.link_profile(i)) == _cluster(past.link_profile(i))
+
+
+@given(st.sets(st.integers(-50, 50)), st.sets(st.integers(-50, 50)))
+def test_merge_disjoint_is_the_union(a, b):
+    from refundguard.clusters import _merge_disjoint
+
+    a = np.array(sorted(a), dtype=np.int64)
+    b = np.array(sorted(set(b) - set(a.tolist())), dtype=np.int64)
+    np.testing.assert_array_equal(_merge_disjoint(a, b), np.union1d(a, b))
