@@ -980,8 +980,8 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
                                    t, q_buyer, q_store, q_dev, q_addr, _slice_store_rows(ix, spec.lo, spec.hi),
                                    store_orders_30d=_store_orders_window(ix, q_store, t, _STORE_NS),
                                    clusters=ix.graph)
-    # (the slice's history, ~75 B per order row it holds, is not referenced past this point:
-    # it is freed before the model and the reasons allocate theirs)
+    # (the slice's history, ~40 B per order row and ~44 B per refund row it holds, is not
+    # referenced past this point: it is freed before the model and the reasons allocate theirs)
     clock.lap("profiles")
 
     cat_codes = np.asarray(ix.o_category[orow], dtype=np.int64)
