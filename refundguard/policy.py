@@ -624,9 +624,7 @@ def decide_batch(
             raise DataError(f"explain(mask) returned {len(got_reasons)} reason lists for {int(want.sum())} rows.")
         for j, rs in zip(np.flatnonzero(want), got_reasons):
             reasons[j].extend(dict(r) for r in rs)
-    for j in np.flatnonzero(block_rows | want):  # (only these rows got reasons)
-        if len(reasons[j]) > _MAX_REASONS:
-            reasons[j] = reasons[j][:_MAX_REASONS]
+            del reasons[j][_MAX_REASONS:]  # (a block-list row alone holds one reason)
 
     out = pd.DataFrame(
         {
