@@ -32,8 +32,8 @@ Simulated data is written once under ``--data-root`` (default
 The marketplaces have the shape of issue 8's (9.9M orders, 1.15M refunds, 4.3M reviews,
 467k refunds decided in the last two months): the simulator's default rate gives about
 16.5 orders per buyer over 150 days, so buyers = orders / 16.5 and stores = orders / 347,
-with the buyer mix and abuse rates of :data:`ISSUE_SHAPE`. At 10M orders that is 1.18M
-refunds and 555k decided, more than the issue's 467k. ``--shape light`` gives the earlier,
+with the buyer mix and abuse rates of ``SHAPES["issue"]``. At 10M orders that is 1.18M
+refunds and 535k decided, more than the issue's 467k. ``--shape light`` gives the earlier,
 lighter marketplaces (buyers = orders / 16, stores = orders / 333, the simulator's default
 mix: 672k refunds and 312k decided at 10M orders), kept to compare with earlier notes.
 """
@@ -62,7 +62,6 @@ SHAPES = {
                           "misdelivery_rate": 0.02}),
     "light": (16.0, 333, {}),
 }
-ISSUE_SHAPE = SHAPES["issue"][2]
 
 
 # --------------------------------------------------------------------------- data
