@@ -145,12 +145,29 @@ def _ns(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
         a = pc.cast(a, pa.timestamp("ns", tz=a.type.tz))
     if len(a) == 0:
         return np.zeros(0, dtype=np.int64)
-    # datetime64[ns] with NaT for nulls; NaT is the int64 minimum, i.e. NAT
-    return np.asarray(a.to_numpy(), dtype="datetime64[ns]").view(np.int64)
+    # null -> NAT (the int64 minimum, i.e. numpy's NaT)
+    return _numpy(a.cast(pa.int64()).fill_null(NAT), np.int64)
 
 
 def _f64(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(_chunked(a).cast(pa.float64()).fill_null(np.nan).to_numpy(), dtype=np.float64)
+    return _numpy(_chunked(a).cast(pa.float64()).fill_null(np.nan), np.float64)
+
+
+def _numpy(a: pa.ChunkedArray, dtype: Any) -> np.ndarray:
+    """A null-free numeric column as one numpy array: a view of its one chunk, else a copy filled chunk by chunk.
+
+    ``ChunkedArray.to_numpy`` joins the chunks in Arrow's C++ default pool, which the
+    batch run's pool (:func:`refundguard.batch.arrow_batch_pool`) does not reach: a
+    whole column per call held there, in mimalloc, for the run.
+    """
+    if a.num_chunks == 1:
+        return np.asarray(a.chunk(0).to_numpy(zero_copy_only=True), dtype=dtype)
+    out = np.empty(len(a), dtype=dtype)
+    at = 0
+    for chunk in a.chunks:
+        out[at:at + len(chunk)] = chunk.to_numpy(zero_copy_only=True)
+        at += len(chunk)
+    return out
 
 
 def _encode(*columns: pa.Array | pa.ChunkedArray, sort: bool = False) -> tuple[list[np.ndarray], pa.Array]:
@@ -182,7 +199,7 @@ def _encode(*columns: pa.Array | pa.ChunkedArray, sort: bool = False) -> tuple[l
     enc = pa.chunked_array(chunks, type=dict_type).unify_dictionaries()
     dictionary = enc.chunk(0).dictionary
     indices = pa.chunked_array([ch.indices for ch in enc.chunks], type=pa.int32())
-    codes = np.asarray(indices.fill_null(-1).to_numpy(), dtype=np.int32)
+    codes = _numpy(indices.fill_null(-1), np.int32)
     blank = _blank_or_null(pa.chunked_array([dictionary]))
     if blank.any() or sort:
         keep = np.flatnonzero(~blank)
@@ -204,7 +221,7 @@ def _encode(*columns: pa.Array | pa.ChunkedArray, sort: bool = False) -> tuple[l
 def _enum_codes(a: pa.Array | pa.ChunkedArray, levels: tuple[str, ...]) -> np.ndarray:
     """Codes of an enum column into ``levels`` (-1 for null)."""
     pos = pc.index_in(_chunked(a).cast(pa.large_string()), value_set=pa.array(list(levels), type=pa.large_string()))
-    return np.asarray(pos.fill_null(-1).to_numpy(), dtype=np.int64)
+    return _numpy(pos.fill_null(-1), np.int64)
 
 
 @dataclass

@@ -778,3 +778,113 @@ def test_store_events_window_filter_keeps_exactly_the_window_rows(tmp_path_facto
 
     assert len(got.o_paid) <= len(whole.o_paid)
     assert anchored(got) == anchored(whole)
+
+
+# --------------------------------------------------------------------------- memory pool
+def _jemalloc_or_skip() -> pa.MemoryPool:
+    try:
+        return pa.jemalloc_memory_pool()
+    except NotImplementedError:  # pragma: no cover - pyarrow built without jemalloc (Windows wheels)
+        pytest.skip("this pyarrow has no jemalloc pool")
+
+
+def test_a_batch_run_reads_and_writes_in_jemalloc_and_restores_the_default_pool(guard, folder, tmp_path, monkeypatch):
+    """Arrow's pool during the run (seen from the runner, i.e. after the read) is jemalloc; afterwards it is
+    the user's again, and tables the run returned stay valid."""
+    from refundguard.batch import iter_slices_local, score_data
+
+    _jemalloc_or_skip()
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    before = pa.default_memory_pool()
+    seen = []
+
+    def runner(*args, **kwargs):
+        seen.append(pa.default_memory_pool().backend_name)
+        yield from iter_slices_local(*args, **kwargs)
+
+    res, table = score_data(guard.batch_model(), folder, "2024-10-01", "2024-10-15", runner=runner)
+    assert seen == ["jemalloc"]
+    assert pa.default_memory_pool().backend_name == before.backend_name
+    assert res.scored == table.num_rows > 0
+    table.validate(full=True)  # buffers from the run's pool, freed into it later
+    back = pq.read_table(_write(table, tmp_path / "t.parquet"))
+    for c in ("refund_id", "action", "reasons"):
+        assert back.column(c).to_pylist() == table.column(c).to_pylist(), c
+    assert np.array_equal(back.column("abuse_probability").to_numpy(), table.column("abuse_probability").to_numpy(),
+                          equal_nan=True)
+
+
+def _write(table: pa.Table, path: Path) -> Path:
+    pq.write_table(table, path)
+    return path
+
+
+def test_the_batch_pool_leaves_a_pool_the_user_chose(monkeypatch):
+    from refundguard.batch import arrow_batch_pool
+
+    _jemalloc_or_skip()
+    monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", "system")
+    before = pa.default_memory_pool().backend_name
+    with arrow_batch_pool():
+        assert pa.default_memory_pool().backend_name == before
+    assert pa.default_memory_pool().backend_name == before
+
+
+def test_concurrent_batch_runs_share_the_pool_switch_and_the_last_restores_it(monkeypatch):
+    """Runs on several threads: the pool is jemalloc while any is inside, the user's once all have left
+    (in any order: the first to leave does not restore it under the others)."""
+    import threading
+
+    from refundguard.batch import arrow_batch_pool
+
+    _jemalloc_or_skip()
+    monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    before = pa.default_memory_pool().backend_name
+    entered, leave = threading.Barrier(3), [threading.Event(), threading.Event()]
+    inside: list[str] = []
+
+    def run(k: int) -> None:
+        with arrow_batch_pool():
+            entered.wait()
+            leave[k].wait()
+            inside.append(pa.default_memory_pool().backend_name)
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(2)]
+    for t in threads:
+        t.start()
+    entered.wait()
+    leave[0].set()
+    threads[0].join()
+    assert pa.default_memory_pool().backend_name == "jemalloc"  # the other run is still inside
+    leave[1].set()
+    threads[1].join()
+    assert inside == ["jemalloc", "jemalloc"]
+    assert pa.default_memory_pool().backend_name == before
+    with pytest.raises(RuntimeError), arrow_batch_pool():  # an error inside restores it too
+        raise RuntimeError("boom")
+    assert pa.default_memory_pool().backend_name == before
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.one_of(st.none(), st.integers(-2**62, 2**62)), max_size=6), min_size=1, max_size=5))
+def test_timestamp_columns_convert_exactly_for_any_chunking(chunks) -> None:
+    """Every chunking and null pattern gives Arrow's own conversion (null: NAT), with no join in Arrow's
+    C++ default pool."""
+    from refundguard._time import NAT
+    from refundguard.sources import _f64, _ns
+
+    col = pa.chunked_array([pa.array(c, type=pa.int64()) for c in chunks], type=pa.int64())
+    ts = col.cast(pa.timestamp("ns", tz="UTC"))
+    want = np.array([NAT if v is None else v for c in chunks for v in c], dtype=np.int64)
+    assert np.array_equal(_ns(ts), want)
+    small = [[None if v is None else v / 7 for v in c] for c in chunks]
+    got = _f64(pa.chunked_array([pa.array(c, type=pa.float64()) for c in small], type=pa.float64()))
+    exp = np.array([np.nan if v is None else v for c in small for v in c], dtype=np.float64)
+    assert np.array_equal(got, exp, equal_nan=True)
+
+
+def test_microsecond_timestamps_convert_to_ns() -> None:
+    from refundguard.sources import _ns
+
+    a = pa.chunked_array([pa.array([1, None], type=pa.timestamp("us")), pa.array([3], type=pa.timestamp("us"))])
+    assert _ns(a).tolist() == [1_000, np.iinfo(np.int64).min, 3_000]
