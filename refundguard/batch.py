@@ -1399,13 +1399,15 @@ _POOL_STATE: dict[str, Any] = {"users": 0, "before": None}
 def arrow_batch_pool() -> Iterator[None]:
     """Arrow's jemalloc pool as its default pool while a batch run reads, codes and writes.
 
-    Arrow's default on Linux wheels is mimalloc, which kept ~250 MB of freed pages
-    resident through a 10M-order run (the read's columns and temporaries): the
-    ``--jobs 2`` peak was 1,941 MiB with it and 1,686 MiB with jemalloc, whose
-    freed pages go back to the system after a short decay (and at once on
-    ``release_unused``). Nothing changes where the user chose a pool
-    (``ARROW_DEFAULT_MEMORY_POOL``) or pyarrow was built without jemalloc. Runs in
-    several threads at once share the switch: the first sets it, the last restores it.
+    Arrow's default on Linux wheels is mimalloc, which kept the read's freed pages
+    resident through a 10M-order run; jemalloc hands them back after a short decay
+    (and at once on ``release_unused``). The ``--jobs 2`` peak went from 1,937 to
+    1,783-1,868 MiB. This switch reaches what pyarrow allocates from Python; Arrow's
+    C++ default pool is fixed when pyarrow is imported, so the rest (another ~100 MiB)
+    needs ``ARROW_DEFAULT_MEMORY_POOL=jemalloc`` set before Python starts. Nothing
+    changes where that variable is set or pyarrow was built without jemalloc; a pool
+    set with ``pyarrow.set_memory_pool`` is back once the run ends. Runs in several
+    threads at once share the switch: the first sets it, the last restores it.
     Buffers remember their pool, so tables made during the run stay valid after it.
     """
     if os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
