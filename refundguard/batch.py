@@ -81,6 +81,7 @@ __all__ = [
     "SliceSpec",
     "STAGES",
     "add_run_parts",
+    "arrow_batch_pool",
     "build_index",
     "plan_slices",
     "run_batch",
