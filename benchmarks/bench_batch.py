@@ -159,7 +159,10 @@ def _jobs_label(label: str) -> tuple[int, str]:
     return (int(label[:-1]), "processes") if label.endswith("p") else (int(label), "threads")
 
 
-def child(data: Path, label: str, chunk_days: int, baseline: bool) -> dict:
+_COMPILED = {"auto": None, "yes": True, "no": False}
+
+
+def child(data: Path, label: str, chunk_days: int, baseline: bool, compiled: str = "auto") -> dict:
     """One timed run in this (fresh) process; returns its figures."""
     jobs, backend = _jobs_label(label)
     from refundguard.guard import RefundGuard
@@ -176,8 +179,12 @@ def child(data: Path, label: str, chunk_days: int, baseline: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         out = Path(tmp) / "scored.parquet"
         t = time.perf_counter()
-        res = guard.score_history(data, *PERIOD, out=out, jobs=jobs, chunk_days=chunk_days, backend=backend)
+        res = guard.score_history(data, *PERIOD, out=out, jobs=jobs, chunk_days=chunk_days, backend=backend,
+                                  compiled=_COMPILED[compiled])
         wall = time.perf_counter() - t
+        from refundguard.batch import _scorer
+
+        stage = "compiled" if _scorer(guard.batch_model(compiled=_COMPILED[compiled])).compiled else "lightgbm"
         if sampled:
             sampler.stop.set()
             sampler.join()
@@ -191,7 +198,7 @@ def child(data: Path, label: str, chunk_days: int, baseline: bool) -> dict:
         "peak_total_pss_mb": sampler.peak_pss_kb / 1024 if sampled else peak_main,
         "peak_total_rss_mb": sampler.peak_rss_kb / 1024 if sampled else peak_main,
         "peak_worker_rss_mb": sampler.peak_worker_rss_kb / 1024, "out_mb": size_mb,
-        "load_before": load_before[0], "load_after": os.getloadavg()[0],
+        "load_before": load_before[0], "load_after": os.getloadavg()[0], "model_stage": stage,
     }
     if baseline:
         figures["predict"] = predict_baseline(guard, data, chunk_days)
@@ -227,8 +234,23 @@ def _timed(f) -> float:
 
 
 # --------------------------------------------------------------------------- report
-def run_child(data: Path, jobs: str, chunk_days: int, baseline: bool) -> dict:
-    cmd = [sys.executable, __file__, "--child", str(data), "--jobs", jobs, "--chunk-days", str(chunk_days)]
+def warm_compiled(compiled: str) -> float | None:
+    """Compile (or load) the default model's forest once, before the timed runs; seconds, or None if not used."""
+    code = ("import time; t = time.perf_counter(); from refundguard import RefundGuard; "
+            "from refundguard.batch import _scorer; g = RefundGuard.default(); "
+            f"m = g.batch_model(compiled={_COMPILED[compiled]!r}); "
+            "print(time.perf_counter() - t if _scorer(m).compiled else -1)")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"compiling the model failed:\n{done.stderr}")
+    seconds = float(done.stdout.strip().splitlines()[-1])
+    return None if seconds < 0 else seconds
+
+
+def run_child(data: Path, jobs: str, chunk_days: int, baseline: bool, compiled: str = "auto") -> dict:
+    cmd = [sys.executable, __file__, "--child", str(data), "--jobs", jobs, "--chunk-days", str(chunk_days),
+           "--compiled", compiled]
     if baseline:
         cmd.append("--baseline")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -332,20 +354,26 @@ def main() -> None:
     ap.add_argument("--shape", choices=sorted(SHAPES), default="issue",
                     help="marketplace shape: issue 8's (default) or the lighter one of earlier notes")
     ap.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()) / "refundguard-bench-batch")
+    ap.add_argument("--compiled", choices=sorted(_COMPILED), default="auto",
+                    help="model stage on the lleaves-compiled forest (the fast extra): auto (default) when installed")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        figures = child(args.child, args.jobs[0], args.chunk_days, args.baseline)
+        figures = child(args.child, args.jobs[0], args.chunk_days, args.baseline, args.compiled)
         print(json.dumps(figures))
         return
     sizes = [250_000] if args.quick else args.sizes
     ceiling = machine_ceiling() if any(j != "1" for j in args.jobs) else None
+    warm = warm_compiled(args.compiled)
+    print("model stage: " + ("LightGBM's Booster.predict" if warm is None else
+                             f"the lleaves-compiled forest (compiled or loaded from the cache in {warm:.1f} s, "
+                             "before the timed runs)"), flush=True)
     rows = []
     for orders in sizes:
         folder = ensure_data(args.data_root, orders, args.shape)
         for k, jobs in enumerate(args.jobs):
-            r = run_child(folder, jobs, args.chunk_days, baseline=k == 0)
+            r = run_child(folder, jobs, args.chunk_days, baseline=k == 0, compiled=args.compiled)
             r["orders"] = r.get("predict", {}).get("orders") or next(
                 (x["orders"] for x in rows if x["data"] == r["data"]), orders)
             rows.append(r)

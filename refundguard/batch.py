@@ -61,6 +61,7 @@ from refundguard.clusters import ClusterGraph
 from refundguard.config import ScoreConfig
 from refundguard.errors import ConfigError, DataError
 from refundguard.features import build_features
+from refundguard.model.compiled import CompiledForest
 from refundguard.model.explain import PathExplainer, reasons_columns
 from refundguard.policy import DECISION_COLUMNS, PolicyTimeline, decide_batch
 from refundguard.profiles import (
@@ -178,7 +179,7 @@ class BatchModel:
         Levels of the ``category`` feature.
     model_version
         Copied into every row.
-    always_score, explain
+    always_score, explain, compiled
         As in :meth:`RefundGuard.score_history`.
     """
 
@@ -191,16 +192,55 @@ class BatchModel:
     model_version: str
     always_score: bool = False
     explain: bool = False
+    compiled: bool | None = None
 
 
 @dataclass
 class _Scorer:
-    """A parsed model in one process: encoder, booster, calibrator and explainer."""
+    """A parsed model in one process: encoder, booster, calibrator, explainer and the compiled forest."""
 
     encoder: Any
     booster: Any
     calibrator: Any
     explainer: PathExplainer
+    compiled: CompiledForest | None = None
+
+    def probability(self, matrix: np.ndarray, threads: int) -> np.ndarray:
+        """``Booster.predict`` of the encoded rows (the compiled forest's identical floats when there is one)."""
+        if self.compiled is not None:
+            return self.compiled.predict(matrix, n_jobs=threads)
+        return self.booster.predict(matrix, num_threads=threads)
+
+
+#: Environment variable: ``0`` keeps the batch model stage on LightGBM, ``1`` requires the
+#: compiled forest; unset: compiled when the ``fast`` extra is installed.
+COMPILED_ENV = "REFUNDGUARD_COMPILED"
+
+
+def use_compiled(compiled: bool | None) -> bool | None:
+    """``compiled`` as given, else :data:`COMPILED_ENV` (``None``: when the ``fast`` extra is installed)."""
+    if compiled is not None:
+        return bool(compiled)
+    env = os.environ.get(COMPILED_ENV, "").strip().lower()
+    if env in ("0", "false", "no", "off"):
+        return False
+    if env in ("1", "true", "yes", "on"):
+        return True
+    if env:
+        raise ConfigError(f"{COMPILED_ENV} must be 0 or 1; got {env!r}.")
+    return None
+
+
+def _compiled_forest(model: BatchModel, booster: Any) -> CompiledForest | None:
+    """The compiled forest ``model.compiled`` asks for (``None``: LightGBM)."""
+    want = use_compiled(model.compiled)
+    if want is False:
+        return None
+    got = CompiledForest.load(booster, model.booster_text)
+    if got is None and want:
+        raise ConfigError("compiled=True needs the fast extra (pip install 'refundguard[fast]') and a binary "
+                          "LightGBM model that lleaves reproduces bit for bit.")
+    return got
 
 
 _SCORERS: dict[str, _Scorer] = {}
@@ -210,7 +250,7 @@ _SCORERS_LOCK = threading.Lock()
 def _scorer(model: BatchModel) -> _Scorer:
     """The parsed model for ``model`` in this process (parsed once per process)."""
     with _SCORERS_LOCK:
-        got = _SCORERS.get(model.manifest_sha256)
+        got = _SCORERS.get(_scorer_key(model))
         if got is None:
             import lightgbm as lgb
 
@@ -218,17 +258,25 @@ def _scorer(model: BatchModel) -> _Scorer:
 
             booster = lgb.Booster(model_str=model.booster_text)
             loaded = LoadedModel(booster=booster, meta=model.meta, manifest_sha256=model.manifest_sha256, path=Path("."))
-            got = _Scorer(loaded.encoder(), booster, loaded.calibrator(), PathExplainer(booster))
+            got = _Scorer(loaded.encoder(), booster, loaded.calibrator(), PathExplainer(booster),
+                          _compiled_forest(model, booster))
             _SCORERS.clear()  # one model per process at a time
-            _SCORERS[model.manifest_sha256] = got
+            _SCORERS[_scorer_key(model)] = got
         return got
 
 
+def _scorer_key(model: BatchModel) -> str:
+    """The parsed-model cache key: the artifact and whether its forest is compiled."""
+    return f"{model.manifest_sha256}:{use_compiled(model.compiled)}"
+
+
 def register_scorer(model: BatchModel, encoder: Any, booster: Any, calibrator: Any, explainer: PathExplainer) -> None:
-    """Give this process an already parsed model (the in-process path skips parsing)."""
+    """Give this process an already parsed model (the in-process path skips parsing; the compiled
+    forest, when ``model.compiled`` asks for one, is loaded or compiled here, before any worker starts)."""
+    forest = _compiled_forest(model, booster)
     with _SCORERS_LOCK:
         _SCORERS.clear()
-        _SCORERS[model.manifest_sha256] = _Scorer(encoder, booster, calibrator, explainer)
+        _SCORERS[_scorer_key(model)] = _Scorer(encoder, booster, calibrator, explainer, forest)
 
 
 # --------------------------------------------------------------------------- the index
@@ -1024,7 +1072,7 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
 
     def probability(mask: np.ndarray) -> np.ndarray:
         t_m = time.perf_counter()
-        raw = sc.booster.predict(matrix[mask], num_threads=threads)
+        raw = sc.probability(matrix[mask], threads)
         p = raw if sc.calibrator is None else sc.calibrator.transform(raw)
         model_s[0] += time.perf_counter() - t_m
         return p

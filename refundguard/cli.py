@@ -651,6 +651,10 @@ def _add_score(sub: Any) -> None:
     p.add_argument("--chunk-days", type=_int_at_least(1), default=DEFAULT_CHUNK_DAYS,
                    help=f"days per time slice (default {DEFAULT_CHUNK_DAYS})")
     p.add_argument("--always-score", action="store_true", help="score gated requests too (monitoring)")
+    p.add_argument("--compiled", choices=("auto", "yes", "no"), default="auto",
+                   help="model stage on the forest compiled by lleaves (the fast extra; compiled once, cached in the "
+                        "user cache folder; LightGBM's probabilities to the last bit): auto (default) uses it when "
+                        "the extra is installed and REFUNDGUARD_COMPILED is not 0")
     p.set_defaults(func=_run_score)
 
 
@@ -663,7 +667,7 @@ def _run_score(args: argparse.Namespace) -> int:
     result = guard.score_history(
         args.data, args.start, args.end, out=args.out, rejects=args.rejects, store_scores=args.store_scores,
         jobs=args.jobs, chunk_days=args.chunk_days, always_score=args.always_score, progress=_progress(args),
-        backend=args.backend,
+        backend=args.backend, compiled={"auto": None, "yes": True, "no": False}[args.compiled],
     )
     print(result.to_text())
     print(f"written to {args.out}")

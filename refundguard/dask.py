@@ -92,6 +92,7 @@ def score_history(
     validate_tables: bool = True,
     progress: bool = False,
     return_rejects: bool = False,
+    compiled: bool | None = False,
 ) -> Any:
     """:meth:`RefundGuard.score_history` with the slices decided on a Dask cluster.
 
@@ -104,6 +105,10 @@ def score_history(
         (``distributed.get_client()``).
     data, start, end, out, rejects, store_scores, chunk_days, always_score, explain, validate_tables, progress, return_rejects
         As in :meth:`RefundGuard.score_history`.
+    compiled
+        As in :meth:`RefundGuard.score_history`, but ``False`` by default: every worker
+        machine would compile the model once (~40 s for the default model) into its own
+        cache folder; pass ``None`` or ``True`` where the workers have the ``fast`` extra.
 
     Returns
     -------
@@ -113,7 +118,7 @@ def score_history(
         from distributed import get_client
 
         client = get_client()
-    model = guard.batch_model(always_score=always_score, explain=explain)
+    model = guard.batch_model(always_score=always_score, explain=explain, compiled=compiled)
     result, table = score_data(
         model, data, start, end, out=out, rejects=rejects, store_scores=store_scores, jobs=1,
         chunk_days=chunk_days, validate_tables=validate_tables, progress=progress, runner=_runner(client),

@@ -30,6 +30,11 @@ settings.register_profile(
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# The batch model stage runs on LightGBM in the suite: compiling every model the tests train with
+# lleaves would cost seconds to a minute each. tests/test_compiled.py proves the compiled forest gives
+# LightGBM's probabilities bit for bit and the same output bytes.
+os.environ.setdefault("REFUNDGUARD_COMPILED", "0")
+
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
