@@ -235,10 +235,18 @@ def _timed(f) -> float:
 
 # --------------------------------------------------------------------------- report
 def warm_compiled(compiled: str) -> float | None:
-    """Compile (or load) the default model's forest once, before the timed runs; seconds, or None if not used."""
+    """Compile (or load) the default model's forest once, before the timed runs (``auto`` runs take it from
+    the cache, as after a user's first ``--compiled yes``); seconds, or None when the runs use LightGBM."""
+    want = False if compiled == "no" else (True if compiled == "yes" else None)
+    if want is None:
+        from importlib.util import find_spec
+
+        want = find_spec("lleaves") is not None and os.environ.get("REFUNDGUARD_COMPILED", "") not in ("0", "no")
+    if not want:
+        return None
     code = ("import time; t = time.perf_counter(); from refundguard import RefundGuard; "
             "from refundguard.batch import _scorer; g = RefundGuard.default(); "
-            f"m = g.batch_model(compiled={_COMPILED[compiled]!r}); "
+            "m = g.batch_model(compiled=True); "
             "print(time.perf_counter() - t if _scorer(m).compiled else -1)")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False)

@@ -89,10 +89,12 @@ def test_the_compiled_forest_gives_lightgbms_floats_bit_for_bit(guard, folder, c
 
 def test_score_history_writes_the_same_bytes_with_the_compiled_forest(guard, folder, cache_env, tmp_path):
     files = {}
-    for compiled, jobs in ((False, 1), (True, 1), (True, 2)):
-        out = tmp_path / f"scored-{compiled}-{jobs}.parquet"
-        guard.score_history(folder, *PERIOD, out=out, jobs=jobs, compiled=compiled)
-        files[(compiled, jobs)] = hashlib.sha256(out.read_bytes()).hexdigest()
+    for compiled, jobs, backend, stage in ((False, 1, "threads", "lightgbm"), (True, 1, "threads", "compiled"),
+                                           (True, 2, "threads", "compiled"), (None, 2, "processes", "compiled")):
+        out = tmp_path / f"scored-{compiled}-{jobs}-{backend}.parquet"
+        result = guard.score_history(folder, *PERIOD, out=out, jobs=jobs, compiled=compiled, backend=backend)
+        assert result.model_stage == stage and f"model stage: {'compiled forest' if stage == 'compiled' else 'LightGBM'}" in result.to_text()
+        files[(compiled, jobs, backend)] = hashlib.sha256(out.read_bytes()).hexdigest()
     assert len(set(files.values())) == 1, files
     assert _scorer(guard.batch_model(compiled=True)).compiled is not None
     assert _scorer(guard.batch_model(compiled=False)).compiled is None
@@ -126,6 +128,17 @@ def test_a_damaged_cached_binary_is_compiled_again_never_loaded(tmp_path):
     binary.with_suffix(".sha256").unlink()
     assert CompiledForest.load(booster, cache_dir=tmp_path) is not None
     assert binary.with_suffix(".sha256").read_text().strip() == digest
+
+
+def test_auto_takes_the_forest_from_the_cache_and_never_compiles(tmp_path):
+    booster = _small_booster(seed=12)
+    assert CompiledForest.load(booster, cache_dir=tmp_path, compile=False) is None
+    assert not list(tmp_path.iterdir())
+    assert CompiledForest.load(booster, cache_dir=tmp_path) is not None
+    cached = CompiledForest.load(booster, cache_dir=tmp_path, compile=False)
+    assert cached is not None
+    cached.path.write_bytes(b"damaged")
+    assert CompiledForest.load(booster, cache_dir=tmp_path, compile=False) is None  # refused, not loaded
 
 
 def test_the_cache_key_follows_the_model(tmp_path):
@@ -164,8 +177,9 @@ def test_an_unwritable_cache_folder_compiles_for_the_process_only(tmp_path):
 
 def test_asking_for_the_compiled_forest_without_the_extra_is_a_config_error(guard, folder, monkeypatch, tmp_path):
     monkeypatch.setattr(compiled_mod, "lleaves_available", lambda: False)
-    with pytest.raises(ConfigError, match="fast extra"):
+    with pytest.raises(ConfigError, match="fast extra") as err:
         guard.score_history(folder, *PERIOD, out=tmp_path / "x.parquet", compiled=True)
+    assert err.value.field == "compiled" and err.value.value is True
     assert not (tmp_path / "x.parquet").exists()
     monkeypatch.setenv("REFUNDGUARD_COMPILED", "maybe")
     with pytest.raises(ConfigError, match="REFUNDGUARD_COMPILED"):

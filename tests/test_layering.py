@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"profiles"},
     {"features"},
     # model/: one module per job; the estimator builds on the others, __init__ only re-exports.
-    {"model._not_fitted", "model.encoder", "model.fast"},
+    {"model._not_fitted", "model.encoder", "model.fast", "model.compiled"},
     {"model.calibration", "model.explain"},
     {"model.estimator"},
     {"model", "model.__init__", "evaluation"},

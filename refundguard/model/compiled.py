@@ -124,8 +124,8 @@ class CompiledForest:
         self.path = path
 
     @classmethod
-    def load(cls, booster: Any, model_text: str | None = None, *, cache_dir: str | Path | None = None
-             ) -> CompiledForest | None:
+    def load(cls, booster: Any, model_text: str | None = None, *, cache_dir: str | Path | None = None,
+             compile: bool = True) -> CompiledForest | None:
         """The compiled model of ``booster`` (compiled once and cached), or ``None`` (see the class).
 
         Parameters
@@ -136,6 +136,8 @@ class CompiledForest:
             Its model text (``model.txt``), if at hand (else ``booster.model_to_string()``).
         cache_dir
             Where compiled models are cached (default :func:`compiled_cache_dir`).
+        compile
+            Compile the model when the cache does not hold it (``False``: ``None`` then).
         """
         if not lleaves_available():
             return None
@@ -157,6 +159,8 @@ class CompiledForest:
         ]).encode()).hexdigest()[:32]
         folder = Path(cache_dir) if cache_dir is not None else compiled_cache_dir()
         path = folder / f"lleaves-{key}.so"
+        if not compile and not _intact(path):
+            return None
         probe = _probe_matrix(dump, int(booster.num_feature()))
         want_raw = booster.predict(probe, raw_score=True, num_threads=1)
         want_p = booster.predict(probe, num_threads=1)
@@ -167,6 +171,8 @@ class CompiledForest:
                 forest = lleaves.Model(model_file=str(model_file))
                 if _intact(path):  # (LLVM aborts the process on a damaged object file: never load one)
                     forest.compile(cache=str(path), raw_score=True, fblocksize=n_trees)
+                elif not compile:
+                    return None
                 else:
                     _remove(path)
                     part = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
@@ -188,7 +194,7 @@ class CompiledForest:
                         got.predict(probe), want_p, equal_nan=True):
                     return got
                 _remove(path)  # a stale or foreign binary: compile once more
-                if attempt:
+                if attempt or not compile:
                     warnings.warn("The lleaves-compiled model does not reproduce LightGBM bit for bit; "
                                   "the model stage stays on LightGBM.", RuntimeWarning, stacklevel=2)
         return None
