@@ -1131,7 +1131,15 @@ def _reasons_array(sc: _Scorer, matrix: np.ndarray, policy_reasons: np.ndarray, 
     n = len(policy_reasons)
     own_counts = np.fromiter((len(r) for r in policy_reasons), dtype=np.int64, count=n)
     rows = np.flatnonzero(wanted)
-    contrib = sc.explainer.contributions(matrix[rows], num_threads=threads) if len(rows) else np.zeros((0, matrix.shape[1]))
+    leaves = None
+    if sc.compiled is not None and sc.compiled.compiled_leaves:
+        forest = sc.compiled
+
+        def leaves(X: np.ndarray) -> np.ndarray:
+            return forest.leaves(X, n_jobs=threads)
+
+    contrib = (sc.explainer.contributions(matrix[rows], num_threads=threads, leaves=leaves) if len(rows)
+               else np.zeros((0, matrix.shape[1])))
     cols = reasons_columns(sc.encoder, matrix[rows], contrib, k=_REASONS_K)
     model_counts = np.zeros(n, dtype=np.int64)
     model_counts[rows] = np.diff(cols.offsets)

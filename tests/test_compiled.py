@@ -85,6 +85,14 @@ def test_the_compiled_forest_gives_lightgbms_floats_bit_for_bit(guard, folder, c
         got = forest.predict(M, n_jobs=2)
         assert got.dtype == np.float64 and np.array_equal(got, want), int((got != want).sum())
         assert np.array_equal(forest.raw(M), booster.predict(M, raw_score=True) if len(M) else np.zeros(0))
+    # the leaf indices the reasons read (compiled as a multiclass forest of bit-packed indices)
+    assert forest.compiled_leaves
+    for M in (X, wild, X[:1]):
+        want = np.asarray(booster.predict(M, pred_leaf=True, num_threads=1), dtype=np.int64)
+        assert np.array_equal(forest.leaves(M, n_jobs=2), want)
+    explainer = _scorer(guard.batch_model(compiled=False)).explainer
+    assert np.array_equal(explainer.contributions(X, num_threads=1, leaves=forest.leaves),
+                          explainer.contributions(X, num_threads=1))
 
 
 def test_score_history_writes_the_same_bytes_with_the_compiled_forest(guard, folder, cache_env, tmp_path):
@@ -128,6 +136,13 @@ def test_a_damaged_cached_binary_is_compiled_again_never_loaded(tmp_path):
     binary.with_suffix(".sha256").unlink()
     assert CompiledForest.load(booster, cache_dir=tmp_path) is not None
     assert binary.with_suffix(".sha256").read_text().strip() == digest
+    # the leaf-index forest's binary likewise
+    (leaf_binary,) = [p for p in tmp_path.glob("*.so") if p != binary]
+    leaf_binary.write_bytes(b"\x7fELF damaged")
+    assert CompiledForest.load(booster, cache_dir=tmp_path, compile=False) is None
+    fixed = CompiledForest.load(booster, cache_dir=tmp_path)
+    assert fixed is not None and fixed.compiled_leaves
+    assert np.array_equal(fixed.leaves(X), np.asarray(booster.predict(X, pred_leaf=True), dtype=np.int64))
 
 
 def test_auto_takes_the_forest_from_the_cache_and_never_compiles(tmp_path):
@@ -157,7 +172,7 @@ def test_concurrent_first_loads_share_one_compilation(tmp_path):
     for t in threads:
         t.join()
     assert len(got) == 3 and all(g is not None for g in got)
-    assert len(list(tmp_path.glob("*.so"))) == 1
+    assert len(list(tmp_path.glob("*.so"))) == 2  # the forest and its leaf-index twin, compiled once each
 
 
 def test_only_binary_models_are_compiled(tmp_path):
@@ -173,6 +188,7 @@ def test_an_unwritable_cache_folder_compiles_for_the_process_only(tmp_path):
     assert forest is not None
     X = np.random.default_rng(1).normal(size=(300, 6))
     assert np.array_equal(forest.predict(X), booster.predict(X))
+    assert np.array_equal(forest.leaves(X), np.asarray(booster.predict(X, pred_leaf=True), dtype=np.int64))
 
 
 def test_asking_for_the_compiled_forest_without_the_extra_is_a_config_error(guard, folder, monkeypatch, tmp_path):

@@ -15,6 +15,10 @@ returns, or it is not used:
   probabilities as LightGBM, bit for bit; otherwise the model stays on LightGBM and a
   warning says why.
 
+It also gives the leaf index of every tree, which the reasons read
+(:meth:`CompiledForest.leaves`, from a second compiled forest; see the class), checked
+the same way.
+
 The cache key is the model text's SHA-256, the lleaves and llvmlite versions and the
 CPU's name and features; a cached binary is written under a temporary name and
 renamed, and a cached binary that fails the probe is deleted and compiled again.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import re
 import tempfile
 import threading
 import warnings
@@ -108,6 +113,15 @@ class CompiledForest:
     objective is not ``binary``, or the compiled model does not reproduce LightGBM bit
     for bit on the probe rows (module docstring).
 
+    A second compiled forest gives the leaf index of every tree (what
+    ``Booster.predict(pred_leaf=True)`` returns, for the reasons): the model's trees
+    become the classes of a multiclass forest, a few trees per class, whose leaf values
+    encode the leaf indices in separate bits of an integer. The sum of a class is that
+    integer whatever the order of addition (every partial sum is an integer below
+    2**53, exact in float64), so the indices decode exactly; they too are checked
+    against LightGBM on the probe rows, and :meth:`leaves` falls back to LightGBM
+    when they are not the same.
+
     Parameters
     ----------
     forest
@@ -116,12 +130,17 @@ class CompiledForest:
         The binary objective's sigmoid parameter.
     path
         The cached binary it was loaded from.
+    booster
+        The LightGBM booster (the leaf indices' fallback).
     """
 
-    def __init__(self, forest: Any, sigmoid: float, path: Path) -> None:
+    def __init__(self, forest: Any, sigmoid: float, path: Path, booster: Any = None) -> None:
         self._forest = forest
         self.sigmoid = float(sigmoid)
         self.path = path
+        self._booster = booster
+        self._leaf_forest: Any = None
+        self._leaf_code: tuple[int, int, int] = (0, 0, 0)  # bits per tree, trees per class, classes
 
     @classmethod
     def load(cls, booster: Any, model_text: str | None = None, *, cache_dir: str | Path | None = None,
@@ -145,59 +164,48 @@ class CompiledForest:
         sigmoid = _sigmoid_of(str(dump.get("objective", "")))
         if sigmoid is None or dump.get("average_output") or int(dump.get("num_tree_per_iteration", 1)) != 1:
             return None
-        from importlib.metadata import version
-
-        import lleaves
-        import llvmlite.binding as llvm
-
         text = model_text if model_text is not None else booster.model_to_string()
         n_trees = int(booster.num_trees())
-        key = hashlib.sha256("\n".join([
-            hashlib.sha256(text.encode()).hexdigest(), f"lleaves {version('lleaves')}",
-            f"llvmlite {version('llvmlite')}", llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(),
-            f"fblocksize {n_trees}",
-        ]).encode()).hexdigest()[:32]
         folder = Path(cache_dir) if cache_dir is not None else compiled_cache_dir()
-        path = folder / f"lleaves-{key}.so"
-        if not compile and not _intact(path):
+        path = folder / f"lleaves-{_cache_key(text, f'fblocksize {n_trees}')}.so"
+        leaf_text, leaf_code = _leaf_index_model(text)
+        leaf_path = folder / f"lleaves-{_cache_key(leaf_text, 'leaf indices')}.so"
+        if not compile and not (_intact(path) and _intact(leaf_path)):
             return None
         probe = _probe_matrix(dump, int(booster.num_feature()))
         want_raw = booster.predict(probe, raw_score=True, num_threads=1)
         want_p = booster.predict(probe, num_threads=1)
-        with _LOCK, tempfile.TemporaryDirectory(prefix="refundguard-lleaves-") as tmp:
-            model_file = Path(tmp) / "model.txt"
-            model_file.write_text(text, encoding="utf-8")
+        with _LOCK:
             for attempt in range(2):
-                forest = lleaves.Model(model_file=str(model_file))
-                if _intact(path):  # (LLVM aborts the process on a damaged object file: never load one)
-                    forest.compile(cache=str(path), raw_score=True, fblocksize=n_trees)
-                elif not compile:
+                try:
+                    forest = _compiled(text, path, compile, fblocksize=n_trees)
+                except Exception as exc:  # noqa: BLE001 - lleaves cannot compile this model: stay on LightGBM
+                    warnings.warn(f"lleaves could not compile the model ({exc}); the model stage stays on "
+                                  "LightGBM.", RuntimeWarning, stacklevel=2)
                     return None
-                else:
-                    _remove(path)
-                    part = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-                    try:
-                        folder.mkdir(parents=True, exist_ok=True)
-                        part.touch()
-                        part.unlink()
-                    except OSError:  # no writable cache folder: compile for this process only
-                        part = Path()
-                    try:
-                        forest.compile(cache=str(part) if part.name else None, raw_score=True, fblocksize=n_trees)
-                        if part.name:
-                            _publish(part, path)
-                    finally:
-                        if part.name:
-                            part.unlink(missing_ok=True)
-                got = cls(forest, sigmoid, path)
-                if np.array_equal(got.raw(probe), want_raw, equal_nan=True) and np.array_equal(
-                        got.predict(probe), want_p, equal_nan=True):
-                    return got
+                if forest is None:
+                    return None
+                got = cls(forest, sigmoid, path, booster)
+                if np.array_equal(got.raw(probe), want_raw) and np.array_equal(got.predict(probe), want_p):
+                    break
                 _remove(path)  # a stale or foreign binary: compile once more
                 if attempt or not compile:
                     warnings.warn("The lleaves-compiled model does not reproduce LightGBM bit for bit; "
                                   "the model stage stays on LightGBM.", RuntimeWarning, stacklevel=2)
-        return None
+                    return None
+            want_leaves = np.asarray(booster.predict(probe, pred_leaf=True, num_threads=1), dtype=np.int64)
+            for _ in range(2):
+                try:
+                    got._leaf_forest = _compiled(leaf_text, leaf_path, compile)
+                except Exception:  # noqa: BLE001 - the leaf indices then come from LightGBM
+                    got._leaf_forest = None
+                    break
+                got._leaf_code = leaf_code
+                if got._leaf_forest is None or np.array_equal(got.leaves(probe), want_leaves):
+                    break
+                got._leaf_forest = None
+                _remove(leaf_path)
+        return got
 
     def raw(self, X: np.ndarray, *, n_jobs: int = 1) -> np.ndarray:
         """Raw scores (log-odds), bit for bit ``Booster.predict(X, raw_score=True)``."""
@@ -211,6 +219,105 @@ class CompiledForest:
         s = -self.sigmoid
         return np.fromiter((_sigmoid(s * x) for x in self.raw(X, n_jobs=n_jobs).tolist()), dtype=np.float64,
                            count=len(X))
+
+    @property
+    def compiled_leaves(self) -> bool:
+        """Whether :meth:`leaves` runs compiled (else it calls LightGBM)."""
+        return self._leaf_forest is not None
+
+    def leaves(self, X: np.ndarray, *, n_jobs: int = 1) -> np.ndarray:
+        """Leaf index of every row in every tree, int64 ``(n_rows, n_trees)``: ``Booster.predict(X, pred_leaf=True)``."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        if self._leaf_forest is None:
+            return np.asarray(self._booster.predict(X, pred_leaf=True, num_threads=max(1, int(n_jobs))),
+                              dtype=np.int64).reshape(len(X), -1)
+        bits, per, classes = self._leaf_code
+        out = np.empty((len(X), per * classes), dtype=np.int64)
+        if not len(X):
+            return out
+        codes = np.asarray(self._leaf_forest.predict(X, n_jobs=max(1, int(n_jobs))), dtype=np.float64)
+        codes = codes.reshape(len(X), classes).astype(np.int64)
+        mask = (1 << bits) - 1
+        tree = np.arange(classes) * per
+        for k in range(per):
+            out[:, tree + k] = (codes >> (bits * k)) & mask
+        return out
+
+
+def _cache_key(text: str, variant: str) -> str:
+    """A cached binary's key: the model text, the compiler's versions, the CPU and the variant."""
+    from importlib.metadata import version
+
+    import llvmlite.binding as llvm
+
+    return hashlib.sha256("\n".join([
+        hashlib.sha256(text.encode()).hexdigest(), f"lleaves {version('lleaves')}",
+        f"llvmlite {version('llvmlite')}", llvm.get_host_cpu_name(), llvm.get_host_cpu_features().flatten(), variant,
+    ]).encode()).hexdigest()[:32]
+
+
+def _compiled(text: str, path: Path, compile: bool, fblocksize: int | None = None) -> Any:
+    """The lleaves model of ``text`` (``raw_score=True``), loaded from ``path`` when intact, else compiled
+    and cached there (``None`` when it is not cached and ``compile`` is false)."""
+    import lleaves
+
+    options: dict[str, Any] = {"raw_score": True}
+    if fblocksize is not None:
+        options["fblocksize"] = fblocksize
+    with tempfile.TemporaryDirectory(prefix="refundguard-lleaves-") as tmp:
+        model_file = Path(tmp) / "model.txt"
+        model_file.write_text(text, encoding="utf-8")
+        forest = lleaves.Model(model_file=str(model_file))
+        if _intact(path):  # (LLVM aborts the process on a damaged object file: never load one)
+            forest.compile(cache=str(path), **options)
+            return forest
+        if not compile:
+            return None
+        _remove(path)
+        folder = path.parent
+        part = folder / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            part.touch()
+            part.unlink()
+        except OSError:  # no writable cache folder: compile for this process only
+            forest.compile(cache=None, **options)
+            return forest
+        try:
+            forest.compile(cache=str(part), **options)
+            _publish(part, path)
+        finally:
+            part.unlink(missing_ok=True)
+        return forest
+
+
+def _leaf_index_model(text: str) -> tuple[str, tuple[int, int, int]]:
+    """The model text of the leaf-index forest, and its code ``(bits per tree, trees per class, classes)``.
+
+    Tree ``c * per + k`` of the model becomes iteration ``k`` of class ``c``, and its leaf ``l`` gets the
+    value ``l * 2**(bits * k)``: class ``c``'s raw score packs the leaf indices of trees ``c * per`` to
+    ``c * per + per - 1`` in ``per * bits <= 52`` bits. ``per`` divides the number of trees.
+    """
+    head, rest = text.split("\nTree=0\n", 1)
+    body, tail = rest.split("\nend of trees", 1)
+    blocks = ("Tree=0\n" + body).strip("\n").split("\n\n")
+    leaves = [int(re.search(r"^num_leaves=(\d+)$", b, re.M).group(1)) for b in blocks]  # type: ignore[union-attr]
+    n = len(blocks)
+    bits = max(1, (max(leaves) - 1).bit_length())
+    per = max(d for d in range(1, n + 1) if n % d == 0 and d * bits <= 52)
+    classes = n // per
+    out = []
+    for k in range(per):
+        for c in range(classes):
+            i = c * per + k
+            values = " ".join(str(leaf << (bits * k)) for leaf in range(leaves[i]))
+            b = re.sub(r"^leaf_value=.*$", "leaf_value=" + values, blocks[i], count=1, flags=re.M)
+            out.append(re.sub(r"^Tree=\d+$", f"Tree={k * classes + c}", b, count=1, flags=re.M))
+    for field, value in (("num_class", str(classes)), ("num_tree_per_iteration", str(classes)),
+                         ("objective", f"multiclass num_class:{classes}"),
+                         ("tree_sizes", " ".join(str(len(b) + 2) for b in out))):
+        head = re.sub(rf"^{field}=.*$", f"{field}={value}", head, count=1, flags=re.M)
+    return head + "\n" + "\n\n".join(out) + "\n\n\nend of trees" + tail, (bits, per, classes)
 
 
 def _digest(path: Path) -> str:
