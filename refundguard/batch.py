@@ -236,7 +236,7 @@ def _compiled_forest(model: BatchModel, booster: Any) -> CompiledForest | None:
     """The compiled forest ``model.compiled`` asks for (``None``: LightGBM).
 
     ``True`` compiles the model when it is not cached yet; ``None`` (auto) takes it only
-    from the cache: compiling the default model takes ~40 s, more than its forest saves on
+    from the cache: compiling the default model takes ~50 s, more than its forests save on
     a run of a million refunds (~13 us a row), so a run compiles only when asked to.
     """
     want = use_compiled(model.compiled)

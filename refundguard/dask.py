@@ -107,7 +107,7 @@ def score_history(
         As in :meth:`RefundGuard.score_history`.
     compiled
         As in :meth:`RefundGuard.score_history`, but ``False`` by default: every worker
-        machine would compile the model once (~40 s for the default model) into its own
+        machine would compile the model once (~50 s for the default model) into its own
         cache folder; pass ``None`` or ``True`` where the workers have the ``fast`` extra.
 
     Returns

@@ -462,12 +462,15 @@ class RefundGuard:
             only on many cores, where the threads' GIL-held share limits them). The
             output is the same bytes either way.
         compiled
-            Run the model stage on the forest compiled by lleaves (the ``fast``
-            extra; compiled once, ~40 s for the default model, and cached in the user
-            cache folder, see :mod:`refundguard.model.compiled`); its probabilities are
-            LightGBM's to the last bit, checked before use. ``None`` (default): when
-            the extra is installed, unless the environment variable
-            ``REFUNDGUARD_COMPILED=0``; ``True`` without the extra raises ``ConfigError``.
+            Run the model stage (probabilities, and the reasons' leaf indices) on the
+            forest compiled by lleaves (the ``fast`` extra; compiled once, ~50 s for the
+            default model, and cached in the user cache folder, see
+            :mod:`refundguard.model.compiled`); its results are LightGBM's to the last
+            bit, checked before use. ``True`` compiles the model when the cache does
+            not hold it (``ConfigError`` without the extra); ``None`` (default) takes it
+            from the cache only, never compiling (the environment variable
+            ``REFUNDGUARD_COMPILED=0`` or ``1`` stands for ``False`` or ``True``);
+            ``False``: LightGBM.
 
         Returns
         -------
