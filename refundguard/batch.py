@@ -212,13 +212,13 @@ class _Scorer:
         return self.booster.predict(matrix, num_threads=threads)
 
 
-#: Environment variable: ``0`` keeps the batch model stage on LightGBM, ``1`` requires the
-#: compiled forest; unset: compiled when the ``fast`` extra is installed.
+#: Environment variable standing in for ``compiled=None``: ``0`` keeps the batch model stage on
+#: LightGBM, ``1`` compiles the model if it is not cached; unset: the compiled forests if cached.
 COMPILED_ENV = "REFUNDGUARD_COMPILED"
 
 
 def use_compiled(compiled: bool | None) -> bool | None:
-    """``compiled`` as given, else :data:`COMPILED_ENV` (``None``: when the ``fast`` extra is installed)."""
+    """``compiled`` as given, else :data:`COMPILED_ENV` (``None``: the compiled forests if cached)."""
     if compiled is not None:
         return bool(compiled)
     env = os.environ.get(COMPILED_ENV, "").strip().lower()

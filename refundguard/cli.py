@@ -652,9 +652,10 @@ def _add_score(sub: Any) -> None:
                    help=f"days per time slice (default {DEFAULT_CHUNK_DAYS})")
     p.add_argument("--always-score", action="store_true", help="score gated requests too (monitoring)")
     p.add_argument("--compiled", choices=("auto", "yes", "no"), default="auto",
-                   help="model stage on the forest compiled by lleaves (the fast extra; compiled once, cached in the "
-                        "user cache folder; LightGBM's probabilities to the last bit): auto (default) uses it when "
-                        "the extra is installed and REFUNDGUARD_COMPILED is not 0")
+                   help="model stage on the forests compiled by lleaves (the fast extra; LightGBM's results to the "
+                        "last bit): yes compiles the model once (~50 s for the default model) into the user cache "
+                        "folder; auto (default) uses them only when already cached (REFUNDGUARD_COMPILED=0|1 stands "
+                        "for no|yes); no: LightGBM")
     p.set_defaults(func=_run_score)
 
 

@@ -200,3 +200,22 @@ def test_asking_for_the_compiled_forest_without_the_extra_is_a_config_error(guar
     monkeypatch.setenv("REFUNDGUARD_COMPILED", "maybe")
     with pytest.raises(ConfigError, match="REFUNDGUARD_COMPILED"):
         guard.score_history(folder, *PERIOD, out=tmp_path / "x.parquet")
+
+
+def test_the_score_command_takes_the_compiled_option(folder, cache_env, tmp_path, capsys):
+    from refundguard.cli import main
+    from refundguard.guard import default_model_path
+
+    digests = {}
+    for choice, stage in (("no", "LightGBM"), ("yes", "compiled forest"), ("auto", "compiled forest")):
+        out = tmp_path / f"scored-{choice}.parquet"
+        assert main(["score", "--data", str(folder), "--model", str(default_model_path()), "--out", str(out),
+                     "--from", PERIOD[0], "--to", PERIOD[1], "--compiled", choice, "--quiet"]) == 0
+        assert f"model stage: {stage})" in capsys.readouterr().out
+        digests[choice] = hashlib.sha256(out.read_bytes()).hexdigest()
+    assert len(set(digests.values())) == 1
+    with pytest.raises(SystemExit) as usage:
+        main(["score", "--data", str(folder), "--model", str(default_model_path()), "--out",
+              str(tmp_path / "x.parquet"), "--compiled", "maybe"])
+    assert usage.value.code == 2 and "invalid choice: 'maybe'" in capsys.readouterr().err
+    assert not (tmp_path / "x.parquet").exists()

@@ -20,9 +20,10 @@ It also gives the leaf index of every tree, which the reasons read
 the same way.
 
 The cache key is the model text's SHA-256, the lleaves and llvmlite versions and the
-CPU's name and features; a cached binary is written under a temporary name and
-renamed, and a cached binary that fails the probe is deleted and compiled again.
-Never in the model folder.
+CPU's name and features. A cached binary is written under a temporary name and
+renamed, with its SHA-256 beside it; one whose checksum does not match is never
+loaded (LLVM aborts the process on a damaged object file), and one that fails the
+probe is deleted; either is compiled again. Never in the model folder.
 """
 
 from __future__ import annotations
