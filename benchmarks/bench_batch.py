@@ -58,7 +58,6 @@ from pathlib import Path
 
 DAYS = 150
 START = "2024-06-01"
-PERIOD = ("2024-08-29", "2024-10-29")  # the last two months of the 150 days
 STAGES = ("read", "validate", "index", "profiles", "features", "model", "policy", "reasons", "write")
 #: Orders per buyer and per store, and the simulator settings of each ``--shape``.
 SHAPES = {
@@ -69,24 +68,37 @@ SHAPES = {
 
 
 # --------------------------------------------------------------------------- data
-def ensure_data(root: Path, orders: int, shape: str = "issue") -> Path:
-    """The simulated marketplace of about ``orders`` orders (written once, then reused)."""
+def period(days: int = DAYS) -> tuple[str, str]:
+    """The decided period: the last two months (61 days) of ``days`` from :data:`START`."""
+    import pandas as pd
+
+    end = pd.Timestamp(START) + pd.Timedelta(days=days)
+    return str((end - pd.Timedelta(days=61)).date()), str(end.date())
+
+
+def ensure_data(root: Path, orders: int, shape: str = "issue", days: int = DAYS) -> Path:
+    """The simulated marketplace of about ``orders`` orders over ``days`` (written once, then reused).
+
+    Longer than 150 days, the buyers order as often per day as in 150 days (each buyer
+    places ``per_buyer * days / 150`` orders), so the history grows beyond the features'
+    365-day reach with the same buyers and stores.
+    """
     from refundguard.simulate import SimulationConfig, simulate_to_parquet
 
     per_buyer, per_store, mix = SHAPES[shape]
-    buyers = max(1, round(orders / per_buyer))
-    stores = max(10, round(orders / per_store))
-    folder = root / (f"sim{orders}" if shape == "light" else f"{shape}{orders}")
+    buyers = max(1, round(orders / (per_buyer * days / DAYS)))
+    stores = max(10, round(orders / (per_store * days / DAYS)))
+    folder = root / ((f"sim{orders}" if shape == "light" else f"{shape}{orders}") + ("" if days == DAYS else f"d{days}"))
     marker = folder / "bench.json"
-    spec = {"buyers": buyers, "stores": stores, "days": DAYS, "start": START, "seed": 0, **mix}
+    spec = {"buyers": buyers, "stores": stores, "days": days, "start": START, "seed": 0, **mix}
     if marker.exists() and json.loads(marker.read_text()) == spec:
         return folder
     if folder.exists():
         shutil.rmtree(folder)
     t = time.perf_counter()
-    print(f"simulating {orders:,} orders ({buyers:,} buyers, {stores:,} stores, {DAYS} days, {shape} shape) "
+    print(f"simulating {orders:,} orders ({buyers:,} buyers, {stores:,} stores, {days} days, {shape} shape) "
           f"into {folder} ...", flush=True)
-    simulate_to_parquet(SimulationConfig(n_buyers=buyers, n_stores=stores, days=DAYS, start=START, seed=0, **mix),
+    simulate_to_parquet(SimulationConfig(n_buyers=buyers, n_stores=stores, days=days, start=START, seed=0, **mix),
                         folder)
     marker.write_text(json.dumps(spec))
     print(f"  done in {time.perf_counter() - t:.0f} s", flush=True)
@@ -162,9 +174,20 @@ def _jobs_label(label: str) -> tuple[int, str]:
 _COMPILED = {"auto": None, "yes": True, "no": False}
 
 
-def child(data: Path, label: str, chunk_days: int, baseline: bool, compiled: str = "auto") -> dict:
+def _data_period(data: Path) -> tuple[str, str]:
+    """The decided period of a benchmark folder (its ``days``, from ``bench.json``)."""
+    marker = data / "bench.json"
+    return period(json.loads(marker.read_text()).get("days", DAYS) if marker.exists() else DAYS)
+
+
+def child(data: Path, label: str, chunk_days: int, baseline: bool, compiled: str = "auto", prune: bool = True
+          ) -> dict:
     """One timed run in this (fresh) process; returns its figures."""
     jobs, backend = _jobs_label(label)
+    import refundguard.batch
+
+    refundguard.batch.PRUNE_BEYOND_REACH = prune
+    decided = _data_period(data)
     from refundguard.guard import RefundGuard
 
     load_before = os.getloadavg()
@@ -179,7 +202,7 @@ def child(data: Path, label: str, chunk_days: int, baseline: bool, compiled: str
     with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
         out = Path(tmp) / "scored.parquet"
         t = time.perf_counter()
-        res = guard.score_history(data, *PERIOD, out=out, jobs=jobs, chunk_days=chunk_days, backend=backend,
+        res = guard.score_history(data, *decided, out=out, jobs=jobs, chunk_days=chunk_days, backend=backend,
                                   compiled=_COMPILED[compiled])
         wall = time.perf_counter() - t
         from refundguard.batch import _scorer
@@ -214,8 +237,9 @@ def predict_baseline(guard, data: Path, chunk_days: int) -> dict:
     from refundguard.sources import read_source
 
     source = read_source(data, threads=1)
-    lo, hi = (parameter_ns(x, "period", "bench") for x in PERIOD)
+    lo, hi = (parameter_ns(x, "period", "bench") for x in _data_period(data))
     model = guard.batch_model()
+    n_orders = len(source.orders["paid_at"])
     index = build_index(source, lo, hi, config=model.score_config)
     matrices: list = []
     for spec in plan_slices(index, chunk_days, lo):
@@ -224,7 +248,7 @@ def predict_baseline(guard, data: Path, chunk_days: int) -> dict:
     booster = guard._state.loaded.booster
     best = min(_timed(lambda: booster.predict(X, num_threads=1)) for _ in range(3))
     return {"rows": int(len(X)), "features": int(X.shape[1]), "seconds_1_thread": best,
-            "orders": int(index.n_orders)}
+            "orders": int(n_orders), "index_orders": int(index.n_orders)}
 
 
 def _timed(f) -> float:
@@ -256,9 +280,10 @@ def warm_compiled(compiled: str) -> float | None:
     return None if seconds < 0 else seconds
 
 
-def run_child(data: Path, jobs: str, chunk_days: int, baseline: bool, compiled: str = "auto") -> dict:
+def run_child(data: Path, jobs: str, chunk_days: int, baseline: bool, compiled: str = "auto", prune: bool = True
+              ) -> dict:
     cmd = [sys.executable, __file__, "--child", str(data), "--jobs", jobs, "--chunk-days", str(chunk_days),
-           "--compiled", compiled]
+           "--compiled", compiled] + ([] if prune else ["--keep-all-orders"])
     if baseline:
         cmd.append("--baseline")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
@@ -364,11 +389,17 @@ def main() -> None:
     ap.add_argument("--data-root", type=Path, default=Path(tempfile.gettempdir()) / "refundguard-bench-batch")
     ap.add_argument("--compiled", choices=sorted(_COMPILED), default="auto",
                     help="model stage on the lleaves-compiled forest (the fast extra): auto (default) when installed")
+    ap.add_argument("--days", type=int, default=DAYS,
+                    help=f"days of history (default {DAYS}); longer histories reach beyond the features' 365 days, "
+                         "with the same orders per buyer and day")
+    ap.add_argument("--keep-all-orders", action="store_true",
+                    help="keep every order in the index (refundguard.batch.PRUNE_BEYOND_REACH = False), to compare")
     ap.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--baseline", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child is not None:
-        figures = child(args.child, args.jobs[0], args.chunk_days, args.baseline, args.compiled)
+        figures = child(args.child, args.jobs[0], args.chunk_days, args.baseline, args.compiled,
+                        prune=not args.keep_all_orders)
         print(json.dumps(figures))
         return
     sizes = [250_000] if args.quick else args.sizes
@@ -379,13 +410,16 @@ def main() -> None:
                              "before the timed runs)"), flush=True)
     rows = []
     for orders in sizes:
-        folder = ensure_data(args.data_root, orders, args.shape)
+        folder = ensure_data(args.data_root, orders, args.shape, args.days)
         for k, jobs in enumerate(args.jobs):
-            r = run_child(folder, jobs, args.chunk_days, baseline=k == 0, compiled=args.compiled)
+            r = run_child(folder, jobs, args.chunk_days, baseline=k == 0, compiled=args.compiled,
+                          prune=not args.keep_all_orders)
             r["orders"] = r.get("predict", {}).get("orders") or next(
                 (x["orders"] for x in rows if x["data"] == r["data"]), orders)
             rows.append(r)
-            print(f"{orders:>11,} orders, jobs {jobs}: {r['wall_s']:.1f} s, {r['refunds']:,} refunds "
+            held = r.get("predict", {}).get("index_orders")
+            print(f"{orders:>11,} orders over {args.days} days, jobs {jobs}: {r['wall_s']:.1f} s, {r['refunds']:,} refunds"
+                  + (f", {held:,} orders in the index" if held is not None else "") + " "
                   f"(load {r['load_before']:.1f}->{r['load_after']:.1f})", flush=True)
     report(rows, ceiling)
 

@@ -619,7 +619,7 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
         the caller (the local runner computes them in its worker processes).
     """
     t_start = time.perf_counter()
-    index = _base_index(tables, start_ns, end_ns, published, threads)
+    index = _base_index(tables, start_ns, end_ns, published, threads, config)
     if timings is not None:
         timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t_start
     if run_parts:
@@ -770,9 +770,82 @@ def _slice_store_rows(ix: BatchIndex, lo: int, hi: int) -> pd.DataFrame:
     return out
 
 
+#: Drop from the index the orders, reviews and chats no slice can read (:func:`_reach_rows`);
+#: tests turn it off to prove the output does not change.
+PRUNE_BEYOND_REACH = True
+
+
+def reach_ns(start_ns: int, cfg: ScoreConfig) -> int:
+    """The earliest instant any feature or store score of requests from ``start_ns`` on reads.
+
+    The buyers' 365-day windows, and the store score's ``window_days`` before the
+    request's local day (anchors from one more day back, :func:`refundguard.scores._history_range`),
+    with a day of margin for the time zone.
+    """
+    return int(start_ns) - max(_WINDOW_NS, (int(cfg.window_days) + 2) * NS_PER_DAY) - NS_PER_DAY
+
+
+def _reach_rows(o: Mapping[str, np.ndarray], r_order: np.ndarray, reach: int, n_buyers: int) -> np.ndarray | None:
+    """The order rows to keep when nothing before ``reach`` is read but the all-time rows (``None``: all).
+
+    Kept: every order with an instant (paid, ship-by, shipped, delivered) at or after
+    ``reach``; of the older ones, each buyer's first order and last
+    :data:`~refundguard.profiles.MEDIAN_LAST_ORDERS` orders by ``paid_at`` (with every
+    order tied with them on ``paid_at``, whichever :func:`_history_rows` picks by amount
+    and row), the first of every (device, buyer) and (address, buyer)
+    pair (:func:`_first_per_pair_rows`; a pair whose first order is not old keeps it
+    anyway), and every refund's order. Every row :func:`_history_rows`, the run parts
+    or a slice can read is kept; the extra ones they do not read change nothing (they
+    take the first, the last ones and the earliest of what they are given), so the
+    output is the same (``PRUNE_BEYOND_REACH``).
+    """
+    paid = o["paid_at"]
+    old = paid < reach
+    for col in ("ship_by", "shipped_at", "delivered_at"):
+        old &= o[col] < reach  # (NaT is int64 min: below any reach)
+    if not old.any():
+        return None
+    keep = ~old
+    keep[r_order] = True
+    old_rows = np.flatnonzero(old)
+    del old
+    ob = o["buyer"]
+    old_buyer = ob[old_rows]
+    old_paid = paid[old_rows]
+    # sorted by (buyer, paid): two stable radix sorts (a lexsort with the amount was 4x slower); rows tied
+    # with the first or the K-th last on paid are all kept, so whatever _history_rows' amount tie-break
+    # picks among them is here
+    order = np.argsort(old_paid, kind="stable")
+    order = order[np.argsort(old_buyer[order], kind="stable")]
+    grp = old_buyer[order]
+    t_sorted = old_paid[order]
+    start = np.ones(len(order), dtype=bool)
+    start[1:] = grp[1:] != grp[:-1]
+    gid = np.cumsum(start) - 1
+    first_at = np.flatnonzero(start)
+    end_at = np.append(first_at[1:], len(order))
+    kth_last = t_sorted[np.maximum(first_at, end_at - MEDIAN_LAST_ORDERS)]
+    wanted = (t_sorted >= kth_last[gid]) | (t_sorted == t_sorted[first_at][gid])
+    keep[old_rows[order[wanted]]] = True
+    del order, grp, t_sorted, start, gid, wanted
+    # the pairs' first orders among the old rows (a pair whose first order is not old keeps it anyway)
+    for key in ("device", "address"):
+        keep[old_rows[_first_per_pair_rows(o[key][old_rows], old_buyer, old_paid, n_buyers)]] = True
+    return keep
+
+
 def _base_index(tables: SourceTables, start_ns: int | None, end_ns: int | None,
-                published: PublishedScores | None, threads: int) -> BatchIndex:
-    """The :class:`BatchIndex` arrays (without the run parts :func:`add_run_parts` adds)."""
+                published: PublishedScores | None, threads: int, config: ScoreConfig | None = None) -> BatchIndex:
+    """The :class:`BatchIndex` arrays (without the run parts :func:`add_run_parts` adds).
+
+    With ``start_ns`` and ``config``, the orders no slice can read (older than
+    :func:`reach_ns` and none of :func:`_reach_rows`' all-time rows) and the reviews and
+    chats older than the reach are left out, so the index held through the run grows
+    with the window the features read rather than with the whole history. They are
+    dropped from ``tables`` in place (column by column, so the full columns are freed as
+    they go): ``tables`` then holds the index's rows, and a refund's ``order`` points
+    into them.
+    """
     o, r = tables.orders, tables.refunds
     n_b = len(tables.buyer_ids)
     o_buyer = o["buyer"]
@@ -812,8 +885,30 @@ def _base_index(tables: SourceTables, start_ns: int | None, end_ns: int | None,
         q = q[order]
     first_req = int(r_req.min()) if len(r_req) else NAT
     v, s = tables.reviews, tables.service
+    v_store = o["store"][v["order"]]
+    del o_buyer
+    if PRUNE_BEYOND_REACH and start_ns is not None and config is not None:
+        # (in place, column by column: each full column is freed as its kept rows are copied)
+        reach = reach_ns(start_ns, config)
+        keep = _reach_rows(o, r_order, reach, n_b)
+        if keep is not None:
+            for k in list(o):
+                o[k] = o[k][keep]
+            new_row = np.cumsum(keep) - 1
+            r_order = new_row[r_order].astype(r_order.dtype, copy=False)
+            r["order"] = r_order
+            del new_row, keep
+        v_in = v["created_at"] >= reach
+        if not v_in.all():
+            for k in list(v):
+                v[k] = v[k][v_in]
+            v_store = v_store[v_in]
+        s_in = s["started_at"] >= reach
+        if not s_in.all():
+            for k in list(s):
+                s[k] = s[k][s_in]
     return BatchIndex(
-        o_buyer=o_buyer, o_store=o["store"], o_dev=o["device"], o_addr=o["address"], o_category=o["category"],
+        o_buyer=o["buyer"], o_store=o["store"], o_dev=o["device"], o_addr=o["address"], o_category=o["category"],
         o_paid=o["paid_at"], o_ship_by=o["ship_by"], o_shipped=o["shipped_at"], o_delivered=o["delivered_at"],
         o_amount=o["amount"],
         r_order=r_order, r_buyer=r_buyer, r_store=r_store, r_dev=o["device"][r_order], r_addr=o["address"][r_order],
@@ -821,7 +916,7 @@ def _base_index(tables: SourceTables, start_ns: int | None, end_ns: int | None,
         r_req=r_req, r_res=r_res, r_esc_known=r["escalation_known"], r_amount=r["amount"], r_kind=r["kind"],
         r_reason=r["reason"], r_rej=r_rej, r_abuse=r_abuse, r_escalated=r["escalated"], r_nr_deliv=r_nr,
         r_pair_first=pair_first,
-        v_store=o["store"][v["order"]], v_created=v["created_at"], v_rating=v["rating"],
+        v_store=v_store, v_created=v["created_at"], v_rating=v["rating"],
         s_store=s["store"], s_started=s["started_at"], s_first_response=s["first_response_s"],
         first_bad_refund=first_bad,
         q_rows=q.astype(np.int64),

@@ -883,3 +883,62 @@ def test_microsecond_timestamps_convert_to_ns() -> None:
 
     a = pa.chunked_array([pa.array([1, None], type=pa.timestamp("us")), pa.array([3], type=pa.timestamp("us"))])
     assert _ns(a).tolist() == [1_000, np.iinfo(np.int64).min, 3_000]
+
+
+# --------------------------------------------------------------------------- memory bounded by the reach
+@pytest.fixture(scope="module")
+def long_folder(tmp_path_factory) -> Path:
+    """800 days of a small marketplace: the last 60 are decided, the first ~370 lie beyond every window."""
+    out = tmp_path_factory.mktemp("long") / "sim"
+    simulate_to_parquet(SimulationConfig(n_buyers=800, n_stores=40, days=800, seed=31), out)
+    return out
+
+
+LONG_PERIOD = ("2026-06-01", "2026-08-01")  # (the simulation runs 2024-06-01 + 800 days = 2026-08-10)
+
+
+def test_the_index_leaves_out_what_no_slice_reads_and_the_output_does_not_change(guard, long_folder, tmp_path,
+                                                                                 monkeypatch):
+    from refundguard._time import parameter_ns
+    from refundguard.batch import _reach_rows, reach_ns
+    from refundguard.profiles import MEDIAN_LAST_ORDERS
+    from refundguard.sources import read_source
+
+    model = guard.batch_model()
+    lo, hi = (parameter_ns(x, "period", "test") for x in LONG_PERIOD)
+    src = read_source(long_folder)
+    o, r_order = src.orders, src.refunds["order"]
+    reach = reach_ns(lo, model.score_config)
+    keep = _reach_rows(o, r_order, reach, len(src.buyer_ids))
+    assert keep is not None
+    old = (o["paid_at"] < reach) & (o["delivered_at"] < reach) & (o["ship_by"] < reach)
+    assert old.sum() > 5_000 and (~keep).sum() > old.sum() // 2  # most old orders go
+    assert keep[~old].all() and keep[r_order].all()
+    # every buyer's first order and last MEDIAN_LAST_ORDERS old orders are kept, and nothing else old but
+    # the pairs' first old orders and the refunds' orders
+    frame = pd.DataFrame({"buyer": o["buyer"], "paid": o["paid_at"], "amount": o["amount"]})[old]
+    frame = frame.sort_values(["buyer", "paid", "amount"], kind="stable")
+    read = set(frame.groupby("buyer").head(1).index) | set(frame.groupby("buyer").tail(MEDIAN_LAST_ORDERS).index)
+    assert all(keep[i] for i in read)  # what _history_rows reads (its order: paid, amount, row)
+    # kept: the rows of the first paid_at and from the K-th last paid_at on (ties included)
+    paid = frame.groupby("buyer")["paid"]
+    kth = paid.transform(lambda x: x.iloc[max(0, len(x) - MEDIAN_LAST_ORDERS)])
+    needed = set(frame.index[(frame["paid"] >= kth) | (frame["paid"] == paid.transform("min"))])
+    assert read <= needed
+    pairs = set()
+    for key in ("device", "address"):
+        f = pd.DataFrame({"k": o[key], "b": o["buyer"], "t": o["paid_at"]})[old]
+        f = f[(f["k"] >= 0)].sort_values(["k", "b", "t"], kind="stable")
+        pairs |= set(f.groupby(["k", "b"]).head(1).index)
+    extra = set(np.flatnonzero(keep & old)) - needed - pairs - set(np.asarray(r_order).tolist())
+    assert not extra
+    # the output: the same bytes with and without leaving them out, for two slicings and two backends
+    files = []
+    for prune, jobs, backend, chunk in ((True, 1, "threads", 7), (False, 1, "threads", 7),
+                                        (True, 2, "processes", 3)):
+        monkeypatch.setattr("refundguard.batch.PRUNE_BEYOND_REACH", prune)
+        out = tmp_path / f"scored-{prune}-{backend}-{chunk}.parquet"
+        result = guard.score_history(long_folder, *LONG_PERIOD, out=out, jobs=jobs, backend=backend, chunk_days=chunk)
+        assert result.scored > 300
+        files.append(_sha(out))
+    assert len(set(files)) == 1
