@@ -244,9 +244,10 @@ def _compiled_forest(model: BatchModel, booster: Any) -> CompiledForest | None:
         return None
     got = CompiledForest.load(booster, model.booster_text, compile=bool(want))
     if got is None and want:
-        raise ConfigError.invalid("score_history", "compiled", "True only with the fast extra installed "
-                                  "(pip install 'refundguard[fast]') and a binary LightGBM model that lleaves "
-                                  "reproduces bit for bit", True)
+        raise ConfigError("compiled=True (--compiled yes) needs the fast extra, pip install 'refundguard[fast]' "
+                          "(lleaves and llvmlite), and a binary LightGBM model that lleaves reproduces bit for bit; "
+                          "use compiled=None or False to score on LightGBM.",
+                          owner="score_history", field="compiled", value=True)
     return got
 
 
