@@ -62,6 +62,7 @@ from refundguard.training import DEFAULT_GAP_DAYS, evaluate, promote_if_better, 
 EXIT_OK = 0
 EXIT_BAD_DATA = 1
 EXIT_BAD_ARGS = 2
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader closed the pipe
 
 
 class _UsageError(Exception):
@@ -878,7 +879,13 @@ def _run(args: argparse.Namespace) -> int:
     """Checks, then the command; map errors to exit codes and one line on stderr."""
     try:
         _run_checks(args)
-        return int(args.func(args))
+        code = int(args.func(args))
+        sys.stdout.flush()  # (here, so a reader that went away is seen inside this try)
+        return code
+    except BrokenPipeError:  # the reader went away (``refundguard score ... | head``): nothing more to say
+        # (Python's documented idiom: later writes, the interpreter's last flush included, go nowhere)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except _UsageError as exc:
         print(f"refundguard: error: {exc}", file=sys.stderr)
         return EXIT_BAD_ARGS

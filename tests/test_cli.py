@@ -265,6 +265,22 @@ def test_score_and_evaluate_a_simulated_folder_with_the_bundled_model(simulated,
     _assert_readable(out)
 
 
+def test_a_reader_closing_the_pipe_ends_the_command_quietly(simulated, tmp_path):
+    """``refundguard score ... | head``: the file is written, no error line, no traceback, exit 141."""
+    import subprocess
+    import sys
+
+    target = tmp_path / "scored.parquet"
+    cmd = [sys.executable, "-m", "refundguard.cli", "score", "--data", str(simulated), "--model",
+           str(default_model_path()), "--out", str(target), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()  # the reader goes away before the summary is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == refundguard.cli.EXIT_BROKEN_PIPE
+    assert err == "", err
+    assert target.exists()
+
+
 # --------------------------------------------------------------------------- analyst tools
 def test_drift_prints_the_psi_table_and_writes_csv_and_plot(simulated, tmp_path, capsys):
     model = str(default_model_path())
