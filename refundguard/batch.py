@@ -8,7 +8,9 @@ The engine behind :meth:`refundguard.RefundGuard.score_history` and ``refundguar
    (:mod:`refundguard.sources`), and turned into integer-coded arrays: ids are
    factorized once into integer codes, instants are int64 UTC nanoseconds, a refund
    or review carries the row and codes of its order. Nothing is joined by string
-   after this step.
+   after this step. The index keeps the orders within the period's reach
+   (:func:`reach_ns`: 365 days, or the store score's window) and, of the older ones,
+   only those a slice reads (:func:`_reach_rows`); the read still reads every row.
 2. **Plan** (:func:`plan_slices`): the refunds to decide, sorted by
    ``(requested_at, refund_id)``, are cut into time slices of ``chunk_days``.
 3. **Run parts** (:func:`add_run_parts`, once per run; the local runner's workers
@@ -293,7 +295,9 @@ class BatchIndex:
     """The integer-coded history every slice reads (built once by :func:`build_index`).
 
     Orders (``o_*``), refunds (``r_*``), reviews (``v_*``) and service chats
-    (``s_*``) are the clean rows only. Codes index the dictionaries ``buyer_ids``,
+    (``s_*``) are the clean rows only; with a period start, the orders, reviews and
+    chats beyond its reach are left out but for the orders a slice reads
+    (:func:`_reach_rows`). Codes index the dictionaries ``buyer_ids``,
     ``store_ids`` and ``categories`` (-1 for none); ``kind``/``reason`` codes index
     :data:`refundguard.tables.KINDS` / :data:`~refundguard.tables.REASONS`.
     ``q_rows`` are the refunds to decide, sorted by ``(requested_at, refund_id)``.
