@@ -205,9 +205,7 @@ def child(data: Path, label: str, chunk_days: int, baseline: bool, compiled: str
         res = guard.score_history(data, *decided, out=out, jobs=jobs, chunk_days=chunk_days, backend=backend,
                                   compiled=_COMPILED[compiled])
         wall = time.perf_counter() - t
-        from refundguard.batch import _scorer
-
-        stage = "compiled" if _scorer(guard.batch_model(compiled=_COMPILED[compiled])).compiled else "lightgbm"
+        stage = res.model_stage
         if sampled:
             sampler.stop.set()
             sampler.join()

@@ -197,15 +197,42 @@ class BatchModel:
     compiled: bool | None = None
 
 
+_NOT_LOADED: Any = object()
+#: The key under which a slice's timings count it as decided on the compiled forest (any runner, any
+#: process: the counts are summed with the timings, and run_batch takes them out).
+_COMPILED_SLICES = "slices_on_compiled_forest"
+
+
 @dataclass
 class _Scorer:
-    """A parsed model in one process: encoder, booster, calibrator, explainer and the compiled forest."""
+    """A parsed model in one process: encoder, booster, calibrator, explainer and the compiled forest.
+
+    ``forest`` is the compiled forest, ``None`` (LightGBM) or, with ``compiled=None``
+    (auto), not loaded yet: :attr:`compiled` loads it from the cache on first use, so
+    the run parts, which set a run's peak, run without LLVM's ~50 MB.
+    """
 
     encoder: Any
     booster: Any
     calibrator: Any
     explainer: PathExplainer
-    compiled: CompiledForest | None = None
+    forest: Any = None
+    booster_text: str = field(default="", repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def compiled(self) -> CompiledForest | None:
+        """The compiled forest, or ``None`` for LightGBM (loaded from the cache on first use)."""
+        if self.forest is _NOT_LOADED:
+            with self._lock:
+                if self.forest is _NOT_LOADED:
+                    self.forest = CompiledForest.load(self.booster, self.booster_text, compile=False)
+        return self.forest
+
+    @property
+    def stage(self) -> str:
+        """``"compiled"`` if the compiled forest ran (or is loaded), else ``"lightgbm"``."""
+        return "lightgbm" if self.forest is None or self.forest is _NOT_LOADED else "compiled"
 
     def probability(self, matrix: np.ndarray, threads: int) -> np.ndarray:
         """``Booster.predict`` of the encoded rows (the compiled forest's identical floats when there is one)."""
@@ -234,17 +261,20 @@ def use_compiled(compiled: bool | None) -> bool | None:
     return None
 
 
-def _compiled_forest(model: BatchModel, booster: Any) -> CompiledForest | None:
-    """The compiled forest ``model.compiled`` asks for (``None``: LightGBM).
+def _compiled_forest(model: BatchModel, booster: Any) -> Any:
+    """The compiled forest ``model.compiled`` asks for (``None``: LightGBM; :data:`_NOT_LOADED`: auto).
 
-    ``True`` compiles the model when it is not cached yet; ``None`` (auto) takes it only
-    from the cache: compiling the default model takes ~50 s, more than its forests save on
-    a run of a million refunds (~13 us a row), so a run compiles only when asked to.
+    ``True`` compiles the model when it is not cached yet (here, before the run); ``None``
+    (auto) takes it only from the cache, on first use: compiling the default model takes
+    ~50 s, more than its forests save on a run of a million refunds (~13 us a row), so a
+    run compiles only when asked to.
     """
     want = use_compiled(model.compiled)
     if want is False:
         return None
-    got = CompiledForest.load(booster, model.booster_text, compile=bool(want))
+    if want is None:
+        return _NOT_LOADED
+    got = CompiledForest.load(booster, model.booster_text, compile=True)
     if got is None and want:
         raise ConfigError("compiled=True (--compiled yes) needs the fast extra, pip install 'refundguard[fast]' "
                           "(lleaves and llvmlite), and a binary LightGBM model that lleaves reproduces bit for bit; "
@@ -269,7 +299,7 @@ def _scorer(model: BatchModel) -> _Scorer:
             booster = lgb.Booster(model_str=model.booster_text)
             loaded = LoadedModel(booster=booster, meta=model.meta, manifest_sha256=model.manifest_sha256, path=Path("."))
             got = _Scorer(loaded.encoder(), booster, loaded.calibrator(), PathExplainer(booster),
-                          _compiled_forest(model, booster))
+                          _compiled_forest(model, booster), model.booster_text)
             _SCORERS.clear()  # one model per process at a time
             _SCORERS[_scorer_key(model)] = got
         return got
@@ -281,12 +311,12 @@ def _scorer_key(model: BatchModel) -> str:
 
 
 def register_scorer(model: BatchModel, encoder: Any, booster: Any, calibrator: Any, explainer: PathExplainer) -> None:
-    """Give this process an already parsed model (the in-process path skips parsing; the compiled
-    forest, when ``model.compiled`` asks for one, is loaded or compiled here, before any worker starts)."""
+    """Give this process an already parsed model (the in-process path skips parsing; with
+    ``compiled=True`` the forest is compiled, if not cached, here, before any worker starts)."""
     forest = _compiled_forest(model, booster)
     with _SCORERS_LOCK:
         _SCORERS.clear()
-        _SCORERS[_scorer_key(model)] = _Scorer(encoder, booster, calibrator, explainer, forest)
+        _SCORERS[_scorer_key(model)] = _Scorer(encoder, booster, calibrator, explainer, forest, model.booster_text)
 
 
 # --------------------------------------------------------------------------- the index
@@ -1193,6 +1223,8 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
                            model_version=model.model_version)
     clock.lap("policy", minus=model_s[0])
     clock.add("model", model_s[0])
+    if model_s[0] and sc.stage == "compiled":
+        clock.add(_COMPILED_SLICES, 1.0)  # (a count, not seconds: run_batch takes it out of the timings)
 
     reasons = _reasons_array(sc, matrix, decided["reasons"].to_numpy(dtype=object),
                              wanted[0] if wanted else np.zeros(n, dtype=bool), threads)
@@ -1346,9 +1378,9 @@ class BatchResult:
     model_version
         The model that decided.
     model_stage
-        ``"compiled"`` (the lleaves-compiled forest, :mod:`refundguard.model.compiled`) or
-        ``"lightgbm"``, as this process resolved it (Dask workers resolve their own; the
-        probabilities are the same floats either way).
+        ``"compiled"`` if slices were decided on the lleaves-compiled forest
+        (:mod:`refundguard.model.compiled`; counted in whichever process or Dask worker
+        decided them), else ``"lightgbm"``; the probabilities are the same floats either way.
     """
 
     rows_in: int
@@ -1810,11 +1842,12 @@ def run_batch(
         write_table(source.rejects, rejects_out)
         rejects_path = rejects_out
     by_table = {name: source.rejected_rows(name) for name in ("orders", "refunds", "reviews", "service")}
+    compiled_slices = timings.pop(_COMPILED_SLICES, 0.0)
     result = BatchResult(
         rows_in=n_scored_expected + rejected, scored=written, rejected=rejected, actions=actions,
         rejects=source.rejects, rejected_by_table=by_table, timings=timings, slices=len(slices), jobs=jobs,
         out=out, rejects_path=rejects_path, model_version=model.model_version,
-        model_stage="compiled" if _scorer(model).compiled is not None else "lightgbm",
+        model_stage="compiled" if compiled_slices else "lightgbm",
     )
     scored = None
     if out is None:

@@ -219,3 +219,15 @@ def test_the_score_command_takes_the_compiled_option(folder, cache_env, tmp_path
               str(tmp_path / "x.parquet"), "--compiled", "maybe"])
     assert usage.value.code == 2 and "invalid choice: 'maybe'" in capsys.readouterr().err
     assert not (tmp_path / "x.parquet").exists()
+
+
+def test_auto_loads_the_cached_forest_on_the_first_slice_not_before(guard, folder, cache_env, tmp_path):
+    """The run parts, which set a run's peak, run before LLVM and the forests are loaded."""
+    from refundguard.batch import _NOT_LOADED
+
+    assert CompiledForest.load(guard._state.loaded.booster, cache_dir=cache_env) is not None  # cached now
+    model = guard.batch_model()  # auto
+    assert _scorer(model).forest is _NOT_LOADED and _scorer(model).stage == "lightgbm"
+    result = guard.score_history(folder, *PERIOD, out=tmp_path / "auto.parquet")
+    assert result.model_stage == "compiled" and "slices_on_compiled_forest" not in result.timings
+    assert _scorer(guard.batch_model(compiled=True)).forest is not _NOT_LOADED  # True: loaded (or compiled) first
