@@ -182,7 +182,11 @@ class BatchModel:
     model_version
         Copied into every row.
     always_score, explain, compiled
-        As in :meth:`RefundGuard.score_history`.
+        As in :meth:`RefundGuard.score_history` (``compiled`` with :data:`COMPILED_ENV`
+        already applied by :meth:`RefundGuard.batch_model`: workers do not read their own).
+    cache_dir
+        Where the compiled forests are cached, as the creating process saw it
+        (``""``: :func:`~refundguard.model.compiled.compiled_cache_dir` of each process).
     """
 
     booster_text: str
@@ -195,6 +199,7 @@ class BatchModel:
     always_score: bool = False
     explain: bool = False
     compiled: bool | None = None
+    cache_dir: str = ""
 
 
 _NOT_LOADED: Any = object()
@@ -218,6 +223,7 @@ class _Scorer:
     explainer: PathExplainer
     forest: Any = None
     booster_text: str = field(default="", repr=False)
+    cache_dir: str = ""
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -226,7 +232,8 @@ class _Scorer:
         if self.forest is _NOT_LOADED:
             with self._lock:
                 if self.forest is _NOT_LOADED:
-                    self.forest = CompiledForest.load(self.booster, self.booster_text, compile=False)
+                    self.forest = CompiledForest.load(self.booster, self.booster_text, compile=False,
+                                                      cache_dir=self.cache_dir or None)
         return self.forest
 
     @property
@@ -269,12 +276,12 @@ def _compiled_forest(model: BatchModel, booster: Any) -> Any:
     ~50 s, more than its forests save on a run of a million refunds (~13 us a row), so a
     run compiles only when asked to.
     """
-    want = use_compiled(model.compiled)
+    want = model.compiled
     if want is False:
         return None
     if want is None:
         return _NOT_LOADED
-    got = CompiledForest.load(booster, model.booster_text, compile=True)
+    got = CompiledForest.load(booster, model.booster_text, compile=True, cache_dir=model.cache_dir or None)
     if got is None and want:
         raise ConfigError("compiled=True (--compiled yes) needs the fast extra, pip install 'refundguard[fast]' "
                           "(lleaves and llvmlite), and a binary LightGBM model that lleaves reproduces bit for bit; "
@@ -299,7 +306,7 @@ def _scorer(model: BatchModel) -> _Scorer:
             booster = lgb.Booster(model_str=model.booster_text)
             loaded = LoadedModel(booster=booster, meta=model.meta, manifest_sha256=model.manifest_sha256, path=Path("."))
             got = _Scorer(loaded.encoder(), booster, loaded.calibrator(), PathExplainer(booster),
-                          _compiled_forest(model, booster), model.booster_text)
+                          _compiled_forest(model, booster), model.booster_text, model.cache_dir)
             _SCORERS.clear()  # one model per process at a time
             _SCORERS[_scorer_key(model)] = got
         return got
@@ -307,7 +314,7 @@ def _scorer(model: BatchModel) -> _Scorer:
 
 def _scorer_key(model: BatchModel) -> str:
     """The parsed-model cache key: the artifact and whether its forest is compiled."""
-    return f"{model.manifest_sha256}:{use_compiled(model.compiled)}"
+    return f"{model.manifest_sha256}:{model.compiled}:{model.cache_dir}"
 
 
 def register_scorer(model: BatchModel, encoder: Any, booster: Any, calibrator: Any, explainer: PathExplainer) -> None:
@@ -316,7 +323,8 @@ def register_scorer(model: BatchModel, encoder: Any, booster: Any, calibrator: A
     forest = _compiled_forest(model, booster)
     with _SCORERS_LOCK:
         _SCORERS.clear()
-        _SCORERS[_scorer_key(model)] = _Scorer(encoder, booster, calibrator, explainer, forest, model.booster_text)
+        _SCORERS[_scorer_key(model)] = _Scorer(encoder, booster, calibrator, explainer, forest, model.booster_text,
+                                               model.cache_dir)
 
 
 # --------------------------------------------------------------------------- the index

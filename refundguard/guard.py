@@ -502,9 +502,11 @@ class RefundGuard:
         parsed model (and loads or compiles its forest here, see ``compiled`` in
         :meth:`score_history`). :mod:`refundguard.dask` passes it to the cluster.
         """
-        from refundguard.batch import BatchModel, register_scorer
+        from refundguard.batch import BatchModel, register_scorer, use_compiled
+        from refundguard.model.compiled import compiled_cache_dir
 
         st = self._state
+        want = use_compiled(compiled)  # (the environment is read here, once, not by each worker)
         model = BatchModel(
             booster_text=st.loaded.booster.model_to_string(),
             meta=st.loaded.meta,
@@ -515,7 +517,8 @@ class RefundGuard:
             model_version=st.loaded.model_version,
             always_score=bool(always_score),
             explain=bool(explain),
-            compiled=None if compiled is None else bool(compiled),
+            compiled=want,
+            cache_dir="" if want is False else str(compiled_cache_dir()),
         )
         register_scorer(model, st.encoder, st.loaded.booster, st.calibrator, st.explainer)
         return model

@@ -231,3 +231,17 @@ def test_auto_loads_the_cached_forest_on_the_first_slice_not_before(guard, folde
     result = guard.score_history(folder, *PERIOD, out=tmp_path / "auto.parquet")
     assert result.model_stage == "compiled" and "slices_on_compiled_forest" not in result.timings
     assert _scorer(guard.batch_model(compiled=True)).forest is not _NOT_LOADED  # True: loaded (or compiled) first
+
+
+def test_the_process_that_builds_the_model_reads_the_environment_once_for_all_workers(guard, monkeypatch, tmp_path):
+    """Workers (loky processes started earlier, Dask workers elsewhere) follow the run's choice, not their own
+    environment: the choice and the cache folder travel in the BatchModel."""
+    monkeypatch.setenv("REFUNDGUARD_COMPILED", "0")
+    off = guard.batch_model()
+    assert off.compiled is False and off.cache_dir == ""
+    monkeypatch.delenv("REFUNDGUARD_COMPILED")
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    auto = guard.batch_model()
+    assert auto.compiled is None and auto.cache_dir == str(tmp_path)
+    monkeypatch.setenv("REFUNDGUARD_COMPILED", "0")  # a worker's own environment no longer matters
+    assert _scorer(auto).cache_dir == str(tmp_path)
