@@ -232,3 +232,25 @@ def test_merge_disjoint_is_the_union(a, b):
     a = np.array(sorted(a), dtype=np.int64)
     b = np.array(sorted(set(b) - set(a.tolist())), dtype=np.int64)
     np.testing.assert_array_equal(_merge_disjoint(a, b), np.union1d(a, b))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 6), st.integers(-3, 3)), max_size=60), st.integers(0, 3))
+def test_sorted_groups_match_their_lexsort_definition(rows, spare_groups):
+    """``_Sorted`` (two stable sorts, time ranks from the first) holds exactly the arrays its definition
+    gives: the (group, time) order of ``np.lexsort``, the distinct times, each row's key
+    ``group * (len(utimes) + 1) + rank``, and each group's start; ties keep their row order."""
+    from refundguard.clusters import _Sorted
+
+    group = np.array([g for g, _ in rows], dtype=np.int64)
+    time = np.array([t * 1_000_000_007 for _, t in rows], dtype=np.int64)  # few distinct times: many ties
+    n_groups = int(group.max(initial=-1)) + 1 + spare_groups
+    got = _Sorted(group, time, n_groups)
+    order = np.lexsort((time, group))
+    utimes = np.unique(time)
+    np.testing.assert_array_equal(got.order, order)
+    np.testing.assert_array_equal(got.time, time[order])
+    np.testing.assert_array_equal(got.utimes, utimes)
+    np.testing.assert_array_equal(got.keys, group[order] * (len(utimes) + 1) + np.searchsorted(utimes, time[order]))
+    np.testing.assert_array_equal(got.ptr, np.searchsorted(group[order], np.arange(n_groups + 1)))
+    assert got.keys.dtype == np.int64 and got.utimes.dtype == np.int64
