@@ -828,19 +828,24 @@ def reach_ns(start_ns: int, cfg: ScoreConfig) -> int:
     return int(start_ns) - max(_WINDOW_NS, (int(cfg.window_days) + 2) * NS_PER_DAY) - NS_PER_DAY
 
 
-def _reach_rows(o: Mapping[str, np.ndarray], r_order: np.ndarray, reach: int, n_buyers: int) -> np.ndarray | None:
+def _reach_rows(o: Mapping[str, np.ndarray], r_order: np.ndarray, reach: int, n_buyers: int,
+                start_ns: int) -> np.ndarray | None:
     """The order rows to keep when nothing before ``reach`` is read but the all-time rows (``None``: all).
 
     Kept: every order with an instant (paid, ship-by, shipped, delivered) at or after
-    ``reach``; of the older ones, each buyer's first order and last
-    :data:`~refundguard.profiles.MEDIAN_LAST_ORDERS` orders by ``paid_at`` (with every
-    order tied with them on ``paid_at``, whichever :func:`_history_rows` picks by amount
-    and row), the first of every (device, buyer) and (address, buyer)
-    pair (:func:`_first_per_pair_rows`; a pair whose first order is not old keeps it
-    anyway), and every refund's order. Every row :func:`_history_rows`, the run parts
-    or a slice can read is kept; the extra ones they do not read change nothing (they
-    take the first, the last ones and the earliest of what they are given), so the
-    output is the same (``PRUNE_BEYOND_REACH``).
+    ``reach``; of the older ones, each buyer's first order, the first of every
+    (device, buyer) and (address, buyer) pair (:func:`_first_per_pair_rows`; a pair
+    whose first order is not old keeps it anyway), every refund's order, and the old
+    orders the median of the last :data:`~refundguard.profiles.MEDIAN_LAST_ORDERS`
+    can read: a request at ``t >= start_ns`` reads the buyer's last ``K`` orders paid
+    before ``t``, and the buyer's ``n`` orders paid in ``[reach, start_ns)`` are always
+    among them, so only the last ``K - n`` old orders by ``paid_at`` can be (none
+    once ``n >= K``), with every order tied with the earliest of them on ``paid_at``
+    (whichever :func:`_history_rows` picks by amount and row). Every row a slice's
+    profiles, the run parts or the features read is kept; the old rows
+    :func:`_history_rows` also hands the kernel change nothing (it takes the first,
+    the last ones and the earliest of what it is given), so the output is the same
+    (``PRUNE_BEYOND_REACH``).
     """
     paid = o["paid_at"]
     old = paid < reach
@@ -867,10 +872,15 @@ def _reach_rows(o: Mapping[str, np.ndarray], r_order: np.ndarray, reach: int, n_
     gid = np.cumsum(start) - 1
     first_at = np.flatnonzero(start)
     end_at = np.append(first_at[1:], len(order))
-    kth_last = t_sorted[np.maximum(first_at, end_at - MEDIAN_LAST_ORDERS)]
+    # the old orders the median can still read: MEDIAN_LAST_ORDERS minus the buyer's orders paid in
+    # [reach, start), which come after every old one and before every request
+    recent = np.bincount(ob[(paid >= reach) & (paid < start_ns)], minlength=n_buyers)
+    need = np.maximum(MEDIAN_LAST_ORDERS - recent[grp[first_at]], 0)
+    kth_last = np.where(need > 0, t_sorted[np.maximum(first_at, end_at - np.maximum(need, 1))],
+                        np.iinfo(np.int64).max)
     wanted = (t_sorted >= kth_last[gid]) | (t_sorted == t_sorted[first_at][gid])
     keep[old_rows[order[wanted]]] = True
-    del order, grp, t_sorted, start, gid, wanted
+    del order, grp, t_sorted, start, gid, wanted, recent, need
     # the pairs' first orders among the old rows (a pair whose first order is not old keeps it anyway)
     for key in ("device", "address"):
         keep[old_rows[_first_per_pair_rows(o[key][old_rows], old_buyer, old_paid, n_buyers)]] = True
@@ -933,7 +943,7 @@ def _base_index(tables: SourceTables, start_ns: int | None, end_ns: int | None,
     if PRUNE_BEYOND_REACH and start_ns is not None and config is not None:
         # (in place, column by column: each full column is freed as its kept rows are copied)
         reach = reach_ns(start_ns, config)
-        keep = _reach_rows(o, r_order, reach, n_b)
+        keep = _reach_rows(o, r_order, reach, n_b, start_ns)
         if keep is not None:
             for k in list(o):
                 o[k] = o[k][keep]

@@ -909,20 +909,29 @@ def test_the_index_leaves_out_what_no_slice_reads_and_the_output_does_not_change
     src = read_source(long_folder)
     o, r_order = src.orders, src.refunds["order"]
     reach = reach_ns(lo, model.score_config)
-    keep = _reach_rows(o, r_order, reach, len(src.buyer_ids))
+    keep = _reach_rows(o, r_order, reach, len(src.buyer_ids), lo)
     assert keep is not None
     old = (o["paid_at"] < reach) & (o["delivered_at"] < reach) & (o["ship_by"] < reach)
     assert old.sum() > 5_000 and (~keep).sum() > old.sum() // 2  # most old orders go
     assert keep[~old].all() and keep[r_order].all()
-    # every buyer's first order and last MEDIAN_LAST_ORDERS old orders are kept, and nothing else old but
-    # the pairs' first old orders and the refunds' orders
+    # every buyer's first order and the old orders the median can read are kept: its last
+    # MEDIAN_LAST_ORDERS - n old orders, n = the buyer's orders paid in [reach, start); nothing else old
+    # but the pairs' first old orders and the refunds' orders
+    paid_all = pd.Series(o["paid_at"])
+    recent = pd.Series(o["buyer"])[(paid_all >= reach) & (paid_all < lo)].value_counts()
     frame = pd.DataFrame({"buyer": o["buyer"], "paid": o["paid_at"], "amount": o["amount"]})[old]
+    frame["need"] = (MEDIAN_LAST_ORDERS - frame["buyer"].map(recent).fillna(0)).clip(lower=0).astype(int)
+    need = frame.groupby("buyer")["need"].first()
+    # both cases occur: buyers whose recent orders leave no old order to the median, and buyers with some
+    assert (need == 0).sum() > 20 and ((need > 0) & (need < MEDIAN_LAST_ORDERS)).sum() > 20
     frame = frame.sort_values(["buyer", "paid", "amount"], kind="stable")
-    read = set(frame.groupby("buyer").head(1).index) | set(frame.groupby("buyer").tail(MEDIAN_LAST_ORDERS).index)
-    assert all(keep[i] for i in read)  # what _history_rows reads (its order: paid, amount, row)
-    # kept: the rows of the first paid_at and from the K-th last paid_at on (ties included)
+    rank_from_end = frame.groupby("buyer").cumcount(ascending=False)
+    read = set(frame.groupby("buyer").head(1).index) | set(frame.index[rank_from_end < frame["need"]])
+    assert all(keep[i] for i in read)  # what the kernel reads (its order: paid, amount, row)
+    # kept: the rows of the first paid_at and from the need-th last paid_at on (ties included)
     paid = frame.groupby("buyer")["paid"]
-    kth = paid.transform(lambda x: x.iloc[max(0, len(x) - MEDIAN_LAST_ORDERS)])
+    last_read = np.minimum(frame["need"], frame.groupby("buyer")["paid"].transform("size")) - 1
+    kth = frame["paid"].where(rank_from_end == last_read).groupby(frame["buyer"]).transform("max")
     needed = set(frame.index[(frame["paid"] >= kth) | (frame["paid"] == paid.transform("min"))])
     assert read <= needed
     pairs = set()
