@@ -855,36 +855,63 @@ def _reach_rows(o: Mapping[str, np.ndarray], r_order: np.ndarray, reach: int, n_
         return None
     keep = ~old
     keep[r_order] = True
-    old_rows = np.flatnonzero(old)
+    # (the choice's temporaries come on top of the whole coded input, so they are kept small: int32 rows,
+    # a sort of the buyers that still need old orders only, the pairs a buyer range at a time)
+    old_rows = np.flatnonzero(old).astype(np.int32 if len(paid) < 2**31 else np.int64)
     del old
     ob = o["buyer"]
     old_buyer = ob[old_rows]
     old_paid = paid[old_rows]
-    # sorted by (buyer, paid): two stable radix sorts (a lexsort with the amount was 4x slower); rows tied
-    # with the first or the K-th last on paid are all kept, so whatever _history_rows' amount tie-break
-    # picks among them is here
-    order = np.argsort(old_paid, kind="stable")
-    order = order[np.argsort(old_buyer[order], kind="stable")]
-    grp = old_buyer[order]
-    t_sorted = old_paid[order]
-    start = np.ones(len(order), dtype=bool)
-    start[1:] = grp[1:] != grp[:-1]
-    gid = np.cumsum(start) - 1
-    first_at = np.flatnonzero(start)
-    end_at = np.append(first_at[1:], len(order))
+    # each buyer's first old order, with every order tied with it on paid_at
+    first = np.full(n_buyers, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(first, old_buyer, old_paid)
+    keep[old_rows[old_paid == first[old_buyer]]] = True
+    del first
     # the old orders the median can still read: MEDIAN_LAST_ORDERS minus the buyer's orders paid in
-    # [reach, start), which come after every old one and before every request
-    recent = np.bincount(ob[(paid >= reach) & (paid < start_ns)], minlength=n_buyers)
-    need = np.maximum(MEDIAN_LAST_ORDERS - recent[grp[first_at]], 0)
-    kth_last = np.where(need > 0, t_sorted[np.maximum(first_at, end_at - np.maximum(need, 1))],
-                        np.iinfo(np.int64).max)
-    wanted = (t_sorted >= kth_last[gid]) | (t_sorted == t_sorted[first_at][gid])
-    keep[old_rows[order[wanted]]] = True
-    del order, grp, t_sorted, start, gid, wanted, recent, need
-    # the pairs' first orders among the old rows (a pair whose first order is not old keeps it anyway)
-    for key in ("device", "address"):
-        keep[old_rows[_first_per_pair_rows(o[key][old_rows], old_buyer, old_paid, n_buyers)]] = True
+    # [reach, start_ns), which come after every old one and before every request
+    recent = np.zeros(n_buyers, dtype=np.int64)
+    for lo in range(0, len(paid), _REACH_CHUNK):
+        p = paid[lo:lo + _REACH_CHUNK]
+        recent += np.bincount(ob[lo:lo + _REACH_CHUNK][(p >= reach) & (p < start_ns)], minlength=n_buyers)
+    need = np.maximum(MEDIAN_LAST_ORDERS - recent, 0)
+    del recent
+    sub = np.flatnonzero(need[old_buyer] > 0)
+    if len(sub):
+        # sorted by (buyer, paid): two stable radix sorts (a lexsort with the amount was 4x slower); rows
+        # tied with the K-th last on paid are all kept, so whatever _history_rows' amount tie-break picks
+        # among them is here
+        sub_buyer, sub_paid = old_buyer[sub], old_paid[sub]
+        order = np.argsort(sub_paid, kind="stable")
+        order = order[np.argsort(sub_buyer[order], kind="stable")]
+        grp = sub_buyer[order]
+        t_sorted = sub_paid[order]
+        del sub_buyer, sub_paid
+        start = np.ones(len(order), dtype=bool)
+        start[1:] = grp[1:] != grp[:-1]
+        gid = np.cumsum(start) - 1
+        first_at = np.flatnonzero(start)
+        end_at = np.append(first_at[1:], len(order))
+        kth_last = t_sorted[np.maximum(first_at, end_at - need[grp[first_at]])]
+        keep[old_rows[sub[order[t_sorted >= kth_last[gid]]]]] = True
+        del order, grp, t_sorted, start, gid
+    del need, sub
+    # the pairs' first orders among the old rows (a pair whose first order is not old keeps it anyway),
+    # a range of buyers at a time: a pair has one buyer, so each range holds all of its pairs' rows
+    span = max(1, -(-n_buyers // _REACH_PAIR_PARTS))
+    for lo in range(0, max(n_buyers, 1), span):
+        part = np.flatnonzero((old_buyer >= lo) & (old_buyer < lo + span))
+        if not len(part):
+            continue
+        b, t = old_buyer[part], old_paid[part]
+        for key in ("device", "address"):
+            keep[old_rows[part[_first_per_pair_rows(o[key][old_rows[part]], b, t, n_buyers)]]] = True
+        del part, b, t
     return keep
+
+
+#: Orders per step of :func:`_reach_rows`' count of recent orders, and buyer ranges of its pairs.
+_REACH_CHUNK = 1 << 22
+_REACH_PAIR_PARTS = 8
 
 
 def _base_index(tables: SourceTables, start_ns: int | None, end_ns: int | None,
@@ -947,7 +974,7 @@ def _base_index(tables: SourceTables, start_ns: int | None, end_ns: int | None,
         if keep is not None:
             for k in list(o):
                 o[k] = o[k][keep]
-            new_row = np.cumsum(keep) - 1
+            new_row = np.cumsum(keep, dtype=np.int32 if len(keep) < 2**31 else np.int64) - 1
             r_order = new_row[r_order].astype(r_order.dtype, copy=False)
             r["order"] = r_order
             del new_row, keep
