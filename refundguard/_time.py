@@ -54,6 +54,7 @@ __all__ = [
     "floor_day_ns",
     "window_start_ns",
     "utc_series",
+    "distinct_ranks",
 ]
 
 NS_PER_SECOND = 1_000_000_000
@@ -301,3 +302,14 @@ def window_start_ns(hi_ns: int, days: int, tz: str) -> int:
     local = pd.Timestamp(hi_ns, tz="UTC").tz_convert(tz).tz_localize(None)
     lo = _localize(local - pd.Timedelta(days=days), tz)
     return int(lo.tz_convert("UTC").as_unit("ns").value)
+
+
+def distinct_ranks(sorted_ns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct values of an ascending int64 array and each element's rank among them.
+
+    Ranks are int64: element ``i`` equals ``distinct[rank[i]]``. One pass over a sorted
+    array, instead of ``np.unique`` and a search of every element.
+    """
+    new = np.ones(len(sorted_ns), dtype=bool)
+    new[1:] = sorted_ns[1:] != sorted_ns[:-1]
+    return sorted_ns[new], np.cumsum(new, dtype=np.int64) - 1

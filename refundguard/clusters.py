@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from refundguard._time import NAT, NEVER, NS_PER_DAY
+from refundguard._time import NAT, NEVER, NS_PER_DAY, distinct_ranks
 
 __all__ = [
     "CLUSTER_HUB_BUYERS",
@@ -89,14 +89,7 @@ class _Sorted:
         # the order of np.lexsort((time, group)), in two stable sorts: by time, then by group; the time
         # ranks come from the first sort (no np.unique, no search of every time: 4-5x faster at 2.5M pairs)
         by_time = np.argsort(time, kind="stable")
-        sorted_time = time[by_time]
-        step = np.empty(len(sorted_time), dtype=bool)
-        step[:1] = True
-        np.not_equal(sorted_time[1:], sorted_time[:-1], out=step[1:])
-        self.utimes = sorted_time[step]
-        del sorted_time
-        rank = np.cumsum(step, dtype=np.int64) - 1  # each time's rank in utimes, in time order
-        del step
+        self.utimes, rank = distinct_ranks(time[by_time])  # (rank: each time's, in time order)
         within = np.argsort(group[by_time], kind="stable")
         order = by_time[within]
         del by_time

@@ -47,6 +47,7 @@ from refundguard._time import (
     NS_PER_DAY,
     column_ns,
     day_start_ns,
+    distinct_ranks,
     floor_day_ns,
     label_days,
     parameter_ns,
@@ -407,12 +408,9 @@ class _TimeBase:
         order = np.argsort(allt, kind="stable")
         srt = allt[order]
         n_nat = int(np.searchsorted(srt, NAT, side="right"))  # NaT is the smallest int64
-        srt = srt[n_nat:]
-        new = np.ones(len(srt), dtype=bool)
-        new[1:] = srt[1:] != srt[:-1]
+        self.utimes, sorted_ranks = distinct_ranks(srt[n_nat:])
         ranks = np.full(len(allt), -1, dtype=np.int64)
-        ranks[order[n_nat:]] = np.cumsum(new) - 1
-        self.utimes = srt[new]
+        ranks[order[n_nat:]] = sorted_ranks
         self.span = np.int64(len(self.utimes) + 1)
         self.t = t_query
         ends = np.cumsum([len(x) for x in times])

@@ -7,7 +7,7 @@ from datetime import date, datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given, settings, strategies as st
 
 import refundguard as rg
 from refundguard import _time
@@ -156,3 +156,17 @@ def test_days_round_trip(moment: datetime, tz: str) -> None:
     local = pd.Timestamp(ns[0], tz="UTC").tz_convert(tz)
     assert day[0] == (local.date() - date(1970, 1, 1)).days
     assert _time.day_index(np.array([_time.NAT]), tz)[0] > day[0] + 10**6
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-(2**62), 2**62), max_size=50))
+def test_distinct_ranks_are_unique_and_its_inverse(values):
+    """``distinct_ranks`` of a sorted array gives ``np.unique`` and every element's position in it."""
+    from refundguard._time import distinct_ranks
+
+    srt = np.sort(np.array(values, dtype=np.int64))
+    distinct, rank = distinct_ranks(srt)
+    np.testing.assert_array_equal(distinct, np.unique(srt))
+    np.testing.assert_array_equal(rank, np.searchsorted(distinct, srt))
+    np.testing.assert_array_equal(distinct[rank], srt)
+    assert rank.dtype == np.int64 and distinct.dtype == np.int64
