@@ -230,7 +230,9 @@ class _Keys:
 
     Ids of one width sorted in file order (auto-increment ids) are joined by binary
     search, on uint64 keys when what follows their common prefix fits 8 bytes;
-    other ids through a hash table.
+    other ids through a hash table. When what follows the prefix is decimal digits
+    counting up by one from row to row (an auto-increment key with no gap), a
+    reference's row is its number minus the first row's: no search at all.
     """
 
     ids: pa.ChunkedArray
@@ -238,6 +240,7 @@ class _Keys:
     packed: np.ndarray | None  # uint64 keys in the same order
     prefix: bytes = b""
     width: int = 0
+    first: int | None = None  # the number after the prefix of row 0, when row i holds first + i
 
     @classmethod
     def of(cls, ids: pa.Array | pa.ChunkedArray) -> _Keys:
@@ -262,7 +265,14 @@ class _Keys:
             packed = np.concatenate([_pack(v, k) for v in views])
             if len(packed) > 1 and not bool((packed[1:] > packed[:-1]).all()):
                 return cls(a, None, None)
-            return cls(a, np.zeros(0, dtype=f"S{w}"), packed, prefix, w)
+            first = None
+            if w > k and _all_digits(packed, w - k):
+                # digit strings of one width sort as their numbers do: strictly increasing numbers whose
+                # last is the first plus n - 1 are every number in between, one per row
+                lo_n, hi_n = _decimal(views[0][:1], k)[0][0], _decimal(views[-1][-1:], k)[0][0]
+                if int(hi_n) - int(lo_n) == len(packed) - 1:
+                    first = int(lo_n)
+            return cls(a, np.zeros(0, dtype=f"S{w}"), packed, prefix, w, first)
         ordered = all(len(v) < 2 or bool((v[1:] > v[:-1]).all()) for v in views)
         ordered = ordered and all(bytes(x[-1]) < bytes(y[0]) for x, y in zip(views, views[1:]))
         if not ordered:
@@ -276,6 +286,14 @@ class _Keys:
             ref = _fixed_width(refs, width=w) if w else None
             if ref is None and not len(self.ids):
                 return np.full(len(refs), -1, dtype=np.int64)
+            if ref is not None and self.first is not None:
+                num, has = _decimal(ref, len(self.prefix))
+                if self.prefix:
+                    head = ref.view(np.uint8).reshape(-1, w)[:, :len(self.prefix)]
+                    has &= (head == np.frombuffer(self.prefix, dtype=np.uint8)).all(axis=1)
+                pos = num - self.first
+                has &= (pos >= 0) & (pos < len(self.packed))  # type: ignore[arg-type]
+                return np.where(has, pos, -1)
             if ref is not None:
                 if self.packed is not None:
                     has = np.ones(len(ref), dtype=bool)
@@ -286,7 +304,7 @@ class _Keys:
                 else:
                     has, hay, needle = np.ones(len(ref), dtype=bool), self.fixed, ref
                 # a sorted merge: needles in order walk the sorted keys once (random needles miss the cache)
-                order = np.argsort(needle, kind="stable")
+                order = np.argsort(needle)  # (equal needles find the same row: any order of them will do)
                 pos = np.empty(len(needle), dtype=np.int64)
                 pos[order] = np.searchsorted(hay, needle[order])
                 np.minimum(pos, len(hay) - 1, out=pos)
@@ -306,7 +324,7 @@ class _Keys:
 
 
 def _pack(fixed: np.ndarray, skip: int) -> np.ndarray:
-    """Big-endian uint64 of the bytes after ``skip`` (at most 8): same order as the strings."""
+    """Big-endian uint64 of the bytes after ``skip`` (at most 8, in its low bytes): same order as the strings."""
     w = fixed.dtype.itemsize
     n = w - skip
     if w >= 8 and len(fixed) and fixed.flags.c_contiguous:
@@ -319,8 +337,32 @@ def _pack(fixed: np.ndarray, skip: int) -> np.ndarray:
         return out
     raw = fixed.view(np.uint8).reshape(-1, w)[:, skip:]
     buf = np.zeros((len(fixed), 8), dtype=np.uint8)
-    buf[:, : w - skip] = raw
+    buf[:, 8 - n:] = raw  # the low n bytes, as read in place above
     return buf.view(">u8").reshape(-1).astype(np.uint64)
+
+
+def _all_digits(packed: np.ndarray, n: int) -> bool:
+    """Whether the low ``n`` bytes (1 to 8) of every packed key are ASCII digits (SWAR: 0x30-0x39)."""
+    mask = (1 << (8 * n)) - 1
+    hi, lo = np.uint64(0xF0F0F0F0F0F0F0F0 & mask), np.uint64(0x0F0F0F0F0F0F0F0F & mask)
+    three, six = np.uint64(0x3030303030303030 & mask), np.uint64(0x0606060606060606 & mask)
+    # high nibble 3 in each byte, and low nibble + 6 not carrying into the high nibble (low nibble <= 9)
+    return bool(((packed & hi) == three).all()) and not bool((((packed & lo) + six) & hi).any())
+
+
+def _decimal(fixed: np.ndarray, skip: int) -> tuple[np.ndarray, np.ndarray]:
+    """The number written by the bytes after ``skip`` of each row (at most 18 of them), and whether
+    they are all ASCII digits (the number is meaningless where not)."""
+    w = fixed.dtype.itemsize
+    raw = fixed.view(np.uint8).reshape(-1, w)
+    num = np.zeros(len(fixed), dtype=np.int64)
+    ok = np.ones(len(fixed), dtype=bool)
+    for j in range(skip, w):
+        d = raw[:, j] - np.uint8(48)  # (uint8: bytes below "0" wrap past 9)
+        ok &= d < 10
+        num *= 10
+        num += d
+    return num, ok
 
 
 def _fixed_width(a: pa.Array | pa.ChunkedArray, width: int | None = None) -> np.ndarray | None:
@@ -367,9 +409,10 @@ class _Columns:
             return self.dataset.schema.field(col).type
         return pa.array(self.frame[col].iloc[:0]).type if self.frame is not None else pa.null()
 
-    def get(self, col: str, *, threads: bool = True, dictionary: bool = False, where: Any = None) -> pa.ChunkedArray:
+    def get(self, col: str, *, threads: bool = True, dictionary: bool = False,
+            where: _TimeFilter | None = None) -> pa.ChunkedArray:
         """One column (``dictionary``: a string column as Parquet's dictionaries, no per-row strings;
-        ``where``: a ``pyarrow.dataset`` filter, for a Parquet dataset only)."""
+        ``where``: the rows of a time window, for a Parquet dataset only)."""
         if self.dataset is not None:
             return self.scan([col], where=where, dictionary=[col] if dictionary else (), threads=threads).column(0)
         if where is not None:
@@ -377,10 +420,10 @@ class _Columns:
         assert self.frame is not None
         return _chunked(pa.array(self.frame[col], from_pandas=True))
 
-    def scan(self, cols: Sequence[str], *, where: Any = None, dictionary: Sequence[str] = (),
+    def scan(self, cols: Sequence[str], *, where: _TimeFilter | None = None, dictionary: Sequence[str] = (),
              threads: bool = True) -> pa.Table:
-        """Columns of the Parquet dataset in one scan (``where``, a filter, is evaluated once for all;
-        ``dictionary``: string columns kept as Parquet's dictionaries)."""
+        """Columns of the Parquet dataset in one scan (``where``: only the rows of a time window,
+        evaluated once for all columns; ``dictionary``: string columns kept as Parquet's dictionaries)."""
         import pyarrow.dataset as ds
 
         source = self.dataset
@@ -395,7 +438,20 @@ class _Columns:
                     schema = schema.set(schema.get_field_index(col),
                                         pa.field(col, pa.dictionary(pa.int32(), f.type), f.nullable))
             source = ds.dataset(self.dataset.files, format=fmt, schema=schema)
-        return source.to_table(columns=list(cols), filter=where, use_threads=threads)
+        if where is None:
+            return source.to_table(columns=list(cols), use_threads=threads)
+        # Row groups whose statistics rule the window out are skipped; in the others the rows are masked
+        # in NumPy on the time columns' int64 buffers, not by the scan's expression filter: the same rows,
+        # in half the time (0.40 against 0.78 s on 10M orders and three OR'ed ranges).
+        expr = where.expression(self.dataset.schema)
+        frags = [f.subset(filter=expr) for f in source.get_fragments()]
+        kept = [f for f in frags if f.num_row_groups]
+        need = list(dict.fromkeys([*cols, *where.columns]))
+        scanner = ds.FileSystemDataset(kept, source.schema, source.format, source.filesystem).scanner(
+            columns=need, use_threads=threads)
+        batches = [b.filter(pa.array(where.mask(b))).select(list(cols)) for b in scanner.to_batches()]
+        schema = pa.schema([scanner.projected_schema.field(c) for c in cols])
+        return pa.Table.from_batches(batches, schema=schema)
 
 
 class _Scanned:
@@ -1112,36 +1168,71 @@ def read_published_scores(source: pd.DataFrame | str | Path, store_ids: pa.Array
 
 
 # --------------------------------------------------------------------------- store score inputs only
-def _window_filter(c: _Columns, col: str, window: tuple[int, int] | None) -> Any:
-    """A ``pyarrow.dataset`` filter keeping the rows with ``lo <= col < hi`` (nulls dropped), or ``None``
-    (no window, not a Parquet dataset, or a time column that is not nanoseconds: then rows are masked after reading)."""
+@dataclass(frozen=True)
+class _TimeFilter:
+    """The rows with ``lo <= col < hi`` for any of ``ranges`` (``(col, lo, hi)``, UTC ns; a null time is
+    inside no range), on ``timestamp[ns]`` columns (naive means UTC: the same int64 instants).
+
+    A scan uses it twice: as an expression, to skip the row groups whose statistics rule every
+    range out, and as a NumPy mask over each batch's int64 buffers.
+    """
+
+    ranges: tuple[tuple[str, int, int], ...]
+
+    def __or__(self, other: _TimeFilter) -> _TimeFilter:
+        return _TimeFilter(self.ranges + other.ranges)
+
+    @property
+    def columns(self) -> list[str]:
+        return list(dict.fromkeys(col for col, _, _ in self.ranges))
+
+    def expression(self, schema: pa.Schema) -> Any:
+        import pyarrow.dataset as ds
+
+        out = None
+        for col, lo, hi in self.ranges:
+            t = schema.field(col).type
+            term = (ds.field(col) >= pa.scalar(lo, type=t)) & (ds.field(col) < pa.scalar(hi, type=t))
+            out = term if out is None else out | term
+        return out
+
+    def mask(self, batch: pa.RecordBatch) -> np.ndarray:
+        keep = np.zeros(batch.num_rows, dtype=bool)
+        for col, lo, hi in self.ranges:
+            a = batch.column(col)
+            ns = np.frombuffer(a.buffers()[1], dtype=np.int64, count=len(a) + a.offset)[a.offset:]
+            inside = (ns >= lo) & (ns < hi)
+            if a.null_count:  # (a null's slot holds any value)
+                inside &= np.asarray(a.is_valid().to_numpy(zero_copy_only=False), dtype=bool)
+            keep |= inside
+        return keep
+
+
+def _window_filter(c: _Columns, col: str, window: tuple[int, int] | None) -> _TimeFilter | None:
+    """The rows with ``lo <= col < hi`` (nulls dropped), or ``None`` (no window, not a Parquet dataset,
+    or a time column that is not nanoseconds: then rows are masked after reading)."""
     if window is None or c.dataset is None or not c.has(col):
         return None
     t = c.type(col)
     if not (pa.types.is_timestamp(t) and t.unit == "ns"):
         return None
-    import pyarrow.dataset as ds
-
-    lo, hi = (pa.scalar(int(x), type=t) for x in window)  # naive means UTC: the same instants
-    return (ds.field(col) >= lo) & (ds.field(col) < hi)
+    return _TimeFilter(((col, int(window[0]), int(window[1])),))
 
 
-def _orders_window_filter(o: _Columns, window: tuple[int, int] | None) -> Any:
-    """A scan filter keeping every order that may be anchored in ``[lo, hi)``: paid, ship-by
-    (``paid_at + 48 h`` when null) or delivered inside. ``None`` when the columns are not ns instants."""
+def _orders_window_filter(o: _Columns, window: tuple[int, int] | None) -> _TimeFilter | None:
+    """Every order that may be anchored in ``[lo, hi)``: paid, ship-by (``paid_at + 48 h`` when null)
+    or delivered inside. ``None`` when the columns are not ns instants."""
     if window is None or o.dataset is None:
         return None
     names = ["paid_at", "delivered_at"] + (["ship_by"] if o.has("ship_by") else [])
     if not all(o.has(c) and pa.types.is_timestamp(o.type(c)) and o.type(c).unit == "ns" for c in names):
         return None
-    import pyarrow.dataset as ds
-
     lo, hi = int(window[0]), int(window[1])
-    paid = _window_filter(o, "paid_at", (lo - _SHIP_BY_DEFAULT_NS, hi))  # paid or the default ship-by inside
-    where = paid | _window_filter(o, "delivered_at", (lo, hi))
+    where = _TimeFilter((("paid_at", lo - _SHIP_BY_DEFAULT_NS, hi),  # paid or the default ship-by inside
+                         ("delivered_at", lo, hi)))
     if o.has("ship_by"):
-        where = where | _window_filter(o, "ship_by", (lo, hi))
-    return where if isinstance(where, ds.Expression) else None
+        where = where | _TimeFilter((("ship_by", lo, hi),))
+    return where
 
 
 def read_store_events(folder: str | Path, *, threads: int = 1, window: tuple[int, int] | None = None) -> Any:

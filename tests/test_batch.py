@@ -601,15 +601,17 @@ def test_bad_options_are_config_errors(guard, folder, tmp_path, capsys):
     assert f"{n:,} = {n:,} + 0 refunds" in text
 
 
-@pytest.mark.parametrize("shape", ["padded", "long", "uuid", "ragged", "unsorted"])
+@pytest.mark.parametrize("shape", ["dense", "padded", "long", "uuid", "ragged", "unsorted"])
 def test_order_id_joins_are_exact_for_any_id_shape(shape):
-    """Sorted fixed-width ids join by binary search (packed or not), any other ids by hashing."""
+    """Gapless auto-increment ids join by subtraction, other sorted fixed-width ids by binary search
+    (packed or not), any other ids by hashing."""
     from refundguard.sources import _Keys
 
     rng = np.random.default_rng(5)
     n = 5_000
     nums = np.sort(rng.choice(10**9, n, replace=False))
     ids = {
+        "dense": [f"o{x:08d}" for x in range(99_000, 99_000 + n)],
         "padded": [f"o{x // 10:010d}" for x in nums],  # prefix "o00", 8 bytes after it: uint64 keys
         "long": [f"order-{x:016d}-x" for x in nums],  # more than 8 bytes after the prefix
         "uuid": sorted(f"{x:032x}" for x in rng.integers(0, 2**62, n)),
@@ -618,9 +620,11 @@ def test_order_id_joins_are_exact_for_any_id_shape(shape):
     }[shape]
     chunks = [pa.array(ids[:1000]), pa.array(ids[1000:])]
     keys = _Keys.of(pa.chunked_array(chunks))
-    assert (keys.fixed is not None) == (shape in ("padded", "long", "uuid"))
-    assert (keys.packed is not None) == (shape == "padded")
+    assert (keys.fixed is not None) == (shape in ("dense", "padded", "long", "uuid"))
+    assert (keys.packed is not None) == (shape in ("dense", "padded"))
+    assert (keys.first is not None) == (shape == "dense")
     refs = [ids[i] for i in rng.integers(0, n, 300)] + ["nope", ids[0][:-1] + "~", "o", ""]
+    refs += ["o00098999", f"o{99_000 + n:08d}", "x00099000", "o0009900:", "o0009900/", "o-0099001"]
     want = {v: i for i, v in enumerate(ids)}
     got = keys.rows(pa.chunked_array([pa.array(refs)]))
     assert got.tolist() == [want.get(r, -1) for r in refs]
@@ -658,6 +662,92 @@ def test_order_id_joins_are_exact_for_random_fixed_width_ids(width, data):
         suffix = [x.encode()[len(keys.prefix):] for x in ids]
         packed = _pack(raw, len(keys.prefix))
         assert np.argsort(packed, kind="stable").tolist() == sorted(range(len(ids)), key=lambda i: suffix[i])
+
+
+@settings(max_examples=150, deadline=None)
+@given(digits=st.integers(1, 8), start=st.integers(0, 10**8), n=st.integers(1, 80), prefix=st.sampled_from(["", "o", "o0"]),
+       cut=st.integers(0, 80), data=st.data())
+def test_gapless_decimal_ids_join_by_subtraction_exactly(digits, start, n, prefix, cut, data):
+    """Ids counting up by one in fixed-width decimal (an auto-increment key) join by ``number - first``;
+    a gap, a byte outside the digits (``/`` and ``:`` sort next to them) or a broken count falls back
+    to the search, and every path returns exactly the hash join's rows."""
+    from refundguard.sources import _Keys
+
+    start %= 10**digits
+    n = min(n, 10**digits - start)
+    ids = [f"{prefix}{x:0{digits}d}" for x in range(start, start + n)]
+    broken = data.draw(st.sampled_from(["none", "gap", "colon", "slash"])) if n >= 3 else "none"
+    if broken != "none":
+        k = data.draw(st.integers(1, n - 2))
+        tail = ids[k][len(prefix):]
+        if broken == "gap":
+            del ids[k]
+        else:  # e.g. "09" < "0:" < "10": still sorted, still one width, the count still n - 1 apart
+            ids[k] = prefix + tail[:-1] + (":" if broken == "colon" else "/")
+            ids = sorted(set(ids))
+    keys = _Keys.of(pa.chunked_array([pa.array(ids[:cut], type=pa.string()), pa.array(ids[cut:], type=pa.string())]))
+    nums = [int(x[len(prefix):]) if x[len(prefix):].isdigit() else None for x in ids]
+    gapless = None not in nums and nums == list(range(nums[0], nums[0] + len(nums)))
+    if gapless and len(keys.prefix) < len(ids[0]):  # (the keys' prefix may take leading digits too)
+        assert keys.first == int(ids[0][len(keys.prefix):])
+    elif not gapless:
+        assert keys.first is None
+    width = len(ids[0])
+    chars = "0123456789/:o~"
+    refs = ids + data.draw(st.lists(st.text(chars, min_size=width, max_size=width), max_size=30))
+    refs += [f"{prefix}{x:0{digits}d}" for x in (start - 1, start + n, start + n + 1) if 0 <= x < 10**digits]
+    want = {v: i for i, v in enumerate(ids)}
+    got = keys.rows(pa.chunked_array([pa.array(refs, type=pa.string())]))
+    assert got.tolist() == [want.get(r, -1) for r in refs]
+
+
+@given(seed=st.integers(0, 2**32 - 1), group=st.integers(1, 40), sort=st.booleans(), n_ranges=st.integers(1, 3))
+@settings(max_examples=40, deadline=None)
+def test_window_scan_keeps_exactly_the_rows_in_a_range(tmp_path_factory, seed, group, sort, n_ranges):
+    """A window scan skips row groups by their statistics and masks the rest in NumPy: it returns exactly
+    the rows a mask over the whole table keeps (nulls never inside), in file order, any row-group size."""
+    from refundguard.sources import _Columns, _dataset, _TimeFilter
+
+    rng = np.random.default_rng(seed)
+    n = 120
+    base = pd.Timestamp("2024-06-01").value
+    hour = 3_600 * 10**9
+    frame = pd.DataFrame({c: pd.to_datetime(base + rng.integers(0, 100, n) * hour) for c in ("a", "b", "c")})
+    frame["s"] = rng.choice(["x", "y", None], n)
+    for c in ("a", "b", "c"):
+        frame.loc[rng.random(n) < 0.1, c] = pd.NaT
+    if sort:  # time-sorted files: row groups the window misses are skipped
+        frame = frame.sort_values("a", na_position="last", kind="stable").reset_index(drop=True)
+    folder = tmp_path_factory.mktemp("scan")
+    t = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(t.slice(0, n // 3), folder / "p0.parquet", row_group_size=group)
+    pq.write_table(t.slice(n // 3), folder / "p1.parquet", row_group_size=group)
+    ranges = []
+    for _ in range(n_ranges):
+        lo = int(rng.integers(-5, 105))
+        ranges.append((str(rng.choice(["a", "b", "c"])), base + lo * hour, base + (lo + int(rng.integers(0, 30))) * hour))
+    where = _TimeFilter(tuple(ranges))
+    got = _Columns("t", dataset=_dataset(folder)).scan(["s", "a"], where=where, dictionary=["s"])
+    keep = np.zeros(n, dtype=bool)
+    for col, lo, hi in ranges:
+        ns = frame[col].to_numpy().astype("int64")
+        keep |= frame[col].notna().to_numpy() & (ns >= lo) & (ns < hi)
+    assert got.column_names == ["s", "a"] and pa.types.is_dictionary(got.schema.field("s").type)
+    assert got.column("s").cast(pa.string()).to_pylist() == t.column("s").filter(pa.array(keep)).to_pylist()
+    assert got.column("a").to_pylist() == t.column("a").filter(pa.array(keep)).to_pylist()
+
+
+def test_window_scan_skips_row_groups_outside_the_window(tmp_path):
+    """On time-sorted files a narrow window reads only the row groups that may hold it."""
+    from refundguard.sources import _Columns, _dataset, _TimeFilter
+
+    ns = pd.Timestamp("2024-06-01").value + np.arange(1_000, dtype=np.int64) * 10**9
+    pq.write_table(pa.table({"t": pa.array(ns, type=pa.timestamp("ns"))}), tmp_path / "p.parquet", row_group_size=100)
+    c = _Columns("t", dataset=_dataset(tmp_path))
+    where = _TimeFilter((("t", int(ns[250]), int(ns[260])),))
+    frag = next(iter(c.dataset.get_fragments()))
+    assert frag.subset(filter=where.expression(c.dataset.schema)).num_row_groups == 1
+    assert c.scan(["t"], where=where).column(0).to_numpy().astype("int64").tolist() == ns[250:260].tolist()
 
 
 def test_store_scores_from_parquet_columns_equal_store_scores(folder):
