@@ -570,8 +570,30 @@ def test_path_explainer_leaf_blocks_do_not_change_the_sums(fitted, data, monkeyp
     monkeypatch.setattr(explain_mod, "_LEAF_ROWS", 7)
     blocked = explainer.contributions(encoded)
     np.testing.assert_array_equal(blocked, whole)
-    for i in (0, 6, 7, 8, 300):
+    for i in range(len(encoded)):
         np.testing.assert_array_equal(explainer.contributions_one(encoded[i]), blocked[i])
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n_rows=st.integers(1, 40), n_trees=st.integers(1, 12),
+       n_features=st.integers(1, 6))
+def test_path_explainer_adds_the_trees_in_order_exactly(seed, n_rows, n_trees, n_features):
+    """The batch sum of each row's leaf rows (a sparse product) adds the trees in order from zero, as a
+    loop over trees does: magnitudes from 1e-3 to 1e17 make any other order give other floats."""
+    from refundguard.model import PathExplainer
+
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 6, n_trees)
+    ex = PathExplainer.__new__(PathExplainer)
+    ex.table_ = rng.choice([0.0, -0.0, 1e-3, -1.0, 3.0, 1e17, -1e17, 0.1], size=(int(sizes.sum()), n_features))
+    ex.offsets_ = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    leaves = np.column_stack([rng.integers(0, k, n_rows) for k in sizes])
+    got = ex.contributions(np.zeros((n_rows, n_features)), leaves=lambda X: leaves[:len(X)].copy())
+    want = np.zeros((n_rows, n_features))
+    for i in range(n_rows):
+        for t in range(n_trees):
+            want[i] += ex.table_[ex.offsets_[t] + leaves[i, t]]
+    assert got.tobytes() == want.tobytes()
 
 
 def test_reasons_columns_equal_the_per_row_reasons(fitted, data):
@@ -589,7 +611,16 @@ def test_reasons_columns_equal_the_per_row_reasons(fitted, data):
     encoded[1::7, numeric[0]] = 0.0
     contrib = np.round(rng.normal(size=encoded.shape), 1)  # ties and zeros
     contrib[::5] = -np.abs(contrib[::5])  # rows without any positive contribution
+    contrib[3::11, 2] = np.nan  # (never a reason)
+    contrib[4::13, 1] = np.inf
+    contrib[5::17, :] = contrib[5::17, :1]  # every feature tied
+    contrib[6::19, :] = -np.inf
     cols = reasons_columns(fitted.encoder_, encoded, contrib, k=3)
+    for k in (0, 1, 2, contrib.shape[1] + 1):  # fewer or more reasons than features
+        few = reasons_columns(fitted.encoder_, encoded, contrib, k=k)
+        for i in range(0, len(encoded), 3):
+            want = reasons_from_contributions(fitted.encoder_, encoded[i], contrib[i], k=k)
+            assert few.feature[few.offsets[i]:few.offsets[i + 1]] == [r["feature"] for r in want]
     for i in range(len(encoded)):
         want = reasons_from_contributions(fitted.encoder_, encoded[i], contrib[i], k=3)
         lo, hi = cols.offsets[i], cols.offsets[i + 1]

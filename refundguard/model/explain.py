@@ -16,6 +16,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
+from scipy import sparse
 
 from refundguard.model.encoder import FeatureEncoder
 
@@ -139,11 +140,14 @@ class PathExplainer:
                 idx = np.asarray(self._booster.predict(X[lo:hi], pred_leaf=True, num_threads=threads),
                                  dtype=np.int64).reshape(hi - lo, n_trees)
             idx += self.offsets_[None, :]
-            block = 2048  # rows per block: the block's sums stay in cache while the trees are added
-            for s in range(lo, hi, block):
-                acc = out[s:min(s + block, hi)]
-                for t in range(n_trees):
-                    acc += self.table_[idx[s - lo:s - lo + len(acc), t]]
+            # row i's sum of its leaves' table rows is a sparse product: a 0/1 matrix with each row's leaves,
+            # in tree order, times the table. SciPy's CSR product adds them in that order, starting from
+            # zero, for each row (1.0 * x is x exactly): the sums of the loop over trees, bit for bit, in
+            # half its time (no gathered block per tree)
+            m = hi - lo
+            ones = sparse.csr_matrix((np.ones(m * n_trees), idx.reshape(-1), np.arange(0, m * n_trees + 1, n_trees)),
+                                     shape=(m, len(self.table_)))
+            out[lo:hi] = ones @ self.table_
         return out
 
     def contributions_one(self, row: np.ndarray) -> np.ndarray:
@@ -182,8 +186,9 @@ class ReasonColumns:
 def reasons_columns(encoder: FeatureEncoder, X: np.ndarray, contributions: np.ndarray, *, k: int = 3) -> ReasonColumns:
     """:func:`reasons_from_contributions` for every row at once (the batch path).
 
-    The top ``k`` positive contributions of all rows are chosen with one stable sort
-    of the contribution matrix and their values are decoded feature by feature, so
+    The top ``k`` positive contributions of all rows are chosen by ``k`` passes of
+    ``argmax`` over the contribution matrix (ties to the lower feature, as the stable
+    sort of :func:`reasons_from_contributions`) and their values are decoded feature by feature, so
     the cost per row is a few array operations, not a Python call. Row ``i`` gives
     exactly the items of ``reasons_from_contributions(encoder, X[i], contributions[i], k=k)``
     (with ``value`` as text).
@@ -209,10 +214,19 @@ def reasons_columns(encoder: FeatureEncoder, X: np.ndarray, contributions: np.nd
     k = max(int(k), 0)
     if n == 0 or k == 0 or C.shape[1] == 0:
         return ReasonColumns(np.zeros(n + 1, dtype=np.int64), [], [], [], np.zeros(0))
-    top = np.argsort(-C, axis=1, kind="stable")[:, :k]
+    # the top k positive contributions by k passes of argmax, not a sort of every row (0.5 s of a
+    # 62k-row slice's 1.6 s): argmax takes the first of the largest, the stable sort's order of ties
+    kk = min(k, C.shape[1])
+    pick = np.where(C > 0, C, -np.inf)  # (NaN > 0 is False: never a reason)
+    top = np.empty((n, kk), dtype=np.int64)
+    valid = np.empty((n, kk), dtype=bool)
+    at = np.arange(n)
+    for q in range(kk):
+        j = pick.argmax(axis=1)
+        top[:, q] = j
+        valid[:, q] = pick[at, j] > 0  # taken largest first: the valid ones form a prefix
+        pick[at, j] = -np.inf
     c_top = np.take_along_axis(C, top, axis=1)
-    valid = c_top > 0  # sorted descending: the positive ones form a prefix (NaN sorts last)
-    valid &= np.cumprod(valid, axis=1).astype(bool)
     counts = valid.sum(axis=1)
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     rows = np.repeat(np.arange(n), counts)
