@@ -402,10 +402,11 @@ class _TimeBase:
 
     def __init__(self, t_query: np.ndarray, *times: np.ndarray) -> None:
         allt = np.concatenate(times) if times else np.empty(0, np.int64)
-        # one stable sort of all the event times gives the distinct times and every
-        # event's rank at once (a search per event into the distinct times costs 3x more:
-        # unsorted needles miss the cache)
-        order = np.argsort(allt, kind="stable")
+        # one sort of all the event times gives the distinct times and every event's rank
+        # at once (a search per event into the distinct times costs 3x more: unsorted
+        # needles miss the cache). Equal times get one rank, so the order among them does
+        # not matter: NumPy's default sort, ~4x faster than the stable one on int64
+        order = np.argsort(allt)
         srt = allt[order]
         n_nat = int(np.searchsorted(srt, NAT, side="right"))  # NaT is the smallest int64
         self.utimes, sorted_ranks = distinct_ranks(srt[n_nat:])
@@ -445,7 +446,10 @@ class _Events:
                  weight: np.ndarray | None = None, tiebreak: np.ndarray | None = None) -> None:
         keep = (group >= 0) & (rank >= 0) & _queried(group, qgroup)
         key = group[keep] * tb.span + rank[keep]
-        order = np.argsort(key, kind="stable")
+        # any order of equal keys will do: searches and the int64 weight sums stop only between
+        # keys, and the one reader of the events' order (a buyer's orders: first paid time,
+        # median amount) breaks ties by ``tiebreak``; what is still tied is equal there
+        order = np.argsort(key)
         if tiebreak is not None:
             order = _break_ties(order, key, tiebreak[keep])
         self.tb = tb
@@ -490,7 +494,8 @@ class _Events:
 
 
 def _break_ties(order: np.ndarray, key: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
-    """``np.lexsort((tiebreak, key))`` from ``order = np.argsort(key, kind="stable")``.
+    """``np.lexsort((tiebreak, key))`` from ``order = np.argsort(key)`` (up to the order of rows equal
+    in both).
 
     Only the runs of equal keys are re-sorted (few: a buyer's orders at the same
     instant), which costs a fraction of a lexsort over every event.
