@@ -667,10 +667,15 @@ def _score_frame(
     n = len(store_ids)
     asof_s = np.floor_divide(as_of_ns, NS_PER_SECOND)
     nd = _indicator_num_den(stats, asof_s)
-    cat_series = pd.Series(category, dtype="str")
-    cat_codes, cat_uniques = pd.factorize(cat_series, sort=True)
-    ncat = len(cat_uniques) + 1  # last slot: unknown category (uses the all-store mean)
-    cat_codes = np.where(cat_codes < 0, ncat - 1, cat_codes).astype(np.int64)
+    if isinstance(category, pd.Categorical):  # codes already (the daily history): no string per row
+        cat_codes = np.asarray(category.codes, dtype=np.int64)
+        levels = np.asarray([str(x) for x in category.categories] + [None], dtype=object)  # code -1: the last
+    else:
+        cat_codes, uniques = pd.factorize(pd.Series(category, dtype="str"), sort=True)
+        cat_codes = np.asarray(cat_codes, dtype=np.int64)
+        levels = np.asarray([str(x) for x in uniques] + [None], dtype=object)
+    ncat = len(levels)  # last slot: unknown category (uses the all-store mean)
+    cat_codes = np.where(cat_codes < 0, ncat - 1, cat_codes)
     day_codes, day_uniques = pd.factorize(day_key, sort=True)
     day_codes = np.asarray(day_codes, dtype=np.int64)
     ndays = len(day_uniques)
@@ -678,7 +683,8 @@ def _score_frame(
     unknown_cat = cat_codes == ncat - 1
 
     sel = np.arange(n) if keep is None else np.flatnonzero(keep)
-    cats_sel = cat_series.to_numpy()[sel] if len(sel) else np.zeros(0, dtype=object)
+    codes_sel = cat_codes[sel]
+    level_code = {str(x): j for j, x in enumerate(levels[:-1])}
     out: dict[str, Any] = {}
     points: dict[str, np.ndarray] = {}
     assessed: dict[str, np.ndarray] = {}
@@ -706,7 +712,9 @@ def _score_frame(
         special = [c for c in per_cat if c != "*"]
         use_star = ok.copy()
         for c in special:
-            m = ok & (cats_sel == c)
+            if c not in level_code:
+                continue
+            m = ok & (codes_sel == level_code[c])
             if m.any():
                 pts[m] = _points(shrunk[m], per_cat[c], HIGHER_IS_BETTER[ind])
                 use_star &= ~m
@@ -748,7 +756,7 @@ def _score_frame(
     frame: dict[str, Any] = {
         "store_id": pd.array(np.asarray(store_ids, dtype=object)[sel], dtype="str"),
         "as_of": pd.DatetimeIndex(np.asarray(as_of_ns, dtype=np.int64)[sel].astype("datetime64[ns]"), tz="UTC"),
-        "category": pd.array(cat_series.to_numpy()[sel], dtype="str"),
+        "category": pd.array(levels[codes_sel], dtype="str"),
         "score": publish_score(total),
         "product": publish_score(dims["product"]),
         "logistics": publish_score(dims["logistics"]),
@@ -909,7 +917,7 @@ class _History:
     store_ids: np.ndarray  # object array of str: store code -> store id
     st_idx: np.ndarray  # store code of each row
     day_idx: np.ndarray  # day of each row, counted from the first day
-    category: np.ndarray  # modal category of each row (object array of str or NaN)
+    category: pd.Categorical  # modal category of each row (codes into the orders' categories; NaN: none)
     stats: dict[str, np.ndarray]  # every statistic of _STATS, per row
     refunds_known: np.ndarray  # per day: some refund was requested on an earlier day
 
@@ -1025,7 +1033,7 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         if k not in row_stats:
             row_stats[k] = acc.result(k)[st_idx, day_idx]
 
-    cat_of = np.full(len(st_idx), np.nan, dtype=object)
+    cat_of = np.full(len(st_idx), -1, dtype=np.int64)  # (codes: a string per row cost 0.3 s a block at 10M orders)
     if len(upair):
         starts = np.flatnonzero(np.r_[True, pair_store[1:] != pair_store[:-1]])
         gstore = pair_store[starts]
@@ -1043,11 +1051,12 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         b = np.full(len(st_idx), big, dtype=np.int64)
         b[hasg] = best[g[hasg], day_idx[hasg]]
         found = b != big
-        cu = np.asarray(cat_uniques, dtype=object)
-        cat_of[found] = cu[pair_cat[b[found]]]
+        cat_of[found] = pair_cat[b[found]]
 
+    category = pd.Categorical.from_codes(cat_of, categories=pd.Index(list(cat_uniques), dtype=object))
     return _History(
-        store_ids=src.store_ids, st_idx=st_idx, day_idx=day_idx, category=cat_of, stats=row_stats, refunds_known=known_by_day
+        store_ids=src.store_ids, st_idx=st_idx, day_idx=day_idx, category=category, stats=row_stats,
+        refunds_known=known_by_day
     )
 
 

@@ -614,6 +614,23 @@ def test_history_equals_store_scores_every_day(seed, window, esc):
     _history_matches(t, cfg, "2024-06-02", "2024-06-22")
 
 
+@settings(max_examples=10)
+@given(seed=seeds)
+def test_history_equals_store_scores_with_bands_per_category(seed):
+    """Bands of their own for some categories (one present in the data, one absent) score the same in the
+    daily history, which keeps categories as codes, as in ``store_scores``."""
+    t = random_tables(seed)
+    present = str(t["orders"]["category"].iloc[0])
+    bands = {ind: dict(v) for ind, v in SMALL.bands.items()}
+    bands["good_review_rate"][present] = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    bands["quality_refund_rate"]["no-such-category"] = (0.5, 0.4, 0.3, 0.2, 0.1, 0.05)
+    bands["delivery_hours"][present] = (400.0, 300.0, 200.0, 100.0, 50.0, 10.0)
+    cfg = SMALL.replace(bands=bands)
+    h = _history_matches(t, cfg, "2024-06-02", "2024-06-12")
+    plain = store_score_history(t, "2024-06-02", "2024-06-12", SMALL)
+    assert not h["score"].equals(plain["score"])  # the bands of their own did change scores
+
+
 def test_history_equals_store_scores_in_other_time_zone():
     t = random_tables(7, n_orders=120)
     cfg = SMALL.replace(timezone="America/New_York", window_days=4)
@@ -687,7 +704,8 @@ def _daily_and_direct_stats_agree(t, cfg, start, end):
     tz = cfg.timezone
     d0, d1 = sc._day_of(start, tz, "start"), sc._day_of(end, tz, "end")
     h = sc._history_stats(t, d0, d1, cfg)
-    hist = pd.DataFrame({"store_id": h.store_ids[h.st_idx], "day": h.day_idx, "category": h.category, **h.stats})
+    hist = pd.DataFrame({"store_id": h.store_ids[h.st_idx], "day": h.day_idx, "category": np.asarray(h.category, dtype=object),
+                         **h.stats})
     n_days_with_rows = 0
     for k, hi in enumerate(day_start_ns(np.arange(d0, d1 + 1), tz)):
         w = sc._window_stats(t, sc._window_start_ns(int(hi), cfg), int(hi), cfg.window_days)
