@@ -1148,8 +1148,8 @@ class _Rolling:
     def _accumulate(diff: np.ndarray, start: np.ndarray, stop: np.ndarray, v: np.ndarray | None) -> None:
         size = len(diff)
         if v is None:
-            diff += np.bincount(start, minlength=size).astype(np.int64)
-            diff -= np.bincount(stop, minlength=size).astype(np.int64)
+            diff += np.bincount(start, minlength=size)  # (int64 already: no copy)
+            diff -= np.bincount(stop, minlength=size)
         else:
             np.add.at(diff, start, v)
             np.add.at(diff, stop, -v)
