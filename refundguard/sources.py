@@ -776,8 +776,7 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
     def ids_screen(table: str, col: str) -> _Keys:
         """Flag null, blank and duplicated ids of a unique id column; return its join keys."""
         keys = _Keys.of(get(table, col))
-        flag(table, _blank_or_null(keys.ids))
-        flag(table, _padded(keys.ids))
+        flag(table, _blank_null_or_padded(keys.ids))
         flag(table, keys.duplicated())
         return keys
 
@@ -785,8 +784,8 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
         keys = ids_screen("orders", "order_id")
         r_oid = get("refunds", "order_id")
         v_oid = get("reviews", "order_id") if n["reviews"] else pa.chunked_array([], type=pa.large_string())
-        flag("refunds", _blank_or_null(r_oid) | _padded(r_oid))
-        flag("reviews", _blank_or_null(v_oid) | _padded(v_oid))
+        flag("refunds", _blank_null_or_padded(r_oid))
+        flag("reviews", _blank_null_or_padded(v_oid))
         refunds["order"] = keys.rows(r_oid) if n["refunds"] else np.zeros(0, dtype=np.int64)
         reviews["order"] = keys.rows(v_oid) if n["reviews"] else np.zeros(0, dtype=np.int64)
         flag("refunds", refunds["order"] < 0)
@@ -976,6 +975,23 @@ def _padded(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
         trimmed = pc.utf8_trim(sub, characters=_WHITESPACE)
         diff = pc.not_equal(pc.binary_length(trimmed), pc.binary_length(sub)).fill_null(False)
         out[odd[np.asarray(diff.to_numpy(), dtype=bool)]] = True
+    return out
+
+
+def _blank_null_or_padded(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """``_blank_or_null(a) | _padded(a)`` with one screen of the strings (an id column's checks: the
+    alphanumeric screen of 10M order ids is a third of their cost)."""
+    a = _chunked(a).cast(pa.large_string())
+    out = np.asarray(a.is_null().to_numpy(), dtype=bool)
+    if not len(a):
+        return out
+    # plain ASCII letters and digits are neither blank nor padded ("" is not alphanumeric): trim the others
+    odd = np.flatnonzero(~np.asarray(pc.ascii_is_alnum(a).fill_null(True).to_numpy(), dtype=bool))
+    if len(odd):
+        sub = a.take(pa.array(odd))
+        kept = pc.binary_length(pc.utf8_trim(sub, characters=_WHITESPACE))
+        bad = pc.or_(pc.equal(kept, 0), pc.not_equal(kept, pc.binary_length(sub))).fill_null(False)
+        out[odd[np.asarray(bad.to_numpy(), dtype=bool)]] = True
     return out
 
 

@@ -664,6 +664,21 @@ def test_order_id_joins_are_exact_for_random_fixed_width_ids(width, data):
         assert np.argsort(packed, kind="stable").tolist() == sorted(range(len(ids)), key=lambda i: suffix[i])
 
 
+@settings(max_examples=200, deadline=None)
+@given(values=st.lists(st.one_of(st.none(), st.text(alphabet=st.sampled_from(
+    ["a", "Z", "0", "9", " ", "\t", "\n", "\u00a0", "\u2003", "\u3000", "\u200b", "é", "-", "_"]), max_size=5)),
+    max_size=40), cut=st.integers(0, 40))
+def test_one_id_screen_equals_the_blank_and_padded_screens(values, cut):
+    """The id columns' one screen flags exactly what the blank-or-null and the padded screens flag together
+    (Python's whitespace, Unicode spaces that are not whitespace, empty strings, nulls, across chunks)."""
+    from refundguard.sources import _blank_null_or_padded, _blank_or_null, _padded
+
+    a = pa.chunked_array([pa.array(values[:cut], type=pa.string()), pa.array(values[cut:], type=pa.string())])
+    want = _blank_or_null(a) | _padded(a)
+    assert _blank_null_or_padded(a).tolist() == want.tolist()
+    assert want.tolist() == [v is None or not v.strip() or v != v.strip() for v in values]
+
+
 @settings(max_examples=150, deadline=None)
 @given(digits=st.integers(1, 8), start=st.integers(0, 10**8), n=st.integers(1, 80), prefix=st.sampled_from(["", "o", "o0"]),
        cut=st.integers(0, 80), data=st.data())
