@@ -568,6 +568,7 @@ def test_path_explainer_leaf_blocks_do_not_change_the_sums(fitted, data, monkeyp
     encoded, _ = fitted.encoder_.transform(X.head(301))
     whole = explainer.contributions(encoded)
     monkeypatch.setattr(explain_mod, "_LEAF_ROWS", 7)
+    monkeypatch.setattr(explain_mod, "_PRODUCT_ROWS", 3)
     blocked = explainer.contributions(encoded)
     np.testing.assert_array_equal(blocked, whole)
     for i in range(len(encoded)):
