@@ -341,13 +341,21 @@ def _pack(fixed: np.ndarray, skip: int) -> np.ndarray:
     return buf.view(">u8").reshape(-1).astype(np.uint64)
 
 
+_DIGIT_KEYS_STEP = 1 << 20  # keys per step of _all_digits
+
+
 def _all_digits(packed: np.ndarray, n: int) -> bool:
     """Whether the low ``n`` bytes (1 to 8) of every packed key are ASCII digits (SWAR: 0x30-0x39)."""
     mask = (1 << (8 * n)) - 1
     hi, lo = np.uint64(0xF0F0F0F0F0F0F0F0 & mask), np.uint64(0x0F0F0F0F0F0F0F0F & mask)
     three, six = np.uint64(0x3030303030303030 & mask), np.uint64(0x0606060606060606 & mask)
-    # high nibble 3 in each byte, and low nibble + 6 not carrying into the high nibble (low nibble <= 9)
-    return bool(((packed & hi) == three).all()) and not bool((((packed & lo) + six) & hi).any())
+    # high nibble 3 in each byte, and low nibble + 6 not carrying into the high nibble (low nibble <= 9);
+    # a million keys at a time: the temporaries of 40M keys at once were 640 MB, and the read's peak rose
+    for a in range(0, len(packed), _DIGIT_KEYS_STEP):
+        part = packed[a:a + _DIGIT_KEYS_STEP]
+        if not bool(((part & hi) == three).all()) or bool((((part & lo) + six) & hi).any()):
+            return False
+    return True
 
 
 def _decimal(fixed: np.ndarray, skip: int) -> tuple[np.ndarray, np.ndarray]:

@@ -716,6 +716,20 @@ def test_gapless_decimal_ids_join_by_subtraction_exactly(digits, start, n, prefi
     assert got.tolist() == [want.get(r, -1) for r in refs]
 
 
+def test_digit_screen_reads_every_step(monkeypatch):
+    """The packed keys' digit screen runs a step at a time: a byte outside the digits in any step fails it."""
+    import refundguard.sources as sources
+
+    monkeypatch.setattr(sources, "_DIGIT_KEYS_STEP", 3)
+    ids = [f"o{x:04d}" for x in range(20)]
+    raw = np.array([x.encode() for x in ids], dtype="S5")
+    assert sources._all_digits(sources._pack(raw, 1), 4)
+    for k in (0, 2, 3, 11, 19):
+        bad = raw.copy()
+        bad[k] = bad[k][:4] + (b":" if k % 2 else b"/")
+        assert not sources._all_digits(sources._pack(bad, 1), 4), k
+
+
 @given(seed=st.integers(0, 2**32 - 1), group=st.integers(1, 40), sort=st.booleans(), n_ranges=st.integers(1, 3))
 @settings(max_examples=40, deadline=None)
 def test_window_scan_keeps_exactly_the_rows_in_a_range(tmp_path_factory, seed, group, sort, n_ranges):
