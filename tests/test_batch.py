@@ -677,6 +677,9 @@ def test_one_id_screen_equals_the_blank_and_padded_screens(values, cut):
     want = _blank_or_null(a) | _padded(a)
     assert _blank_null_or_padded(a).tolist() == want.tolist()
     assert want.tolist() == [v is None or not v.strip() or v != v.strip() for v in values]
+    # each screen alone, by Python's rule (the three share one screen of the strings)
+    assert _blank_or_null(a).tolist() == [v is None or not v.strip() for v in values]
+    assert _padded(a).tolist() == [v is not None and v != v.strip() for v in values]
 
 
 @settings(max_examples=150, deadline=None)
