@@ -16,8 +16,9 @@ The engine behind :meth:`refundguard.RefundGuard.score_history` and ``refundguar
 3. **Run parts** (:func:`add_run_parts`, once per run; the local runner's workers
    compute them when there are several): the first order of every device and address
    pair, the stores' sorted order times, the identity-cluster graph, and the store
-   score of every decided request's store and day (blocks of days, see
-   :data:`STORE_BLOCK_ORDERS`).
+   score of every decided request's store and day (blocks of days in time order, each
+   reading only its own days' events and carrying the window's sums to the next, see
+   :data:`STORE_BLOCK_ORDERS` and :class:`refundguard.scores.StoreScoreSweep`).
 4. **Slices** (:func:`score_slice`, in any process): for one slice, the rows its
    profiles read are selected from the index (the buyers' window of 365 days plus
    their all-time rows, the stores' 30 days, the devices' and addresses' first
@@ -71,7 +72,7 @@ from refundguard.profiles import (
     CodedHistory,
     profiles_from_codes,
 )
-from refundguard.scores import CodedStoreEvents, coded_store_scores
+from refundguard.scores import CodedStoreEvents, StoreScoreSweep, coded_store_scores
 from refundguard.sources import PublishedScores, SourceTables
 from refundguard.tables import KINDS, OUTCOMES, REASONS
 
@@ -673,14 +674,19 @@ def build_index(tables: SourceTables, start_ns: int | None, end_ns: int | None, 
 #: Store-days the run's store scores compute at once: each statistic is one int64 per
 #: store-day, so a block of days holds at most ``max(1, this // stores)`` days.
 STORE_BLOCK_STORE_DAYS = 1_000_000
-#: Orders a block of the run's store scores may reach (its days plus the score's window
-#: before them; ~115 bytes each while the block is computed): this bounds the block's
-#: memory whatever the marketplace's size, at the cost of more blocks (each re-reads
-#: the window before it) on a dense one. A block still holds at least
-#: :data:`STORE_BLOCK_MIN_DAYS` (what each 7-day slice computed before the run parts),
-#: so a very dense marketplace is never slower than that.
+#: Orders a block of the run's store scores may read at once, its days and the score's
+#: window before them (~115 bytes each while the block is computed): this bounds the
+#: block's memory whatever the marketplace's size. Only the first block of a sweep
+#: (:class:`~refundguard.scores.StoreScoreSweep`) reads the window; the next ones, of as
+#: many days, read only their own days' events. A block still holds at least
+#: :data:`STORE_BLOCK_MIN_DAYS` (what each 7-day slice computed before the run parts).
 STORE_BLOCK_ORDERS = 3_000_000
 STORE_BLOCK_MIN_DAYS = 7
+#: Store-days a sweep may carry from one block to the next (per statistic, one int64 per
+#: store and day of the window ahead: ``stores * (window_days + 2)``). Past it (a
+#: marketplace of some 60,000 stores and more with the 30-day window) every block is
+#: computed on its own and reads the window before its days again.
+STORE_SWEEP_STORE_DAYS = 2_000_000
 
 
 def _request_times_stores(ix: BatchIndex, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
@@ -690,36 +696,64 @@ def _request_times_stores(ix: BatchIndex, lo: int, hi: int) -> tuple[np.ndarray,
     return t, np.asarray(ix.o_store[np.asarray(ix.r_order[rows], dtype=np.int64)], dtype=np.int64)
 
 
-def _store_blocks(ix: BatchIndex, cfg: ScoreConfig, workers: int = 1) -> list[tuple[int, int]]:
-    """The ``q_rows`` spans of the store-score blocks (``workers`` computing them at once share the
-    :data:`STORE_BLOCK_ORDERS` budget)."""
-    budget = max(1, STORE_BLOCK_ORDERS // max(1, workers))
+def _store_segments(ix: BatchIndex, cfg: ScoreConfig, workers: int = 1) -> list[list[tuple[int, int]]]:
+    """The ``q_rows`` spans of the store-score blocks, in time order, as ``workers`` segments.
+
+    Each segment is one sweep (:func:`_store_segment`): its first block reads the score's
+    window before its days, the next ones only their own days. The segments split the
+    days evenly among the workers that compute them at once, who share the
+    :data:`STORE_BLOCK_ORDERS` budget. A marketplace with too many stores to carry
+    (:data:`STORE_SWEEP_STORE_DAYS`) gets a segment per block.
+    """
+    workers = max(1, workers)
+    budget = max(1, STORE_BLOCK_ORDERS // workers)
     if not len(ix.q_rows):
-        return [(0, 0)]
+        return [[(0, 0)]]
     t = np.asarray(ix.r_req[np.asarray(ix.q_rows, dtype=np.int64)], dtype=np.int64)
     day = day_index(t, cfg.timezone)  # non-decreasing: q_rows are sorted by requested_at
     paid = np.asarray(ix.o_paid)
     span_days = max(1, int((int(paid.max()) - int(paid.min())) // NS_PER_DAY) + 1) if len(paid) else 1
     reach = max(1, int(budget // max(1.0, len(paid) / span_days)))  # days of orders a block may read
-    block = max(1, min(STORE_BLOCK_STORE_DAYS // max(len(ix.store_ids), 1),
-                       max(STORE_BLOCK_MIN_DAYS, reach - cfg.window_days - 1)))
-    cuts = np.searchsorted(day, np.arange(int(day[0]) + block, int(day[-1]) + 1, block)).tolist()
+    n_stores = max(len(ix.store_ids), 1)
+    most = max(1, STORE_BLOCK_STORE_DAYS // n_stores)
+    block = max(1, min(most, max(STORE_BLOCK_MIN_DAYS, reach - cfg.window_days - 1)))
+    carry = n_stores * (cfg.window_days + 2) <= STORE_SWEEP_STORE_DAYS
+    d_first, d_last = int(day[0]), int(day[-1])
+    n_days = d_last - d_first + 1
+    seg_days = -(-n_days // min(workers, n_days)) if carry else n_days
+    # per segment, its blocks' first days (a block reads fewer events once carried, but its store-days
+    # weigh as much: a block of more days raised the run's peak, 34 days against 14 at 10M orders)
+    starts = [list(range(s0, min(s0 + seg_days, d_last + 1), block)) for s0 in range(d_first, d_last + 1, seg_days)]
+    cuts = np.searchsorted(day, [d for seg in starts for d in seg][1:]).tolist()
     bounds = [0, *cuts, len(t)]
-    return list(zip(bounds[:-1], bounds[1:]))
+    spans = list(zip(bounds[:-1], bounds[1:]))
+    if not carry:
+        return [[span] for span in spans]
+    out, k = [], 0
+    for seg in starts:
+        out.append(spans[k:k + len(seg)])
+        k += len(seg)
+    return out
 
 
-def _store_block(ix: BatchIndex, cfg: ScoreConfig, span: tuple[int, int], timings: dict[str, float]
-                 ) -> dict[str, Any]:
-    """The store rows of the decided requests ``q_rows[a:b]`` as arrays (categories as codes into
-    ``levels``; timed as ``profiles``)."""
+def _store_segment(ix: BatchIndex, cfg: ScoreConfig, spans: Sequence[tuple[int, int]], timings: dict[str, float]
+                   ) -> list[dict[str, Any]]:
+    """The store rows of the decided requests of each span (in time order, one sweep), as
+    arrays (categories as codes into ``levels``; timed as ``profiles``)."""
     clock = _Clock(timings)
-    t, store = _request_times_stores(ix, *span)
-    frame = _store_rows(ix, store, t, cfg)
-    codes, levels = pd.factorize(frame["category"], use_na_sentinel=True)
-    out: dict[str, Any] = {c: frame[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")}
-    out["provisional"] = frame["provisional"].to_numpy(dtype=bool)
-    out["category"] = np.asarray(codes, dtype=np.int32)
-    out["levels"] = [str(x) for x in levels]
+    sweep = None if ix.published is not None else StoreScoreSweep(ix.store_events(), cfg)
+    out = []
+    for span in spans:
+        t, store = _request_times_stores(ix, *span)
+        frame = _store_rows(ix, store, t, cfg, sweep)
+        codes, levels = pd.factorize(frame["category"], use_na_sentinel=True)
+        block: dict[str, Any] = {c: frame[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")}
+        block["provisional"] = frame["provisional"].to_numpy(dtype=bool)
+        block["category"] = np.asarray(codes, dtype=np.int32)
+        block["levels"] = [str(x) for x in levels]
+        out.append(block)
+        del frame
+        _trim_heap()  # (the block's temporaries: the next block, or the other threads' work, reuse the pages)
     clock.lap("profiles")
     return out
 
@@ -778,22 +812,22 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
         return f(*args, own)
 
     if threads <= 1:  # one at a time; the store blocks first, before the graph's arrays exist
-        blocks = [timed(_store_block, ix, cfg, span) for span in _store_blocks(ix, cfg)]
+        blocks = [b for seg in _store_segments(ix, cfg) for b in timed(_store_segment, ix, cfg, seg)]
         parts = [timed(_store_order_part, ix), timed(_links_and_graph, ix)]
     else:
         # one thread: the pairs and the graph, then the stores' order times; the others share the store
-        # blocks, whose budget is divided among them; each thread trims its heap after a part
+        # blocks (a segment each), whose budget is divided among them; each thread trims its heap after a part
         def trimmed(f: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
             part = timed(f, *args)
             _trim_heap()
             return part
 
-        spans = _store_blocks(ix, cfg, workers=threads - 1)
+        segments = _store_segments(ix, cfg, workers=threads - 1)
         with ThreadPoolExecutor(max_workers=1) as one, ThreadPoolExecutor(max_workers=threads - 1) as pool:
             # (the pairs before the stores' order times: their temporaries then overlap no kept run part)
             links_f = one.submit(trimmed, _links_and_graph, ix)
             times_f = one.submit(trimmed, _store_order_part, ix)
-            blocks = list(pool.map(lambda span: trimmed(_store_block, ix, cfg, span), spans))
+            blocks = [b for seg in pool.map(lambda seg: trimmed(_store_segment, ix, cfg, seg), segments) for b in seg]
             parts = [times_f.result(), links_f.result()]
     for own in clocks:
         _add_timings(timings, own)
@@ -1147,10 +1181,14 @@ def _build_graph(ix: BatchIndex, dev: np.ndarray, addr: np.ndarray) -> ClusterGr
         np.asarray(ix.r_buyer, dtype=np.int64), np.asarray(ix.r_req, dtype=np.int64), first_bad)
 
 
-def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
-    """The store score of each request's store and day: published if given, computed otherwise."""
+def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig,
+                sweep: StoreScoreSweep | None = None) -> pd.DataFrame:
+    """The store score of each request's store and day: published if given, computed otherwise
+    (by ``sweep`` if given: requests in time order)."""
     if ix.published is not None:
         res = ix.published.lookup(q_store, day_index(t, cfg.timezone), cfg)
+    elif sweep is not None:
+        res = sweep.scores(q_store, t)
     else:
         res = coded_store_scores(ix.store_events(), q_store, t, cfg)
     out = pd.DataFrame({c: res[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")})
@@ -1570,11 +1608,11 @@ def _score_saved(folder: str, model: BatchModel, spec: SliceSpec) -> tuple[pa.Ta
     return table, timings
 
 
-def _run_part_saved(folder: str, cfg: ScoreConfig, span: tuple[int, int] | str
-                    ) -> tuple[dict[str, Any] | None, dict[str, float]]:
+def _run_part_saved(folder: str, cfg: ScoreConfig, span: list[tuple[int, int]] | str
+                    ) -> tuple[list[dict[str, Any]] | None, dict[str, float]]:
     """Worker side: one run part of the index saved in ``folder``: ``"links"`` (pair rows and cluster
-    graph) and ``"store_times"`` are saved into the folder; a span ``(a, b)`` returns the store rows
-    of the decided requests ``q_rows[a:b]``."""
+    graph) and ``"store_times"`` are saved into the folder; a segment of spans ``(a, b)`` returns the
+    store rows of the decided requests ``q_rows[a:b]`` of each (:func:`_store_segment`)."""
     timings: dict[str, float] = {}
     with arrow_batch_pool():
         ix = _saved_index(folder, complete=False)
@@ -1588,7 +1626,7 @@ def _run_part_saved(folder: str, cfg: ScoreConfig, span: tuple[int, int] | str
                     with atomic_target(base / f"{name}.npy") as tmp, open(tmp, "wb") as f:
                         np.save(f, value, allow_pickle=False)
             return None, timings
-        return _store_block(ix, cfg, span, timings), timings
+        return _store_segment(ix, cfg, span, timings), timings
 
 
 def _save_store_rows(folder: Path, merged: dict[str, Any]) -> None:
@@ -1732,7 +1770,7 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     ``backend="processes"``: the index is written once to a temporary folder and
     memory-mapped by ``jobs`` joblib (loky) workers; its run parts, if missing, are
     computed by the workers too (the device and address pairs and the graph in one
-    task, the stores' sorted order times in another, one task per store-score block)
+    task, the stores' sorted order times in another, one task per segment of store-score blocks)
     and saved beside it. Each worker starts Python, imports the engine and parses the
     model, so this pays off only where the threads' share of GIL-held work limits them
     (many cores).
@@ -1767,16 +1805,16 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     try:
         t = time.perf_counter()
         index.save(folder, threads=jobs)
-        spans = _store_blocks(index, cfg) if not index.has_run_parts else None
+        segments = _store_segments(index, cfg, workers=jobs - 1) if not index.has_run_parts else None
         del index  # the workers read the saved copy; this process needs nothing more of it
         # some index arrays were zero-copy views of Arrow buffers: Arrow's pool keeps them once
         # freed (~600 MB at 10M orders) unless told to hand them back now
         pa.default_memory_pool().release_unused()
         timings["index"] = timings.get("index", 0.0) + time.perf_counter() - t
-        if spans is not None:
+        if segments is not None:
             parts = Parallel(n_jobs=jobs, max_nbytes=None)(
-                delayed(_run_part_saved)(str(folder), cfg, span) for span in ["links", "store_times", *spans])
-            _save_store_rows(folder, _merge_store_blocks([block for block, _ in parts[2:]], cfg))
+                delayed(_run_part_saved)(str(folder), cfg, span) for span in ["links", "store_times", *segments])
+            _save_store_rows(folder, _merge_store_blocks([block for seg, _ in parts[2:] for block in seg], cfg))
             for _, own in parts:
                 _add_timings(timings, own)
         run = Parallel(n_jobs=jobs, return_as="generator", max_nbytes=None)

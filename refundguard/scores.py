@@ -945,12 +945,19 @@ def _history_range(d0: int, d1: int, cfg: ScoreConfig) -> tuple[int, int]:
     return lo_ns, hi_ns
 
 
-def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> _History:
-    """:func:`_history_stats` on prepared event sources (tables or integer-coded arrays)."""
+def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig, carry: _Carry | None = None
+                          ) -> _History:
+    """:func:`_history_stats` on prepared event sources (tables or integer-coded arrays).
+
+    With ``carry`` (:class:`StoreScoreSweep`), ``src`` holds only the events anchored
+    from ``carry.next_day`` (which must be ``d0``) to ``d1``, each order source its own
+    anchors; the earlier events come from ``carry``, which is updated for ``d1 + 1``.
+    """
     tz = cfg.timezone
     ndays = d1 - d0 + 1
     wd = cfg.window_days
     nst = len(src.store_ids)
+    ahead = 0 if carry is None else wd + 1  # an event anchored by d1 stops by d1 + wd + 1
 
     days_of: dict[tuple[str, str], np.ndarray] = {}
 
@@ -961,7 +968,7 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
             out = days_of[(source, col)] = day_index(src.events[source].ns(col), tz)
         return out
 
-    acc = _Rolling(nst, d0, ndays)
+    acc = _Rolling(nst, d0, ndays, ahead, heads=None if carry is None else carry.heads)
     # the day interval of each event is shared by the statistics of one (source, known_from);
     # _STAT_DEFS lists each source's statistics together, so a source's spans go when it is done
     spans: dict[tuple[str, str | None], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -982,6 +989,7 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         m = ok if d.where is None else ok & d.where(ev)
         value = None if d.value is None else np.asarray(d.value(ev), dtype=np.int64)[m]
         acc.add_spans(d.name, start[m], stop[m], value)
+        acc.settle(d.name)  # (its int64 difference array goes before the next statistic's)
     # below, only the paid events are read: the others' rows go now (they would add to the peak below)
     spans.clear()
     days_of.clear()
@@ -1004,21 +1012,36 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         raise SchemaError("category is required (null found)", table="orders", column="category", rule="required")
     ncat = max(len(cat_uniques), 1)
     pair_key = paid.store.astype(np.int64) * ncat + cat_codes
+    carried = np.empty(0, dtype=np.int64) if carry is None else carry.pair_keys
     if nst * ncat <= 4 * len(pair_key) + 1_000_000:  # dense: no sort
         present = np.zeros(nst * ncat, dtype=bool)
         present[pair_key] = True
+        present[carried] = True
         upair = np.flatnonzero(present)
         rank = np.cumsum(present, dtype=np.int64) - 1
         pair_idx = rank[pair_key]
+        carried_idx = rank[carried]
+        del present, rank
     else:
-        upair, pair_idx = np.unique(pair_key, return_inverse=True)
+        upair, inverse = np.unique(np.concatenate([pair_key, carried]), return_inverse=True)
+        pair_idx, carried_idx = inverse[: len(pair_key)], inverse[len(pair_key):]
+        del inverse
     del pair_key
-    pacc = _Rolling(len(upair), d0, ndays)
+    pair_heads = None
+    if carry is not None:
+        head = np.zeros((len(upair), ahead + 1), dtype=np.int64)
+        head[carried_idx] = carry.pair_head
+        pair_heads = {"n": head}
+    pacc = _Rolling(len(upair), d0, ndays, ahead, heads=pair_heads)
     first = p_day + 1
     p_day += wd  # (in place: the last day; a batch store block peaked here)
     pacc.add("n", pair_idx, first, p_day, None)
-    del first, p_day, pair_idx
+    del first, p_day, pair_idx, pair_heads
     pcounts = pacc.result("n")  # (n_pairs, ndays); pairs sorted by store then category (alphabetical)
+    if carry is not None:  # the pairs that still count some order after d1
+        tail = pacc.tails.pop("n")
+        live = tail.any(axis=1)
+        carry.pair_keys, carry.pair_head = upair[live], tail[live]
     pair_store = upair // ncat
     pair_cat = upair % ncat
 
@@ -1054,6 +1077,9 @@ def _history_from_sources(src: _Sources, d0: int, d1: int, cfg: ScoreConfig) -> 
         cat_of[found] = pair_cat[b[found]]
 
     category = pd.Categorical.from_codes(cat_of, categories=pd.Index(list(cat_uniques), dtype=object))
+    if carry is not None:  # every statistic's result() has run: its tail is kept
+        carry.heads = acc.tails
+        carry.next_day = d1 + 1
     return _History(
         store_ids=src.store_ids, st_idx=st_idx, day_idx=day_idx, category=category, stats=row_stats,
         refunds_known=known_by_day
@@ -1086,12 +1112,23 @@ class _Rolling:
 
     Events are only recorded by :meth:`add`; each statistic is materialised (one dense
     ``rows x days`` array) by :meth:`result`, one at a time, to keep memory low.
+
+    With ``ahead > 0`` the difference arrays also cover the ``ahead`` days after the
+    last one, and :meth:`result` keeps each statistic's :attr:`tails`: its value on the
+    last day and the differences of the days after it, the ``heads`` of the next days'
+    :class:`_Rolling` (:class:`_Carry`). An event's interval must then end within
+    ``ahead`` days of the last day (its stop is never dropped).
     """
 
-    def __init__(self, nrows: int, d0: int, ndays: int) -> None:
-        self.nrows, self.d0, self.ndays = nrows, d0, ndays
+    def __init__(self, nrows: int, d0: int, ndays: int, ahead: int = 0,
+                 heads: Mapping[str, np.ndarray] | None = None) -> None:
+        self.nrows, self.d0, self.ndays, self.ahead = nrows, d0, ndays, ahead
+        self.width = ndays + ahead + 1  # difference columns: the days kept, the days ahead, the stops after them
         self.events: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
         self.diffs: dict[str, np.ndarray] = {}
+        self.heads: dict[str, np.ndarray] = dict(heads or {})
+        self.tails: dict[str, np.ndarray] = {}
+        self.settled: dict[str, np.ndarray] = {}
 
     def add(self, name: str, rows: np.ndarray, s: np.ndarray, e: np.ndarray, value: np.ndarray | None) -> None:
         """Record events of ``rows`` active on days ``[s, e]`` (:meth:`spans`, then :meth:`add_spans`).
@@ -1115,11 +1152,11 @@ class _Rolling:
         s -= self.d0  # (in place: no temporaries of their size, the batch store blocks peak here)
         np.maximum(s, 0, out=s)
         e -= self.d0
-        np.minimum(e, self.ndays - 1, out=e)
+        np.minimum(e, self.ndays + self.ahead - 1, out=e)
         ok = ok & (s <= e)
-        small = self.nrows * (self.ndays + 1) < 2**31
+        small = self.nrows * self.width < 2**31
         base = rows.astype(np.int32 if small else np.int64)  # (small: every position fits int32)
-        base *= self.ndays + 1
+        base *= self.width
         s += base
         e += base
         e += 1
@@ -1135,7 +1172,7 @@ class _Rolling:
         slice) the events are added to it at once; otherwise they are kept until
         :meth:`result` (a long history: one dense array at a time).
         """
-        size = self.nrows * (self.ndays + 1)
+        size = self.nrows * self.width
         if size <= 4 * len(start) + 1_000_000:
             diff = self.diffs.get(name)
             if diff is None:
@@ -1154,18 +1191,60 @@ class _Rolling:
             np.add.at(diff, start, v)
             np.add.at(diff, stop, -v)
 
+    def settle(self, name: str) -> None:
+        """Materialise a statistic now if its events are already in its difference array.
+
+        Its result is smaller than the difference array (int32 counts, no days ahead),
+        so a caller done adding a statistic's events settles it before the next one's.
+        """
+        if name in self.diffs:
+            self.settled[name] = self._result(name)
+
     def result(self, name: str) -> np.ndarray:
-        size = self.nrows * (self.ndays + 1)
+        """The ``rows x days`` sums of a statistic (int32 for counts that fit); keeps its tail."""
+        out = self.settled.pop(name, None)
+        return self._result(name) if out is None else out
+
+    def _result(self, name: str) -> np.ndarray:
+        size = self.nrows * self.width
         diff = self.diffs.pop(name, None)
         if diff is None:
             diff = np.zeros(size, dtype=np.int64)
         for start, stop, v in self.events.pop(name, []):
             self._accumulate(diff, start, stop, v)
-        arr = np.cumsum(diff.reshape(self.nrows, self.ndays + 1)[:, : self.ndays], axis=1)
-        del diff
+        diff2 = diff.reshape(self.nrows, self.width)
+        head = self.heads.pop(name, None)
+        if head is not None:
+            diff2[:, : head.shape[1]] += head
+        arr = np.cumsum(diff2[:, : self.ndays], axis=1)
+        if self.ahead:
+            tail = diff2[:, self.ndays:].copy()  # the value before the next day, then its differences
+            if self.ndays:
+                tail[:, 0] += arr[:, -1]
+            if name not in _SUM_STATS and (tail.size == 0 or max(tail.max(), -tail.min()) < 2**31):
+                tail = tail.astype(np.int32)  # (counts: half the carried memory)
+            self.tails[name] = tail
+        del diff, diff2
         if name not in _SUM_STATS and (arr.size == 0 or arr.max() < 2**31):
             return arr.astype(np.int32)
         return arr
+
+
+@dataclass
+class _Carry:
+    """What :class:`StoreScoreSweep` carries from one day range to the next: the events read so far.
+
+    ``heads`` holds, per statistic, one row per store: the value on the day before
+    ``next_day`` and the differences of the next ``window_days + 1`` days (the stops of
+    the events read). ``pair_keys`` and ``pair_head`` hold the same for the rolling
+    order counts of the (store, category) pairs that still have some (sorted keys
+    ``store * n_categories + category``).
+    """
+
+    next_day: int
+    heads: dict[str, np.ndarray]
+    pair_keys: np.ndarray
+    pair_head: np.ndarray
 
 
 # --------------------------------------------------------------------------- public: per request
@@ -1429,19 +1508,28 @@ def coded_store_scores(
         score_missing``, one row per request (``RangeIndex``).
     """
     cfg = _check_config(config, "coded_store_scores")
+    t = np.asarray(t, dtype=np.int64)
+    if not len(t):
+        return _request_rows(events, None, np.asarray(store, dtype=np.int64), t, 0, 0, cfg)
+    day = day_index(t, cfg.timezone)
+    d0, d1 = int(day.min()), int(day.max())
+    lo, hi = _history_range(d0, d1, cfg)
+    h = _history_from_sources(_coded_sources(events, lo, hi), d0, d1, cfg)
+    return _request_rows(events, h, np.asarray(store, dtype=np.int64), day, d0, d1, cfg)
+
+
+def _request_rows(events: CodedStoreEvents, h: _History | None, store: np.ndarray, day: np.ndarray, d0: int, d1: int,
+                  cfg: ScoreConfig) -> pd.DataFrame:
+    """The rows of :func:`coded_store_scores`: each request's (store, day) row of the history ``h`` of
+    the days ``d0 .. d1`` (``None``: no request)."""
     tz = cfg.timezone
-    n = len(t)
-    store = np.asarray(store, dtype=np.int64)
+    n = len(day)
     out = pd.DataFrame(index=pd.RangeIndex(n))
     for c in ("score", "product", "logistics", "service"):
         out[c] = np.full(n, np.nan)
     out["category"] = pd.array(np.full(n, None, dtype=object), dtype="str")
     out["n_orders"] = np.zeros(n, dtype=np.int32)
-    if n:
-        day = day_index(np.asarray(t, dtype=np.int64), tz)
-        d0, d1 = int(day.min()), int(day.max())
-        lo, hi = _history_range(d0, d1, cfg)
-        h = _history_from_sources(_coded_sources(events, lo, hi), d0, d1, cfg)
+    if h is not None and n:
         ndays = d1 - d0 + 1
         nst = len(events.store_ids)
         wanted = np.zeros(nst * ndays + 1, dtype=bool)  # last slot: requests without a store code
@@ -1468,6 +1556,75 @@ def coded_store_scores(
     out["provisional"] = out["n_orders"].to_numpy() < cfg.min_orders
     out["score_missing"] = out["score"].isna().to_numpy()
     return out
+
+
+class StoreScoreSweep:
+    """:func:`coded_store_scores` for requests given in time order, reading each event once.
+
+    Each call scores requests no earlier than the days of the previous call. It reads
+    only the events anchored since the previous call's last day and carries the rest
+    (:class:`_Carry`: per store, the statistics on that day and the stops of the events
+    that still count; per (store, category) pair, the same for the order counts). A
+    single :func:`coded_store_scores` call per day range instead reads the window's
+    ``window_days`` before the range again for every range. The rows are the same
+    bytes either way (integer sums).
+
+    Parameters
+    ----------
+    events
+        The integer-coded inputs.
+    config : ScoreConfig, optional
+
+    Notes
+    -----
+    The carried state is one int64 per statistic, store and day of the window ahead
+    (``len(events.store_ids) * (window_days + 2)`` per statistic), whatever the
+    number of events. Not thread-safe: one sweep per thread.
+    """
+
+    def __init__(self, events: CodedStoreEvents, config: ScoreConfig | None = None) -> None:
+        self.events = events
+        self.config = _check_config(config, "StoreScoreSweep")
+        self._carry: _Carry | None = None
+
+    def scores(self, store: np.ndarray, t: np.ndarray) -> pd.DataFrame:
+        """The rows of :func:`coded_store_scores` for these requests.
+
+        Parameters
+        ----------
+        store, t
+            As in :func:`coded_store_scores`; no request before the local day after
+            the previous call's last request (the days between two calls are
+            computed by the second, or skipped when the window cannot span them).
+
+        Raises
+        ------
+        ConfigError
+            A request is on a day before the end of the previous call's days.
+        """
+        cfg = self.config
+        t = np.asarray(t, dtype=np.int64)
+        store = np.asarray(store, dtype=np.int64)
+        if not len(t):
+            return _request_rows(self.events, None, store, t, 0, 0, cfg)
+        day = day_index(t, cfg.timezone)
+        d0, d1 = int(day.min()), int(day.max())
+        carry, wd = self._carry, cfg.window_days
+        if carry is not None and d0 < carry.next_day:
+            raise ConfigError.invalid("StoreScoreSweep.scores", "t", f"requests on local day {carry.next_day} or later "
+                                      "(the sweep's days so far)", f"a request on day {d0}")
+        if carry is None or d0 - carry.next_day > wd + 1:  # start (again): read the window before d0
+            carry = _Carry(next_day=d0, heads={}, pair_keys=np.empty(0, dtype=np.int64),
+                           pair_head=np.zeros((0, wd + 2), dtype=np.int64))
+            lo, hi = _history_range(d0, d1, cfg)
+        else:  # the days between (if any) are computed too: their events must be carried
+            d0 = carry.next_day
+            lo = int(day_start_ns(np.array([d0]), cfg.timezone)[0])
+            hi = _history_range(d0, d1, cfg)[1]
+        self._carry = None  # (a failure below leaves no half-updated state behind)
+        h = _history_from_sources(_coded_sources(self.events, lo, hi, union_orders=False), d0, d1, cfg, carry)
+        self._carry = carry
+        return _request_rows(self.events, h, store, day, d0, d1, cfg)
 
 
 # --------------------------------------------------------------------------- calibration

@@ -111,30 +111,37 @@ def test_output_is_the_same_for_every_jobs_and_chunk_days(guard, folder, tmp_pat
 
 def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_path, monkeypatch):
     """The decided requests' store scores are computed once per run, in blocks of days: one block,
-    a block per day, five or seven days per block give the same bytes (and workers read them saved)."""
+    a block per day, five or seven days per block, carried from block to block by one sweep, by a
+    sweep per worker or each block on its own give the same bytes (and workers read them saved)."""
     real, calls = refundguard.batch._store_rows, []
 
     def counted(*args, **kwargs):
-        calls.append(1)
+        calls.append(args[4] if len(args) > 4 else kwargs.get("sweep"))
         return real(*args, **kwargs)
 
     monkeypatch.setattr(refundguard.batch, "_store_rows", counted)
-    digests, blocks = [], []
-    # <= 90 stores: 1 and 5 days per block by store-days; 1,000 orders' reach: the 7-day floor
-    for store_days, orders, jobs, backend in ((10**9, 10**9, 1, "threads"), (1, 10**9, 1, "threads"),
-                                              (5 * 90, 10**9, 1, "threads"), (10**9, 1_000, 1, "threads"),
-                                              (1, 10**9, 2, "processes"), (5 * 90, 10**9, 3, "threads")):
+    digests, blocks, sweeps = [], [], []
+    # <= 90 stores: 1 and 5 days per block by store-days; 1,000 orders' reach: the 7-day floor;
+    # a sweep budget of 0 store-days: no carry, every block on its own
+    for store_days, orders, carry, jobs, backend in (
+            (10**9, 10**9, 10**9, 1, "threads"), (1, 10**9, 10**9, 1, "threads"), (5 * 90, 10**9, 10**9, 1, "threads"),
+            (10**9, 1_000, 10**9, 1, "threads"), (1, 10**9, 10**9, 2, "processes"), (5 * 90, 10**9, 10**9, 3, "threads"),
+            (5 * 90, 10**9, 0, 1, "threads"), (5 * 90, 10**9, 0, 3, "processes")):
         monkeypatch.setattr(refundguard.batch, "STORE_BLOCK_STORE_DAYS", store_days)
         monkeypatch.setattr(refundguard.batch, "STORE_BLOCK_ORDERS", orders)
+        monkeypatch.setattr(refundguard.batch, "STORE_SWEEP_STORE_DAYS", carry)
         calls.clear()
-        out = tmp_path / f"b{store_days}-{orders}-{jobs}-{backend}.parquet"
+        out = tmp_path / f"b{store_days}-{orders}-{carry}-{jobs}-{backend}.parquet"
         guard.score_history(folder, "2024-08-01", "2024-10-19", out=out, jobs=jobs, chunk_days=7, backend=backend)
         digests.append(_sha(out))
         blocks.append(len(calls))
+        sweeps.append(len({id(c) for c in calls}))
     assert len(set(digests)) == 1
     assert blocks[0] == 1 and blocks[1] >= 70 and 1 < blocks[2] < blocks[1], blocks  # (processes: in the workers)
     assert blocks[3] == len(range(0, 79, 7)), blocks  # 2024-08-01 .. 2024-10-18 in 7-day blocks
-    assert blocks[5] == blocks[2], blocks  # 3 threads: 2 share the blocks, each at the budget of one
+    assert sweeps[:4] == [1, 1, 1, 1] and sweeps[5] == 2, sweeps  # one sweep per worker computing blocks
+    assert blocks[5] >= blocks[2], blocks  # 3 threads: 2 sweeps share the days, each at the budget of one
+    assert blocks[6] == blocks[2] == len(range(0, 79, 5)) and sweeps[6] == blocks[6], (blocks, sweeps)  # no carry
 
 
 @given(data=st.data())
@@ -801,6 +808,90 @@ def test_store_scores_from_parquet_columns_equal_store_scores(folder):
     got = coded_store_scores(events, codes, req["requested_at"].array.asi8)
     ref = rg.scores.store_scores_for_requests(tables, req[["requested_at", "store_id"]]).reset_index(drop=True)
     pd.testing.assert_frame_equal(got, ref.drop(columns="score_day"), check_dtype=False)
+
+
+def _random_coded_events(rng: np.random.Generator, n_stores: int, n_days: int, t0: int):
+    """Integer-coded store events over ``n_days`` from ``t0`` (UTC ns): missing instants, late and
+    early resolutions and escalations, low and high ratings, slow and fast chats."""
+    from refundguard._time import NAT
+    from refundguard.scores import CodedStoreEvents
+
+    day = 86_400 * 10**9
+
+    def instants(n, base, p_missing, lo=0.0, hi=3.0):
+        out = base + (rng.uniform(lo, hi, n) * day).astype(np.int64)
+        out[rng.random(n) < p_missing] = NAT
+        return out
+
+    n_o = int(rng.integers(0, 400))
+    paid = t0 + (rng.uniform(0, n_days, n_o) * day).astype(np.int64)
+    ship_by = instants(n_o, paid, 0.1, 0.5, 3)
+    shipped = instants(n_o, paid, 0.2, 0, 4)
+    delivered = instants(n_o, paid, 0.3, 1, 12)
+    n_r = int(rng.integers(0, 150))
+    r_order = rng.integers(0, max(n_o, 1), n_r) if n_o else np.zeros(0, dtype=np.int64)
+    r_req = instants(n_r, paid[r_order] if n_o else np.zeros(n_r, dtype=np.int64), 0.0, 0, 20)
+    r_res = instants(n_r, r_req, 0.3, 0, 45)  # some resolved after the window's end
+    esc = rng.random(n_r) < 0.3
+    esc_at = np.where(esc, instants(n_r, r_req, 0.5, 0, 40), NAT)
+    n_v = int(rng.integers(0, 200))
+    v_order = rng.integers(0, max(n_o, 1), n_v) if n_o else np.zeros(0, dtype=np.int64)
+    n_s = int(rng.integers(0, 100))
+    o_store = rng.integers(0, n_stores, n_o).astype(np.int32)
+    req_ok = r_req[r_req != NAT]
+    return CodedStoreEvents(
+        store_ids=np.array([f"s{k}" for k in range(n_stores)], dtype=object),
+        categories=np.array(["apparel", "books", "home"], dtype=object),
+        o_store=o_store, o_category=rng.integers(0, 3, n_o).astype(np.int32),
+        o_paid=paid, o_ship_by=ship_by, o_shipped=shipped, o_delivered=delivered,
+        r_store=o_store[r_order] if n_o else np.zeros(0, dtype=np.int32), r_requested=r_req, r_resolved=r_res,
+        r_escalation_known=np.where(esc_at != NAT, esc_at, r_res), r_reason=rng.integers(0, 5, n_r).astype(np.int8),
+        r_escalated=esc,
+        v_store=o_store[v_order] if n_o else np.zeros(0, dtype=np.int32),
+        v_created=instants(n_v, paid[v_order] if n_o else np.zeros(n_v, dtype=np.int64), 0.0, 1, 25),
+        v_rating=rng.choice([1.0, 3.0, 4.0, 5.0, np.nan], n_v),
+        s_store=rng.integers(0, n_stores, n_s).astype(np.int32),
+        s_started=t0 + (rng.uniform(0, n_days, n_s) * day).astype(np.int64),
+        s_first_response=rng.choice([5.0, 60.0, 400.0, np.nan], n_s),
+        first_refund_ns=int(req_ok.min()) if len(req_ok) else NAT,
+    )
+
+
+@given(seed=st.integers(0, 2**32 - 1), window=st.sampled_from([1, 3, 7, 30]),
+       tz=st.sampled_from(["UTC", "Asia/Shanghai", "America/New_York"]), data=st.data())
+@settings(max_examples=60, deadline=None)
+def test_store_score_sweep_equals_scoring_each_block_on_its_own(seed, window, tz, data):
+    """StoreScoreSweep reads each event once and carries the window's sums from block to block: every
+    block's rows are exactly coded_store_scores of that block alone (which reads the window before it
+    again), whatever the blocks, the gaps between them (shorter and longer than the window) and the
+    time zone; a request before the sweep's days is refused."""
+    from refundguard.scores import StoreScoreSweep, coded_store_scores
+
+    rng = np.random.default_rng(seed)
+    n_stores, n_days = int(rng.integers(1, 6)), 70
+    t0 = pd.Timestamp("2024-03-01", tz="UTC").value
+    events = _random_coded_events(rng, n_stores, n_days, t0)
+    cfg = ScoreConfig(window_days=window, timezone=tz, min_orders=int(rng.integers(1, 4)))
+    # requests: a few per day on random days, then cut into consecutive blocks at day boundaries
+    req_days = np.unique(rng.integers(0, n_days + 10, int(rng.integers(1, 40))))
+    cuts = sorted(set(data.draw(st.lists(st.integers(1, max(1, len(req_days) - 1)), max_size=6))))
+    day_ns = 86_400 * 10**9
+    sweep = StoreScoreSweep(events, cfg)
+    for block in np.split(req_days, cuts):
+        if not len(block):
+            continue
+        local = (pd.DatetimeIndex(pd.to_datetime(t0) + pd.to_timedelta(block, unit="D")).tz_localize("UTC")
+                 .tz_convert(tz))
+        # a request at the local midnight, one in the day, one at the last instant of a 23-hour day
+        start = np.repeat(local.normalize().asi8, 3)
+        t = start + np.tile([0, day_ns // 3, 23 * 3600 * 10**9 - 1], len(block))
+        t = np.sort(t)
+        store = rng.integers(-1, n_stores, len(t))
+        got = sweep.scores(store, t)
+        want = coded_store_scores(events, store, t, cfg)
+        pd.testing.assert_frame_equal(got, want)
+    with pytest.raises(ConfigError, match="StoreScoreSweep"):
+        sweep.scores(np.array([0]), np.array([t0], dtype=np.int64))
 
 
 def test_id_columns_are_read_as_parquet_dictionaries(folder, tmp_path):
