@@ -745,14 +745,20 @@ def _store_segment(ix: BatchIndex, cfg: ScoreConfig, spans: Sequence[tuple[int, 
     out = []
     for span in spans:
         t, store = _request_times_stores(ix, *span)
-        frame = _store_rows(ix, store, t, cfg, sweep)
-        codes, levels = pd.factorize(frame["category"], use_na_sentinel=True)
-        block: dict[str, Any] = {c: frame[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")}
-        block["provisional"] = frame["provisional"].to_numpy(dtype=bool)
-        block["category"] = np.asarray(codes, dtype=np.int32)
-        block["levels"] = [str(x) for x in levels]
+        if sweep is not None:  # arrays, categories as codes: no string per request
+            cols = sweep.columns(store, t)
+            block: dict[str, Any] = {c: cols[c] for c in ("score", "product", "logistics", "service", "provisional")}
+            block["category"] = cols["category"]
+            block["levels"] = [str(x) for x in sweep.events.categories]
+        else:
+            frame = _store_rows(ix, store, t, cfg)
+            codes, levels = pd.factorize(frame["category"], use_na_sentinel=True)
+            block = {c: frame[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")}
+            block["provisional"] = frame["provisional"].to_numpy(dtype=bool)
+            block["category"] = np.asarray(codes, dtype=np.int32)
+            block["levels"] = [str(x) for x in levels]
+            del frame
         out.append(block)
-        del frame
         _trim_heap()  # (the block's temporaries: the next block, or the other threads' work, reuse the pages)
     clock.lap("profiles")
     return out
@@ -1181,14 +1187,10 @@ def _build_graph(ix: BatchIndex, dev: np.ndarray, addr: np.ndarray) -> ClusterGr
         np.asarray(ix.r_buyer, dtype=np.int64), np.asarray(ix.r_req, dtype=np.int64), first_bad)
 
 
-def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig,
-                sweep: StoreScoreSweep | None = None) -> pd.DataFrame:
-    """The store score of each request's store and day: published if given, computed otherwise
-    (by ``sweep`` if given: requests in time order)."""
+def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
+    """The store score of each request's store and day: published if given, computed otherwise."""
     if ix.published is not None:
         res = ix.published.lookup(q_store, day_index(t, cfg.timezone), cfg)
-    elif sweep is not None:
-        res = sweep.scores(q_store, t)
     else:
         res = coded_store_scores(ix.store_events(), q_store, t, cfg)
     out = pd.DataFrame({c: res[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")})

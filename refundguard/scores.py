@@ -658,11 +658,14 @@ def _score_frame(
     cfg: ScoreConfig,
     keep: np.ndarray | None = None,
     details: bool = False,
-) -> pd.DataFrame:
+    lean: bool = False,
+) -> Any:
     """Turn window statistics into the output rows (shared by every entry point).
 
     Category means are pooled over all rows sharing ``day_key`` and category; ``keep``
-    then selects the rows to return.
+    then selects the rows to return. ``lean`` returns only ``score``, the three
+    dimensions, ``n_orders`` and ``category`` (codes into the levels of a
+    ``pd.Categorical`` ``category``, -1 for none) as a dict of arrays: no string is made.
     """
     n = len(store_ids)
     asof_s = np.floor_divide(as_of_ns, NS_PER_SECOND)
@@ -753,6 +756,13 @@ def _score_frame(
         total = np.where(wsum > 0, acc / wsum, np.nan)
 
     n_orders = stats["n_orders"][sel]
+    if lean:
+        return {
+            "score": publish_score(total), "product": publish_score(dims["product"]),
+            "logistics": publish_score(dims["logistics"]), "service": publish_score(dims["service"]),
+            "n_orders": n_orders.astype(np.int32),
+            "category": np.where(codes_sel == ncat - 1, -1, codes_sel).astype(np.int32),
+        }
     frame: dict[str, Any] = {
         "store_id": pd.array(np.asarray(store_ids, dtype=object)[sel], dtype="str"),
         "as_of": pd.DatetimeIndex(np.asarray(as_of_ns, dtype=np.int64)[sel].astype("datetime64[ns]"), tz="UTC"),
@@ -1522,12 +1532,23 @@ def _request_rows(events: CodedStoreEvents, h: _History | None, store: np.ndarra
                   cfg: ScoreConfig) -> pd.DataFrame:
     """The rows of :func:`coded_store_scores`: each request's (store, day) row of the history ``h`` of
     the days ``d0 .. d1`` (``None``: no request)."""
-    tz = cfg.timezone
+    cols = _request_columns(events, h, store, day, d0, d1, cfg)
+    out = pd.DataFrame({c: cols[c] for c in ("score", "product", "logistics", "service")})
+    levels = np.asarray([*(str(x) for x in events.categories), None], dtype=object)
+    code = cols["category"]
+    out["category"] = pd.array(levels[np.where(code >= 0, code, len(levels) - 1)], dtype="str")
+    out["n_orders"] = cols["n_orders"]
+    out["provisional"] = cols["provisional"]
+    out["score_missing"] = out["score"].isna().to_numpy()
+    return out
+
+
+def _request_columns(events: CodedStoreEvents, h: _History | None, store: np.ndarray, day: np.ndarray, d0: int,
+                     d1: int, cfg: ScoreConfig) -> dict[str, np.ndarray]:
+    """:func:`_request_rows` as arrays: ``category`` as codes into ``events.categories`` (-1: none)."""
     n = len(day)
-    out = pd.DataFrame(index=pd.RangeIndex(n))
-    for c in ("score", "product", "logistics", "service"):
-        out[c] = np.full(n, np.nan)
-    out["category"] = pd.array(np.full(n, None, dtype=object), dtype="str")
+    out: dict[str, np.ndarray] = {c: np.full(n, np.nan) for c in ("score", "product", "logistics", "service")}
+    out["category"] = np.full(n, -1, dtype=np.int32)
     out["n_orders"] = np.zeros(n, dtype=np.int32)
     if h is not None and n:
         ndays = d1 - d0 + 1
@@ -1536,10 +1557,10 @@ def _request_rows(events: CodedStoreEvents, h: _History | None, store: np.ndarra
         req_key = np.where(store >= 0, store * ndays + (day - d0), nst * ndays)
         wanted[req_key] = True
         keep = wanted[h.st_idx.astype(np.int64) * ndays + h.day_idx]
-        day_start = day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), tz)
-        df = _score_frame(
-            np.asarray(events.store_ids, dtype=object)[h.st_idx], day_start[h.day_idx], h.day_idx, h.category,
-            h.stats, h.refunds_known[h.day_idx], cfg, keep=keep,
+        day_start = day_start_ns(np.arange(d0, d1 + 1, dtype=np.int64), cfg.timezone)
+        rows = _score_frame(
+            h.st_idx, day_start[h.day_idx], h.day_idx, h.category, h.stats, h.refunds_known[h.day_idx], cfg,
+            keep=keep, lean=True,
         )
         sel = np.flatnonzero(keep)
         row_of = np.full(nst * ndays + 1, -1, dtype=np.int64)
@@ -1547,14 +1568,12 @@ def _request_rows(events: CodedStoreEvents, h: _History | None, store: np.ndarra
         pos = row_of[req_key]
         found = pos >= 0
         safe = np.where(found, pos, 0)
-        if len(df):
+        if len(sel):
             for c in ("score", "product", "logistics", "service"):
-                out[c] = np.where(found, df[c].to_numpy(dtype="float64")[safe], np.nan)
-            cat = df["category"].to_numpy(dtype=object)[safe]
-            out["category"] = pd.array(np.where(found, cat, None), dtype="str")
-            out["n_orders"] = np.where(found, df["n_orders"].to_numpy()[safe], 0).astype(np.int32)
-    out["provisional"] = out["n_orders"].to_numpy() < cfg.min_orders
-    out["score_missing"] = out["score"].isna().to_numpy()
+                out[c] = np.where(found, rows[c][safe], np.nan)
+            out["category"] = np.where(found, rows["category"][safe], -1).astype(np.int32)
+            out["n_orders"] = np.where(found, rows["n_orders"][safe], 0).astype(np.int32)
+    out["provisional"] = out["n_orders"] < cfg.min_orders
     return out
 
 
@@ -1577,9 +1596,10 @@ class StoreScoreSweep:
 
     Notes
     -----
-    The carried state is one int64 per statistic, store and day of the window ahead
-    (``len(events.store_ids) * (window_days + 2)`` per statistic), whatever the
-    number of events. Not thread-safe: one sweep per thread.
+    The carried state is one integer per statistic, store and day of the window ahead
+    (``len(events.store_ids) * (window_days + 2)`` per statistic: int32 for counts,
+    int64 for sums), whatever the number of events. Not thread-safe: one sweep per
+    thread.
     """
 
     def __init__(self, events: CodedStoreEvents, config: ScoreConfig | None = None) -> None:
@@ -1602,11 +1622,22 @@ class StoreScoreSweep:
         ConfigError
             A request is on a day before the end of the previous call's days.
         """
+        return _request_rows(self.events, *self._advance(store, t), self.config)
+
+    def columns(self, store: np.ndarray, t: np.ndarray) -> dict[str, np.ndarray]:
+        """:meth:`scores` as arrays, no string made: ``score``, ``product``, ``logistics``,
+        ``service``, ``n_orders``, ``provisional`` and ``category`` (codes into
+        ``events.categories``, -1 for none)."""
+        return _request_columns(self.events, *self._advance(store, t), self.config)
+
+    def _advance(self, store: np.ndarray, t: np.ndarray
+                 ) -> tuple[_History | None, np.ndarray, np.ndarray, int, int]:
+        """The history of the requests' days (read and carried), with the requests' stores and days."""
         cfg = self.config
         t = np.asarray(t, dtype=np.int64)
         store = np.asarray(store, dtype=np.int64)
         if not len(t):
-            return _request_rows(self.events, None, store, t, 0, 0, cfg)
+            return None, store, t, 0, 0
         day = day_index(t, cfg.timezone)
         d0, d1 = int(day.min()), int(day.max())
         carry, wd = self._carry, cfg.window_days
@@ -1624,7 +1655,7 @@ class StoreScoreSweep:
         self._carry = None  # (a failure below leaves no half-updated state behind)
         h = _history_from_sources(_coded_sources(self.events, lo, hi, union_orders=False), d0, d1, cfg, carry)
         self._carry = carry
-        return _request_rows(self.events, h, store, day, d0, d1, cfg)
+        return h, store, day, d0, d1
 
 
 # --------------------------------------------------------------------------- calibration

@@ -113,13 +113,15 @@ def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_
     """The decided requests' store scores are computed once per run, in blocks of days: one block,
     a block per day, five or seven days per block, carried from block to block by one sweep, by a
     sweep per worker or each block on its own give the same bytes (and workers read them saved)."""
-    real, calls = refundguard.batch._store_rows, []
+    from refundguard.scores import StoreScoreSweep
 
-    def counted(*args, **kwargs):
-        calls.append(args[4] if len(args) > 4 else kwargs.get("sweep"))
-        return real(*args, **kwargs)
+    real, calls = StoreScoreSweep.columns, []
 
-    monkeypatch.setattr(refundguard.batch, "_store_rows", counted)
+    def counted(self, *args, **kwargs):
+        calls.append(self)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(StoreScoreSweep, "columns", counted)
     digests, blocks, sweeps = [], [], []
     # <= 90 stores: 1 and 5 days per block by store-days; 1,000 orders' reach: the 7-day floor;
     # a sweep budget of 0 store-days: no carry, every block on its own
