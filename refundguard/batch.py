@@ -682,7 +682,7 @@ STORE_BLOCK_STORE_DAYS = 1_000_000
 #: :data:`STORE_BLOCK_MIN_DAYS` (what each 7-day slice computed before the run parts).
 STORE_BLOCK_ORDERS = 3_000_000
 STORE_BLOCK_MIN_DAYS = 7
-#: Store-days a sweep may carry from one block to the next (per statistic, one int64 per
+#: Store-days a sweep may carry from one block to the next (per statistic, one integer per
 #: store and day of the window ahead: ``stores * (window_days + 2)``). Past it (a
 #: marketplace of some 60,000 stores and more with the 30-day window) every block is
 #: computed on its own and reads the window before its days again.
@@ -812,7 +812,7 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
     """
     clocks: list[dict[str, float]] = []
 
-    def timed(f: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    def timed(f: Callable[..., Any], *args: Any) -> Any:
         own: dict[str, float] = {}
         clocks.append(own)
         return f(*args, own)
@@ -823,7 +823,7 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
     else:
         # one thread: the pairs and the graph, then the stores' order times; the others share the store
         # blocks (a segment each), whose budget is divided among them; each thread trims its heap after a part
-        def trimmed(f: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+        def trimmed(f: Callable[..., Any], *args: Any) -> Any:
             part = timed(f, *args)
             _trim_heap()
             return part
