@@ -72,7 +72,7 @@ from refundguard.profiles import (
     CodedHistory,
     profiles_from_codes,
 )
-from refundguard.scores import CodedStoreEvents, StoreScoreSweep, coded_store_scores
+from refundguard.scores import CodedStoreEvents, StoreScoreSweep
 from refundguard.sources import PublishedScores, SourceTables
 from refundguard.tables import KINDS, OUTCOMES, REASONS
 
@@ -742,21 +742,22 @@ def _store_segment(ix: BatchIndex, cfg: ScoreConfig, spans: Sequence[tuple[int, 
     arrays (categories as codes into ``levels``; timed as ``profiles``)."""
     clock = _Clock(timings)
     sweep = None if ix.published is not None else StoreScoreSweep(ix.store_events(), cfg)
+    levels = None if sweep is None else [str(x) for x in sweep.events.categories]
     out = []
     for span in spans:
         t, store = _request_times_stores(ix, *span)
         if sweep is not None:  # arrays, categories as codes: no string per request
             cols = sweep.columns(store, t)
-            block: dict[str, Any] = {c: cols[c] for c in ("score", "product", "logistics", "service", "provisional")}
-            block["category"] = cols["category"]
-            block["levels"] = [str(x) for x in sweep.events.categories]
+            block: dict[str, Any] = {c: cols[c] for c in ("score", "product", "logistics", "service", "provisional",
+                                                          "category")}
+            block["levels"] = levels
         else:
             frame = _store_rows(ix, store, t, cfg)
-            codes, levels = pd.factorize(frame["category"], use_na_sentinel=True)
+            codes, found = pd.factorize(frame["category"], use_na_sentinel=True)
             block = {c: frame[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")}
             block["provisional"] = frame["provisional"].to_numpy(dtype=bool)
             block["category"] = np.asarray(codes, dtype=np.int32)
-            block["levels"] = [str(x) for x in levels]
+            block["levels"] = [str(x) for x in found]
             del frame
         out.append(block)
         _trim_heap()  # (the block's temporaries: the next block, or the other threads' work, reuse the pages)
@@ -1188,11 +1189,11 @@ def _build_graph(ix: BatchIndex, dev: np.ndarray, addr: np.ndarray) -> ClusterGr
 
 
 def _store_rows(ix: BatchIndex, q_store: np.ndarray, t: np.ndarray, cfg: ScoreConfig) -> pd.DataFrame:
-    """The store score of each request's store and day: published if given, computed otherwise."""
-    if ix.published is not None:
-        res = ix.published.lookup(q_store, day_index(t, cfg.timezone), cfg)
-    else:
-        res = coded_store_scores(ix.store_events(), q_store, t, cfg)
+    """The published store score of each request's store and day (the run computes the others by a
+    :class:`~refundguard.scores.StoreScoreSweep`, :func:`_store_segment`)."""
+    if ix.published is None:
+        raise ValueError("_store_rows reads published scores; the run computes the others by a sweep")
+    res = ix.published.lookup(q_store, day_index(t, cfg.timezone), cfg)
     out = pd.DataFrame({c: res[c].to_numpy(dtype=np.float64) for c in ("score", "product", "logistics", "service")})
     out["provisional"] = res["provisional"].to_numpy(dtype=bool)
     out["category"] = res["category"].astype("str").to_numpy()
