@@ -802,14 +802,18 @@ def _store_order_part(ix: BatchIndex, timings: dict[str, float]) -> dict[str, An
     return {"store_times": times, "store_ptr": ptr}
 
 
-def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: dict[str, float] | None = None
-                  ) -> None:
+def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: dict[str, float] | None = None,
+                  model: BatchModel | None = None) -> None:
     """Compute, in this process, the parts every slice reads (once per run).
 
     They are the first orders of the device and address pairs and the stores' sorted
     order times (timed as ``index``), the cluster graph and the decided requests'
     store rows (``profiles``), on ``threads`` threads. :func:`iter_slices_local` with
     several processes computes them in its workers instead.
+
+    With several threads and a ``model``, the thread of the pairs and order times, which
+    ends before the store scores' sweep, then loads the model's compiled forest from its
+    cache (timed as ``model``): the first slices no longer wait on it.
     """
     clocks: list[dict[str, float]] = []
 
@@ -834,13 +838,23 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
             # (the pairs before the stores' order times: their temporaries then overlap no kept run part)
             links_f = one.submit(trimmed, _links_and_graph, ix)
             times_f = one.submit(trimmed, _store_order_part, ix)
+            forest_f = one.submit(timed, _load_forest, model) if model is not None else None
             blocks = [b for seg in pool.map(lambda seg: trimmed(_store_segment, ix, cfg, seg), segments) for b in seg]
             parts = [times_f.result(), links_f.result()]
+            if forest_f is not None:
+                forest_f.result()
     for own in clocks:
         _add_timings(timings, own)
     for part in [*parts, _merge_store_blocks(blocks, cfg)]:
         for name, value in part.items():
             setattr(ix, name, value)
+
+
+def _load_forest(model: BatchModel, timings: dict[str, float]) -> None:
+    """Run part: parse the model and load its compiled forest, if it has one (timed as ``model``)."""
+    clock = _Clock(timings)
+    _ = _scorer(model).compiled
+    clock.lap("model")
 
 
 def _slice_store_rows(ix: BatchIndex, lo: int, hi: int) -> pd.DataFrame:
@@ -1062,24 +1076,33 @@ class SliceSpec:
         return self.hi - self.lo
 
 
-def plan_slices(index: BatchIndex, chunk_days: int, start_ns: int | None = None) -> list[SliceSpec]:
-    """Cut the refunds to decide into slices of ``chunk_days`` (empty slices are left out).
+def plan_slices(index: BatchIndex, chunk_days: int, start_ns: int | None = None, workers: int = 1
+                ) -> list[SliceSpec]:
+    """Cut the refunds to decide into slices of at most ``chunk_days`` (empty slices are left out).
 
-    Slices start at ``start_ns`` (default: 00:00 UTC of the first refund's day).
+    Slices start at ``start_ns`` (default: 00:00 UTC of the first refund's day), in whole
+    days. With one worker every slice is ``chunk_days`` long. With ``workers`` deciding
+    slices at once, a slice is at most the days left divided by the workers (and at least
+    a day), so the last slices shrink and the workers end together instead of one of them
+    deciding the last long slice alone; a run of more workers than ``chunk_days`` slices
+    gets shorter ones from the start. Where the cuts fall never changes a decision.
     """
     t = index.r_req[index.q_rows]
     if not len(t):
         return []
-    width = int(chunk_days) * NS_PER_DAY
+    chunk = max(1, int(chunk_days))
+    workers = max(1, int(workers))
     origin = int(start_ns) if start_ns is not None else int(t[0]) - int(t[0]) % NS_PER_DAY
-    k0 = (int(t[0]) - origin) // width
-    k1 = (int(t[-1]) - origin) // width
+    day = (int(t[0]) - origin) // (chunk * NS_PER_DAY) * chunk  # the first slice's first day
+    end_day = (int(t[-1]) - origin) // NS_PER_DAY + 1
     out = []
-    for k in range(k0, k1 + 1):
-        t0, t1 = origin + k * width, origin + (k + 1) * width
+    while day < end_day:
+        days = chunk if workers == 1 else max(1, min(chunk, (end_day - day) // workers))
+        t0, t1 = origin + day * NS_PER_DAY, origin + (day + days) * NS_PER_DAY
         lo, hi = np.searchsorted(t, [t0, t1], side="left")
         if hi > lo:
             out.append(SliceSpec(len(out), t0, t1, int(lo), int(hi)))
+        day += days
     return out
 
 
@@ -1114,11 +1137,15 @@ def _history_rows(ix: BatchIndex, t0: int, t1: int, q_buyer: np.ndarray, q_store
 
     paid = ix.o_paid
     ob = np.asarray(ix.o_buyer)
-    before_end = paid < t1
-    o_keep = before_end & (paid >= lo_w) & in_b[ob]
+    # the slice's buyers' orders (in row order): one pass over the orders, then only over these
+    mine = np.flatnonzero(in_b[ob])
+    p_mine = paid[mine]
+    o_keep = np.zeros(len(paid), dtype=bool)
+    o_keep[mine[(p_mine < t1) & (p_mine >= lo_w)]] = True
     # (the stores' 30-day order counts come from the index's sorted order times)
     # all-time rows of the buyers: their first order and the last orders before the window
-    old = np.flatnonzero((paid < lo_w) & (paid != NAT) & in_b[ob])
+    old = mine[(p_mine < lo_w) & (p_mine != NAT)]
+    del mine, p_mine
     if len(old):
         order = np.lexsort((np.asarray(ix.o_amount)[old], paid[old], ob[old]))
         rows = old[order]
@@ -1137,13 +1164,14 @@ def _history_rows(ix: BatchIndex, t0: int, t1: int, q_buyer: np.ndarray, q_store
 
     req = ix.r_req
     rb = np.asarray(ix.r_buyer)
-    r_before = req < t1
-    r_keep = r_before & (req >= lo_w) & in_b[rb]
+    # the buyers' window and all-time rows, the stores' 30 days, the devices' and addresses' 24 hours
     special = np.asarray(ix.r_pair_first) | np.asarray(ix.r_nr_deliv) | np.asarray(ix.r_rej) | np.asarray(ix.r_abuse)
-    r_keep |= r_before & special & in_b[rb]
-    r_keep |= r_before & (req >= lo_s) & in_s[np.asarray(ix.r_store)]
-    r_keep |= r_before & (req >= lo_l) & (in_d[np.asarray(ix.r_dev)] | in_a[np.asarray(ix.r_addr)])
-    linked = np.unique(ob[o_rows[in_d[np.asarray(ix.o_dev)[o_rows]] | in_a[np.asarray(ix.o_addr)[o_rows]]]])
+    r_keep = ((req >= lo_w) | special) & in_b[rb]
+    r_keep |= (req >= lo_s) & in_s[np.asarray(ix.r_store)]
+    r_keep |= (req >= lo_l) & (in_d[np.asarray(ix.r_dev)] | in_a[np.asarray(ix.r_addr)])
+    r_keep &= req < t1
+    # the buyers seen on the slice's devices and addresses (a mask over the buyers: no sort)
+    linked = _mask(n_b, ob[o_rows[in_d[np.asarray(ix.o_dev)[o_rows]] | in_a[np.asarray(ix.o_addr)[o_rows]]]])[:n_b]
     fb = np.asarray(ix.first_bad_refund)[linked]
     r_keep[fb[fb >= 0]] = True
     return o_rows, np.flatnonzero(r_keep)
@@ -1786,7 +1814,7 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     serial = jobs == 1 or len(slices) <= 1
     if serial or backend == "threads":
         if not index.has_run_parts:
-            add_run_parts(index, cfg, threads=jobs, timings=timings)
+            add_run_parts(index, cfg, threads=jobs, timings=timings, model=None if serial else model)
             _release_store_inputs(index)
         if serial:
             for spec in slices:
@@ -1841,6 +1869,7 @@ def run_batch(
     chunk_days: int = DEFAULT_CHUNK_DAYS,
     progress: bool = False,
     runner: Callable[..., Iterator[pa.Table]] | None = None,
+    workers: int | None = None,
 ) -> tuple[BatchResult, pa.Table | None]:
     """Decide every clean refund requested in ``[start_ns, end_ns)``, slice by slice.
 
@@ -1866,6 +1895,9 @@ def run_batch(
     runner
         ``runner(index, model, slices, jobs, timings)`` yielding the scored slices in
         order (default :func:`iter_slices_local`; :mod:`refundguard.dask` passes its own).
+    workers
+        How many slices the runner decides at once (default ``jobs``), for
+        :func:`plan_slices`' cuts.
 
     Returns
     -------
@@ -1880,7 +1912,7 @@ def run_batch(
     # computes them in its worker processes when it has several
     index = build_index(source, start_ns, end_ns, config=model.score_config, published=published, threads=jobs,
                         timings=timings, run_parts=False)
-    slices = plan_slices(index, chunk_days, start_ns)
+    slices = plan_slices(index, chunk_days, start_ns, workers=workers or jobs)
     n_scored_expected = len(index.q_rows)
     runner = runner or iter_slices_local
     source.release()  # the index holds what the slices read
@@ -1998,6 +2030,7 @@ def score_data(
     runner: Callable[..., Iterator[pa.Table]] | None = None,
     owner: str = "score_history",
     backend: str = "threads",
+    workers: int | None = None,
 ) -> tuple[BatchResult, pa.Table | None]:
     """Read, validate and code the input, then :func:`run_batch` (the options of ``score_history``).
 
@@ -2033,4 +2066,5 @@ def score_data(
             cfg = model.score_config
             published = read_published_scores(store_scores, source.store_ids, cfg)
         return run_batch(source, model, start_ns=lo, end_ns=hi, out=out_path, rejects_out=rejects_path,
-                         published=published, jobs=n_jobs, chunk_days=n_days, progress=progress, runner=runner)
+                         published=published, jobs=n_jobs, chunk_days=n_days, progress=progress, runner=runner,
+                         workers=workers)

@@ -119,10 +119,13 @@ def score_history(
 
         client = get_client()
     model = guard.batch_model(always_score=always_score, explain=explain, compiled=compiled)
+    workers = client.scheduler_info().get("workers", {})
+    # (the slices are cut for the cluster's threads: its last ones shrink so they end together)
+    threads = sum(int(w.get("nthreads", 1) or 1) for w in workers.values()) or 1
     result, table = score_data(
         model, data, start, end, out=out, rejects=rejects, store_scores=store_scores, jobs=1,
         chunk_days=chunk_days, validate_tables=validate_tables, progress=progress, runner=_runner(client),
-        owner="refundguard.dask.score_history",
+        owner="refundguard.dask.score_history", workers=threads,
     )
-    result.jobs = len(client.scheduler_info().get("workers", {})) or 1
+    result.jobs = len(workers) or 1
     return history_result(result, table, out, return_rejects)

@@ -109,6 +109,83 @@ def test_output_is_the_same_for_every_jobs_and_chunk_days(guard, folder, tmp_pat
     assert (back["refund_id"] == mem["refund_id"]).all() and (back["action"] == mem["action"]).all()
 
 
+DAY_NS = 86_400 * 10**9
+
+
+@given(data=st.data(), chunk_days=st.integers(1, 15), workers=st.integers(1, 40), aligned=st.booleans())
+@settings(max_examples=150, deadline=None)
+def test_slices_cover_every_refund_in_whole_days_and_shrink_for_the_workers(data, chunk_days, workers, aligned):
+    """plan_slices: every decided refund in exactly one slice, in order; whole days, at most chunk_days,
+    at most the days left over the workers (at least one); one worker: the fixed chunk_days grid."""
+    from types import SimpleNamespace
+
+    start = 1_700_006_400 * 10**9 - 1_700_006_400 * 10**9 % DAY_NS  # a UTC midnight
+    at = data.draw(st.lists(st.tuples(st.integers(0, 90), st.integers(0, DAY_NS - 1)), min_size=1, max_size=300))
+    offsets = sorted(day * DAY_NS + within for day, within in at)
+    index = SimpleNamespace(r_req=np.asarray([start + o for o in offsets], dtype=np.int64),
+                            q_rows=np.arange(len(offsets), dtype=np.int64))
+    start_ns = start if aligned else None
+    specs = plan_slices(index, chunk_days, start_ns, workers=workers)
+    assert [s.number for s in specs] == list(range(len(specs)))
+    assert specs[0].lo == 0 and specs[-1].hi == len(offsets)
+    end_day = offsets[-1] // DAY_NS + 1
+    for a, b in zip(specs, specs[1:]):
+        assert a.hi == b.lo and a.t1 <= b.t0  # contiguous rows; days without refunds are left out
+    for s in specs:
+        assert s.hi > s.lo
+        t = index.r_req[s.lo:s.hi]
+        assert (t >= s.t0).all() and (t < s.t1).all()
+        days, rest = divmod(s.t1 - s.t0, DAY_NS)
+        assert rest == 0 and (s.t0 - start) % DAY_NS == 0 and 1 <= days <= chunk_days
+        left = end_day - (s.t0 - start) // DAY_NS
+        assert days == (chunk_days if workers == 1 else max(1, min(chunk_days, left // workers)))
+    if workers == 1:  # the grid of chunk_days from the first slice's multiple of chunk_days
+        assert all((s.t0 - start) % (chunk_days * DAY_NS) == 0 for s in specs)
+
+
+def test_two_workers_split_the_last_two_weeks_of_two_months_into_shrinking_slices():
+    from types import SimpleNamespace
+
+    start = 1_700_006_400 * 10**9 - 1_700_006_400 * 10**9 % DAY_NS
+    index = SimpleNamespace(r_req=start + np.arange(61, dtype=np.int64) * DAY_NS, q_rows=np.arange(61))
+    days = {w: [(s.t1 - s.t0) // DAY_NS for s in plan_slices(index, 7, start, workers=w)] for w in (1, 2, 8)}
+    assert days[1] == [7] * 8 + [7]  # (the last slice's days past the period are empty)
+    assert days[2] == [7] * 7 + [6, 3, 1, 1, 1]
+    assert days[8] == [7, 6, 6, 5, 4, 4, 3, 3, 2, 2, 2, 2] + [1] * 15  # (61 // 8, 54 // 8, 48 // 8, ...)
+
+
+def test_a_threaded_run_loads_the_compiled_forest_during_the_run_parts(guard, folder, monkeypatch):
+    """With threads, the run parts' thread that ends first parses the model and loads its forest
+    (timed as model): no slice waits on it. On one job nothing changes."""
+    from refundguard.batch import _NOT_LOADED, _scorer, iter_slices_local
+    from refundguard.sources import read_source
+
+    model = guard.batch_model()
+    real = refundguard.batch.score_slice
+    for jobs in (2, 1):
+        monkeypatch.setattr(refundguard.batch, "_SCORERS", {})  # a process that has not parsed the model yet
+        seen = []
+
+        def spy(index, model_, spec, **kw):
+            seen.append(refundguard.batch._SCORERS.get(refundguard.batch._scorer_key(model_)))
+            return real(index, model_, spec, **kw)
+
+        monkeypatch.setattr(refundguard.batch, "score_slice", spy)
+        index = build_index(read_source(folder), None, None, config=model.score_config, run_parts=False)
+        specs = plan_slices(index, 7, workers=jobs)
+        timings: dict[str, float] = {}
+        if jobs == 2:
+            monkeypatch.setattr(refundguard.batch, "_score_timed",
+                                lambda ix, m, spec: (spy(ix, m, spec, threads=1, timings={}), {}))
+        tables = list(iter_slices_local(index, model, specs, jobs, timings))
+        assert sum(t.num_rows for t in tables) == len(index.q_rows) > 0
+        if jobs == 2:
+            assert all(s is not None and s.forest is not _NOT_LOADED for s in seen)
+            assert timings["model"] > 0
+        else:  # one job: the first slice parses the model itself
+            assert seen[0] is None and _scorer(model).forest is not _NOT_LOADED
+
+
 def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_path, monkeypatch):
     """The decided requests' store scores are computed once per run, in blocks of days: one block,
     a block per day, five or seven days per block, carried from block to block by one sweep, by a
@@ -341,9 +418,9 @@ def test_long_history_windows_and_all_time_rows(guard, seed):
         _assert_equals_assess(guard, scored, tables, store_scores=hist)
 
 
-@given(seed=st.integers(0, 2**32 - 1), chunk_days=st.integers(1, 60))
+@given(seed=st.integers(0, 2**32 - 1), chunk_days=st.integers(1, 60), workers=st.integers(1, 4))
 @settings(max_examples=25)
-def test_slice_profiles_equal_profiles_as_of(seed: int, chunk_days: int) -> None:
+def test_slice_profiles_equal_profiles_as_of(seed: int, chunk_days: int, workers: int) -> None:
     """Each slice reads only its window and its keys' all-time rows, and gets the same profiles."""
     tables = random_tables(seed, n_orders=120, n_refunds=80)
     hist = fake_history(tables, seed)
@@ -354,7 +431,7 @@ def test_slice_profiles_equal_profiles_as_of(seed: int, chunk_days: int) -> None
                         published=read_published_scores(hist, source.store_ids, ScoreConfig()))
     assert (source.refund_ids.take(pa.array(index.q_rows)).to_pylist() == requests["refund_id"].tolist())
     got = []
-    for spec in plan_slices(index, chunk_days):
+    for spec in plan_slices(index, chunk_days, workers=workers):
         rows = index.q_rows[spec.lo:spec.hi]
         orow = index.r_order[rows]
         t = index.r_req[rows]
