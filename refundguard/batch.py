@@ -26,7 +26,7 @@ The engine behind :meth:`refundguard.RefundGuard.score_history` and ``refundguar
    :func:`refundguard.profiles.profiles_as_of`
    (:func:`~refundguard.profiles.profiles_from_codes`, a sorted merge per slice),
    the features from :func:`refundguard.features.build_features`, then the model,
-   the policy (:func:`refundguard.policy.decide_batch`) and the reasons of all
+   the policy (:func:`refundguard.policy.decide_arrays`: decide_batch's decisions as arrays) and the reasons of all
    rows at once (:func:`refundguard.model.explain.reasons_columns`). The result is
    an Arrow table of :data:`SCORED_COLUMNS`.
 5. **Output**: slices come back in order (joblib streams them) and are appended to
@@ -66,7 +66,7 @@ from refundguard.errors import ConfigError, DataError
 from refundguard.features import build_features
 from refundguard.model.compiled import CompiledForest
 from refundguard.model.explain import PathExplainer, reasons_columns
-from refundguard.policy import DECISION_COLUMNS, PolicyTimeline, decide_batch
+from refundguard.policy import DECISION_COLUMNS, PolicyTimeline, _block_reason, decide_arrays
 from refundguard.profiles import (
     MEDIAN_LAST_ORDERS,
     CodedHistory,
@@ -802,18 +802,14 @@ def _store_order_part(ix: BatchIndex, timings: dict[str, float]) -> dict[str, An
     return {"store_times": times, "store_ptr": ptr}
 
 
-def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: dict[str, float] | None = None,
-                  model: BatchModel | None = None) -> None:
+def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: dict[str, float] | None = None
+                  ) -> None:
     """Compute, in this process, the parts every slice reads (once per run).
 
     They are the first orders of the device and address pairs and the stores' sorted
     order times (timed as ``index``), the cluster graph and the decided requests'
     store rows (``profiles``), on ``threads`` threads. :func:`iter_slices_local` with
     several processes computes them in its workers instead.
-
-    With several threads and a ``model``, the thread of the pairs and order times, which
-    ends before the store scores' sweep, then loads the model's compiled forest from its
-    cache (timed as ``model``): the first slices no longer wait on it.
     """
     clocks: list[dict[str, float]] = []
 
@@ -838,23 +834,13 @@ def add_run_parts(ix: BatchIndex, cfg: ScoreConfig, threads: int = 1, timings: d
             # (the pairs before the stores' order times: their temporaries then overlap no kept run part)
             links_f = one.submit(trimmed, _links_and_graph, ix)
             times_f = one.submit(trimmed, _store_order_part, ix)
-            forest_f = one.submit(timed, _load_forest, model) if model is not None else None
             blocks = [b for seg in pool.map(lambda seg: trimmed(_store_segment, ix, cfg, seg), segments) for b in seg]
             parts = [times_f.result(), links_f.result()]
-            if forest_f is not None:
-                forest_f.result()
     for own in clocks:
         _add_timings(timings, own)
     for part in [*parts, _merge_store_blocks(blocks, cfg)]:
         for name, value in part.items():
             setattr(ix, name, value)
-
-
-def _load_forest(model: BatchModel, timings: dict[str, float]) -> None:
-    """Run part: parse the model and load its compiled forest, if it has one (timed as ``model``)."""
-    clock = _Clock(timings)
-    _ = _scorer(model).compiled
-    clock.lap("model")
 
 
 def _slice_store_rows(ix: BatchIndex, lo: int, hi: int) -> pd.DataFrame:
@@ -1078,31 +1064,28 @@ class SliceSpec:
 
 def plan_slices(index: BatchIndex, chunk_days: int, start_ns: int | None = None, workers: int = 1
                 ) -> list[SliceSpec]:
-    """Cut the refunds to decide into slices of at most ``chunk_days`` (empty slices are left out).
+    """Cut the refunds to decide into slices of whole days (empty slices are left out).
 
-    Slices start at ``start_ns`` (default: 00:00 UTC of the first refund's day), in whole
-    days. With one worker every slice is ``chunk_days`` long. With ``workers`` deciding
-    slices at once, a slice is at most the days left divided by the workers (and at least
-    a day), so the last slices shrink and the workers end together instead of one of them
-    deciding the last long slice alone; a run of more workers than ``chunk_days`` slices
-    gets shorter ones from the start. Where the cuts fall never changes a decision.
+    Slices are ``chunk_days`` long, on a grid of ``chunk_days`` from ``start_ns``
+    (default: 00:00 UTC of the first refund's day). With ``workers`` deciding slices at
+    once, a slice is at most the period's days over twice the workers (and at least a
+    day), so that every worker has at least two slices: on many cores, the default
+    7-day slices of two months (9 slices) would leave most of them idle. Where the
+    cuts fall never changes a decision.
     """
     t = index.r_req[index.q_rows]
     if not len(t):
         return []
-    chunk = max(1, int(chunk_days))
-    workers = max(1, int(workers))
     origin = int(start_ns) if start_ns is not None else int(t[0]) - int(t[0]) % NS_PER_DAY
-    day = (int(t[0]) - origin) // (chunk * NS_PER_DAY) * chunk  # the first slice's first day
-    end_day = (int(t[-1]) - origin) // NS_PER_DAY + 1
+    first_day, last_day = ((int(x) - origin) // NS_PER_DAY for x in (t[0], t[-1]))
+    days = max(1, min(int(chunk_days), (last_day - first_day + 1) // (2 * max(1, int(workers)))))
+    width = days * NS_PER_DAY
     out = []
-    while day < end_day:
-        days = chunk if workers == 1 else max(1, min(chunk, (end_day - day) // workers))
-        t0, t1 = origin + day * NS_PER_DAY, origin + (day + days) * NS_PER_DAY
+    for k in range(first_day // days, last_day // days + 1):
+        t0, t1 = origin + k * width, origin + (k + 1) * width
         lo, hi = np.searchsorted(t, [t0, t1], side="left")
         if hi > lo:
             out.append(SliceSpec(len(out), t0, t1, int(lo), int(hi)))
-        day += days
     return out
 
 
@@ -1319,7 +1302,6 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
         "store_score_missing": store["score_missing"].to_numpy(dtype=bool),
     })
     model_s = [0.0]
-    wanted: list[np.ndarray] = []
 
     def probability(mask: np.ndarray) -> np.ndarray:
         t_m = time.perf_counter()
@@ -1328,21 +1310,18 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
         model_s[0] += time.perf_counter() - t_m
         return p
 
-    def explain(mask: np.ndarray) -> list[list[dict[str, Any]]]:
-        wanted.append(mask.copy())
-        return [[] for _ in range(int(mask.sum()))]
-
-    decided = decide_batch(frame, model.policy, probability=probability, explain=explain,
-                           explain_all=model.explain, always_score=model.always_score,
-                           model_version=model.model_version)
+    # decide_batch's decisions as arrays: its reasons are built below in columns, no list per row
+    decided = decide_arrays(frame, model.policy, probability=probability, explain_all=model.explain,
+                            always_score=model.always_score)
     clock.lap("policy", minus=model_s[0])
     clock.add("model", model_s[0])
     if model_s[0] and sc.stage == "compiled":
         clock.add(_COMPILED_SLICES, 1.0)  # (a count, not seconds: run_batch takes it out of the timings)
 
-    reasons = _reasons_array(sc, matrix, decided["reasons"].to_numpy(dtype=object),
-                             wanted[0] if wanted else np.zeros(n, dtype=bool), threads)
+    own = {int(j): [_block_reason(decided.buyers[j])] for j in np.flatnonzero(decided.blocked)}
+    reasons = _reasons_array(sc, matrix, own, decided.explain, threads)
     clock.lap("reasons")
+    gate = decided.gate
     out = pa.table(
         {
             "refund_id": refund_ids.cast(pa.large_string()),
@@ -1352,30 +1331,32 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
             "category": _strings(ix.categories, cat_codes),
             "kind": pa.array(kind.tolist(), type=pa.large_string()),
             "amount": pa.array(requests["amount"].to_numpy()),
-            "action": pa.array(decided["action"].to_numpy(dtype=object), type=pa.large_string()),
-            "abuse_probability": pa.array(decided["abuse_probability"].to_numpy(dtype=np.float64)),
-            "store_score": pa.array(decided["store_score"].to_numpy(dtype=np.float64)),
-            "store_score_missing": pa.array(decided["store_score_missing"].to_numpy(dtype=bool)),
-            "provisional": pa.array(decided["provisional"].to_numpy(dtype=bool)),
-            "audit": pa.array(decided["audit"].to_numpy(dtype=bool)),
+            "action": pa.array(decided.action, type=pa.large_string()),
+            "abuse_probability": pa.array(np.asarray(decided.probability, dtype=np.float64)),
+            "store_score": pa.array(gate["store_score"].to_numpy(dtype=np.float64)),
+            "store_score_missing": pa.array(gate["store_score_missing"].to_numpy(dtype=bool)),
+            "provisional": pa.array(gate["provisional"].to_numpy(dtype=bool)),
+            "audit": pa.array(gate["audit"].to_numpy(dtype=bool)),
             "reasons": reasons,
-            "model_version": pa.array(decided["model_version"].to_numpy(dtype=object), type=pa.large_string()),
-            "policy_version": pa.array(decided["policy_version"].to_numpy(dtype=object), type=pa.large_string()),
+            "model_version": pa.array([model.model_version] * n, type=pa.large_string()),
+            "policy_version": pa.array(decided.policy_version, type=pa.large_string()),
         },
         schema=SCORED_SCHEMA,
     )
     return out
 
 
-def _reasons_array(sc: _Scorer, matrix: np.ndarray, policy_reasons: np.ndarray, wanted: np.ndarray,
-                   threads: int) -> pa.Array:
-    """The ``reasons`` column: the policy's own reasons (block list) then the model's, at most 3.
+def _reasons_array(sc: _Scorer, matrix: np.ndarray, policy_reasons: Mapping[int, Sequence[Mapping[str, Any]]],
+                   wanted: np.ndarray, threads: int) -> pa.Array:
+    """The ``reasons`` column: the policy's own reasons (block list; by row) then the model's, at most 3.
 
-    The model's reasons of every row the policy asks to explain come from one
-    contribution pass and :func:`reasons_columns` (no Python call per row).
+    The model's reasons of every ``wanted`` row come from one contribution pass and
+    :func:`reasons_columns` (no Python call per row).
     """
-    n = len(policy_reasons)
-    own_counts = np.fromiter((len(r) for r in policy_reasons), dtype=np.int64, count=n)
+    n = len(wanted)
+    own_counts = np.zeros(n, dtype=np.int64)
+    for i, rs in policy_reasons.items():
+        own_counts[i] = len(rs)
     rows = np.flatnonzero(wanted)
     leaves = None
     if sc.compiled is not None and sc.compiled.compiled_leaves:
@@ -1814,7 +1795,7 @@ def iter_slices_local(index: BatchIndex, model: BatchModel, slices: Sequence[Sli
     serial = jobs == 1 or len(slices) <= 1
     if serial or backend == "threads":
         if not index.has_run_parts:
-            add_run_parts(index, cfg, threads=jobs, timings=timings, model=None if serial else model)
+            add_run_parts(index, cfg, threads=jobs, timings=timings)
             _release_store_inputs(index)
         if serial:
             for spec in slices:

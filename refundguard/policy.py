@@ -49,6 +49,8 @@ __all__ = [
     "gate_batch",
     "decide_one",
     "decide_batch",
+    "decide_arrays",
+    "BatchDecisions",
     "DECISION_COLUMNS",
 ]
 
@@ -556,6 +558,87 @@ def decide_batch(
     DataError
         If a row that must be scored has no valid probability.
     """
+    d = decide_arrays(requests, policy, probability=probability, explain_all=explain_all,
+                      always_score=always_score)
+    g, n = d.gate, len(d.gate)
+    reasons: list[list[dict[str, Any]]] = [[] for _ in range(n)]
+    for j in np.flatnonzero(d.blocked):
+        reasons[j].append(_block_reason(d.buyers[j]))
+    want = d.explain
+    if explain is not None and want.any():
+        got_reasons = list(explain(want.copy()))
+        if len(got_reasons) != int(want.sum()):
+            raise DataError(f"explain(mask) returned {len(got_reasons)} reason lists for {int(want.sum())} rows.")
+        for j, rs in zip(np.flatnonzero(want), got_reasons):
+            reasons[j].extend(dict(r) for r in rs)
+            del reasons[j][_MAX_REASONS:]  # (a block-list row alone holds one reason)
+
+    out = pd.DataFrame(
+        {
+            "refund_id": requests["refund_id"].astype("str").to_numpy(),
+            "action": pd.array(d.action, dtype="str"),
+            "abuse_probability": d.probability,
+            "store_score": g["store_score"].to_numpy(),
+            "store_score_missing": g["store_score_missing"].to_numpy(),
+            "provisional": g["provisional"].to_numpy(),
+            "audit": g["audit"].to_numpy(),
+            "reasons": _object_array(reasons),
+            "model_version": pd.array([model_version] * n, dtype="str"),
+            "policy_version": pd.array(d.policy_version.tolist(), dtype="str"),
+        },
+        index=requests.index,
+    )
+    return out
+
+
+@dataclass(frozen=True)
+class BatchDecisions:
+    """:func:`decide_arrays`' result: the decisions of many requests as arrays, no list per row.
+
+    Attributes
+    ----------
+    gate
+        :func:`gate_batch`'s frame (``store_score``, ``store_score_missing``,
+        ``provisional``, ``audit``, ``needs_score`` ...).
+    action
+        Object array of action names.
+    probability
+        The calibrated probability of every scored row, NaN elsewhere.
+    policy_version
+        Object array: the policy version's name of every row.
+    buyers
+        Object array of the requests' ``buyer_id`` (as text).
+    blocked
+        Rows whose one reason is their buyer's block list (:func:`decide_batch` adds it).
+    explain
+        Rows whose model reasons are asked for (decided by the model as review or
+        intercept, or every scored row with ``explain_all``).
+    """
+
+    gate: pd.DataFrame
+    action: np.ndarray
+    probability: np.ndarray
+    policy_version: np.ndarray
+    buyers: np.ndarray
+    blocked: np.ndarray
+    explain: np.ndarray
+
+
+def decide_arrays(
+    requests: pd.DataFrame,
+    policy: PolicyTimeline | PolicyConfig,
+    *,
+    probability: Any = None,
+    explain_all: bool = False,
+    always_score: bool = False,
+) -> BatchDecisions:
+    """:func:`decide_batch` without its per-row reason lists and frame (the batch engine's path).
+
+    The actions, probabilities and versions are :func:`decide_batch`'s; the rows whose
+    reasons it would fill are returned as masks (``blocked``, ``explain``), so a
+    caller that builds the reasons in columns (:mod:`refundguard.batch`) creates no
+    Python object per row. Parameters and errors as :func:`decide_batch`.
+    """
     timeline = _as_timeline(policy)
     g = gate_batch(requests, timeline, always_score=always_score)
     n = len(g)
@@ -611,34 +694,8 @@ def decide_batch(
         default="approve",
     ).astype(object)
 
-    reasons: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     block_rows = ~gated & blocked
-    for j in np.flatnonzero(block_rows):
-        reasons[j].append(_block_reason(buyers[j]))
-    scored = needs
     by_model = ~gated & ~blocked & ~allowed & (hi | mid)
-    want = scored & (by_model | (bool(explain_all) & np.ones(n, dtype=bool)))
-    if explain is not None and want.any():
-        got_reasons = list(explain(want.copy()))
-        if len(got_reasons) != int(want.sum()):
-            raise DataError(f"explain(mask) returned {len(got_reasons)} reason lists for {int(want.sum())} rows.")
-        for j, rs in zip(np.flatnonzero(want), got_reasons):
-            reasons[j].extend(dict(r) for r in rs)
-            del reasons[j][_MAX_REASONS:]  # (a block-list row alone holds one reason)
-
-    out = pd.DataFrame(
-        {
-            "refund_id": requests["refund_id"].astype("str").to_numpy(),
-            "action": pd.array(action, dtype="str"),
-            "abuse_probability": np.where(scored, p, np.nan),
-            "store_score": g["store_score"].to_numpy(),
-            "store_score_missing": g["store_score_missing"].to_numpy(),
-            "provisional": g["provisional"].to_numpy(),
-            "audit": g["audit"].to_numpy(),
-            "reasons": _object_array(reasons),
-            "model_version": pd.array([model_version] * n, dtype="str"),
-            "policy_version": pd.array(names.tolist(), dtype="str"),
-        },
-        index=requests.index,
-    )
-    return out
+    want = needs & (by_model | (bool(explain_all) & np.ones(n, dtype=bool)))
+    return BatchDecisions(gate=g, action=action, probability=np.where(needs, p, np.nan), policy_version=names,
+                          buyers=buyers, blocked=block_rows, explain=want)

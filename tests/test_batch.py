@@ -114,9 +114,9 @@ DAY_NS = 86_400 * 10**9
 
 @given(data=st.data(), chunk_days=st.integers(1, 15), workers=st.integers(1, 40), aligned=st.booleans())
 @settings(max_examples=150, deadline=None)
-def test_slices_cover_every_refund_in_whole_days_and_shrink_for_the_workers(data, chunk_days, workers, aligned):
-    """plan_slices: every decided refund in exactly one slice, in order; whole days, at most chunk_days,
-    at most the days left over the workers (at least one); one worker: the fixed chunk_days grid."""
+def test_slices_cover_every_refund_in_whole_days_and_give_every_worker_two(data, chunk_days, workers, aligned):
+    """plan_slices: every decided refund in exactly one slice, in order; slices of whole days on a grid,
+    chunk_days long but at most the period's days over twice the workers (at least one)."""
     from types import SimpleNamespace
 
     start = 1_700_006_400 * 10**9 - 1_700_006_400 * 10**9 % DAY_NS  # a UTC midnight
@@ -124,66 +124,29 @@ def test_slices_cover_every_refund_in_whole_days_and_shrink_for_the_workers(data
     offsets = sorted(day * DAY_NS + within for day, within in at)
     index = SimpleNamespace(r_req=np.asarray([start + o for o in offsets], dtype=np.int64),
                             q_rows=np.arange(len(offsets), dtype=np.int64))
-    start_ns = start if aligned else None
-    specs = plan_slices(index, chunk_days, start_ns, workers=workers)
+    specs = plan_slices(index, chunk_days, start if aligned else None, workers=workers)
     assert [s.number for s in specs] == list(range(len(specs)))
     assert specs[0].lo == 0 and specs[-1].hi == len(offsets)
-    end_day = offsets[-1] // DAY_NS + 1
     for a, b in zip(specs, specs[1:]):
         assert a.hi == b.lo and a.t1 <= b.t0  # contiguous rows; days without refunds are left out
+    period = offsets[-1] // DAY_NS - offsets[0] // DAY_NS + 1
+    want = max(1, min(chunk_days, period // (2 * workers)))
+    origin = start if aligned else start + offsets[0] // DAY_NS * DAY_NS  # (the first refund's day)
     for s in specs:
         assert s.hi > s.lo
         t = index.r_req[s.lo:s.hi]
         assert (t >= s.t0).all() and (t < s.t1).all()
-        days, rest = divmod(s.t1 - s.t0, DAY_NS)
-        assert rest == 0 and (s.t0 - start) % DAY_NS == 0 and 1 <= days <= chunk_days
-        left = end_day - (s.t0 - start) // DAY_NS
-        assert days == (chunk_days if workers == 1 else max(1, min(chunk_days, left // workers)))
-    if workers == 1:  # the grid of chunk_days from the first slice's multiple of chunk_days
-        assert all((s.t0 - start) % (chunk_days * DAY_NS) == 0 for s in specs)
+        assert s.t1 - s.t0 == want * DAY_NS and (s.t0 - origin) % (want * DAY_NS) == 0
 
 
-def test_two_workers_split_the_last_two_weeks_of_two_months_into_shrinking_slices():
+def test_many_workers_get_shorter_slices():
     from types import SimpleNamespace
 
     start = 1_700_006_400 * 10**9 - 1_700_006_400 * 10**9 % DAY_NS
     index = SimpleNamespace(r_req=start + np.arange(61, dtype=np.int64) * DAY_NS, q_rows=np.arange(61))
-    days = {w: [(s.t1 - s.t0) // DAY_NS for s in plan_slices(index, 7, start, workers=w)] for w in (1, 2, 8)}
-    assert days[1] == [7] * 8 + [7]  # (the last slice's days past the period are empty)
-    assert days[2] == [7] * 7 + [6, 3, 1, 1, 1]
-    assert days[8] == [7, 6, 6, 5, 4, 4, 3, 3, 2, 2, 2, 2] + [1] * 15  # (61 // 8, 54 // 8, 48 // 8, ...)
-
-
-def test_a_threaded_run_loads_the_compiled_forest_during_the_run_parts(guard, folder, monkeypatch):
-    """With threads, the run parts' thread that ends first parses the model and loads its forest
-    (timed as model): no slice waits on it. On one job nothing changes."""
-    from refundguard.batch import _NOT_LOADED, _scorer, iter_slices_local
-    from refundguard.sources import read_source
-
-    model = guard.batch_model()
-    real = refundguard.batch.score_slice
-    for jobs in (2, 1):
-        monkeypatch.setattr(refundguard.batch, "_SCORERS", {})  # a process that has not parsed the model yet
-        seen = []
-
-        def spy(index, model_, spec, **kw):
-            seen.append(refundguard.batch._SCORERS.get(refundguard.batch._scorer_key(model_)))
-            return real(index, model_, spec, **kw)
-
-        monkeypatch.setattr(refundguard.batch, "score_slice", spy)
-        index = build_index(read_source(folder), None, None, config=model.score_config, run_parts=False)
-        specs = plan_slices(index, 7, workers=jobs)
-        timings: dict[str, float] = {}
-        if jobs == 2:
-            monkeypatch.setattr(refundguard.batch, "_score_timed",
-                                lambda ix, m, spec: (spy(ix, m, spec, threads=1, timings={}), {}))
-        tables = list(iter_slices_local(index, model, specs, jobs, timings))
-        assert sum(t.num_rows for t in tables) == len(index.q_rows) > 0
-        if jobs == 2:
-            assert all(s is not None and s.forest is not _NOT_LOADED for s in seen)
-            assert timings["model"] > 0
-        else:  # one job: the first slice parses the model itself
-            assert seen[0] is None and _scorer(model).forest is not _NOT_LOADED
+    days = {w: [(s.t1 - s.t0) // DAY_NS for s in plan_slices(index, 7, start, workers=w)] for w in (1, 2, 4, 8, 16)}
+    assert days[1] == days[2] == days[4] == [7] * 9  # two months: 9 slices, at least two per worker
+    assert days[8] == [3] * 21 and days[16] == [1] * 61
 
 
 def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_path, monkeypatch):
@@ -392,7 +355,10 @@ def _assert_equals_assess(guard: RefundGuard, scored: pd.DataFrame, tables, stor
         got = [(r["text"], r["feature"], r["value"]) for r in row["reasons"]]
         assert got == want, (i, got, want)
         for a, b in zip(d.reasons, row["reasons"], strict=True):
-            assert math.isclose(a["contribution"], b["contribution"], rel_tol=1e-12, abs_tol=1e-12)
+            if a["contribution"] is None:  # (the block list's reason has none)
+                assert b["contribution"] is None
+            else:
+                assert math.isclose(a["contribution"], b["contribution"], rel_tol=1e-12, abs_tol=1e-12)
 
 
 def test_streamed_batch_equals_online_assess_on_every_row(guard, folder):
@@ -401,6 +367,26 @@ def test_streamed_batch_equals_online_assess_on_every_row(guard, folder):
                                  jobs=2, chunk_days=4)
     assert (scored["requested_at"] >= GATE_DAY).any() and (scored["action"] == "merchant_handles").any()
     _assert_equals_assess(guard, scored, rg.validate(tables)[0])
+
+
+def test_block_and_allow_lists_decide_and_explain_in_batch_as_in_assess(guard, folder):
+    """A policy with block and allow lists: the block list's reason comes first, then the model's (at most
+    three in all), on every row, with the intercepts and approvals assess makes."""
+    from refundguard.policy import PolicyTimeline
+
+    tables = rg.validate(rg.load_tables(folder))[0]
+    buyers = tables["orders"]["buyer_id"].drop_duplicates().sort_values().tolist()
+    base = guard.policy.versions[-1]
+    listed = RefundGuard.default(policy=PolicyTimeline([base.replace(block_list=buyers[:400:3],
+                                                                      allow_list=buyers[1:400:3])]))
+    scored = listed.score_history(folder, "2024-08-20", "2024-09-10", always_score=True, explain=True, jobs=2,
+                                  chunk_days=4)
+    blocked = scored["buyer_id"].isin(buyers[:400:3])
+    assert blocked.sum() > 20 and scored["buyer_id"].isin(buyers[1:400:3]).sum() > 20
+    first = scored.loc[blocked & (scored["action"] == "intercept"), "reasons"]
+    assert len(first) and all(r[0]["feature"] == "buyer_id" and 1 <= len(r) <= 3 for r in first)
+    assert (scored.loc[blocked, "reasons"].map(len) > 1).any()  # the model's reasons follow the block list's
+    _assert_equals_assess(listed, scored, tables)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
