@@ -1268,19 +1268,20 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     # referenced past this point: it is freed before the model and the reasons allocate theirs)
     clock.lap("profiles")
 
+    # the text columns straight from Arrow (pandas' str arrays are Arrow strings): no Python string per row
     cat_codes = np.asarray(ix.o_category[orow], dtype=np.int64)
-    categories = np.asarray(ix.categories, dtype=object)
-    kind = np.asarray(KINDS, dtype=object)[np.asarray(ix.r_kind[rows], dtype=np.int64)]
+    category = _strings(ix.categories, cat_codes)
+    kind = _strings(KINDS, np.asarray(ix.r_kind[rows], dtype=np.int64))
     requests = pd.DataFrame({
         "requested_at": utc_series(t),
         "paid_at": utc_series(np.asarray(ix.o_paid[orow], dtype=np.int64)),
         "shipped_at": utc_series(np.asarray(ix.r_shipped[rows], dtype=np.int64)),
         "delivered_at": utc_series(np.asarray(ix.r_delivered[rows], dtype=np.int64)),
         "kind": pd.array(kind, dtype="str"),
-        "reason": pd.array(np.asarray(REASONS, dtype=object)[np.asarray(ix.r_reason[rows], dtype=np.int64)], dtype="str"),
+        "reason": pd.array(_strings(REASONS, np.asarray(ix.r_reason[rows], dtype=np.int64)), dtype="str"),
         "amount": np.asarray(ix.r_amount[rows], dtype=np.float64),
         "order_amount": np.asarray(ix.o_amount[orow], dtype=np.float64),
-        "category": pd.array(np.where(cat_codes >= 0, categories[np.maximum(cat_codes, 0)], None), dtype="str"),
+        "category": pd.array(category, dtype="str"),
     })
     X = build_features(requests, profiles, category_levels=model.category_levels)
     clock.lap("features")
@@ -1293,10 +1294,10 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     buyer_ids = ix.buyer_ids.take(pa.array(q_buyer))
     store = profiles.store
     frame = pd.DataFrame({
-        "refund_id": pd.array(refund_ids.to_numpy(zero_copy_only=False), dtype="str"),
+        "refund_id": pd.array(refund_ids, dtype="str"),
         "requested_at": requests["requested_at"],
         "kind": requests["kind"],
-        "buyer_id": pd.array(buyer_ids.to_numpy(zero_copy_only=False), dtype="str"),
+        "buyer_id": pd.array(buyer_ids, dtype="str"),
         "store_score": store["score"].to_numpy(dtype=np.float64),
         "provisional": store["provisional"].to_numpy(dtype=bool),
         "store_score_missing": store["score_missing"].to_numpy(dtype=bool),
@@ -1328,8 +1329,8 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
             "requested_at": pa.array(t.view("datetime64[ns]"), type=pa.timestamp("ns")).cast(pa.timestamp("ns", tz="UTC")),
             "buyer_id": buyer_ids.cast(pa.large_string()),
             "store_id": ix.store_ids.take(pa.array(q_store)).cast(pa.large_string()),
-            "category": _strings(ix.categories, cat_codes),
-            "kind": pa.array(kind.tolist(), type=pa.large_string()),
+            "category": category,
+            "kind": kind,
             "amount": pa.array(requests["amount"].to_numpy()),
             "action": pa.array(decided.action, type=pa.large_string()),
             "abuse_probability": pa.array(np.asarray(decided.probability, dtype=np.float64)),

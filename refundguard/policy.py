@@ -482,8 +482,7 @@ def gate_batch(
         raise SchemaError("Column 'store_score' must be numeric.", column="store_score", rule="type") from exc
     missing = _bool_col(requests, "store_score_missing", np.isnan(score)) | np.isnan(score)
     provisional = _bool_col(requests, "provisional")
-    kind_arr = kind.to_numpy(dtype=object)
-    ids = requests["refund_id"].astype("str").to_numpy(dtype=object)
+    ids = requests["refund_id"].astype("str")  # (a Python string only for the rows drawn for audit)
 
     gated = np.zeros(n, dtype=bool)
     audit = np.zeros(n, dtype=bool)
@@ -491,14 +490,14 @@ def gate_batch(
         rows = vidx == i
         if cfg.gate is None or not rows.any():
             continue
-        in_kinds = np.isin(kind_arr, sorted(cfg.gate_kinds))
+        in_kinds = kind.isin(sorted(cfg.gate_kinds)).to_numpy(dtype=bool)
         with np.errstate(invalid="ignore"):
             high = ~missing & (score >= cfg.gate - _GATE_TOLERANCE) & (cfg.gate_provisional | ~provisional)
         g = rows & in_kinds & (high | (missing & cfg.gate_missing))
         gated |= g
         if cfg.audit_rate > 0 and g.any():
             where = np.flatnonzero(g)
-            audit[where] = _audit_draws(cfg.audit_salt, ids[where].tolist()) < cfg.audit_rate
+            audit[where] = _audit_draws(cfg.audit_salt, ids.iloc[where].tolist()) < cfg.audit_rate
     needs = ~gated | audit | bool(always_score)
     return pd.DataFrame(
         {
@@ -607,7 +606,8 @@ class BatchDecisions:
     policy_version
         Object array: the policy version's name of every row.
     buyers
-        Object array of the requests' ``buyer_id`` (as text).
+        Object array of the requests' ``buyer_id`` (as text); ``None`` when no policy
+        version has a block or allow list (no row is blocked then).
     blocked
         Rows whose one reason is their buyer's block list (:func:`decide_batch` adds it).
     explain
@@ -619,7 +619,7 @@ class BatchDecisions:
     action: np.ndarray
     probability: np.ndarray
     policy_version: np.ndarray
-    buyers: np.ndarray
+    buyers: np.ndarray | None
     blocked: np.ndarray
     explain: np.ndarray
 
@@ -668,7 +668,9 @@ def decide_arrays(
 
     vidx = g["version"].to_numpy()
     gated = g["gated"].to_numpy()
-    buyers = requests["buyer_id"].astype("str").to_numpy(dtype=object)
+    # (the buyers as Python strings only where a version lists some)
+    listed = any(cfg.block_list or cfg.allow_list for cfg in timeline.versions)
+    buyers = requests["buyer_id"].astype("str").to_numpy(dtype=object) if listed else None
     blocked = np.zeros(n, dtype=bool)
     allowed = np.zeros(n, dtype=bool)
     hi = np.zeros(n, dtype=bool)
