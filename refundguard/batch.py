@@ -59,6 +59,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refundguard._io import atomic_target
+from refundguard._sets import unique_sorted
 from refundguard._time import NAT, NEVER, NS_PER_DAY, day_index, utc_series
 from refundguard.clusters import ClusterGraph
 from refundguard.config import ScoreConfig
@@ -66,7 +67,12 @@ from refundguard.errors import ConfigError, DataError
 from refundguard.features import build_features
 from refundguard.model.compiled import CompiledForest
 from refundguard.model.explain import PathExplainer, reasons_columns
-from refundguard.policy import DECISION_COLUMNS, PolicyTimeline, _block_reason, decide_arrays
+from refundguard.policy import (
+    DECISION_COLUMNS,
+    PolicyTimeline,
+    _block_reason,
+    decide_arrays,
+)
 from refundguard.profiles import (
     MEDIAN_LAST_ORDERS,
     CodedHistory,
@@ -602,7 +608,7 @@ def _store_order_times(store: np.ndarray, paid: np.ndarray, n_stores: int, chunk
     edges = ptr[1:-1] - 1  # position i where a new store's run starts at i + 1
     desc[edges[(edges >= 0) & (edges < len(desc))]] = False
     down = np.flatnonzero(desc)
-    for st in np.unique(np.searchsorted(ptr, down, side="right") - 1):  # stores not in time order in the file
+    for st in unique_sorted(np.searchsorted(ptr, down, side="right") - 1):  # stores not in time order in the file
         times[ptr[st]:ptr[st + 1]].sort()
     return times, ptr
 

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from refundguard._sets import unique_sorted
 from refundguard._time import NAT, NEVER, NS_PER_DAY, distinct_ranks
 
 __all__ = [
@@ -217,7 +218,7 @@ def cluster_columns(graph: ClusterGraph, t: np.ndarray, q_buyer: np.ndarray, *, 
         idx, rep = _ranges(g.by_buyer.ptr[fb], g.by_buyer.ptr[fb + 1])
         qq = fq[rep]
         ok = g.by_buyer.time[idx] < t[qq]
-        code = np.unique(qq[ok] * nk + g.pair_key[idx[ok]])
+        code = unique_sorted(qq[ok] * nk + g.pair_key[idx[ok]])
         code = code[~_isin_sorted(code, seen_keys)]
         seen_keys = _merge_disjoint(seen_keys, code)
         qq, kk = code // nk, code % nk
@@ -226,7 +227,7 @@ def cluster_columns(graph: ClusterGraph, t: np.ndarray, q_buyer: np.ndarray, *, 
         lo = g.by_key.ptr[kk]
         keep = hi - lo <= hub
         idx, rep = _ranges(lo[keep], hi[keep])
-        code = np.unique(qq[keep][rep] * nb + g.key_buyer[idx])
+        code = unique_sorted(qq[keep][rep] * nb + g.key_buyer[idx])
         new = code[~_isin_sorted(code, visited)]
         visited = _merge_disjoint(visited, new)
         vq = visited // nb

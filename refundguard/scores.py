@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from refundguard._params import is_finite_real
+from refundguard._sets import unique_sorted
 from refundguard._time import (
     NAT,
     NEVER,
@@ -1103,7 +1104,7 @@ def _pairs_mask(pairs: pd.DataFrame, uniques: np.ndarray, st_idx: np.ndarray, da
     pday = _pair_days(pairs["day"], tz)
     scode = pd.Index(pd.Series(uniques, dtype="str")).get_indexer(_str_values(pairs["store_id"]))
     ok = scode >= 0
-    wanted = np.unique(scode[ok].astype(np.int64) * (1 << 32) + (pday[ok] - d0 + (1 << 31)))
+    wanted = unique_sorted(scode[ok].astype(np.int64) * (1 << 32) + (pday[ok] - d0 + (1 << 31)))
     have = st_idx.astype(np.int64) * (1 << 32) + (day_idx + (1 << 31))
     return np.isin(have, wanted)
 
