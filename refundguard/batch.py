@@ -1382,6 +1382,10 @@ def _reasons_array(sc: _Scorer, matrix: np.ndarray, policy_reasons: Mapping[int,
     counts = take_own + take_model
     offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
     total = int(offsets[-1])
+    if not policy_reasons and total == len(cols.contribution):
+        # (no block-list reason: every row's items are the model's, already in row order)
+        return _reasons_list(offsets, cols.text, cols.feature, cols.value, cols.contribution,
+                             np.ones(total, dtype=bool))
     text: list[str | None] = [None] * total
     feature: list[str | None] = [None] * total
     value: list[str | None] = [None] * total
@@ -1413,6 +1417,12 @@ def _reasons_array(sc: _Scorer, matrix: np.ndarray, policy_reasons: Mapping[int,
             out_list[:] = arr.tolist()
         contribution[dst] = cols.contribution[src]
         has_contribution[dst] = True
+    return _reasons_list(offsets, text, feature, value, contribution, has_contribution)
+
+
+def _reasons_list(offsets: np.ndarray, text: Sequence[str | None], feature: Sequence[str | None],
+                  value: Sequence[str | None], contribution: np.ndarray, has_contribution: np.ndarray) -> pa.Array:
+    """The ``reasons`` column from its items' fields (row ``i`` owns items ``offsets[i]:offsets[i + 1]``)."""
     struct = pa.StructArray.from_arrays(
         [
             pa.array(text, type=pa.string()),
