@@ -903,9 +903,12 @@ def _read_parquet_screened(cols: dict[str, _Columns], threads: int, t0: float) -
             flag("service", started_null | ~(np.isfinite(resp) & (resp >= 0)))
         service["started_at"], service["first_response_s"] = started, resp
 
-    jobs = [job_orders_ids, job_refund_ids, job_buyer, job_store, lambda: job_link("device_id", "device"),
-            lambda: job_link("address_id", "address"), job_category, job_order_values, job_refund_values,
-            job_reviews_service]
+    # longest first, so that the threads end together (at 10M orders, one thread: order values 2.2 s, order
+    # ids 1.8 s, stores 0.65 s, refund values 0.5 s, buyers, devices, addresses 0.35-0.4 s, the rest less);
+    # each job writes its own columns and ORs its flags, so the order changes nothing else
+    jobs = [job_order_values, job_orders_ids, job_store, job_refund_values, lambda: job_link("device_id", "device"),
+            job_buyer, lambda: job_link("address_id", "address"), job_category, job_reviews_service,
+            job_refund_ids]
     if use_threads:
         with ThreadPoolExecutor(max_workers=threads) as pool:
             for f in [pool.submit(j) for j in jobs]:
