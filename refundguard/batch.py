@@ -1073,9 +1073,9 @@ def plan_slices(index: BatchIndex, chunk_days: int, start_ns: int | None = None,
     """Cut the refunds to decide into slices of whole days (empty slices are left out).
 
     Slices are ``chunk_days`` long, on a grid of ``chunk_days`` from ``start_ns``
-    (default: 00:00 UTC of the first refund's day). With ``workers`` deciding slices at
-    once, a slice is at most the period's days over twice the workers (and at least a
-    day), so that every worker has at least two slices: on many cores, the default
+    (default: 00:00 UTC of the first refund's day). With several ``workers`` deciding
+    slices at once, a slice is at most the period's days over twice the workers (and at
+    least a day), so that every worker has at least two slices: on many cores, the default
     7-day slices of two months (9 slices) would leave most of them idle. Where the
     cuts fall never changes a decision.
     """
@@ -1084,7 +1084,9 @@ def plan_slices(index: BatchIndex, chunk_days: int, start_ns: int | None = None,
         return []
     origin = int(start_ns) if start_ns is not None else int(t[0]) - int(t[0]) % NS_PER_DAY
     first_day, last_day = ((int(x) - origin) // NS_PER_DAY for x in (t[0], t[-1]))
-    days = max(1, min(int(chunk_days), (last_day - first_day + 1) // (2 * max(1, int(workers)))))
+    days = int(chunk_days)
+    if workers > 1:
+        days = max(1, min(days, (last_day - first_day + 1) // (2 * int(workers))))
     width = days * NS_PER_DAY
     out = []
     for k in range(first_day // days, last_day // days + 1):

@@ -120,7 +120,7 @@ def score_history(
         client = get_client()
     model = guard.batch_model(always_score=always_score, explain=explain, compiled=compiled)
     workers = client.scheduler_info().get("workers", {})
-    # (the slices are cut for the cluster's threads: its last ones shrink so they end together)
+    # (the slices are cut for the cluster's threads: at least two per thread, plan_slices)
     threads = sum(int(w.get("nthreads", 1) or 1) for w in workers.values()) or 1
     result, table = score_data(
         model, data, start, end, out=out, rejects=rejects, store_scores=store_scores, jobs=1,

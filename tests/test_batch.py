@@ -116,7 +116,7 @@ DAY_NS = 86_400 * 10**9
 @settings(max_examples=150, deadline=None)
 def test_slices_cover_every_refund_in_whole_days_and_give_every_worker_two(data, chunk_days, workers, aligned):
     """plan_slices: every decided refund in exactly one slice, in order; slices of whole days on a grid,
-    chunk_days long but at most the period's days over twice the workers (at least one)."""
+    chunk_days long (with several workers at most the period's days over twice the workers, at least one)."""
     from types import SimpleNamespace
 
     start = 1_700_006_400 * 10**9 - 1_700_006_400 * 10**9 % DAY_NS  # a UTC midnight
@@ -130,7 +130,7 @@ def test_slices_cover_every_refund_in_whole_days_and_give_every_worker_two(data,
     for a, b in zip(specs, specs[1:]):
         assert a.hi == b.lo and a.t1 <= b.t0  # contiguous rows; days without refunds are left out
     period = offsets[-1] // DAY_NS - offsets[0] // DAY_NS + 1
-    want = max(1, min(chunk_days, period // (2 * workers)))
+    want = chunk_days if workers == 1 else max(1, min(chunk_days, period // (2 * workers)))
     origin = start if aligned else start + offsets[0] // DAY_NS * DAY_NS  # (the first refund's day)
     for s in specs:
         assert s.hi > s.lo
@@ -147,6 +147,9 @@ def test_many_workers_get_shorter_slices():
     days = {w: [(s.t1 - s.t0) // DAY_NS for s in plan_slices(index, 7, start, workers=w)] for w in (1, 2, 4, 8, 16)}
     assert days[1] == days[2] == days[4] == [7] * 9  # two months: 9 slices, at least two per worker
     assert days[8] == [3] * 21 and days[16] == [1] * 61
+    ten = SimpleNamespace(r_req=index.r_req[:10], q_rows=np.arange(10))
+    assert [(s.t1 - s.t0) // DAY_NS for s in plan_slices(ten, 7, start)] == [7, 7]  # one worker: chunk_days
+    assert [(s.t1 - s.t0) // DAY_NS for s in plan_slices(ten, 7, start, workers=2)] == [2] * 5
 
 
 def test_the_runs_store_scores_do_not_depend_on_their_blocks(guard, folder, tmp_path, monkeypatch):
