@@ -10,7 +10,7 @@ PKG = Path(__file__).resolve().parents[1] / "refundguard"
 # Lower layers first. A module may import the package's modules of its own or a lower layer.
 LAYERS: list[set[str]] = [
     {"_version", "errors"},
-    {"_time", "_params", "_io"},
+    {"_time", "_params", "_io", "_sets"},
     {"config"},
     {"tables"},
     {"simulate", "datasets", "datasets.conversion", "datasets.olist", "datasets.uci"},
