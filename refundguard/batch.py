@@ -67,12 +67,7 @@ from refundguard.errors import ConfigError, DataError
 from refundguard.features import build_features
 from refundguard.model.compiled import CompiledForest
 from refundguard.model.explain import PathExplainer, reasons_columns
-from refundguard.policy import (
-    DECISION_COLUMNS,
-    PolicyTimeline,
-    _block_reason,
-    decide_arrays,
-)
+from refundguard.policy import DECISION_COLUMNS, PolicyTimeline, decide_arrays
 from refundguard.profiles import (
     MEDIAN_LAST_ORDERS,
     CodedHistory,
@@ -1327,8 +1322,7 @@ def score_slice(index: BatchIndex, model: BatchModel, spec: SliceSpec, *, thread
     if model_s[0] and sc.stage == "compiled":
         clock.add(_COMPILED_SLICES, 1.0)  # (a count, not seconds: run_batch takes it out of the timings)
 
-    own = {int(j): [_block_reason(decided.buyers[j])] for j in np.flatnonzero(decided.blocked)}
-    reasons = _reasons_array(sc, matrix, own, decided.explain, threads)
+    reasons = _reasons_array(sc, matrix, decided.own_reasons(), decided.explain, threads)
     clock.lap("reasons")
     gate = decided.gate
     out = pa.table(

@@ -561,8 +561,8 @@ def decide_batch(
                       always_score=always_score)
     g, n = d.gate, len(d.gate)
     reasons: list[list[dict[str, Any]]] = [[] for _ in range(n)]
-    for j in np.flatnonzero(d.blocked):
-        reasons[j].append(_block_reason(d.buyers[j]))
+    for j, own in d.own_reasons().items():
+        reasons[j].extend(own)
     want = d.explain
     if explain is not None and want.any():
         got_reasons = list(explain(want.copy()))
@@ -609,7 +609,7 @@ class BatchDecisions:
         Object array of the requests' ``buyer_id`` (as text); ``None`` when no policy
         version has a block or allow list (no row is blocked then).
     blocked
-        Rows whose one reason is their buyer's block list (:func:`decide_batch` adds it).
+        Rows whose one reason is their buyer's block list (:meth:`own_reasons`).
     explain
         Rows whose model reasons are asked for (decided by the model as review or
         intercept, or every scored row with ``explain_all``).
@@ -622,6 +622,10 @@ class BatchDecisions:
     buyers: np.ndarray | None
     blocked: np.ndarray
     explain: np.ndarray
+
+    def own_reasons(self) -> dict[int, list[dict[str, Any]]]:
+        """The policy's own reasons by row: the block list's, for the ``blocked`` rows."""
+        return {int(j): [_block_reason(self.buyers[j])] for j in np.flatnonzero(self.blocked)}
 
 
 def decide_arrays(
